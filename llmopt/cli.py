@@ -1,0 +1,395 @@
+"""``llmopt``: the command line. Wires the packages together, importing each lazily."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from llmopt.policy import Policy
+
+app = typer.Typer(
+    name="llmopt",
+    help="LLM Auto-Optimizer: learn which LLM to use for each request.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+bench_app = typer.Typer(help="Benchmarks on real routing data.", no_args_is_help=True)
+db_app = typer.Typer(help="The event log database.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+app.add_typer(db_app, name="db")
+
+DEMO_DATA = Path(__file__).resolve().parent / "data" / "alpaca_eval.parquet"
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=2)
+
+
+@contextmanager
+def _clear_errors() -> Iterator[None]:
+    """Turn the domain's known errors into one clear line and exit code 2, never a traceback."""
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from llmopt.catalog import CatalogError  # noqa: PLC0415
+    from llmopt.event_log import EventLogError  # noqa: PLC0415
+    from llmopt.routing_data import RoutingDataError  # noqa: PLC0415
+
+    try:
+        yield
+    except (CatalogError, EventLogError, RoutingDataError) as exc:
+        raise _fail(str(exc)) from None
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'input'}: {e['msg']}" for e in exc.errors()
+        )
+        raise _fail(f"invalid input: {problems}") from None
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _policy_factories(names: list[str]) -> dict[str, Callable[[int], Policy]]:
+    from models.registry import make_policy  # noqa: PLC0415
+
+    def factory(name: str) -> Callable[[int], Policy]:
+        make_policy(name)  # validates the name with a clear message
+
+        def build(seed: int) -> Policy:
+            return make_policy(name, seed=seed)
+
+        return build
+
+    return {name: factory(name) for name in names}
+
+
+@bench_app.command("replay")
+def bench_replay(
+    data: Annotated[Path, typer.Option(help="Routing data file (parquet or CSV).")],
+    out: Annotated[Path, typer.Option(help="Where to write the result JSON.")],
+    plot: Annotated[Path | None, typer.Option(help="Where to write the cost-quality plot.")] = None,
+    policy: Annotated[
+        list[str] | None,
+        typer.Option(help="Policy to replay (repeatable); default: the recommended one."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the prompt order and the policies.")] = 0,
+    wtp: Annotated[
+        list[float] | None,
+        typer.Option(help="Willingness to pay (USD per unit quality) to sweep (repeatable)."),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Replay real per-prompt outcomes with bandit feedback; report the cost-quality frontier."""
+    from llmopt.catalog import load_catalog  # noqa: PLC0415
+    from llmopt.plot import plot_frontier  # noqa: PLC0415
+    from llmopt.replay import DEFAULT_WTP_SWEEP, run_replay  # noqa: PLC0415
+    from llmopt.routing_data import load_routing_data  # noqa: PLC0415
+    from models.registry import RECOMMENDED  # noqa: PLC0415
+
+    with _clear_errors():
+        routing = load_routing_data(data)
+        factories = _policy_factories(policy or [RECOMMENDED])
+        result = run_replay(
+            routing,
+            factories,
+            wtps=tuple(wtp) if wtp else DEFAULT_WTP_SWEEP,
+            seed=seed,
+            catalog=load_catalog(),
+            progress=progress and sys.stderr.isatty(),
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    if plot is not None:
+        plot_frontier(result, plot)
+    _print_table(result)
+    typer.echo(f"wrote {out}" + (f" and {plot}" if plot else "") + f" in {result['elapsed_s']} s")
+
+
+def _print_table(result: dict[str, Any]) -> None:
+    """Policy vs best single model vs oracle: quality, cost, saving."""
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    base = result["baselines"]
+    best_name = base["best_single_model"]
+    best = base["single_models"][best_name]
+    table = Table(
+        title=f"{result['data']['n_prompts']} prompts, {len(base['single_models'])} models"
+    )
+    for col in (
+        "router",
+        "willingness to pay",
+        "avg quality",
+        "avg cost (USD)",
+        "quality vs best model",
+        "cost saving vs best model",
+    ):
+        table.add_column(col, justify="right" if col != "router" else "left")
+
+    def row(name: str, wtp: str, q: float, c: float) -> None:
+        table.add_row(
+            name,
+            wtp,
+            f"{q:.4f}",
+            f"{c:.6f}",
+            f"{(q / best['avg_quality'] - 1) * 100:+.1f}%" if best["avg_quality"] else "n/a",
+            f"{(1 - c / best['avg_cost_usd']) * 100:.1f}%" if best["avg_cost_usd"] else "n/a",
+        )
+
+    row(f"best single model ({best_name})", "-", best["avg_quality"], best["avg_cost_usd"])
+    rnd = base["uniform_random"]
+    row("uniform random", "-", rnd["avg_quality"], rnd["avg_cost_usd"])
+    for name, pol in result["policies"].items():
+        for p in pol["points"]:
+            row(name, f"{p['willingness_to_pay']:g}", p["avg_quality"], p["avg_cost_usd"])
+    mq = base["oracle"]["max_quality"]
+    row("oracle (hindsight, max quality)", "-", mq["avg_quality"], mq["avg_cost_usd"])
+    Console(width=140).print(table)
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path | None, typer.Option(help="Where to write the plot and JSON.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the prompt order and the policies.")] = 0,
+) -> None:
+    """The whole loop on real data shipped with the repo (AlpacaEval: 805 prompts x 15 LLMs).
+
+    1. replays every prompt through decide -> feedback -> learn, recording each decision and
+    feedback in the event log (SQLite under LLMOPT_HOME), at the default willingness to pay;
+    2. sweeps the willingness to pay and compares the learned router with every single model,
+    uniform random, the zero router and the oracle; writes a plot and a JSON report.
+    """
+    from llmopt.catalog import load_catalog  # noqa: PLC0415
+    from llmopt.event_log import EventLog  # noqa: PLC0415
+    from llmopt.plot import plot_frontier  # noqa: PLC0415
+    from llmopt.replay import compute_features, replay_policy, run_replay  # noqa: PLC0415
+    from llmopt.routing_data import load_routing_data  # noqa: PLC0415
+    from llmopt.settings import get_settings  # noqa: PLC0415
+    from models.registry import RECOMMENDED, make_policy  # noqa: PLC0415
+
+    settings = get_settings()
+    with _clear_errors():
+        home = settings.ensure_home()
+        out = out_dir or home / "demo"
+        catalog = load_catalog(settings.catalog_path)
+        routing = load_routing_data(DEMO_DATA)
+        typer.echo(
+            f"data: {DEMO_DATA.name}: {routing.n_prompts} prompts x {len(routing.models)} models "
+            f"({routing.dropped_prompts} prompts dropped: not every model's outcome present)"
+        )
+        log = EventLog(settings.event_log_url)
+        before = log.counts()
+        import numpy as np  # noqa: PLC0415
+
+        order = np.random.default_rng(seed).permutation(routing.n_prompts).tolist()
+        point = replay_policy(
+            routing,
+            make_policy(RECOMMENDED, seed=seed),
+            settings.default_willingness_to_pay,
+            order=order,
+            features=compute_features(routing),
+            catalog=catalog,
+            event_log=log,
+        )
+        after = log.counts()
+        log.close()
+        typer.echo(
+            f"event log ({settings.event_log_url}): +{after['decisions'] - before['decisions']} "
+            f"decisions, +{after['feedback'] - before['feedback']} feedback; live loop at "
+            f"willingness to pay {point.willingness_to_pay:g} USD/quality: quality "
+            f"{point.avg_quality:.4f}, cost {point.avg_cost_usd:.6f} USD/prompt, modelled latency "
+            f"{point.avg_latency_ms_modelled or float('nan'):.0f} ms"
+        )
+        result = run_replay(
+            routing,
+            _policy_factories([RECOMMENDED, "epsilon_greedy"]),
+            seed=seed,
+            catalog=catalog,
+            progress=sys.stderr.isatty(),
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "result.json").write_text(json.dumps(result, indent=2))
+    plot_frontier(result, out / "frontier.png", title="Demo: AlpacaEval, 15 LLMs, bandit feedback")
+    _print_table(result)
+    typer.echo(f"wrote {out / 'frontier.png'} and {out / 'result.json'}")
+
+
+@app.command("catalog")
+def catalog_cmd(
+    path: Annotated[Path | None, typer.Option(help="Catalog YAML (default: settings).")] = None,
+) -> None:
+    """List the model catalog: providers, prices (and where they come from), latency figures."""
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    from llmopt.catalog import load_catalog  # noqa: PLC0415
+
+    with _clear_errors():
+        cat = load_catalog(path)
+    table = Table(title=f"{len(cat)} models")
+    for col in (
+        "model",
+        "provider",
+        "USD/1M in",
+        "USD/1M out",
+        "price from",
+        "context",
+        "TTFT ms",
+        "tok/s",
+    ):
+        table.add_column(col)
+    for s in cat:
+        table.add_row(
+            s.id,
+            s.provider,
+            f"{s.input_per_mtok:g}",
+            f"{s.output_per_mtok:g}",
+            s.price_source,
+            str(s.context_window),
+            f"{s.ttft_ms:g}",
+            f"{s.tokens_per_second:g}",
+        )
+    Console(width=140).print(table)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the event log schema (LLMOPT_DATABASE_URL, default SQLite)."""
+    from llmopt.event_log import EventLog  # noqa: PLC0415
+    from llmopt.settings import get_settings  # noqa: PLC0415
+
+    settings = get_settings()
+    if settings.database_url is None:
+        settings.ensure_home()
+    with _clear_errors():
+        log = _open_log(settings.event_log_url, EventLog)
+        counts = log.counts()
+        log.close()
+    typer.echo(f"event log at the latest revision: {settings.event_log_url} {counts}")
+
+
+@db_app.command("stats")
+def db_stats() -> None:
+    """Count decisions and feedback in the event log."""
+    from llmopt.event_log import EventLog  # noqa: PLC0415
+    from llmopt.settings import get_settings  # noqa: PLC0415
+
+    settings = get_settings()
+    if settings.database_url is None:
+        settings.ensure_home()
+    with _clear_errors():
+        log = _open_log(settings.event_log_url, EventLog)
+        typer.echo(json.dumps(log.counts()))
+        log.close()
+
+
+def _open_log(url: str, cls: Any) -> Any:
+    from sqlalchemy.exc import OperationalError  # noqa: PLC0415
+
+    try:
+        return cls(url)
+    except OperationalError as exc:
+        raise _fail(f"cannot open the event log at {url}: {exc.orig}") from None
+
+
+def _local_loop() -> Any:
+    """The embedded profile's loop: policy state in LLMOPT_HOME, event log from settings."""
+    import pickle  # noqa: PLC0415
+
+    from llmopt.catalog import load_catalog  # noqa: PLC0415
+    from llmopt.event_log import EventLog  # noqa: PLC0415
+    from llmopt.loop import LearningLoop  # noqa: PLC0415
+    from llmopt.reward import TradeOff  # noqa: PLC0415
+    from llmopt.settings import get_settings  # noqa: PLC0415
+    from models.registry import RECOMMENDED, make_policy  # noqa: PLC0415
+
+    settings = get_settings()
+    settings.ensure_home()
+    catalog = load_catalog(settings.catalog_path)
+    state = settings.policy_state_path
+    policy = pickle.loads(state.read_bytes()) if state.exists() else make_policy(RECOMMENDED)
+    return LearningLoop(
+        policy,
+        catalog.ids,
+        catalog=catalog,
+        event_log=_open_log(settings.event_log_url, EventLog),
+        default_tradeoff=TradeOff(
+            willingness_to_pay=settings.default_willingness_to_pay,
+            latency_weight=settings.default_latency_weight,
+        ),
+    )
+
+
+def _save_policy(loop: Any) -> None:
+    import pickle  # noqa: PLC0415
+
+    from llmopt.settings import get_settings  # noqa: PLC0415
+
+    path = get_settings().policy_state_path
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(pickle.dumps(loop.policy))
+    tmp.replace(path)  # atomic: a crash never leaves a torn state file
+
+
+def _read_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _fail(f"not valid JSON: {exc}") from None
+
+
+@app.command()
+def decide(
+    context: Annotated[
+        str,
+        typer.Argument(help='Request context as JSON, e.g. \'{"tenant": "acme", "prompt": "hi"}\''),
+    ],
+) -> None:
+    """Choose a model for one request (embedded profile); prints the decision as JSON."""
+    from llmopt.schemas import RequestContext  # noqa: PLC0415
+
+    with _clear_errors():
+        ctx = RequestContext.model_validate(_read_json(context))
+        loop = _local_loop()
+        decision = loop.decide(ctx)
+        _save_policy(loop)
+    typer.echo(decision.model_dump_json(indent=2))
+
+
+@app.command()
+def feedback(
+    payload: Annotated[
+        str,
+        typer.Argument(help='Feedback as JSON, e.g. \'{"decision_id": "...", "quality": 0.8}\''),
+    ],
+) -> None:
+    """Record the outcome of a decision and learn from it (embedded profile)."""
+    from llmopt.schemas import Feedback  # noqa: PLC0415
+
+    with _clear_errors():
+        fb = Feedback.model_validate(_read_json(payload))
+        loop = _local_loop()
+        outcome = loop.feedback(fb)
+        if outcome.status == "stored":
+            _save_policy(loop)
+    typer.echo(
+        json.dumps(
+            {
+                "status": outcome.status,
+                "decision_id": outcome.decision_id,
+                "reward": outcome.reward,
+                "feedback_id": outcome.feedback_id,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

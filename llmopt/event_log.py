@@ -1,0 +1,369 @@
+"""The event log: every decision and every feedback, durable, joined by ``decision_id``.
+
+SQLite in the embedded profile, PostgreSQL in production (same code, one URL). The schema is owned
+by Alembic migrations (``llmopt/migrations``); opening a log upgrades it to the latest revision.
+
+Guarantees:
+- a feedback joins its decision by ``decision_id`` and may arrive any time later;
+- the same feedback twice is stored once and reported as a duplicate; a *different* feedback for a
+  decision that already has one is refused (``ConflictingFeedbackError``) and the first one kept;
+- feedback for an unknown ``decision_id`` is refused (``UnknownDecisionError``);
+- every accepted write is committed before the call returns; feedback rows get increasing ids,
+  the cursor incremental training resumes from.
+
+Examples
+--------
+>>> from llmopt.schemas import Decision, Feedback, RequestContext
+>>> log = EventLog("sqlite://")
+>>> d = Decision(model="gpt-4o-mini", propensity=0.9, policy_name="doc")
+>>> log.record_decision(d, RequestContext(tenant="acme"), features={"bias": 1.0})
+>>> log.record_feedback(Feedback(decision_id=d.decision_id, quality=0.8), reward=0.7).status
+'stored'
+>>> log.record_feedback(Feedback(decision_id=d.decision_id, quality=0.8), reward=0.7).status
+'duplicate'
+>>> [e.reward for e in log.feedback_since(0)]
+[0.7]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+from llmopt.schemas import Decision, Feedback, RequestContext, utc_now
+from llmopt.types import DecisionID
+
+metadata = sa.MetaData()
+
+decisions = sa.Table(
+    "decisions",
+    metadata,
+    sa.Column("decision_id", sa.String(64), primary_key=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("tenant", sa.String(200), nullable=False, index=True),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("parameters", sa.JSON, nullable=False),
+    sa.Column("propensity", sa.Float, nullable=False),
+    sa.Column("policy_name", sa.String(100), nullable=False),
+    sa.Column("policy_version", sa.String(100), nullable=False),
+    sa.Column("scores", sa.JSON, nullable=False),
+    sa.Column("context", sa.JSON, nullable=False),
+    sa.Column("features", sa.JSON, nullable=False),
+)
+
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    sa.Column("feedback_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "decision_id",
+        sa.String(64),
+        sa.ForeignKey("decisions.decision_id"),
+        nullable=False,
+        unique=True,
+    ),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("quality", sa.Float, nullable=False),
+    sa.Column("reward", sa.Float, nullable=True),
+    sa.Column("cost_usd", sa.Float, nullable=True),
+    sa.Column("latency_ms", sa.Float, nullable=True),
+    sa.Column("input_tokens", sa.Integer, nullable=True),
+    sa.Column("output_tokens", sa.Integer, nullable=True),
+    sa.Column("error_kind", sa.String(40), nullable=True),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("payload_sha256", sa.String(64), nullable=False),
+)
+
+
+class EventLogError(ValueError):
+    """A write the event log refuses; the message says why."""
+
+
+class UnknownDecisionError(EventLogError):
+    """Feedback names a decision_id the log has never seen."""
+
+
+class ConflictingFeedbackError(EventLogError):
+    """A decision already has a different feedback; the first one is kept."""
+
+
+class DuplicateDecisionError(EventLogError):
+    """A decision with this decision_id is already logged."""
+
+
+@dataclass(frozen=True)
+class FeedbackReceipt:
+    """What happened to one feedback: ``stored`` now, or already stored (``duplicate``)."""
+
+    status: Literal["stored", "duplicate"]
+    feedback_id: int
+    decision_id: DecisionID
+
+
+@dataclass(frozen=True)
+class LoggedEvent:
+    """A feedback joined with its decision: one training example for policies and OPE."""
+
+    feedback_id: int
+    decision_id: DecisionID
+    decided_at: datetime
+    received_at: datetime
+    tenant: str
+    model: str
+    propensity: float
+    policy_name: str
+    policy_version: str
+    context: dict[str, Any]
+    features: dict[str, float]
+    quality: float
+    reward: float | None
+    cost_usd: float | None
+    latency_ms: float | None
+    error_kind: str | None
+
+
+def _aware(ts: datetime) -> datetime:
+    """SQLite returns naive datetimes; everything we store is UTC."""
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+
+
+def _payload(fb: Feedback) -> tuple[dict[str, Any], str]:
+    data = fb.model_dump(mode="json", exclude_none=True)
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    return data, digest
+
+
+def upgrade_schema(engine: Engine) -> None:
+    """Bring the database at ``engine`` to the latest Alembic revision."""
+    from alembic import command  # noqa: PLC0415 - only needed when opening a log
+    from alembic.config import Config  # noqa: PLC0415
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+def create_engine(url: str) -> Engine:
+    """An engine for the event log; SQLite gets WAL and a busy timeout for concurrent writers."""
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            if url not in ("sqlite://", "sqlite:///:memory:"):
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+class EventLog:
+    """Decisions and feedback in one SQL database.
+
+    Parameters
+    ----------
+    url
+        SQLAlchemy URL (``sqlite:///path.db``, ``postgresql+psycopg://user@host/db``).
+    migrate
+        Upgrade the schema to the latest revision on open.
+    """
+
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
+        self.url = url
+        if url in ("sqlite://", "sqlite:///:memory:"):
+            # One shared connection, or every checkout would see a new empty in-memory database.
+            self._engine = sa.create_engine(url, poolclass=sa.pool.StaticPool)
+        else:
+            self._engine = create_engine(url)
+        if migrate:
+            upgrade_schema(self._engine)
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine (for pipelines that read the log in bulk)."""
+        return self._engine
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self._engine.dispose()
+
+    def record_decision(
+        self,
+        decision: Decision,
+        context: RequestContext,
+        *,
+        features: Mapping[str, float],
+        extra: Mapping[str, Any] | None = None,
+        store_prompt: bool = False,
+    ) -> None:
+        """Log one decision with the context and features it was made from.
+
+        ``extra`` values (e.g. predicted cost) are kept in the context JSON. The prompt text is
+        replaced by its SHA-256 unless ``store_prompt`` is set.
+        """
+        ctx = context.model_dump(mode="json", exclude={"prompt"})
+        ctx.update(extra or {})
+        if context.prompt is not None:
+            ctx["prompt_sha256"] = hashlib.sha256(context.prompt.encode()).hexdigest()
+            if store_prompt:
+                ctx["prompt"] = context.prompt
+        row = {
+            "decision_id": decision.decision_id,
+            "created_at": decision.created_at,
+            "tenant": context.tenant,
+            "model": decision.model,
+            "parameters": decision.parameters,
+            "propensity": decision.propensity,
+            "policy_name": decision.policy_name,
+            "policy_version": decision.policy_version,
+            "scores": decision.scores,
+            "context": ctx,
+            "features": dict(features),
+        }
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(decisions.insert().values(**row))
+        except IntegrityError:
+            raise DuplicateDecisionError(
+                f"decision_id {decision.decision_id!r} is already logged"
+            ) from None
+
+    def get_decision(self, decision_id: DecisionID) -> dict[str, Any] | None:
+        """The logged decision row, or None."""
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                sa.select(decisions).where(decisions.c.decision_id == decision_id)
+            ).first()
+        return dict(row._mapping) if row is not None else None
+
+    def record_feedback(
+        self,
+        fb: Feedback,
+        *,
+        reward: float | None = None,
+        cost_usd: float | None = None,
+        latency_ms: float | None = None,
+    ) -> FeedbackReceipt:
+        """Store one feedback exactly once (see the module docstring for the rules).
+
+        ``cost_usd`` / ``latency_ms`` are the values used for the reward when the client did not
+        report them (e.g. computed from the catalog); the client's own values win.
+        """
+        data, digest = _payload(fb)
+        row = {
+            "decision_id": fb.decision_id,
+            "received_at": utc_now(),
+            "quality": fb.normalized_quality(),
+            "reward": reward,
+            "cost_usd": fb.cost_usd if fb.cost_usd is not None else cost_usd,
+            "latency_ms": fb.latency_ms if fb.latency_ms is not None else latency_ms,
+            "input_tokens": fb.input_tokens,
+            "output_tokens": fb.output_tokens,
+            "error_kind": fb.error_kind.value if fb.error_kind is not None else None,
+            "payload": data,
+            "payload_sha256": digest,
+        }
+        try:
+            with self._engine.begin() as conn:
+                known = conn.execute(
+                    sa.select(decisions.c.decision_id).where(
+                        decisions.c.decision_id == fb.decision_id
+                    )
+                ).first()
+                if known is None:
+                    raise UnknownDecisionError(
+                        f"unknown decision_id {fb.decision_id!r}: feedback must name a decision "
+                        "returned by /decide"
+                    )
+                result = conn.execute(feedback.insert().values(**row))
+                pk = result.inserted_primary_key
+                assert pk is not None
+                return FeedbackReceipt("stored", int(pk[0]), fb.decision_id)
+        except IntegrityError:
+            pass  # another feedback for this decision exists (maybe inserted concurrently)
+        with self._engine.connect() as conn:
+            existing = conn.execute(
+                sa.select(feedback.c.feedback_id, feedback.c.payload_sha256).where(
+                    feedback.c.decision_id == fb.decision_id
+                )
+            ).one()
+        if existing.payload_sha256 != digest:
+            raise ConflictingFeedbackError(
+                f"decision {fb.decision_id!r} already has a different feedback "
+                f"(#{existing.feedback_id}); the first feedback is kept"
+            )
+        return FeedbackReceipt("duplicate", int(existing.feedback_id), fb.decision_id)
+
+    def feedback_since(self, after_id: int = 0, *, limit: int | None = None) -> list[LoggedEvent]:
+        """Feedback joined with its decision, with ``feedback_id > after_id``, oldest first."""
+        return list(self.iter_events(after_id, limit=limit))
+
+    def iter_events(self, after_id: int = 0, *, limit: int | None = None) -> Iterator[LoggedEvent]:
+        """Like :meth:`feedback_since`, streamed."""
+        query = (
+            sa.select(
+                feedback.c.feedback_id,
+                feedback.c.decision_id,
+                decisions.c.created_at,
+                feedback.c.received_at,
+                decisions.c.tenant,
+                decisions.c.model,
+                decisions.c.propensity,
+                decisions.c.policy_name,
+                decisions.c.policy_version,
+                decisions.c.context,
+                decisions.c.features,
+                feedback.c.quality,
+                feedback.c.reward,
+                feedback.c.cost_usd,
+                feedback.c.latency_ms,
+                feedback.c.error_kind,
+            )
+            .join(decisions, decisions.c.decision_id == feedback.c.decision_id)
+            .where(feedback.c.feedback_id > after_id)
+            .order_by(feedback.c.feedback_id)
+        )
+        if limit is not None:
+            query = query.limit(limit)
+        with self._engine.connect() as conn:
+            for r in conn.execute(query):
+                yield LoggedEvent(
+                    feedback_id=r.feedback_id,
+                    decision_id=r.decision_id,
+                    decided_at=_aware(r.created_at),
+                    received_at=_aware(r.received_at),
+                    tenant=r.tenant,
+                    model=r.model,
+                    propensity=r.propensity,
+                    policy_name=r.policy_name,
+                    policy_version=r.policy_version,
+                    context=r.context,
+                    features=r.features,
+                    quality=r.quality,
+                    reward=r.reward,
+                    cost_usd=r.cost_usd,
+                    latency_ms=r.latency_ms,
+                    error_kind=r.error_kind,
+                )
+
+    def counts(self) -> dict[str, int]:
+        """Number of decisions and feedback rows."""
+        with self._engine.connect() as conn:
+            n_dec = conn.execute(sa.select(sa.func.count()).select_from(decisions)).scalar_one()
+            n_fb = conn.execute(sa.select(sa.func.count()).select_from(feedback)).scalar_one()
+        return {"decisions": int(n_dec), "feedback": int(n_fb)}

@@ -1,0 +1,63 @@
+"""Cost-quality frontiers: the zero router's convex hull and interpolation along a frontier.
+
+RouterBench's "zero router" mixes single models at random without looking at the prompt; its
+achievable (cost, quality) set is the upper convex hull of the single models' points. A router is
+only worth having where it lies above that hull.
+
+Examples
+--------
+>>> pts = [(1.0, 0.5), (2.0, 0.9), (4.0, 0.95), (3.0, 0.6)]
+>>> upper_hull(pts)
+[(1.0, 0.5), (2.0, 0.9), (4.0, 0.95)]
+>>> quality_at_cost(upper_hull(pts), 1.5)
+0.7
+>>> quality_at_cost(upper_hull(pts), 0.5) is None
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+def upper_hull(points: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Non-decreasing upper convex hull of (cost, quality) points, cheapest first.
+
+    A point costs at least as much as the one before and has higher quality: paying more for
+    less is never on the frontier (RouterBench's AIQ uses the same hull).
+    """
+    pts = sorted(set(points), key=lambda p: (p[0], -p[1]))
+    frontier: list[tuple[float, float]] = []
+    for p in pts:  # keep only points that raise the best quality so far
+        if not frontier or p[1] > frontier[-1][1]:
+            frontier.append(p)
+    hull: list[tuple[float, float]] = []
+    for p in frontier:  # Andrew's monotone chain, upper part
+        while len(hull) >= 2:  # noqa: PLR2004
+            (x1, y1), (x2, y2) = hull[-2], hull[-1]
+            if (x2 - x1) * (p[1] - y1) - (y2 - y1) * (p[0] - x1) >= 0:
+                hull.pop()
+            else:
+                break
+        hull.append(p)
+    return hull
+
+
+def quality_at_cost(hull: list[tuple[float, float]], cost: float) -> float | None:
+    """Quality reachable on ``hull`` at ``cost`` (None below its cheapest point)."""
+    if not hull or cost < hull[0][0]:
+        return None
+    for (x1, y1), (x2, y2) in zip(hull, hull[1:], strict=False):
+        if x1 <= cost <= x2:
+            return y1 if x2 == x1 else round(y1 + (y2 - y1) * (cost - x1) / (x2 - x1), 12)
+    return hull[-1][1]
+
+
+def area_under_hull(hull: list[tuple[float, float]], lo: float, hi: float) -> float | None:
+    """Mean quality of the hull over [lo, hi] (RouterBench's AIQ), None if it does not span it."""
+    if not hull or hi <= lo or lo < hull[0][0]:
+        return None
+    n = 200
+    step = (hi - lo) / n
+    vals = [quality_at_cost(hull, lo + (i + 0.5) * step) for i in range(n)]
+    return sum(v for v in vals if v is not None) / n

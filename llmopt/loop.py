@@ -1,0 +1,248 @@
+"""The learning loop in one process: decide -> (client calls the LLM) -> feedback -> learn.
+
+Serving wraps this behind HTTP; the replay and the demo drive it directly. It owns what happens
+around the policy: request features, hard constraints (``max_cost_usd``, ``max_latency_ms``),
+generation parameters from the catalog, the reward, and the event log.
+
+Examples
+--------
+>>> from llmopt.catalog import load_catalog
+>>> from llmopt.schemas import Feedback, RequestContext
+>>> class First:  # any object with the Policy shape works
+...     name = "first"
+...     def pull(self, arm_ids, context=None):
+...         return Decision(model=arm_ids[0], propensity=1.0, policy_name=self.name)
+...     def update(self, arm_id, context, reward):
+...         return self
+>>> loop = LearningLoop(First(), ["gpt-4o", "gpt-4o-mini"], catalog=load_catalog())
+>>> d = loop.decide(RequestContext(tenant="acme", prompt="hi", max_cost_usd=0.001))
+>>> d.model, d.parameters["temperature"]
+('gpt-4o-mini', 0.7)
+>>> out = loop.feedback(Feedback(decision_id=d.decision_id, quality=0.9, cost_usd=0.0002))
+>>> out.status, round(out.reward, 3)
+('stored', 0.896)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from llmopt.catalog import ModelCatalog
+from llmopt.event_log import EventLog, UnknownDecisionError
+from llmopt.features import estimate_tokens, request_features
+from llmopt.policy import Policy
+from llmopt.reward import TradeOff, reward
+from llmopt.schemas import Decision, Feedback, RequestContext
+from llmopt.types import ArmID, DecisionID
+
+DEFAULT_OUTPUT_TOKENS = 256
+"""Output length assumed when predicting cost and latency before a request runs."""
+
+
+@dataclass(frozen=True)
+class _Pending:
+    model: ArmID
+    features: dict[str, float]
+    tradeoff: TradeOff
+    predicted_cost_usd: float | None
+    predicted_latency_ms: float | None
+
+
+@dataclass(frozen=True)
+class FeedbackOutcome:
+    """Result of one feedback: stored (and learned from) or a duplicate (ignored)."""
+
+    status: Literal["stored", "duplicate"]
+    decision_id: DecisionID
+    reward: float
+    feedback_id: int | None
+
+
+class LearningLoop:
+    """Decide with a policy, log, and learn from delayed feedback.
+
+    Parameters
+    ----------
+    policy
+        Any object with the :class:`llmopt.policy.Policy` shape.
+    arms
+        The models to choose from.
+    catalog
+        Model catalog for prices, latency figures and default parameters (optional: without it
+        no constraint can be checked and feedback must carry its cost).
+    event_log
+        Durable log of decisions and feedback; without it pending decisions live in memory.
+    default_tradeoff
+        Trade-off used when a request does not carry its own.
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        arms: Sequence[ArmID],
+        *,
+        catalog: ModelCatalog | None = None,
+        event_log: EventLog | None = None,
+        default_tradeoff: TradeOff | None = None,
+    ) -> None:
+        if not arms:
+            raise ValueError("the loop needs at least one arm")
+        self.policy = policy
+        self.arms = list(arms)
+        self.catalog = catalog
+        self.event_log = event_log
+        self.default_tradeoff = default_tradeoff or TradeOff(willingness_to_pay=0.05)
+        self._pending: dict[DecisionID, _Pending] = {}
+        self._answered: dict[DecisionID, float] = {}
+
+    def tradeoff_for(self, ctx: RequestContext) -> TradeOff:
+        """The request's trade-off, falling back to the default one field by field."""
+        return TradeOff(
+            willingness_to_pay=ctx.willingness_to_pay or self.default_tradeoff.willingness_to_pay,
+            latency_weight=(
+                ctx.latency_weight
+                if ctx.latency_weight is not None
+                else self.default_tradeoff.latency_weight
+            ),
+        )
+
+    def _eligible(self, ctx: RequestContext) -> tuple[list[ArmID], list[str]]:
+        """Arms whose predicted cost and latency respect the request's hard caps."""
+        if self.catalog is None or (ctx.max_cost_usd is None and ctx.max_latency_ms is None):
+            return self.arms, []
+        in_tokens = estimate_tokens(ctx.prompt or "")
+        ok: list[ArmID] = []
+        notes: list[str] = []
+        for arm in self.arms:
+            spec = self.catalog.get(arm)
+            if spec is None:
+                ok.append(arm)
+                continue
+            cost = spec.expected_cost_usd(in_tokens, DEFAULT_OUTPUT_TOKENS)
+            latency = spec.expected_latency_ms(DEFAULT_OUTPUT_TOKENS)
+            if ctx.max_cost_usd is not None and cost > ctx.max_cost_usd:
+                notes.append(f"{arm} excluded: predicted cost {cost:.6f} > max_cost_usd")
+            elif ctx.max_latency_ms is not None and latency > ctx.max_latency_ms:
+                notes.append(f"{arm} excluded: predicted latency {latency:.0f} ms > max_latency_ms")
+            else:
+                ok.append(arm)
+        if not ok:  # nothing fits: the cheapest known arm, and say so
+            catalog = self.catalog
+
+            def _cost(arm: ArmID) -> float:
+                spec = catalog.get(arm)
+                return spec.expected_cost_usd(in_tokens, DEFAULT_OUTPUT_TOKENS) if spec else 0.0
+
+            cheapest = min(self.arms, key=_cost)
+            notes.append(f"no model meets the caps; fell back to the cheapest, {cheapest}")
+            ok = [cheapest]
+        return ok, notes
+
+    def decide(
+        self, ctx: RequestContext, *, features: Mapping[str, float] | None = None
+    ) -> Decision:
+        """Choose a model for ``ctx``; ``features`` may come precomputed (as in the replay)."""
+        feats = (
+            dict(features)
+            if features is not None
+            else request_features(
+                ctx.prompt, task_hints=ctx.task_hints, client_features=ctx.features
+            )
+        )
+        arms, notes = self._eligible(ctx)
+        decision = self.policy.pull(arms, feats)
+        spec = self.catalog.get(decision.model) if self.catalog is not None else None
+        predicted_cost = predicted_latency = None
+        params: dict[str, float | int | str] = dict(decision.parameters)
+        if spec is not None:
+            params = {**spec.parameters, **params}
+            predicted_cost = spec.expected_cost_usd(
+                estimate_tokens(ctx.prompt or ""), DEFAULT_OUTPUT_TOKENS
+            )
+            predicted_latency = spec.expected_latency_ms(DEFAULT_OUTPUT_TOKENS)
+        decision = decision.model_copy(
+            update={"parameters": params, "notes": [*decision.notes, *notes]}
+        )
+        tradeoff = self.tradeoff_for(ctx)
+        if self.event_log is not None:
+            logged_ctx = ctx.model_copy(
+                update={
+                    "willingness_to_pay": tradeoff.willingness_to_pay,
+                    "latency_weight": tradeoff.latency_weight,
+                }
+            )
+            self.event_log.record_decision(
+                decision,
+                logged_ctx,
+                features=feats,
+                extra={
+                    "predicted_cost_usd": predicted_cost,
+                    "predicted_latency_ms": predicted_latency,
+                },
+            )
+        else:
+            self._pending[decision.decision_id] = _Pending(
+                decision.model, feats, tradeoff, predicted_cost, predicted_latency
+            )
+        return decision
+
+    def _lookup(self, decision_id: DecisionID) -> _Pending:
+        pending = self._pending.get(decision_id)
+        if pending is not None:
+            return pending
+        row = self.event_log.get_decision(decision_id) if self.event_log is not None else None
+        if row is None:
+            raise UnknownDecisionError(
+                f"unknown decision_id {decision_id!r}: feedback must name a decision returned by "
+                "decide"
+            )
+        ctx = row["context"]
+        return _Pending(
+            model=row["model"],
+            features=row["features"],
+            tradeoff=TradeOff(
+                willingness_to_pay=ctx.get("willingness_to_pay")
+                or self.default_tradeoff.willingness_to_pay,
+                latency_weight=ctx.get("latency_weight") or 0.0,
+            ),
+            predicted_cost_usd=ctx.get("predicted_cost_usd"),
+            predicted_latency_ms=ctx.get("predicted_latency_ms"),
+        )
+
+    def feedback(self, fb: Feedback) -> FeedbackOutcome:
+        """Record feedback, compute its reward and, unless it is a duplicate, learn from it."""
+        if fb.decision_id in self._answered:  # in-memory mode only: the log tracks it otherwise
+            return FeedbackOutcome(
+                "duplicate", fb.decision_id, self._answered[fb.decision_id], None
+            )
+        pending = self._lookup(fb.decision_id)
+        spec = self.catalog.get(pending.model) if self.catalog is not None else None
+        cost = fb.cost_usd
+        if cost is None and spec is not None and fb.input_tokens is not None:
+            cost = spec.expected_cost_usd(fb.input_tokens, fb.output_tokens or 0)
+        if cost is None:
+            cost = pending.predicted_cost_usd or 0.0
+        latency = fb.latency_ms
+        if latency is None and spec is not None and fb.output_tokens is not None:
+            latency = spec.expected_latency_ms(fb.output_tokens)
+        r = reward(
+            fb.normalized_quality(),
+            cost,
+            latency,
+            willingness_to_pay=pending.tradeoff.willingness_to_pay,
+            latency_weight=pending.tradeoff.latency_weight,
+        )
+        feedback_id: int | None = None
+        status: Literal["stored", "duplicate"] = "stored"
+        if self.event_log is not None:
+            receipt = self.event_log.record_feedback(
+                fb, reward=r, cost_usd=cost, latency_ms=latency
+            )
+            status, feedback_id = receipt.status, receipt.feedback_id
+        if status == "stored":
+            self.policy.update(pending.model, pending.features, r)
+            if self._pending.pop(fb.decision_id, None) is not None:
+                self._answered[fb.decision_id] = r
+        return FeedbackOutcome(status, fb.decision_id, r, feedback_id)

@@ -1,0 +1,146 @@
+"""Typed request, decision and feedback records: the language every component speaks.
+
+Examples
+--------
+>>> ctx = RequestContext(tenant="acme", prompt="What is 2 + 2?", task_hints=["math"])
+>>> ctx.tenant, ctx.max_cost_usd
+('acme', None)
+>>> Feedback(decision_id="d1", rating=4).normalized_quality()
+0.75
+>>> Feedback(decision_id="d1", thumbs="down").normalized_quality()
+0.0
+>>> Feedback(decision_id="d1", error_kind="timeout").normalized_quality()
+0.0
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from llmopt.types import ArmID, DecisionID, TenantID
+
+
+def new_decision_id() -> DecisionID:
+    """A fresh, globally unique decision id (32 hex characters)."""
+    return uuid.uuid4().hex
+
+
+def utc_now() -> datetime:
+    """Timezone-aware current time in UTC."""
+    return datetime.now(UTC)
+
+
+class RequestContext(BaseModel):
+    """What a client tells us about one LLM request before it is sent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: TenantID = Field(min_length=1, max_length=200, description="Tenant (team, app) id.")
+    prompt: str | None = Field(
+        default=None,
+        max_length=1_000_000,
+        description="Prompt text; used for request features only, not stored unless opted in.",
+    )
+    task_hints: list[str] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Client-side task labels, e.g. 'code', 'math', 'summarize', 'chat'.",
+    )
+    max_cost_usd: float | None = Field(
+        default=None, gt=0, description="Hard cap on the predicted cost of this request (USD)."
+    )
+    max_latency_ms: float | None = Field(
+        default=None, gt=0, description="Hard cap on the predicted latency of this request (ms)."
+    )
+    willingness_to_pay: float | None = Field(
+        default=None,
+        gt=0,
+        description="USD this tenant pays for one unit of quality; defaults from settings.",
+    )
+    latency_weight: float | None = Field(
+        default=None, ge=0, description="Quality units lost per second of latency."
+    )
+    features: dict[str, float | str] = Field(
+        default_factory=dict,
+        max_length=256,
+        description="Arbitrary client features: numbers are used as-is, strings one-hot encoded.",
+    )
+
+
+class Decision(BaseModel):
+    """A policy's choice for one request, with what off-policy evaluation needs (the propensity)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision_id: DecisionID = Field(default_factory=new_decision_id, min_length=1, max_length=64)
+    model: ArmID = Field(description="The chosen model (arm).")
+    parameters: dict[str, float | int | str] = Field(
+        default_factory=dict,
+        description="Generation parameters: temperature, max_tokens, template.",
+    )
+    propensity: float = Field(
+        gt=0, le=1, description="Probability with which the policy chose this model."
+    )
+    policy_name: str = Field(description="Name of the policy that decided.")
+    policy_version: str = Field(default="0", description="Version of that policy's state.")
+    scores: dict[ArmID, float] = Field(
+        default_factory=dict, description="Per-arm scores the policy compared (explanation)."
+    )
+    notes: list[str] = Field(
+        default_factory=list, description="Why arms were excluded or a fallback answered."
+    )
+    created_at: datetime = Field(default_factory=utc_now)
+
+
+class ErrorKind(StrEnum):
+    """Why an LLM call failed, as reported by the client."""
+
+    TIMEOUT = "timeout"
+    RATE_LIMIT = "rate_limit"
+    SERVER_ERROR = "server_error"
+    CONTENT_FILTER = "content_filter"
+    CONTEXT_LENGTH = "context_length"
+    OTHER = "other"
+
+
+class Feedback(BaseModel):
+    """What the client observed once the LLM answered (or failed), possibly much later."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision_id: DecisionID = Field(min_length=1, max_length=64)
+    quality: float | None = Field(default=None, ge=0, le=1, description="Quality score in [0, 1].")
+    thumbs: Literal["up", "down"] | None = Field(default=None, description="Thumbs up or down.")
+    rating: int | None = Field(default=None, ge=1, le=5, description="1-5 star rating.")
+    input_tokens: int | None = Field(default=None, ge=0)
+    output_tokens: int | None = Field(default=None, ge=0)
+    latency_ms: float | None = Field(default=None, ge=0)
+    cost_usd: float | None = Field(
+        default=None, ge=0, description="Observed cost; computed from the catalog when absent."
+    )
+    error_kind: ErrorKind | None = Field(default=None, description="Set when the call failed.")
+
+    @model_validator(mode="after")
+    def _one_quality_signal(self) -> Feedback:
+        given = [n for n in ("quality", "thumbs", "rating") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of quality, thumbs or rating, not {' and '.join(given)}")
+        if not given and self.error_kind is None:
+            raise ValueError("feedback needs quality, thumbs, rating, or an error_kind")
+        return self
+
+    def normalized_quality(self) -> float:
+        """The quality signal mapped to [0, 1]; a failed call counts as quality 0."""
+        if self.error_kind is not None:
+            return 0.0
+        if self.quality is not None:
+            return self.quality
+        if self.thumbs is not None:
+            return 1.0 if self.thumbs == "up" else 0.0
+        assert self.rating is not None  # guaranteed by the validator
+        return (self.rating - 1) / 4
