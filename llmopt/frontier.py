@@ -49,7 +49,10 @@ def quality_at_cost(hull: list[tuple[float, float]], cost: float) -> float | Non
         return None
     for (x1, y1), (x2, y2) in zip(hull, hull[1:], strict=False):
         if x1 <= cost <= x2:
-            return y1 if x2 == x1 else round(y1 + (y2 - y1) * (cost - x1) / (x2 - x1), 12)
+            if x2 == x1:
+                return y2
+            share = (cost - x1) / (x2 - x1)  # divide first: tiny costs must not underflow
+            return round(y1 + (y2 - y1) * share, 12)
     return hull[-1][1]
 
 

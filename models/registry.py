@@ -12,7 +12,6 @@ ValueError: unknown policy 'nope'; choose one of: epsilon_greedy, linucb, random
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from models.base import Policy
@@ -23,19 +22,20 @@ from models.random_policy import UniformRandom
 RECOMMENDED = "linucb"
 """The policy the product uses when none is named."""
 
-POLICIES: dict[str, Callable[..., Policy]] = {
-    "epsilon_greedy": lambda seed=None, **kw: EpsilonGreedy(0.2, decay=200.0, seed=seed, **kw),
-    "linucb": lambda seed=None, **kw: LinUCB(0.3, seed=seed, **kw),
-    "random": lambda seed=None, **kw: UniformRandom(seed=seed, **kw),
+POLICIES: dict[str, tuple[type[Policy], dict[str, Any]]] = {
+    "epsilon_greedy": (EpsilonGreedy, {"epsilon": 0.2, "decay": 200.0}),
+    "linucb": (LinUCB, {"alpha": 0.3}),
+    "random": (UniformRandom, {}),
 }
+"""Policy class and the project's default hyperparameters, by name."""
 
 
 def make_policy(name: str, *, seed: int | None = None, **params: Any) -> Policy:
     """A fresh policy by name, with the project's default hyperparameters unless overridden."""
     try:
-        factory = POLICIES[name]
+        cls, defaults = POLICIES[name]
     except KeyError:
         raise ValueError(
             f"unknown policy {name!r}; choose one of: {', '.join(sorted(POLICIES))}"
         ) from None
-    return factory(seed=seed, **params)
+    return cls(**{**defaults, **params, "seed": seed})
