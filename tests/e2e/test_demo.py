@@ -1,0 +1,50 @@
+"""`llmopt demo` as a user runs it: a fresh folder, the installed entry point, real data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+LLMOPT = Path(sys.executable).with_name("llmopt")
+
+
+def run_demo(cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "COLUMNS": "160", **env}
+    full_env.pop("LLMOPT_HOME", None)
+    return subprocess.run(
+        [str(LLMOPT), "demo"], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_demo_on_embedded_defaults(tmp_path: Path) -> None:
+    proc = run_demo(tmp_path, **{"LLMOPT_DATABASE_URL": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert "best single model (claude-2)" in proc.stdout and "oracle" in proc.stdout
+    assert "+802 decisions, +802 feedback" in proc.stdout
+    home = tmp_path / ".llmopt"
+    result = json.loads((home / "demo" / "result.json").read_text())
+    assert result["data"]["n_prompts"] == 802 and result["data"]["dropped_prompts_missing_models"] == 3
+    assert (home / "demo" / "frontier.png").stat().st_size > 10_000
+    engine = sa.create_engine(f"sqlite:///{home / 'events.db'}")
+    with engine.connect() as conn:
+        n = conn.execute(sa.text("SELECT count(*) FROM feedback f JOIN decisions d "
+                                 "USING (decision_id) WHERE f.reward IS NOT NULL")).scalar()
+    assert n == 802
+
+
+@pytest.mark.services
+def test_demo_with_the_event_log_in_postgresql(tmp_path: Path, postgres_url: str) -> None:
+    proc = run_demo(tmp_path, LLMOPT_DATABASE_URL=postgres_url)
+    assert proc.returncode == 0, proc.stderr
+    engine = sa.create_engine(postgres_url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM feedback")).scalar() >= 802
+    engine.dispose()
+    assert not (tmp_path / ".llmopt" / "events.db").exists()

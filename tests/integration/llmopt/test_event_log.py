@@ -1,0 +1,135 @@
+"""The event log on SQLite (file) and, marked services, on the PostgreSQL at 127.0.0.1:5432."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from llmopt.event_log import (
+    ConflictingFeedbackError,
+    DuplicateDecisionError,
+    EventLog,
+    UnknownDecisionError,
+)
+from llmopt.schemas import Decision, Feedback, RequestContext
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'events.db'}"
+    base = request.getfixturevalue("postgres_url")
+    # A clean schema per test inside the session's database.
+    engine = sa.create_engine(base)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE IF EXISTS feedback, decisions, alembic_version CASCADE"))
+    engine.dispose()
+    return str(base)
+
+
+def _decide(log: EventLog, model: str = "m1", prompt: str | None = "secret prompt") -> str:
+    d = Decision(model=model, propensity=0.25, policy_name="test", scores={"m1": 0.3})
+    log.record_decision(d, RequestContext(tenant="acme", prompt=prompt), features={"bias": 1.0})
+    return d.decision_id
+
+
+def test_schema_is_migrated_to_head(url: str) -> None:
+    log = EventLog(url)
+    with log.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+    EventLog(url).close()  # opening again is a no-op upgrade
+    log.close()
+
+
+def test_feedback_joins_its_decision_later_and_survives_reopen(url: str) -> None:
+    log = EventLog(url)
+    ids = [_decide(log, model=f"m{i}") for i in range(3)]
+    receipts = [
+        log.record_feedback(Feedback(decision_id=i, quality=0.1 * k), reward=0.1 * k)
+        for k, i in enumerate(reversed(ids))
+    ]
+    assert [r.status for r in receipts] == ["stored"] * 3
+    assert [r.feedback_id for r in receipts] == sorted(r.feedback_id for r in receipts)
+    log.close()
+    reopened = EventLog(url)
+    events = reopened.feedback_since(0)
+    assert [e.decision_id for e in events] == list(reversed(ids))
+    assert events[0].model == "m2" and events[0].propensity == 0.25
+    assert events[0].features == {"bias": 1.0} and events[0].decided_at.tzinfo is not None
+    assert [e.decision_id for e in reopened.feedback_since(receipts[0].feedback_id)] == ids[1::-1]
+    assert reopened.counts() == {"decisions": 3, "feedback": 3}
+    reopened.close()
+
+
+def test_duplicate_feedback_is_stored_once(url: str) -> None:
+    log = EventLog(url)
+    did = _decide(log)
+    fb = Feedback(decision_id=did, rating=4, input_tokens=10)
+    first = log.record_feedback(fb, reward=0.5)
+    again = log.record_feedback(fb, reward=0.5)
+    assert (first.status, again.status) == ("stored", "duplicate")
+    assert first.feedback_id == again.feedback_id
+    assert log.counts()["feedback"] == 1
+
+
+def test_conflicting_feedback_is_refused_and_first_kept(url: str) -> None:
+    log = EventLog(url)
+    did = _decide(log)
+    log.record_feedback(Feedback(decision_id=did, quality=0.9))
+    with pytest.raises(ConflictingFeedbackError, match="already has a different feedback"):
+        log.record_feedback(Feedback(decision_id=did, quality=0.1))
+    assert [e.quality for e in log.feedback_since(0)] == [0.9]
+
+
+def test_unknown_decision_is_refused_and_nothing_stored(url: str) -> None:
+    log = EventLog(url)
+    with pytest.raises(UnknownDecisionError, match="unknown decision_id 'nope'"):
+        log.record_feedback(Feedback(decision_id="nope", quality=0.5))
+    assert log.counts() == {"decisions": 0, "feedback": 0}
+
+
+def test_duplicate_decision_is_refused(url: str) -> None:
+    log = EventLog(url)
+    d = Decision(model="m", propensity=1.0, policy_name="p")
+    log.record_decision(d, RequestContext(tenant="t"), features={})
+    with pytest.raises(DuplicateDecisionError):
+        log.record_decision(d, RequestContext(tenant="t"), features={})
+
+
+def test_prompt_is_hashed_unless_opted_in(url: str) -> None:
+    log = EventLog(url)
+    hidden = log.get_decision(_decide(log))
+    assert hidden is not None and "prompt" not in hidden["context"]
+    assert len(hidden["context"]["prompt_sha256"]) == 64
+    d = Decision(model="m", propensity=1.0, policy_name="p")
+    log.record_decision(
+        d, RequestContext(tenant="t", prompt="keep me"), features={}, store_prompt=True
+    )
+    kept = log.get_decision(d.decision_id)
+    assert kept is not None and kept["context"]["prompt"] == "keep me"
+
+
+def test_concurrent_duplicates_store_exactly_once(url: str) -> None:
+    log = EventLog(url)
+    ids = [_decide(log) for _ in range(20)]
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            for did in ids:
+                log.record_feedback(Feedback(decision_id=did, quality=0.5))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert log.counts()["feedback"] == 20

@@ -1,0 +1,120 @@
+"""Replay on real routing data: bandit feedback only, and learning beats uniform random."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from llmopt.catalog import load_catalog
+from llmopt.policy import Policy
+from llmopt.replay import run_replay
+from llmopt.reward import reward
+from llmopt.routing_data import RoutingData, load_routing_data, routing_data_from_frame
+from llmopt.schemas import Decision
+from llmopt.types import ArmID, Features
+from models.registry import RECOMMENDED, make_policy
+
+pytestmark = pytest.mark.integration
+
+
+def factory(name: str):  # type: ignore[no-untyped-def]
+    return lambda seed: make_policy(name, seed=seed)
+
+
+@pytest.fixture(scope="module")
+def routerbench(routing_dir: Path) -> RoutingData:
+    return load_routing_data(routing_dir / "routerbench_arc_winogrande.parquet")
+
+
+@pytest.fixture(scope="module")
+def routerbench_result(routerbench: RoutingData) -> dict:  # type: ignore[type-arg]
+    return run_replay(
+        routerbench,
+        {RECOMMENDED: factory(RECOMMENDED), "random": factory("random")},
+        seed=42,
+        catalog=load_catalog(),
+    )
+
+
+def test_recommended_policy_beats_uniform_random_at_equal_cost(routerbench_result: dict) -> None:  # type: ignore[type-arg]
+    summary = routerbench_result["policies"][RECOMMENDED]["summary"]
+    # Measured +0.15 quality (0.85 vs 0.70) at uniform random's cost; a policy that does not
+    # learn sits at +0.00 (the replayed random policy below checks the margin is meaningful).
+    assert summary["quality_gain_vs_random_at_equal_cost"] > 0.08
+    random_gain = routerbench_result["policies"]["random"]["summary"][
+        "quality_gain_vs_random_at_equal_cost"
+    ]
+    assert random_gain is None or random_gain < 0.03
+
+
+def test_result_document_contract(routerbench_result: dict, routerbench: RoutingData) -> None:  # type: ignore[type-arg]
+    points = routerbench_result["policies"][RECOMMENDED]["points"]
+    assert len(points) == 8
+    for p in points:
+        assert {"willingness_to_pay", "avg_quality", "avg_cost_usd"} <= set(p)
+        assert 0 <= p["avg_quality"] <= 1 and p["avg_cost_usd"] > 0
+        assert p["avg_latency_ms_modelled"] is None  # RouterBench's models are not in the catalog
+    singles = routerbench_result["baselines"]["single_models"]
+    assert set(singles) == set(routerbench.models)
+    for m, v in singles.items():
+        j = routerbench.models.index(m)
+        assert v["avg_quality"] == pytest.approx(routerbench.quality[:, j].mean())
+        assert v["avg_cost_usd"] == pytest.approx(routerbench.cost_usd[:, j].mean())
+    oracle = routerbench_result["baselines"]["oracle"]["max_quality"]
+    assert oracle["avg_quality"] >= max(v["avg_quality"] for v in singles.values())
+    # More willingness to pay buys more quality, in the large.
+    assert points[-1]["avg_cost_usd"] > points[0]["avg_cost_usd"]
+    assert points[-1]["avg_quality"] > points[0]["avg_quality"]
+
+
+class Spy:
+    """Wraps a policy; records every (arm, reward) it is taught."""
+
+    name = "spy"
+
+    def __init__(self, inner: Policy) -> None:
+        self.inner = inner
+        self.taught: list[tuple[ArmID, float]] = []
+
+    def pull(self, arm_ids: Sequence[ArmID], context: Features | None = None) -> Decision:
+        return self.inner.pull(arm_ids, context)
+
+    def update(self, arm_id: ArmID, context: Features | None, reward: float) -> Spy:
+        self.taught.append((arm_id, reward))
+        self.inner.update(arm_id, context, reward)
+        return self
+
+
+def test_only_the_chosen_models_outcome_is_revealed() -> None:
+    rng = np.random.default_rng(0)
+    n, models = 60, ["alpha-x", "beta-y", "gamma-z"]  # names no catalog knows
+    rows = [
+        {"dataset": "synthetic", "split": "all", "sample_id": f"s{i}", "prompt": f"prompt {i}",
+         "model": m, "quality": float(rng.random()), "cost_usd": float(rng.random() / 100),
+         "input_chars": 10, "output_chars": 100}
+        for i in range(n) for m in models
+    ]
+    data = routing_data_from_frame(pd.DataFrame(rows))
+    spies: list[Spy] = []
+
+    def build(seed: int) -> Spy:
+        spies.append(Spy(make_policy(RECOMMENDED, seed=seed)))
+        return spies[-1]
+
+    run_replay(data, {"spy": build}, wtps=(0.01,), seed=1)  # type: ignore[dict-item]
+    (spy,) = spies
+    assert len(spy.taught) == n  # one lesson per prompt: the chosen model's, nothing else
+    order = np.random.default_rng(1).permutation(n)
+    for i, (arm, r) in zip(order, spy.taught, strict=True):
+        j = data.models.index(arm)
+        expected = reward(data.quality[i, j], data.cost_usd[i, j], willingness_to_pay=0.01)
+        assert r == pytest.approx(expected)
+
+
+def test_bad_sweep_is_refused(routerbench: RoutingData) -> None:
+    with pytest.raises(ValueError, match="willingness-to-pay"):
+        run_replay(routerbench, {"random": factory("random")}, wtps=(0.0,))
