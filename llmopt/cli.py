@@ -112,10 +112,12 @@ def bench_replay(
     typer.echo(f"wrote {out}" + (f" and {plot}" if plot else "") + f" in {result['elapsed_s']} s")
 
 
-def _print_table(result: dict[str, Any]) -> None:
-    """Policy vs best single model vs oracle: quality, cost, saving."""
+def _print_table(result: dict[str, Any], policies: list[str] | None = None) -> None:
+    """Policy vs best single model vs oracle: quality, cost, saving (and the zero router)."""
     from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
+
+    from llmopt.frontier import quality_at_cost  # noqa: PLC0415
 
     base = result["baselines"]
     best_name = base["best_single_model"]
@@ -125,32 +127,39 @@ def _print_table(result: dict[str, Any]) -> None:
     )
     for col in (
         "router",
-        "willingness to pay",
-        "avg quality",
-        "avg cost (USD)",
-        "quality vs best model",
-        "cost saving vs best model",
+        "wtp USD/q",
+        "quality",
+        "zero router @cost",
+        "cost USD",
+        "q vs best",
+        "saving vs best",
     ):
         table.add_column(col, justify="right" if col != "router" else "left")
 
+    hull = [(h["avg_cost_usd"], h["avg_quality"]) for h in base["zero_router"]["hull"]]
+
     def row(name: str, wtp: str, q: float, c: float) -> None:
+        zq = quality_at_cost(hull, c)
         table.add_row(
             name,
             wtp,
             f"{q:.4f}",
+            "-" if zq is None else f"{zq:.4f}",
             f"{c:.6f}",
             f"{(q / best['avg_quality'] - 1) * 100:+.1f}%" if best["avg_quality"] else "n/a",
             f"{(1 - c / best['avg_cost_usd']) * 100:.1f}%" if best["avg_cost_usd"] else "n/a",
         )
 
-    row(f"best single model ({best_name})", "-", best["avg_quality"], best["avg_cost_usd"])
+    row(f"best model ({best_name})", "-", best["avg_quality"], best["avg_cost_usd"])
     rnd = base["uniform_random"]
     row("uniform random", "-", rnd["avg_quality"], rnd["avg_cost_usd"])
     for name, pol in result["policies"].items():
+        if policies is not None and name not in policies:
+            continue
         for p in pol["points"]:
             row(name, f"{p['willingness_to_pay']:g}", p["avg_quality"], p["avg_cost_usd"])
     mq = base["oracle"]["max_quality"]
-    row("oracle (hindsight, max quality)", "-", mq["avg_quality"], mq["avg_cost_usd"])
+    row("oracle (hindsight)", "-", mq["avg_quality"], mq["avg_cost_usd"])
     Console(width=140).print(table)
 
 
@@ -217,8 +226,8 @@ def demo(
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").write_text(json.dumps(result, indent=2))
     plot_frontier(result, out / "frontier.png", title="Demo: AlpacaEval, 15 LLMs, bandit feedback")
-    _print_table(result)
-    typer.echo(f"wrote {out / 'frontier.png'} and {out / 'result.json'}")
+    _print_table(result, [RECOMMENDED])
+    typer.echo(f"wrote {out / 'frontier.png'} and {out / 'result.json'} (all policies)")
 
 
 @app.command("catalog")

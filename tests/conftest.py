@@ -1,4 +1,4 @@
-"""Shared fixtures: isolated settings, the shared routing data, PostgreSQL and Redis when present."""
+"""Shared fixtures: isolated settings, shared routing data, PostgreSQL and Redis when present."""
 
 from __future__ import annotations
 

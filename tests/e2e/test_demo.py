@@ -19,23 +19,35 @@ def run_demo(cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "COLUMNS": "160", **env}
     full_env.pop("LLMOPT_HOME", None)
     return subprocess.run(
-        [str(LLMOPT), "demo"], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=300
+        [str(LLMOPT), "demo"],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
 
 
 def test_demo_on_embedded_defaults(tmp_path: Path) -> None:
     proc = run_demo(tmp_path, **{"LLMOPT_DATABASE_URL": ""})
     assert proc.returncode == 0, proc.stderr
-    assert "best single model (claude-2)" in proc.stdout and "oracle" in proc.stdout
+    assert "best model (claude-2)" in proc.stdout and "oracle" in proc.stdout
     assert "+802 decisions, +802 feedback" in proc.stdout
     home = tmp_path / ".llmopt"
     result = json.loads((home / "demo" / "result.json").read_text())
-    assert result["data"]["n_prompts"] == 802 and result["data"]["dropped_prompts_missing_models"] == 3
+    assert (
+        result["data"]["n_prompts"] == 802 and result["data"]["dropped_prompts_missing_models"] == 3
+    )
     assert (home / "demo" / "frontier.png").stat().st_size > 10_000
     engine = sa.create_engine(f"sqlite:///{home / 'events.db'}")
     with engine.connect() as conn:
-        n = conn.execute(sa.text("SELECT count(*) FROM feedback f JOIN decisions d "
-                                 "USING (decision_id) WHERE f.reward IS NOT NULL")).scalar()
+        n = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM feedback f JOIN decisions d "
+                "USING (decision_id) WHERE f.reward IS NOT NULL"
+            )
+        ).scalar()
     assert n == 802
 
 

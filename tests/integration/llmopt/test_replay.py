@@ -93,10 +93,19 @@ def test_only_the_chosen_models_outcome_is_revealed() -> None:
     rng = np.random.default_rng(0)
     n, models = 60, ["alpha-x", "beta-y", "gamma-z"]  # names no catalog knows
     rows = [
-        {"dataset": "synthetic", "split": "all", "sample_id": f"s{i}", "prompt": f"prompt {i}",
-         "model": m, "quality": float(rng.random()), "cost_usd": float(rng.random() / 100),
-         "input_chars": 10, "output_chars": 100}
-        for i in range(n) for m in models
+        {
+            "dataset": "synthetic",
+            "split": "all",
+            "sample_id": f"s{i}",
+            "prompt": f"prompt {i}",
+            "model": m,
+            "quality": float(rng.random()),
+            "cost_usd": float(rng.random() / 100),
+            "input_chars": 10,
+            "output_chars": 100,
+        }
+        for i in range(n)
+        for m in models
     ]
     data = routing_data_from_frame(pd.DataFrame(rows))
     spies: list[Spy] = []

@@ -41,8 +41,11 @@ def test_override_wins_and_defaults_apply() -> None:
         {
             "defaults": {"ttft_ms": 111, "parameters": {"temperature": 0.2}},
             "models": [
-                {"id": "gpt-4o", "provider": "openai", "price": {"input_per_mtok": 1,
-                                                                "output_per_mtok": 2}},
+                {
+                    "id": "gpt-4o",
+                    "provider": "openai",
+                    "price": {"input_per_mtok": 1, "output_per_mtok": 2},
+                },
             ],
         }
     )
@@ -57,8 +60,10 @@ def test_override_wins_and_defaults_apply() -> None:
         ({"models": []}, "models"),
         ({}, "models"),
         (_doc(price={"input_per_mtok": -1, "output_per_mtok": 1}), "input_per_mtok"),
-        (_doc(tokens_per_second=0, price={"input_per_mtok": 1, "output_per_mtok": 1}),
-         "tokens_per_second"),
+        (
+            _doc(tokens_per_second=0, price={"input_per_mtok": 1, "output_per_mtok": 1}),
+            "tokens_per_second",
+        ),
         (_doc(colour="red", price={"input_per_mtok": 1, "output_per_mtok": 1}), "colour"),
         ("just a string", "invalid model catalog"),
     ],

@@ -45,8 +45,12 @@ def test_markers() -> None:
 
 @pytest.mark.parametrize(
     ("prompt", "script"),
-    [(PROMPTS[7], "script_cyrillic"), (PROMPTS[8], "script_cjk"), (PROMPTS[9], "script_arabic"),
-     (PROMPTS[3], "script_latin")],
+    [
+        (PROMPTS[7], "script_cyrillic"),
+        (PROMPTS[8], "script_cjk"),
+        (PROMPTS[9], "script_arabic"),
+        (PROMPTS[3], "script_latin"),
+    ],
 )
 def test_script(prompt: str, script: str) -> None:
     f = request_features(prompt)
@@ -55,8 +59,9 @@ def test_script(prompt: str, script: str) -> None:
 
 
 def test_task_hints_and_client_features() -> None:
-    f = request_features("x", task_hints=["Code", "banana"], client_features={"tier": "gold",
-                                                                             "load": 0.3})
+    f = request_features(
+        "x", task_hints=["Code", "banana"], client_features={"tier": "gold", "load": 0.3}
+    )
     assert f["hint_code"] == 1.0 and f["hint_other"] == 1.0
     assert all(f[f"hint_{h}"] == 0.0 for h in KNOWN_HINTS if h != "code")
     assert f["f:tier=gold"] == 1.0 and f["f:load"] == 0.3

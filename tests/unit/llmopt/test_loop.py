@@ -58,15 +58,17 @@ def test_parameters_come_from_the_catalog() -> None:
 
 def test_reward_uses_reported_cost_else_catalog_tokens() -> None:
     policy = Recorder()
-    loop = LearningLoop(policy, ARMS, catalog=CATALOG,
-                        default_tradeoff=TradeOff(willingness_to_pay=0.01))
+    loop = LearningLoop(
+        policy, ARMS, catalog=CATALOG, default_tradeoff=TradeOff(willingness_to_pay=0.01)
+    )
     d1 = loop.decide(RequestContext(tenant="t"))
     out = loop.feedback(Feedback(decision_id=d1.decision_id, quality=0.9, cost_usd=0.001))
     assert out.reward == pytest.approx(0.9 - 0.1)
     d2 = loop.decide(RequestContext(tenant="t", willingness_to_pay=0.1))
     spec = CATALOG["gpt-4.1"]
-    out = loop.feedback(Feedback(decision_id=d2.decision_id, quality=1.0, input_tokens=1000,
-                                 output_tokens=500))
+    out = loop.feedback(
+        Feedback(decision_id=d2.decision_id, quality=1.0, input_tokens=1000, output_tokens=500)
+    )
     assert out.reward == pytest.approx(1.0 - spec.expected_cost_usd(1000, 500) / 0.1)
     assert [a for a, _ in policy.updates] == ["gpt-4.1", "gpt-4.1"]
 
@@ -74,8 +76,9 @@ def test_reward_uses_reported_cost_else_catalog_tokens() -> None:
 def test_latency_weight_applies() -> None:
     loop = LearningLoop(Recorder(), ARMS, catalog=CATALOG)
     d = loop.decide(RequestContext(tenant="t", willingness_to_pay=1e9, latency_weight=0.5))
-    out = loop.feedback(Feedback(decision_id=d.decision_id, quality=1.0, cost_usd=0.0,
-                                 latency_ms=2000))
+    out = loop.feedback(
+        Feedback(decision_id=d.decision_id, quality=1.0, cost_usd=0.0, latency_ms=2000)
+    )
     assert out.reward == pytest.approx(0.0)
 
 

@@ -11,9 +11,17 @@ from llmopt.routing_data import RoutingDataError, load_routing_data, routing_dat
 
 def rows(n_prompts: int = 4, models: tuple[str, ...] = ("m1", "m2")) -> list[dict[str, Any]]:
     return [
-        {"dataset": "d", "split": "s", "sample_id": f"p{i}", "prompt": f"prompt {i}", "model": m,
-         "quality": (i + j) % 2 * 1.0, "cost_usd": 0.001 * (j + 1), "input_chars": 10,
-         "output_chars": 20}
+        {
+            "dataset": "d",
+            "split": "s",
+            "sample_id": f"p{i}",
+            "prompt": f"prompt {i}",
+            "model": m,
+            "quality": (i + j) % 2 * 1.0,
+            "cost_usd": 0.001 * (j + 1),
+            "input_chars": 10,
+            "output_chars": 20,
+        }
         for i in range(n_prompts)
         for j, m in enumerate(models)
     ]

@@ -16,7 +16,11 @@ ARMS = ["cheap", "coder", "writer"]
 
 def world(ctx: dict[str, float], arm: str, rng: random.Random) -> float:
     """Coder is best on code, writer on prose, cheap is mediocre everywhere (noisy rewards)."""
-    base = {"cheap": 0.5, "coder": 0.9 if ctx["code"] else 0.2, "writer": 0.2 if ctx["code"] else 0.9}
+    base = {
+        "cheap": 0.5,
+        "coder": 0.9 if ctx["code"] else 0.2,
+        "writer": 0.2 if ctx["code"] else 0.9,
+    }
     return base[arm] + rng.gauss(0, 0.1)
 
 
