@@ -1,1 +1,1 @@
-"""monitoring."""
+"""Evidently drift reports, streaming detectors, A/B statistics, metrics (issue #7)."""

@@ -1,1 +1,1 @@
-"""serving."""
+"""BentoML decision service: champion/challenger, canary, shadow, fallback (issue #6)."""
