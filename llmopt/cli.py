@@ -271,32 +271,29 @@ def catalog_cmd(
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Create or migrate the event log schema (LLMOPT_DATABASE_URL, default SQLite)."""
-    from llmopt.event_log import EventLog  # noqa: PLC0415
-    from llmopt.settings import get_settings  # noqa: PLC0415
-
-    settings = get_settings()
-    if settings.database_url is None:
-        settings.ensure_home()
-    with _clear_errors():
-        log = _open_log(settings.event_log_url, EventLog)
-        counts = log.counts()
-        log.close()
-    typer.echo(f"event log at the latest revision: {settings.event_log_url} {counts}")
+    url, counts = _log_counts()
+    typer.echo(f"event log at the latest revision: {url} {counts}")
 
 
 @db_app.command("stats")
 def db_stats() -> None:
     """Count decisions and feedback in the event log."""
+    typer.echo(json.dumps(_log_counts()[1]))
+
+
+def _log_counts() -> tuple[str, dict[str, int]]:
+    """Open (and so migrate) the settings' event log; return its URL and row counts."""
     from llmopt.event_log import EventLog  # noqa: PLC0415
     from llmopt.settings import get_settings  # noqa: PLC0415
 
     settings = get_settings()
-    if settings.database_url is None:
+    if not settings.database_url:
         settings.ensure_home()
     with _clear_errors():
         log = _open_log(settings.event_log_url, EventLog)
-        typer.echo(json.dumps(log.counts()))
+        counts = log.counts()
         log.close()
+    return settings.event_log_url, counts
 
 
 def _open_log(url: str, cls: Any) -> Any:
