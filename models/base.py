@@ -39,7 +39,6 @@ class Policy(ABC):
         self.burn_in = burn_in
         self.seed = seed
         self._rng = random.Random(seed)
-        self._pulls: dict[ArmID, int] = {}
         self._updates: dict[ArmID, int] = {}
         self._n_updates = 0
 
@@ -55,7 +54,6 @@ class Policy(ABC):
         else:
             probs, scores = self._pull(arms, ctx)
         arm = self._sample(probs)
-        self._pulls[arm] = self._pulls.get(arm, 0) + 1
         return Decision(
             model=arm,
             propensity=min(max(probs[arm], 1e-12), 1.0),

@@ -16,6 +16,10 @@ branch_labels = None
 depends_on = None
 
 
+# The tables are spelled out here, not imported from llmopt.event_log: a migration is a frozen
+# snapshot of the schema at its revision, and must not change when the live model does.
+
+
 def upgrade() -> None:
     op.create_table(
         "decisions",
