@@ -154,16 +154,25 @@ def upgrade_schema(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+_IN_MEMORY = ("sqlite://", "sqlite:///:memory:")
+
+
 def create_engine(url: str) -> Engine:
     """An engine for the event log; SQLite gets WAL and a busy timeout for concurrent writers."""
     if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"timeout": 30})
+        in_memory = url in _IN_MEMORY
+        engine = sa.create_engine(
+            url,
+            connect_args={"timeout": 30},
+            # In memory: one shared connection, or every checkout would see a new empty database.
+            poolclass=sa.pool.StaticPool if in_memory else None,
+        )
 
         @sa.event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA foreign_keys=ON")
-            if url not in ("sqlite://", "sqlite:///:memory:"):
+            if not in_memory:
                 cur.execute("PRAGMA journal_mode=WAL")
                 cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
@@ -185,11 +194,7 @@ class EventLog:
 
     def __init__(self, url: str, *, migrate: bool = True) -> None:
         self.url = url
-        if url in ("sqlite://", "sqlite:///:memory:"):
-            # One shared connection, or every checkout would see a new empty in-memory database.
-            self._engine = sa.create_engine(url, poolclass=sa.pool.StaticPool)
-        else:
-            self._engine = create_engine(url)
+        self._engine = create_engine(url)
         if migrate:
             upgrade_schema(self._engine)
 

@@ -12,7 +12,7 @@ import math
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Self
+from typing import ClassVar, Self
 
 from llmopt.schemas import Decision
 from llmopt.types import ArmID, Features
@@ -141,6 +141,3 @@ class Policy(ABC):
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({params})"
-
-    def __getstate__(self) -> dict[str, Any]:
-        return self.__dict__.copy()
