@@ -30,15 +30,16 @@ from dataclasses import dataclass
 from typing import Literal
 
 from llmopt.catalog import ModelCatalog
+from llmopt.cost_model import CostModel
 from llmopt.event_log import EventLog, UnknownDecisionError
 from llmopt.features import estimate_tokens, request_features
 from llmopt.policy import Policy
-from llmopt.reward import TradeOff, reward
+from llmopt.reward import TradeOff, penalty, reward
 from llmopt.schemas import Decision, Feedback, RequestContext
 from llmopt.types import ArmID, DecisionID
 
 DEFAULT_OUTPUT_TOKENS = 256
-"""Output length assumed when predicting cost and latency before a request runs."""
+"""Output length assumed when predicting latency before a request runs."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class _Pending:
     tradeoff: TradeOff
     predicted_cost_usd: float | None
     predicted_latency_ms: float | None
+    input_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ class LearningLoop:
         self.catalog = catalog
         self.event_log = event_log
         self.default_tradeoff = default_tradeoff or TradeOff(willingness_to_pay=0.05)
+        self.cost_model = CostModel(catalog)
         self._pending: dict[DecisionID, _Pending] = {}
         self._answered: dict[DecisionID, float] = {}
 
@@ -107,6 +110,27 @@ class LearningLoop:
                 else self.default_tradeoff.latency_weight
             ),
         )
+
+    def penalties(
+        self, arms: Sequence[ArmID], input_tokens: int, tradeoff: TradeOff
+    ) -> dict[ArmID, float]:
+        """Predicted cost and latency of each arm in reward units (see :mod:`llmopt.reward`).
+
+        An arm with no prediction yet (unpriced and never observed) gets no penalty: it is
+        tried, and its first feedback teaches its cost.
+        """
+        out: dict[ArmID, float] = {}
+        for arm in arms:
+            cost = self.cost_model.predict(arm, input_tokens)
+            spec = self.catalog.get(arm) if self.catalog is not None else None
+            latency = spec.expected_latency_ms(DEFAULT_OUTPUT_TOKENS) if spec else None
+            out[arm] = penalty(
+                cost or 0.0,
+                latency,
+                willingness_to_pay=tradeoff.willingness_to_pay,
+                latency_weight=tradeoff.latency_weight,
+            )
+        return out
 
     def _eligible(self, ctx: RequestContext) -> tuple[list[ArmID], list[str]]:
         """Arms whose predicted cost and latency respect the request's hard caps."""
@@ -152,20 +176,24 @@ class LearningLoop:
             )
         )
         arms, notes = self._eligible(ctx)
-        decision = self.policy.pull(arms, feats)
+        tradeoff = self.tradeoff_for(ctx)
+        in_tokens = estimate_tokens(ctx.prompt or "")
+        if getattr(self.policy, "cost_aware", False):
+            decision = self.policy.pull(  # type: ignore[call-arg]
+                arms, feats, penalties=self.penalties(arms, in_tokens, tradeoff)
+            )
+        else:
+            decision = self.policy.pull(arms, feats)
         spec = self.catalog.get(decision.model) if self.catalog is not None else None
-        predicted_cost = predicted_latency = None
+        predicted_cost = self.cost_model.predict(decision.model, in_tokens)
+        predicted_latency = None
         params: dict[str, float | int | str] = dict(decision.parameters)
         if spec is not None:
             params = {**spec.parameters, **params}
-            predicted_cost = spec.expected_cost_usd(
-                estimate_tokens(ctx.prompt or ""), DEFAULT_OUTPUT_TOKENS
-            )
             predicted_latency = spec.expected_latency_ms(DEFAULT_OUTPUT_TOKENS)
         decision = decision.model_copy(
             update={"parameters": params, "notes": [*decision.notes, *notes]}
         )
-        tradeoff = self.tradeoff_for(ctx)
         if self.event_log is not None:
             logged_ctx = ctx.model_copy(
                 update={
@@ -180,11 +208,12 @@ class LearningLoop:
                 extra={
                     "predicted_cost_usd": predicted_cost,
                     "predicted_latency_ms": predicted_latency,
+                    "input_tokens": in_tokens,
                 },
             )
         else:
             self._pending[decision.decision_id] = _Pending(
-                decision.model, feats, tradeoff, predicted_cost, predicted_latency
+                decision.model, feats, tradeoff, predicted_cost, predicted_latency, in_tokens
             )
         return decision
 
@@ -209,6 +238,7 @@ class LearningLoop:
             ),
             predicted_cost_usd=ctx.get("predicted_cost_usd"),
             predicted_latency_ms=ctx.get("predicted_latency_ms"),
+            input_tokens=int(ctx.get("input_tokens") or 0),
         )
 
     def feedback(self, fb: Feedback) -> FeedbackOutcome:
@@ -242,7 +272,12 @@ class LearningLoop:
             )
             status, feedback_id = receipt.status, receipt.feedback_id
         if status == "stored":
-            self.policy.update(pending.model, pending.features, r)
+            if fb.cost_usd is not None:
+                self.cost_model.learn(pending.model, pending.input_tokens, fb.cost_usd)
+            if getattr(self.policy, "cost_aware", False):  # cost is known up front: learn quality
+                self.policy.update(pending.model, pending.features, fb.normalized_quality())
+            else:
+                self.policy.update(pending.model, pending.features, r)
             if self._pending.pop(fb.decision_id, None) is not None:
                 self._answered[fb.decision_id] = r
         return FeedbackOutcome(status, fb.decision_id, r, feedback_id)

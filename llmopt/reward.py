@@ -34,6 +34,32 @@ class TradeOff(BaseModel):
     latency_weight: float = Field(default=0.0, ge=0, description="Quality units lost per second.")
 
 
+def penalty(
+    cost_usd: float,
+    latency_ms: float | None = None,
+    *,
+    willingness_to_pay: float,
+    latency_weight: float = 0.0,
+) -> float:
+    """What cost and latency take off the reward, in quality units (``quality - reward``).
+
+    Cost-aware policies rank models by predicted quality minus this, computed from the
+    *predicted* cost and latency before the call. Same validation as :func:`reward`.
+    """
+    if not (cost_usd >= 0 and math.isfinite(cost_usd)):
+        raise ValueError(f"cost_usd must be a finite number >= 0, got {cost_usd}")
+    if not willingness_to_pay > 0:
+        raise ValueError(f"willingness_to_pay must be > 0, got {willingness_to_pay}")
+    if not latency_weight >= 0:
+        raise ValueError(f"latency_weight must be >= 0, got {latency_weight}")
+    out = cost_usd / willingness_to_pay
+    if latency_ms is not None:
+        if not (latency_ms >= 0 and math.isfinite(latency_ms)):
+            raise ValueError(f"latency_ms must be a finite number >= 0, got {latency_ms}")
+        out += latency_weight * latency_ms / 1000.0
+    return out
+
+
 def reward(
     quality: float,
     cost_usd: float,
@@ -50,15 +76,9 @@ def reward(
     """
     if not 0.0 <= quality <= 1.0:
         raise ValueError(f"quality must be in [0, 1], got {quality}")
-    if not (cost_usd >= 0 and math.isfinite(cost_usd)):
-        raise ValueError(f"cost_usd must be a finite number >= 0, got {cost_usd}")
-    if not willingness_to_pay > 0:
-        raise ValueError(f"willingness_to_pay must be > 0, got {willingness_to_pay}")
-    if not latency_weight >= 0:
-        raise ValueError(f"latency_weight must be >= 0, got {latency_weight}")
-    penalty = cost_usd / willingness_to_pay
-    if latency_ms is not None:
-        if not (latency_ms >= 0 and math.isfinite(latency_ms)):
-            raise ValueError(f"latency_ms must be a finite number >= 0, got {latency_ms}")
-        penalty += latency_weight * latency_ms / 1000.0
-    return quality - penalty
+    return quality - penalty(
+        cost_usd,
+        latency_ms,
+        willingness_to_pay=willingness_to_pay,
+        latency_weight=latency_weight,
+    )

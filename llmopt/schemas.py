@@ -72,6 +72,25 @@ class RequestContext(BaseModel):
     )
 
 
+class Explanation(BaseModel):
+    """Why a policy chose its arm, in reward units (higher is better)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    estimate: float = Field(description="Predicted learned target (quality or reward) of the arm.")
+    uncertainty_bonus: float = Field(
+        description="Optimism (UCB width or Thompson draw minus mean) added to the estimate."
+    )
+    penalty: float = Field(
+        default=0.0, description="Predicted cost and latency, in reward units, subtracted."
+    )
+    expected_reward: float = Field(description="estimate - penalty: what exploitation ranks by.")
+    explored: bool = Field(
+        description="True when the chosen arm is not the one with the best expected reward."
+    )
+    reason: str = Field(description="'greedy', 'optimism', 'random exploration' or 'burn-in'.")
+
+
 class Decision(BaseModel):
     """A policy's choice for one request, with what off-policy evaluation needs (the propensity)."""
 
@@ -93,6 +112,9 @@ class Decision(BaseModel):
     )
     notes: list[str] = Field(
         default_factory=list, description="Why arms were excluded or a fallback answered."
+    )
+    explanation: Explanation | None = Field(
+        default=None, description="Expected reward, uncertainty bonus, whether it explored."
     )
     created_at: datetime = Field(default_factory=utc_now)
 

@@ -1,8 +1,16 @@
-"""Base class of every policy: validation, burn-in, counts and seeded randomness.
+"""Base class of every policy: validation, burn-in, penalties, explanations, state and merging.
 
-Each algorithm implements only ``_pull`` (a probability and a score per arm) and ``_update``
-(STYLE.md #8). River's bandit policies return a bare arm id; we need the propensity of every
-choice for off-policy evaluation and per-arm scores for explanations, hence our own base class.
+Each algorithm implements only ``_pull`` (probability, penalised score and estimate per arm),
+``_update`` and its state hooks (STYLE.md #8). River's bandit policies return a bare arm id; we
+need the propensity of every choice for off-policy evaluation and per-arm scores for
+explanations, hence our own base class.
+
+Cost awareness. A policy learns a *target* (the reward, or the quality alone) and may be given,
+at pull time, a known ``penalty`` per arm in the same units (predicted cost / willingness to pay,
+plus the latency term). Exploitation ranks arms by ``estimate - penalty``; optimism is added to
+the estimate only, and capped at ``max_reward`` (quality never exceeds 1), so an arm whose best
+possible quality cannot pay for its price is never explored. This is what keeps a router from
+burning its gain exploring expensive models.
 """
 
 from __future__ import annotations
@@ -11,14 +19,17 @@ import copy
 import math
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
-from typing import ClassVar, Self
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Self
 
-from llmopt.schemas import Decision
+import numpy as np
+
+from llmopt.schemas import Decision, Explanation
 from llmopt.types import ArmID, Features
+from models.state import Stateful, rng_state, set_rng_state
 
 
-class Policy(ABC):
+class Policy(Stateful, ABC):
     """A bandit policy with River's shape: ``pull`` then ``update``.
 
     Parameters
@@ -27,92 +38,208 @@ class Policy(ABC):
         Each arm is pulled this many times (uniformly among the arms still under it) before the
         algorithm's own rule takes over. Also applies to arms added later: a new model gets its
         share of exploration.
+    max_reward
+        Known upper bound of the target (1.0 when the policy learns quality): optimistic scores
+        are capped there. None: no cap.
+    exploration_floor
+        Share of every decision spread uniformly over the arms, so every arm keeps a propensity
+        of at least ``exploration_floor / n_arms`` (safe off-policy evaluation, and a new model
+        keeps being tried). 0 disables it.
+    cost_aware
+        Tells the learning loop to teach this policy the *quality* of each answer and to pass
+        the predicted cost and latency of each model as ``penalties`` at every pull, instead of
+        teaching it the reward (cost and latency are known before a call; quality is not).
     seed
         Seed of the policy's own random generator.
     """
 
     name: ClassVar[str]
 
-    def __init__(self, *, burn_in: int = 0, seed: int | None = None) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        if "name" in cls.__dict__:
+            cls.kind = cls.__dict__["name"]
+        super().__init_subclass__(**kwargs)
+
+    def __init__(
+        self,
+        *,
+        burn_in: int = 0,
+        max_reward: float | None = None,
+        exploration_floor: float = 0.0,
+        cost_aware: bool = False,
+        seed: int | None = None,
+    ) -> None:
         if burn_in < 0:
             raise ValueError(f"burn_in must be >= 0, got {burn_in}")
+        if max_reward is not None and not math.isfinite(max_reward):
+            raise ValueError(f"max_reward must be finite or None, got {max_reward}")
+        if not 0.0 <= exploration_floor <= 1.0:
+            raise ValueError(f"exploration_floor must be in [0, 1], got {exploration_floor}")
         self.burn_in = burn_in
+        self.max_reward = max_reward
+        self.exploration_floor = exploration_floor
+        self.cost_aware = cost_aware
         self.seed = seed
         self._rng = random.Random(seed)
         self._updates: dict[ArmID, int] = {}
         self._n_updates = 0
 
     # -- public API ---------------------------------------------------------------------------
-    def pull(self, arm_ids: Sequence[ArmID], context: Features | None = None) -> Decision:
-        """Choose one arm; the decision carries its propensity and the per-arm scores."""
+    def pull(
+        self,
+        arm_ids: Sequence[ArmID],
+        context: Features | None = None,
+        *,
+        penalties: Mapping[ArmID, float] | None = None,
+    ) -> Decision:
+        """Choose one arm; the decision carries its propensity, scores and an explanation.
+
+        ``penalties`` are known per-arm costs in reward units (e.g. predicted cost divided by
+        the willingness to pay), subtracted from each arm's learned score.
+        """
         arms = self._check_arms(arm_ids)
         ctx = self._check_context(context)
-        cold = [a for a in arms if self._updates.get(a, 0) < self.burn_in]
+        pen = self._check_penalties(arms, penalties)
+        probs, scores, estimates = self._pull(arms, ctx, pen)
+        reason = ""
+        cold = [i for i, a in enumerate(arms) if self._updates.get(a, 0) < self.burn_in]
         if cold:
-            probs = {a: 1.0 / len(cold) for a in cold}
-            scores: dict[ArmID, float] = {a: float(self._updates.get(a, 0)) for a in arms}
-        else:
-            probs, scores = self._pull(arms, ctx)
-        arm = self._sample(probs)
+            probs = np.zeros(len(arms))
+            probs[cold] = 1.0 / len(cold)
+            reason = "burn-in"
+        if self.exploration_floor > 0:
+            probs = (1.0 - self.exploration_floor) * probs + self.exploration_floor / len(arms)
+        i = self._sample(probs)
+        expected = estimates - pen
+        explored = bool(expected[i] < expected.max() - 1e-12)
+        if not reason:
+            if not explored:
+                reason = "greedy"
+            elif scores[i] >= scores.max() - 1e-12:
+                reason = "optimism"
+            else:
+                reason = "random exploration"
         return Decision(
-            model=arm,
-            propensity=min(max(probs[arm], 1e-12), 1.0),
+            model=arms[i],
+            propensity=min(max(float(probs[i]), 1e-12), 1.0),
             policy_name=self.name,
             policy_version=str(self._n_updates),
-            scores=scores,
+            scores={a: float(s) for a, s in zip(arms, scores, strict=True)},
+            explanation=Explanation(
+                estimate=float(estimates[i]),
+                uncertainty_bonus=float(scores[i] + pen[i] - estimates[i]),
+                penalty=float(pen[i]),
+                expected_reward=float(expected[i]),
+                explored=explored,
+                reason=reason,
+            ),
         )
 
     def update(self, arm_id: ArmID, context: Features | None, reward: float) -> Self:
         """Learn from the reward of ``arm_id`` in ``context``."""
         if not isinstance(arm_id, str) or not arm_id:
             raise ValueError(f"arm_id must be a non-empty string, got {arm_id!r}")
-        if not math.isfinite(reward):
-            raise ValueError(f"reward must be a finite number, got {reward}")
+        if not isinstance(reward, int | float) or not math.isfinite(reward):
+            raise ValueError(f"reward must be a finite number, got {reward!r}")
+        self._check_reward(float(reward))
         self._update(arm_id, self._check_context(context), float(reward))
         self._updates[arm_id] = self._updates.get(arm_id, 0) + 1
         self._n_updates += 1
         return self
 
-    def clone(self) -> Self:
-        """A fresh, unfitted policy with the same hyperparameters."""
-        params = {k: copy.deepcopy(v) for k, v in vars(self).items() if not k.startswith("_")}
-        return type(self)(**params)
+    def learn_many(self, events: Iterable[tuple[ArmID, Features | None, float]]) -> Self:
+        """Warm start from logged ``(arm, context, reward)`` events (e.g. from the event log).
+
+        Fitting each arm's model on its logged outcomes needs no importance weights: the
+        estimates are per arm and conditional on the context.
+        """
+        for arm, ctx, r in events:
+            self.update(arm, ctx, r)
+        return self
 
     @property
     def n_updates(self) -> int:
         """Number of rewards learned from."""
         return self._n_updates
 
+    def merge(self, other: Self, *, base: Self | None = None) -> Self:
+        """Combine what two replicas learned into a new policy (additive sufficient statistics).
+
+        Without ``base`` the two policies are taken to have learned from disjoint data from a
+        fresh start. With ``base`` (the snapshot both replicas started from), only what each
+        learned since is added to it: ``base + (self - base) + (other - base)``.
+        """
+        if type(other) is not type(self) or other._params() != self._params():
+            raise ValueError("can only merge policies of the same class and hyperparameters")
+        if base is not None and (type(base) is not type(self) or base._params() != self._params()):
+            raise ValueError("the merge base must be the same kind of policy")
+        out = copy.deepcopy(self)
+        ref = base if base is not None else self.clone()
+        for arm in set(self._updates) | set(other._updates):
+            n = self._updates.get(arm, 0) + other._updates.get(arm, 0) - ref._updates.get(arm, 0)
+            out._updates[arm] = max(n, 0)
+        out._n_updates = self._n_updates + other._n_updates - ref._n_updates
+        out._merge_stats(self, other, ref)
+        return out
+
     # -- hooks ----------------------------------------------------------------------------------
     @abstractmethod
     def _pull(
-        self, arm_ids: list[ArmID], context: dict[str, float]
-    ) -> tuple[dict[ArmID, float], dict[ArmID, float]]:
-        """Return (probability of each arm, score of each arm); probabilities sum to 1."""
+        self, arm_ids: list[ArmID], context: dict[str, float], penalties: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return (probability, penalised score, unpenalised estimate) of each arm.
+
+        Probabilities sum to 1. The score is what the rule ranks by (estimate plus optimism,
+        capped at ``max_reward``, minus the penalty); the estimate is the point prediction.
+        """
 
     @abstractmethod
     def _update(self, arm_id: ArmID, context: dict[str, float], reward: float) -> None:
         """Learn from one reward."""
 
-    # -- helpers ----------------------------------------------------------------------------------
-    def _argmax_probs(self, scores: Mapping[ArmID, float]) -> dict[ArmID, float]:
-        """Greedy probabilities: ties share the mass evenly."""
-        best = max(scores.values())
-        top = [a for a, s in scores.items() if s >= best - 1e-12]
-        return {a: (1.0 / len(top) if a in top else 0.0) for a in scores}
+    def _merge_stats(self, a: Self, b: Self, base: Self) -> None:
+        """Set this policy's learned statistics to ``a + b - base`` (default: nothing learned)."""
 
-    def _sample(self, probs: Mapping[ArmID, float]) -> ArmID:
+    def _check_reward(self, reward: float) -> None:
+        """Refuse rewards outside what the algorithm supports (default: any finite number)."""
+
+    def _get_state(self) -> dict[str, Any]:
+        return {
+            "rng": rng_state(self._rng),
+            "updates": dict(self._updates),
+            "n_updates": self._n_updates,
+        }
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        set_rng_state(self._rng, state["rng"])
+        self._updates = {str(k): int(v) for k, v in state["updates"].items()}
+        self._n_updates = int(state["n_updates"])
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _cap(self, optimistic: np.ndarray) -> np.ndarray:
+        if self.max_reward is None:
+            return optimistic
+        capped: np.ndarray = np.minimum(optimistic, self.max_reward)
+        return capped
+
+    @staticmethod
+    def _greedy(scores: np.ndarray) -> np.ndarray:
+        """Greedy probabilities: ties share the mass evenly."""
+        top = scores >= scores.max() - 1e-12
+        out: np.ndarray = top / top.sum()
+        return out
+
+    def _sample(self, probs: np.ndarray) -> int:
         u = self._rng.random()
         acc = 0.0
-        last = None
-        for arm, p in probs.items():
+        last = 0
+        for i, p in enumerate(probs.tolist()):
             if p <= 0:
                 continue
             acc += p
-            last = arm
+            last = i
             if u < acc:
-                return arm
-        assert last is not None
+                return i
         return last
 
     @staticmethod
@@ -127,6 +254,18 @@ class Policy(ABC):
         return arms
 
     @staticmethod
+    def _check_penalties(arms: list[ArmID], penalties: Mapping[ArmID, float] | None) -> np.ndarray:
+        if penalties is None:
+            return np.zeros(len(arms))
+        unknown = set(penalties) - set(arms)
+        if unknown:
+            raise ValueError(f"penalties name arms not offered: {sorted(unknown)}")
+        pen = np.array([float(penalties.get(a, 0.0)) for a in arms])
+        if not np.isfinite(pen).all():
+            raise ValueError("penalties must be finite numbers")
+        return pen
+
+    @staticmethod
     def _check_context(context: Features | None) -> dict[str, float]:
         if context is None:
             return {}
@@ -139,5 +278,5 @@ class Policy(ABC):
         return out
 
     def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        params = ", ".join(f"{k}={v!r}" for k, v in self._params().items())
         return f"{type(self).__name__}({params})"

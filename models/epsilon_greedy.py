@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import math
+import numpy as np
 
 from llmopt.types import ArmID
-from models.base import Policy
+from models.arm_stats import ArmStatsPolicy
 
 
-class EpsilonGreedy(Policy):
-    """Exploit the best running mean reward; explore uniformly with probability epsilon.
+class EpsilonGreedy(ArmStatsPolicy):
+    """Exploit the best running mean; explore uniformly with a decaying probability epsilon.
 
     The exploration rate decays as ``epsilon * decay / (decay + t)`` with ``t`` the number of
     updates, so that it explores a lot early and little once the means are known.
@@ -20,10 +20,8 @@ class EpsilonGreedy(Policy):
         Initial exploration probability.
     decay
         Number of updates after which epsilon has halved (0 keeps it constant).
-    burn_in
-        See :class:`models.base.Policy`.
-    seed
-        Seed of the policy's random generator.
+    discount, window, burn_in, max_reward, exploration_floor, cost_aware, seed
+        See :class:`models.arm_stats.ArmStatsPolicy`.
 
     Examples
     --------
@@ -36,7 +34,7 @@ class EpsilonGreedy(Policy):
     >>> d = p.pull(["bad", "good"])
     >>> max(d.scores, key=d.scores.__getitem__)
     'good'
-    >>> round(p.pull(["bad", "good"]).scores["good"], 1)
+    >>> round(p.predict_one("good"), 1)
     1.0
 
     References
@@ -51,17 +49,29 @@ class EpsilonGreedy(Policy):
         epsilon: float = 0.1,
         *,
         decay: float = 0.0,
+        discount: float = 1.0,
+        window: int | None = None,
         burn_in: int = 1,
+        max_reward: float | None = None,
+        exploration_floor: float = 0.0,
+        cost_aware: bool = False,
         seed: int | None = None,
     ) -> None:
-        super().__init__(burn_in=burn_in, seed=seed)
+        super().__init__(
+            discount=discount,
+            window=window,
+            burn_in=burn_in,
+            max_reward=max_reward,
+            exploration_floor=exploration_floor,
+            cost_aware=cost_aware,
+            seed=seed,
+        )
         if not 0.0 <= epsilon <= 1.0:
             raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
         if decay < 0:
             raise ValueError(f"decay must be >= 0, got {decay}")
         self.epsilon = epsilon
         self.decay = decay
-        self._means: dict[ArmID, float] = {}
 
     @property
     def current_epsilon(self) -> float:
@@ -71,15 +81,10 @@ class EpsilonGreedy(Policy):
         return self.epsilon * self.decay / (self.decay + self.n_updates)
 
     def _pull(
-        self, arm_ids: list[ArmID], context: dict[str, float]
-    ) -> tuple[dict[ArmID, float], dict[ArmID, float]]:
-        scores = {a: self._means.get(a, math.inf) for a in arm_ids}
-        greedy = self._argmax_probs(scores)
+        self, arm_ids: list[ArmID], context: dict[str, float], penalties: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        _, mean, _ = self._columns(arm_ids)
+        scores = mean - penalties
         eps = self.current_epsilon
-        probs = {a: (1 - eps) * greedy[a] + eps / len(arm_ids) for a in arm_ids}
-        return probs, {a: (s if math.isfinite(s) else 0.0) for a, s in scores.items()}
-
-    def _update(self, arm_id: ArmID, context: dict[str, float], reward: float) -> None:
-        n = self._updates.get(arm_id, 0) + 1
-        mean = self._means.get(arm_id, 0.0)
-        self._means[arm_id] = mean + (reward - mean) / n
+        probs = (1 - eps) * self._greedy(scores) + eps / len(arm_ids)
+        return probs, scores, mean

@@ -1,11 +1,9 @@
-"""Disjoint LinUCB: one ridge regression of reward on context per arm, optimistic choice.
+"""Disjoint LinUCB: one ridge regression of the target on the context per arm, optimistic choice.
 
 Written with numpy rather than River's ``LinUCBDisjoint``: River returns no propensities or
-per-arm scores, inverts per step, and its constructor passes ``burn_in`` into the wrong slot.
-Here every arm keeps ``A^-1`` directly and updates it by Sherman-Morrison (no inversion), the arms
-are stacked so a pull is a few vectorised numpy operations, and features or arms unseen so far are
-added at runtime without disturbing what was learned (a new feature dimension is exactly a new
-ridge-prior block).
+per-arm scores, inverts a matrix per step, and its constructor passes ``burn_in`` into the wrong
+slot. The shared machinery (Sherman-Morrison updates, runtime growth, discounting, merging)
+lives in :mod:`models.linear`.
 """
 
 from __future__ import annotations
@@ -13,26 +11,23 @@ from __future__ import annotations
 import numpy as np
 
 from llmopt.types import ArmID
-from models.base import Policy
+from models.linear import LinearPolicy
 
 
-class LinUCB(Policy):
-    """Upper confidence bound on a per-arm linear model of the reward.
+class LinUCB(LinearPolicy):
+    """Upper confidence bound on a per-arm linear model of the target.
 
-    Score of arm ``a`` for context ``x``: ``theta_a . x + alpha * sqrt(x' A_a^-1 x)`` where
-    ``A_a = ridge * I + sum x x'`` and ``theta_a = A_a^-1 b_a``. The arm with the highest score is
-    chosen (ties split evenly), so the propensity is 1 unless scores tie.
+    Score of arm ``a`` for context ``x``: ``min(theta_a . x + alpha * sqrt(x' A_a^-1 x),
+    max_reward) - penalty_a`` where ``A_a = ridge * I + sum x x'`` and ``theta_a = A_a^-1 b_a``.
+    The arm with the highest score is chosen (ties split evenly), so the propensity is 1 unless
+    scores tie or an exploration floor is set.
 
     Parameters
     ----------
     alpha
         Width of the confidence bonus: exploration strength.
-    ridge
-        Ridge (prior precision) of every arm's regression.
-    burn_in
-        See :class:`models.base.Policy`.
-    seed
-        Seed of the policy's random generator (tie-breaking).
+    ridge, discount, bias_feature, burn_in, max_reward, exploration_floor, cost_aware, seed
+        See :class:`models.linear.LinearPolicy`.
 
     Examples
     --------
@@ -46,8 +41,9 @@ class LinUCB(Policy):
     ...     _ = p.update(d.model, x, 1.0 if good else 0.0)
     >>> p.pull(["coder", "chatter"], {"bias": 1.0, "code": 1.0}).model
     'coder'
-    >>> p.pull(["coder", "chatter"], {"bias": 1.0, "code": 0.0}).model
-    'chatter'
+    >>> d = p.pull(["coder", "chatter"], {"bias": 1.0, "code": 0.0})
+    >>> d.model, d.explanation.reason
+    ('chatter', 'greedy')
 
     References
     ----------
@@ -62,78 +58,31 @@ class LinUCB(Policy):
         alpha: float = 0.5,
         *,
         ridge: float = 1.0,
+        discount: float = 1.0,
+        bias_feature: str = "bias",
         burn_in: int = 1,
+        max_reward: float | None = None,
+        exploration_floor: float = 0.0,
+        cost_aware: bool = False,
         seed: int | None = None,
     ) -> None:
-        super().__init__(burn_in=burn_in, seed=seed)
+        super().__init__(
+            ridge=ridge,
+            discount=discount,
+            bias_feature=bias_feature,
+            burn_in=burn_in,
+            max_reward=max_reward,
+            exploration_floor=exploration_floor,
+            cost_aware=cost_aware,
+            seed=seed,
+        )
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
-        if ridge <= 0:
-            raise ValueError(f"ridge must be > 0, got {ridge}")
         self.alpha = alpha
-        self.ridge = ridge
-        self._features: dict[str, int] = {}
-        self._arms: dict[ArmID, int] = {}
-        self._a_inv = np.zeros((0, 0, 0))
-        self._b = np.zeros((0, 0))
 
-    # -- growth of the feature space and of the arm set -----------------------------------------
-    def _grow(self, arm_ids: list[ArmID], context: dict[str, float]) -> None:
-        new_feats = [k for k in context if k not in self._features]
-        new_arms = [a for a in arm_ids if a not in self._arms]
-        if not new_feats and not new_arms:
-            return
-        d_old, k_old = len(self._features), len(self._arms)
-        for name in new_feats:
-            self._features[name] = len(self._features)
-        for arm in new_arms:
-            self._arms[arm] = len(self._arms)
-        d, k = len(self._features), len(self._arms)
-        a_inv = np.zeros((k, d, d))
-        a_inv[:k_old, :d_old, :d_old] = self._a_inv
-        idx = np.arange(d)
-        a_inv[:k_old, idx[d_old:], idx[d_old:]] = 1.0 / self.ridge  # prior of new features
-        a_inv[k_old:, idx, idx] = 1.0 / self.ridge  # new arms start from the prior
-        b = np.zeros((k, d))
-        b[:k_old, :d_old] = self._b
-        self._a_inv, self._b = a_inv, b
-
-    def _vector(self, context: dict[str, float]) -> np.ndarray:
-        x = np.zeros(len(self._features))
-        for k, v in context.items():
-            x[self._features[k]] = v
-        return x
-
-    # -- hooks ------------------------------------------------------------------------------------
     def _pull(
-        self, arm_ids: list[ArmID], context: dict[str, float]
-    ) -> tuple[dict[ArmID, float], dict[ArmID, float]]:
-        self._grow(arm_ids, context)
-        x = self._vector(context)
-        rows = np.fromiter((self._arms[a] for a in arm_ids), dtype=np.intp, count=len(arm_ids))
-        a_inv = self._a_inv[rows]
-        a_inv_x = a_inv @ x  # (k, d)
-        mean = np.einsum("kd,kd->k", self._b[rows], a_inv_x)  # theta . x, A^-1 symmetric
-        width = np.sqrt(np.maximum(a_inv_x @ x, 0.0))
-        ucb = mean + self.alpha * width
-        scores = {a: float(s) for a, s in zip(arm_ids, ucb, strict=True)}
-        return self._argmax_probs(scores), scores
-
-    def _update(self, arm_id: ArmID, context: dict[str, float], reward: float) -> None:
-        self._grow([arm_id], context)
-        x = self._vector(context)
-        i = self._arms[arm_id]
-        a_inv = self._a_inv[i]
-        a_inv_x = a_inv @ x
-        # Sherman-Morrison: (A + x x')^-1 = A^-1 - A^-1 x x' A^-1 / (1 + x' A^-1 x)
-        a_inv -= np.outer(a_inv_x, a_inv_x) / (1.0 + x @ a_inv_x)
-        self._b[i] += reward * x
-
-    def predict_one(self, arm_id: ArmID, context: dict[str, float]) -> float:
-        """Point estimate of the reward of ``arm_id`` (0 for an arm never seen)."""
-        if arm_id not in self._arms:
-            return 0.0
-        ctx = {k: v for k, v in self._check_context(context).items() if k in self._features}
-        x = self._vector(ctx)
-        i = self._arms[arm_id]
-        return float(self._b[i] @ (self._a_inv[i] @ x))
+        self, arm_ids: list[ArmID], context: dict[str, float], penalties: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        mean, width = self._mean_width(arm_ids, context)
+        scores = self._cap(mean + self.alpha * width) - penalties
+        return self._greedy(scores), scores, mean

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from llmopt.types import ArmID
 from models.base import Policy
 
 
 class UniformRandom(Policy):
     """Pick each arm with the same probability.
+
+    Parameters
+    ----------
+    burn_in, max_reward, exploration_floor, seed
+        See :class:`models.base.Policy` (only ``seed`` matters here).
 
     Examples
     --------
@@ -20,10 +27,10 @@ class UniformRandom(Policy):
     name = "random"
 
     def _pull(
-        self, arm_ids: list[ArmID], context: dict[str, float]
-    ) -> tuple[dict[ArmID, float], dict[ArmID, float]]:
-        p = 1.0 / len(arm_ids)
-        return {a: p for a in arm_ids}, {a: 0.0 for a in arm_ids}
+        self, arm_ids: list[ArmID], context: dict[str, float], penalties: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        k = len(arm_ids)
+        return np.full(k, 1.0 / k), -penalties, np.zeros(k)
 
     def _update(self, arm_id: ArmID, context: dict[str, float], reward: float) -> None:
         pass

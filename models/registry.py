@@ -4,10 +4,10 @@ Examples
 --------
 >>> make_policy("linucb", seed=0).name
 'linucb'
->>> make_policy("nope")
+>>> make_policy("nope")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-ValueError: unknown policy 'nope'; choose one of: epsilon_greedy, linucb, random
+ValueError: unknown policy 'nope'; choose one of: epsilon_greedy, ...
 """
 
 from __future__ import annotations
@@ -16,16 +16,23 @@ from typing import Any
 
 from models.base import Policy
 from models.epsilon_greedy import EpsilonGreedy
+from models.lin_thompson import LinThompson
 from models.linucb import LinUCB
 from models.random_policy import UniformRandom
+from models.thompson import BetaThompson, GaussianThompson
+from models.ucb import UCB1
 
 RECOMMENDED = "linucb"
 """The policy the product uses when none is named."""
 
 POLICIES: dict[str, tuple[type[Policy], dict[str, Any]]] = {
     "epsilon_greedy": (EpsilonGreedy, {"epsilon": 0.2, "decay": 200.0}),
+    "lin_thompson": (LinThompson, {"v": 0.1}),
     "linucb": (LinUCB, {"alpha": 0.1}),  # tuned on AlpacaEval + RouterBench replays
     "random": (UniformRandom, {}),
+    "thompson_beta": (BetaThompson, {}),
+    "thompson_gaussian": (GaussianThompson, {}),
+    "ucb1": (UCB1, {"c": 0.5}),
 }
 """Policy class and the project's default hyperparameters, by name."""
 
