@@ -1,4 +1,4 @@
-"""Run the benchmarks: ``python -m bench [--quick] [features|policies|replay ...]``.
+"""Run the benchmarks: ``python -m bench [--quick] [NAME ...]`` (NAME: see ``--help``).
 
 Writes ``bench/results/<benchmark>.json`` for each benchmark run and prints a short summary.
 ``--quick`` runs fewer iterations (a smoke run; its files say ``"quick": true``).
@@ -12,9 +12,11 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
-from bench import _common, features, policies, replay
+from bench import _common, features, peer_speed, policies, replay, routing
 
-BENCHMARKS: dict[str, ModuleType] = {m.NAME: m for m in (features, policies, replay)}
+BENCHMARKS: dict[str, ModuleType] = {
+    m.NAME: m for m in (features, policies, replay, routing, peer_speed)
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
