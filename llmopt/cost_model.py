@@ -1,12 +1,15 @@
 """Predicted cost of a request on each model, before it runs, learned from what calls cost.
 
-A model's cost is known up to the answer's length: the catalog's price times the prompt's
-tokens plus an assumed output length. That assumption is often far off for a given workload
-(multiple-choice answers are 2 tokens, essays 1,000), so the prediction is corrected by a
-factor learned from the costs feedback reports: per model, the geometric mean of
-``observed / predicted``, shrunk towards the factor shared by all models (the workload's output
-length affects every model alike). A model the catalog does not price is predicted from its
-own observed cost per token once it has been seen, and not at all (None) before.
+A call's cost is ``input price x prompt tokens + output price x answer tokens``: the prompt's
+length is known before the call, the answer's is not. Per model, the cost is modelled as
+``theta_0 + theta_1 * input_tokens / 1000`` and fitted online by ridge regression towards a
+prior: the catalog's prices (with the output length assumed, corrected by the ratio of observed
+to catalog cost shared by all priced models, since a workload's answer length affects every
+model alike), or, for a model the catalog does not price, nothing (None until it is seen).
+
+Per-request cost matters: a long prompt on an expensive model can cost ten times a short one,
+so a router that knows it sends long prompts to the cheaper model of a pair and short ones to
+the better model, which beats any fixed mix of the two at the same average cost.
 
 Examples
 --------
@@ -14,10 +17,10 @@ Examples
 >>> cm = CostModel(load_catalog())
 >>> round(cm.predict("gpt-4o-mini", 1000) * 1e6)  # 1000 in + 256 out tokens at list price
 304
->>> for _ in range(5):  # this workload's answers are much shorter than assumed
-...     cm.learn("gpt-4o-mini", 1000, 0.000153)
->>> round(cm.predict("gpt-4o-mini", 1000) * 1e6)
-153
+>>> for t in (500, 1000, 2000, 4000):  # this workload's answers are 10 tokens
+...     cm.learn("gpt-4o-mini", t, 0.15e-6 * t + 0.6e-6 * 10)
+>>> round(cm.predict("gpt-4o-mini", 3000) * 1e6)
+452
 >>> cm.predict("unknown-model", 1000) is None
 True
 """
@@ -25,7 +28,8 @@ True
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+
+import numpy as np
 
 from llmopt.catalog import ModelCatalog
 from llmopt.types import ArmID
@@ -34,60 +38,79 @@ ASSUMED_OUTPUT_TOKENS = 256
 """Output length assumed before anything is learned."""
 
 
-@dataclass
-class _LogRatio:
-    n: float = 0.0
-    total: float = 0.0
+class _ArmFit:
+    """Online ridge regression of cost on (1, input tokens / 1000), towards a prior mean."""
+
+    __slots__ = ("a", "b", "n", "theta")
+
+    def __init__(self) -> None:
+        self.a = np.zeros((2, 2))  # sum x x'
+        self.b = np.zeros(2)  # sum cost x
+        self.n = 0
+        self.theta = np.zeros(2)
+
+    def fit(self, prior: np.ndarray | None, weight: float) -> np.ndarray:
+        if prior is None:  # unpriced: plain least squares (tiny ridge for the first points)
+            prior, weight = np.zeros(2), 1e-6
+        return np.linalg.solve(self.a + weight * np.eye(2), self.b + weight * prior)
 
 
 class CostModel:
-    """Per-model cost prediction: catalog price, corrected by observed costs.
+    """Per-model cost prediction: catalog prices as a prior, corrected by observed costs.
 
     Parameters
     ----------
     catalog
         Prices of the models it knows (None: learn every model from observed costs alone).
-    shrinkage
-        Weight, in observations, of the shared correction in each model's own.
+    prior_weight
+        Weight, in observations, of the catalog prior in each model's fit.
     """
 
-    def __init__(self, catalog: ModelCatalog | None = None, *, shrinkage: float = 3.0) -> None:
+    def __init__(self, catalog: ModelCatalog | None = None, *, prior_weight: float = 1.0) -> None:
         self.catalog = catalog
-        self.shrinkage = shrinkage
-        self._own: dict[ArmID, _LogRatio] = {}
-        self._shared = _LogRatio()
+        self.prior_weight = prior_weight
+        self._fits: dict[ArmID, _ArmFit] = {}
+        self._shared_n = 0
+        self._shared_log = 0.0
 
-    def _base(self, model: ArmID, input_tokens: int) -> tuple[float, bool]:
-        """(uncorrected prediction, whether the catalog priced it)."""
+    def _prior(self, model: ArmID) -> np.ndarray | None:
+        """Catalog prior of (intercept, cost per 1000 input tokens), or None if unpriced."""
         spec = self.catalog.get(model) if self.catalog is not None else None
-        if spec is not None:
-            return spec.expected_cost_usd(input_tokens, ASSUMED_OUTPUT_TOKENS), True
-        return float(input_tokens + ASSUMED_OUTPUT_TOKENS), False  # in tokens; factor = $/token
+        if spec is None:
+            return None
+        per_k = spec.expected_cost_usd(1000, 0)
+        intercept = spec.expected_cost_usd(0, ASSUMED_OUTPUT_TOKENS)
+        factor = math.exp(self._shared_log / self._shared_n) if self._shared_n else 1.0
+        return np.array([intercept, per_k]) * factor
 
     def predict(self, model: ArmID, input_tokens: int) -> float | None:
-        """Predicted cost in USD, or None for an unpriced model never observed."""
-        base, priced = self._base(model, input_tokens)
-        own = self._own.get(model, _LogRatio())
-        if priced:
-            shared = self._shared.total / self._shared.n if self._shared.n else 0.0
-            log_factor = (own.total + self.shrinkage * shared) / (own.n + self.shrinkage)
-        elif own.n:
-            log_factor = own.total / own.n
+        """Predicted cost in USD (never negative), or None for an unpriced model never seen."""
+        fit = self._fits.get(model)
+        prior = self._prior(model)
+        if fit is None:
+            if prior is None:
+                return None
+            theta = prior
+        elif prior is None:
+            theta = fit.theta
         else:
-            return None
-        return base * math.exp(log_factor)
+            theta = fit.fit(prior, self.prior_weight)
+        return max(float(theta[0] + theta[1] * input_tokens / 1000.0), 0.0)
 
     def learn(self, model: ArmID, input_tokens: int, cost_usd: float) -> None:
         """Learn from what one call to ``model`` cost."""
         if not math.isfinite(cost_usd) or cost_usd < 0:
             raise ValueError(f"cost_usd must be a finite number >= 0, got {cost_usd}")
-        base, priced = self._base(model, input_tokens)
-        if base <= 0 or cost_usd <= 0:
-            return  # free calls carry no information on the scale
-        lr = math.log(cost_usd / base)
-        own = self._own.setdefault(model, _LogRatio())
-        own.n += 1
-        own.total += lr
-        if priced:
-            self._shared.n += 1
-            self._shared.total += lr
+        prior = self._prior(model)
+        if prior is not None:
+            expected = float(prior[0] + prior[1] * input_tokens / 1000.0)
+            if expected > 0 and cost_usd > 0:
+                self._shared_n += 1
+                self._shared_log += math.log(cost_usd / expected)
+        fit = self._fits.setdefault(model, _ArmFit())
+        x = np.array([1.0, input_tokens / 1000.0])
+        fit.a += np.outer(x, x)
+        fit.b += cost_usd * x
+        fit.n += 1
+        if prior is None:
+            fit.theta = fit.fit(None, 0.0)

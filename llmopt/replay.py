@@ -30,9 +30,24 @@ from llmopt.reward import TradeOff
 from llmopt.routing_data import RoutingData
 from llmopt.schemas import Feedback, RequestContext
 
-DEFAULT_WTP_SWEEP: tuple[float, ...] = (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+DEFAULT_WTP_SWEEP: tuple[float, ...] = (
+    0.0001,
+    0.0002,
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.5,
+    1.0,
+)
 """Willingness to pay (USD per unit quality) swept by default: from 'cost is everything' to
-'quality is everything' for per-prompt costs between 1e-5 and 1e-2 USD."""
+'quality is everything' for per-prompt costs between 1e-5 and 1e-2 USD, in steps of about 2x
+(a router's best trade-offs sit where two models' rewards cross: a coarse sweep misses them)."""
 
 PolicyFactory = Callable[[int], Policy]
 """Builds a fresh policy from a seed."""

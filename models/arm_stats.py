@@ -33,6 +33,9 @@ class ArmStatsPolicy(Policy):
         Weight kept by an arm's past rewards at each of its new rewards (1: remember all).
     window
         If set, only each arm's last ``window`` rewards count (exclusive with ``discount``).
+    pooled_prior
+        Weight, in observations, of a prior at the mean reward of all arms so far (empirical
+        Bayes; 0 disables it). Arms with an explicit ``set_prior`` keep theirs.
     burn_in, max_reward, exploration_floor, cost_aware, seed
         See :class:`models.base.Policy`.
     """
@@ -42,6 +45,7 @@ class ArmStatsPolicy(Policy):
         *,
         discount: float = 1.0,
         window: int | None = None,
+        pooled_prior: float = 0.0,
         burn_in: int = 1,
         max_reward: float | None = None,
         exploration_floor: float = 0.0,
@@ -61,8 +65,12 @@ class ArmStatsPolicy(Policy):
             raise ValueError(f"window must be >= 1 or None, got {window}")
         if window is not None and discount != 1.0:
             raise ValueError("choose either a discount or a window, not both")
+        if not (math.isfinite(pooled_prior) and pooled_prior >= 0):
+            raise ValueError(f"pooled_prior must be a finite number >= 0, got {pooled_prior}")
         self.discount = discount
         self.window = window
+        self.pooled_prior = pooled_prior
+        self._pool = [0.0, 0.0]  # (count, sum) of every reward, all arms together
         self._stats: dict[ArmID, list[float]] = {}  # arm -> [n, sum, sum of squares]
         self._recent: dict[ArmID, deque[float]] = {}
         self._priors: dict[ArmID, tuple[float, float]] = {}
@@ -80,6 +88,8 @@ class ArmStatsPolicy(Policy):
         """(effective count, mean, variance) of an arm, prior included; mean 0 when unseen."""
         n, s, ss = self._stats.get(arm_id, (0.0, 0.0, 0.0))
         m0, w0 = self._priors.get(arm_id, (0.0, 0.0))
+        if arm_id not in self._priors and self.pooled_prior > 0 and self._pool[0] > 0:
+            m0, w0 = self._pool[1] / self._pool[0], self.pooled_prior
         n_eff = n + w0
         if n_eff <= 0:
             return 0.0, 0.0, 0.0
@@ -93,6 +103,8 @@ class ArmStatsPolicy(Policy):
         return arr[:, 0], arr[:, 1], arr[:, 2]
 
     def _update(self, arm_id: ArmID, context: dict[str, float], reward: float) -> None:
+        g = self.discount
+        self._pool = [g * self._pool[0] + 1.0, g * self._pool[1] + reward]
         if self.window is not None:
             recent = self._recent.setdefault(arm_id, deque(maxlen=self.window))
             recent.append(reward)
@@ -102,11 +114,11 @@ class ArmStatsPolicy(Policy):
                 float(sum(r * r for r in recent)),
             ]
             return
-        g = self.discount
         n, s, ss = self._stats.get(arm_id, [0.0, 0.0, 0.0])
         self._stats[arm_id] = [g * n + 1.0, g * s + reward, g * ss + reward * reward]
 
     def _merge_stats(self, a: Self, b: Self, base: Self) -> None:
+        self._pool = [a._pool[j] + b._pool[j] - base._pool[j] for j in range(2)]
         self._stats = {}
         for arm in set(a._stats) | set(b._stats):
             za, zb, zc = (x._stats.get(arm, [0.0, 0.0, 0.0]) for x in (a, b, base))
@@ -129,6 +141,7 @@ class ArmStatsPolicy(Policy):
             "stats": {a: list(v) for a, v in self._stats.items()},
             "recent": {a: list(v) for a, v in self._recent.items()},
             "priors": {a: list(v) for a, v in self._priors.items()},
+            "pool": list(self._pool),
         }
 
     def _set_state(self, state: dict[str, Any]) -> None:
@@ -139,6 +152,7 @@ class ArmStatsPolicy(Policy):
             for a, v in state["recent"].items()
         }
         self._priors = {str(a): (float(v[0]), float(v[1])) for a, v in state["priors"].items()}
+        self._pool = [float(v) for v in state["pool"]]
 
     def predict_one(self, arm_id: ArmID, context: dict[str, float] | None = None) -> float:
         """Point estimate of the target of ``arm_id`` (0 for an arm never seen)."""

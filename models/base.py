@@ -82,6 +82,8 @@ class Policy(Stateful, ABC):
         self.seed = seed
         self._rng = random.Random(seed)
         self._updates: dict[ArmID, int] = {}
+        self._warm: set[ArmID] = set()  # arms past their burn-in
+        self._last_arms: list[ArmID] = []
         self._n_updates = 0
 
     # -- public API ---------------------------------------------------------------------------
@@ -102,7 +104,11 @@ class Policy(Stateful, ABC):
         pen = self._check_penalties(arms, penalties)
         probs, scores, estimates = self._pull(arms, ctx, pen)
         reason = ""
-        cold = [i for i, a in enumerate(arms) if self._updates.get(a, 0) < self.burn_in]
+        cold = (
+            [i for i, a in enumerate(arms) if self._updates.get(a, 0) < self.burn_in]
+            if self.burn_in and not self._warm.issuperset(arms)
+            else []
+        )
         if cold:
             probs = np.zeros(len(arms))
             probs[cold] = 1.0 / len(cold)
@@ -110,12 +116,14 @@ class Policy(Stateful, ABC):
         if self.exploration_floor > 0:
             probs = (1.0 - self.exploration_floor) * probs + self.exploration_floor / len(arms)
         i = self._sample(probs)
-        expected = estimates - pen
-        explored = bool(expected[i] < expected.max() - 1e-12)
+        # Plain floats from here: a dozen numpy scalar operations cost more than the maths.
+        est, sc, pe = estimates.tolist(), scores.tolist(), pen.tolist()
+        expected = [e - p for e, p in zip(est, pe, strict=True)]
+        explored = expected[i] < max(expected) - 1e-12
         if not reason:
             if not explored:
                 reason = "greedy"
-            elif scores[i] >= scores.max() - 1e-12:
+            elif sc[i] >= max(sc) - 1e-12:
                 reason = "optimism"
             else:
                 reason = "random exploration"
@@ -124,12 +132,12 @@ class Policy(Stateful, ABC):
             propensity=min(max(float(probs[i]), 1e-12), 1.0),
             policy_name=self.name,
             policy_version=str(self._n_updates),
-            scores={a: float(s) for a, s in zip(arms, scores, strict=True)},
+            scores=dict(zip(arms, sc, strict=True)),
             explanation=Explanation(
-                estimate=float(estimates[i]),
-                uncertainty_bonus=float(scores[i] + pen[i] - estimates[i]),
-                penalty=float(pen[i]),
-                expected_reward=float(expected[i]),
+                estimate=est[i],
+                uncertainty_bonus=sc[i] + pe[i] - est[i],
+                penalty=pe[i],
+                expected_reward=expected[i],
                 explored=explored,
                 reason=reason,
             ),
@@ -143,7 +151,9 @@ class Policy(Stateful, ABC):
             raise ValueError(f"reward must be a finite number, got {reward!r}")
         self._check_reward(float(reward))
         self._update(arm_id, self._check_context(context), float(reward))
-        self._updates[arm_id] = self._updates.get(arm_id, 0) + 1
+        n = self._updates[arm_id] = self._updates.get(arm_id, 0) + 1
+        if n >= self.burn_in:
+            self._warm.add(arm_id)
         self._n_updates += 1
         return self
 
@@ -178,6 +188,7 @@ class Policy(Stateful, ABC):
         for arm in set(self._updates) | set(other._updates):
             n = self._updates.get(arm, 0) + other._updates.get(arm, 0) - ref._updates.get(arm, 0)
             out._updates[arm] = max(n, 0)
+        out._warm = {a for a, n in out._updates.items() if n >= out.burn_in}
         out._n_updates = self._n_updates + other._n_updates - ref._n_updates
         out._merge_stats(self, other, ref)
         return out
@@ -213,6 +224,7 @@ class Policy(Stateful, ABC):
     def _set_state(self, state: dict[str, Any]) -> None:
         set_rng_state(self._rng, state["rng"])
         self._updates = {str(k): int(v) for k, v in state["updates"].items()}
+        self._warm = {a for a, n in self._updates.items() if n >= self.burn_in}
         self._n_updates = int(state["n_updates"])
 
     # -- helpers ----------------------------------------------------------------------------------
@@ -226,31 +238,37 @@ class Policy(Stateful, ABC):
     def _greedy(scores: np.ndarray) -> np.ndarray:
         """Greedy probabilities: ties share the mass evenly."""
         top = scores >= scores.max() - 1e-12
-        out: np.ndarray = top / top.sum()
+        n = int(top.sum())
+        out: np.ndarray = top / n if n > 1 else top.astype(float)
         return out
 
     def _sample(self, probs: np.ndarray) -> int:
-        u = self._rng.random()
+        u = self._rng.random()  # drawn even when the choice is certain: seeded runs stay aligned
+        p = probs.tolist()
+        if max(p) >= 1.0:
+            return p.index(max(p))
         acc = 0.0
         last = 0
-        for i, p in enumerate(probs.tolist()):
-            if p <= 0:
+        for i, pi in enumerate(p):
+            if pi <= 0:
                 continue
-            acc += p
+            acc += pi
             last = i
             if u < acc:
                 return i
         return last
 
-    @staticmethod
-    def _check_arms(arm_ids: Sequence[ArmID]) -> list[ArmID]:
+    def _check_arms(self, arm_ids: Sequence[ArmID]) -> list[ArmID]:
         arms = list(arm_ids)
+        if arms and arms == self._last_arms:  # the same offer as last time: already checked
+            return arms
         if not arms:
             raise ValueError("pull needs at least one arm")
         if len(set(arms)) != len(arms):
             raise ValueError("arm_ids must be unique")
         if not all(isinstance(a, str) and a for a in arms):
             raise ValueError("arm_ids must be non-empty strings")
+        self._last_arms = arms
         return arms
 
     @staticmethod
@@ -267,15 +285,19 @@ class Policy(Stateful, ABC):
 
     @staticmethod
     def _check_context(context: Features | None) -> dict[str, float]:
-        if context is None:
+        """The context, checked: every value a finite number (one vectorised pass)."""
+        if not context:
             return {}
-        out: dict[str, float] = {}
-        for k, v in context.items():
-            fv = float(v)
-            if not math.isfinite(fv):
-                raise ValueError(f"context feature {k!r} is not finite: {v}")
-            out[k] = fv
-        return out
+        try:
+            values = np.fromiter(context.values(), dtype=float, count=len(context))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"context features must be numbers: {exc}") from None
+        if not np.isfinite(values).all():
+            bad = next(
+                k for k, v in zip(context, values.tolist(), strict=True) if not math.isfinite(v)
+            )
+            raise ValueError(f"context feature {bad!r} is not finite: {context[bad]}")
+        return context if isinstance(context, dict) else dict(context)
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self._params().items())

@@ -20,7 +20,7 @@ class EpsilonGreedy(ArmStatsPolicy):
         Initial exploration probability.
     decay
         Number of updates after which epsilon has halved (0 keeps it constant).
-    discount, window, burn_in, max_reward, exploration_floor, cost_aware, seed
+    discount, window, pooled_prior, burn_in, max_reward, exploration_floor, cost_aware, seed
         See :class:`models.arm_stats.ArmStatsPolicy`.
 
     Examples
@@ -51,6 +51,7 @@ class EpsilonGreedy(ArmStatsPolicy):
         decay: float = 0.0,
         discount: float = 1.0,
         window: int | None = None,
+        pooled_prior: float = 0.0,
         burn_in: int = 1,
         max_reward: float | None = None,
         exploration_floor: float = 0.0,
@@ -60,6 +61,7 @@ class EpsilonGreedy(ArmStatsPolicy):
         super().__init__(
             discount=discount,
             window=window,
+            pooled_prior=pooled_prior,
             burn_in=burn_in,
             max_reward=max_reward,
             exploration_floor=exploration_floor,

@@ -26,7 +26,8 @@ class LinUCB(LinearPolicy):
     ----------
     alpha
         Width of the confidence bonus: exploration strength.
-    ridge, discount, bias_feature, burn_in, max_reward, exploration_floor, cost_aware, seed
+    ridge, bias_ridge, discount, bias_feature, pooled_prior,
+        context_gate, burn_in, max_reward, exploration_floor, cost_aware, seed
         See :class:`models.linear.LinearPolicy`.
 
     Examples
@@ -58,8 +59,11 @@ class LinUCB(LinearPolicy):
         alpha: float = 0.5,
         *,
         ridge: float = 1.0,
+        bias_ridge: float | None = None,
         discount: float = 1.0,
         bias_feature: str = "bias",
+        pooled_prior: bool = False,
+        context_gate: bool = False,
         burn_in: int = 1,
         max_reward: float | None = None,
         exploration_floor: float = 0.0,
@@ -68,8 +72,11 @@ class LinUCB(LinearPolicy):
     ) -> None:
         super().__init__(
             ridge=ridge,
+            bias_ridge=bias_ridge,
             discount=discount,
             bias_feature=bias_feature,
+            pooled_prior=pooled_prior,
+            context_gate=context_gate,
             burn_in=burn_in,
             max_reward=max_reward,
             exploration_floor=exploration_floor,

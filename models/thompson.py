@@ -56,7 +56,7 @@ class BetaThompson(_Thompson):
     ----------
     prior_alpha, prior_beta
         Beta prior of every arm (1, 1 is uniform).
-    discount, window, burn_in, max_reward, exploration_floor, cost_aware, seed
+    discount, window, pooled_prior, burn_in, max_reward, exploration_floor, cost_aware, seed
         See :class:`models.arm_stats.ArmStatsPolicy`.
 
     Examples
@@ -85,6 +85,7 @@ class BetaThompson(_Thompson):
         prior_beta: float = 1.0,
         discount: float = 1.0,
         window: int | None = None,
+        pooled_prior: float = 0.0,
         burn_in: int = 0,
         max_reward: float | None = None,
         exploration_floor: float = 0.0,
@@ -98,6 +99,7 @@ class BetaThompson(_Thompson):
         super().__init__(
             discount=discount,
             window=window,
+            pooled_prior=pooled_prior,
             burn_in=burn_in,
             max_reward=max_reward,
             exploration_floor=exploration_floor,
@@ -127,7 +129,7 @@ class GaussianThompson(_Thompson):
     ----------
     sigma
         Floor (and prior) of the reward noise's standard deviation.
-    discount, window, burn_in, max_reward, exploration_floor, cost_aware, seed
+    discount, window, pooled_prior, burn_in, max_reward, exploration_floor, cost_aware, seed
         See :class:`models.arm_stats.ArmStatsPolicy`.
 
     Examples
@@ -154,6 +156,7 @@ class GaussianThompson(_Thompson):
         sigma: float = 0.1,
         discount: float = 1.0,
         window: int | None = None,
+        pooled_prior: float = 0.0,
         burn_in: int = 1,
         max_reward: float | None = None,
         exploration_floor: float = 0.0,
@@ -166,6 +169,7 @@ class GaussianThompson(_Thompson):
         super().__init__(
             discount=discount,
             window=window,
+            pooled_prior=pooled_prior,
             burn_in=burn_in,
             max_reward=max_reward,
             exploration_floor=exploration_floor,

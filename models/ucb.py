@@ -20,7 +20,7 @@ class UCB1(ArmStatsPolicy):
     c
         Scale of the confidence bonus (rewards in [0, 1] call for about 1; smaller explores
         less).
-    discount, window, burn_in, max_reward, exploration_floor, cost_aware, seed
+    discount, window, pooled_prior, burn_in, max_reward, exploration_floor, cost_aware, seed
         See :class:`models.arm_stats.ArmStatsPolicy`.
 
     Examples
@@ -49,6 +49,7 @@ class UCB1(ArmStatsPolicy):
         *,
         discount: float = 1.0,
         window: int | None = None,
+        pooled_prior: float = 0.0,
         burn_in: int = 1,
         max_reward: float | None = None,
         exploration_floor: float = 0.0,
@@ -58,6 +59,7 @@ class UCB1(ArmStatsPolicy):
         super().__init__(
             discount=discount,
             window=window,
+            pooled_prior=pooled_prior,
             burn_in=burn_in,
             max_reward=max_reward,
             exploration_floor=exploration_floor,

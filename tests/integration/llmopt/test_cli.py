@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from llmopt.cli import app
+from models.registry import RECOMMENDED
 
 pytestmark = pytest.mark.integration
 DEMO = Path(__file__).resolve().parents[3] / "llmopt" / "data" / "alpaca_eval.parquet"
@@ -55,7 +56,7 @@ def test_bench_replay_writes_the_contract_json_and_plot(runner: CliRunner, tmp_p
     assert res.exit_code == 0, res.output
     doc = json.loads(out.read_text())
     (name,) = doc["policies"]
-    assert name == "linucb"  # the recommended policy when none is named
+    assert name == RECOMMENDED  # the recommended policy when none is named
     assert [p["willingness_to_pay"] for p in doc["policies"][name]["points"]] == [0.01, 0.1]
     for p in doc["policies"][name]["points"]:
         assert {"willingness_to_pay", "avg_quality", "avg_cost_usd"} <= set(p)

@@ -11,7 +11,7 @@ import pytest
 
 from llmopt.catalog import load_catalog
 from llmopt.policy import Policy
-from llmopt.replay import run_replay
+from llmopt.replay import DEFAULT_WTP_SWEEP, run_replay
 from llmopt.reward import reward
 from llmopt.routing_data import RoutingData, load_routing_data, routing_data_from_frame
 from llmopt.schemas import Decision
@@ -53,7 +53,7 @@ def test_recommended_policy_beats_uniform_random_at_equal_cost(routerbench_resul
 
 def test_result_document_contract(routerbench_result: dict, routerbench: RoutingData) -> None:  # type: ignore[type-arg]
     points = routerbench_result["policies"][RECOMMENDED]["points"]
-    assert len(points) == 8
+    assert len(points) == len(DEFAULT_WTP_SWEEP)
     for p in points:
         assert {"willingness_to_pay", "avg_quality", "avg_cost_usd"} <= set(p)
         assert 0 <= p["avg_quality"] <= 1 and p["avg_cost_usd"] > 0

@@ -121,7 +121,9 @@ def _stream(n: int, seed: int) -> list[tuple[str, dict[str, float], float]]:
     ]
 
 
-@pytest.mark.parametrize("name", ["epsilon_greedy", "ucb1", "thompson_gaussian", "linucb"])
+@pytest.mark.parametrize(
+    "name", ["epsilon_greedy", "ucb1", "thompson_gaussian", "linucb", "cost_aware_linucb"]
+)
 def test_merge_of_two_halves_equals_one_whole(name: str) -> None:
     events = _stream(200, seed=4)
     whole = make_policy(name, seed=0).learn_many(events)
@@ -229,7 +231,7 @@ def test_bad_updates_are_refused_and_change_nothing(make: Callable[[int | None],
 
 def test_beta_thompson_refuses_rewards_outside_unit_interval() -> None:
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        make_policy("thompson_beta").update("a", None, 1.5)
+        make_policy("cost_aware_thompson").update("a", None, 1.5)
 
 
 def test_bad_state_dicts_are_refused() -> None:
