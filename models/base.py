@@ -244,9 +244,10 @@ class Policy(Stateful, ABC):
 
     def _sample(self, probs: np.ndarray) -> int:
         u = self._rng.random()  # drawn even when the choice is certain: seeded runs stay aligned
-        p = probs.tolist()
-        if max(p) >= 1.0:
-            return p.index(max(p))
+        p: list[float] = probs.tolist()
+        top = max(p)
+        if top >= 1.0:
+            return p.index(top)
         acc = 0.0
         last = 0
         for i, pi in enumerate(p):

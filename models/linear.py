@@ -110,9 +110,7 @@ class LinearPolicy(Policy):
         feats, arms = self._features, self._arms
         if feats.keys() >= context.keys() and arms.keys() >= set(arm_ids):
             return
-        self._grow_to(
-            [k for k in context if k not in feats], [a for a in arm_ids if a not in arms]
-        )
+        self._grow_to([k for k in context if k not in feats], [a for a in arm_ids if a not in arms])
 
     def _grow_to(self, new_feats: list[str], new_arms: list[ArmID]) -> None:
         d_old, k_old = len(self._features), len(self._arms)
@@ -305,7 +303,9 @@ class LinearPolicy(Policy):
                 i = self._arms[arm]
                 grams[i][np.ix_(fi, fi)] += sign * src._gram(j)
                 self._b[i][fi] += sign * src._b[j]
-                self._free[i] = [p + sign * q for p, q in zip(self._free[i], src._free[j], strict=False)]
+                self._free[i] = [
+                    p + sign * q for p, q in zip(self._free[i], src._free[j], strict=False)
+                ]
         prior = np.diag(self._prior_precision())
         for i in range(len(self._arms)):
             self._a_inv[i] = np.linalg.inv(grams[i] + prior)
