@@ -3,9 +3,9 @@
 A call's cost is ``input price x prompt tokens + output price x answer tokens``: the prompt's
 length is known before the call, the answer's is not. Per model, the cost is modelled as
 ``theta_0 + theta_1 * input_tokens / 1000`` and fitted online by ridge regression towards a
-prior: the catalog's prices (with the output length assumed, corrected by the ratio of observed
-to catalog cost shared by all priced models, since a workload's answer length affects every
-model alike), or, for a model the catalog does not price, nothing (None until it is seen).
+prior: the catalog's prices, with the answer length learned from every priced model's observed
+costs (a workload's answers are about as long whichever model writes them), or, for a model
+the catalog does not price, nothing (None until it is seen).
 
 Per-request cost matters: a long prompt on an expensive model can cost ten times a short one,
 so a router that knows it sends long prompts to the cheaper model of a pair and short ones to
@@ -20,7 +20,7 @@ Examples
 >>> for t in (500, 1000, 2000, 4000):  # this workload's answers are 10 tokens
 ...     cm.learn("gpt-4o-mini", t, 0.15e-6 * t + 0.6e-6 * 10)
 >>> round(cm.predict("gpt-4o-mini", 3000) * 1e6)
-452
+456
 >>> cm.predict("unknown-model", 1000) is None
 True
 """
@@ -70,8 +70,8 @@ class CostModel:
         self.catalog = catalog
         self.prior_weight = prior_weight
         self._fits: dict[ArmID, _ArmFit] = {}
-        self._shared_n = 0
-        self._shared_log = 0.0
+        self._out_n = 0.0  # answers observed on priced models, and their implied tokens
+        self._out_tokens = 0.0
 
     def _prior(self, model: ArmID) -> np.ndarray | None:
         """Catalog prior of (intercept, cost per 1000 input tokens), or None if unpriced."""
@@ -79,9 +79,11 @@ class CostModel:
         if spec is None:
             return None
         per_k = spec.expected_cost_usd(1000, 0)
-        intercept = spec.expected_cost_usd(0, ASSUMED_OUTPUT_TOKENS)
-        factor = math.exp(self._shared_log / self._shared_n) if self._shared_n else 1.0
-        return np.array([intercept, per_k]) * factor
+        return np.array([spec.expected_cost_usd(0, round(self.output_tokens())), per_k])
+
+    def output_tokens(self) -> float:
+        """Answer length of this workload, as implied by priced models' observed costs."""
+        return (self._out_tokens + ASSUMED_OUTPUT_TOKENS) / (self._out_n + 1.0)
 
     def predict(self, model: ArmID, input_tokens: int) -> float | None:
         """Predicted cost in USD (never negative), or None for an unpriced model never seen."""
@@ -102,11 +104,11 @@ class CostModel:
         if not math.isfinite(cost_usd) or cost_usd < 0:
             raise ValueError(f"cost_usd must be a finite number >= 0, got {cost_usd}")
         prior = self._prior(model)
-        if prior is not None:
-            expected = float(prior[0] + prior[1] * input_tokens / 1000.0)
-            if expected > 0 and cost_usd > 0:
-                self._shared_n += 1
-                self._shared_log += math.log(cost_usd / expected)
+        spec = self.catalog.get(model) if self.catalog is not None else None
+        if spec is not None and spec.output_per_mtok > 0:
+            input_cost = spec.expected_cost_usd(input_tokens, 0)
+            self._out_n += 1
+            self._out_tokens += max(cost_usd - input_cost, 0.0) / spec.output_per_mtok * 1e6
         fit = self._fits.setdefault(model, _ArmFit())
         x = np.array([1.0, input_tokens / 1000.0])
         fit.a += np.outer(x, x)

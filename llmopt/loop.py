@@ -133,33 +133,35 @@ class LearningLoop:
         return out
 
     def _eligible(self, ctx: RequestContext) -> tuple[list[ArmID], list[str]]:
-        """Arms whose predicted cost and latency respect the request's hard caps."""
-        if self.catalog is None or (ctx.max_cost_usd is None and ctx.max_latency_ms is None):
+        """Arms whose predicted cost and latency respect the request's hard caps.
+
+        Cost comes from the learned cost model (catalog prices corrected by observed costs);
+        an arm with no prediction yet (unpriced, never observed) cannot be shown to break a
+        cost cap and stays eligible.
+        """
+        if ctx.max_cost_usd is None and ctx.max_latency_ms is None:
             return self.arms, []
         in_tokens = estimate_tokens(ctx.prompt or "")
         ok: list[ArmID] = []
         notes: list[str] = []
+        costs: dict[ArmID, float] = {}
         for arm in self.arms:
-            spec = self.catalog.get(arm)
-            if spec is None:
-                ok.append(arm)
-                continue
-            cost = spec.expected_cost_usd(in_tokens, DEFAULT_OUTPUT_TOKENS)
-            latency = spec.expected_latency_ms(DEFAULT_OUTPUT_TOKENS)
-            if ctx.max_cost_usd is not None and cost > ctx.max_cost_usd:
+            spec = self.catalog.get(arm) if self.catalog is not None else None
+            cost = self.cost_model.predict(arm, in_tokens)
+            latency = spec.expected_latency_ms(DEFAULT_OUTPUT_TOKENS) if spec else None
+            costs[arm] = cost if cost is not None else 0.0
+            if ctx.max_cost_usd is not None and cost is not None and cost > ctx.max_cost_usd:
                 notes.append(f"{arm} excluded: predicted cost {cost:.6f} > max_cost_usd")
-            elif ctx.max_latency_ms is not None and latency > ctx.max_latency_ms:
+            elif (
+                ctx.max_latency_ms is not None
+                and latency is not None
+                and latency > ctx.max_latency_ms
+            ):
                 notes.append(f"{arm} excluded: predicted latency {latency:.0f} ms > max_latency_ms")
             else:
                 ok.append(arm)
-        if not ok:  # nothing fits: the cheapest known arm, and say so
-            catalog = self.catalog
-
-            def _cost(arm: ArmID) -> float:
-                spec = catalog.get(arm)
-                return spec.expected_cost_usd(in_tokens, DEFAULT_OUTPUT_TOKENS) if spec else 0.0
-
-            cheapest = min(self.arms, key=_cost)
+        if not ok:  # nothing fits: the cheapest arm, and say so
+            cheapest = min(self.arms, key=costs.__getitem__)
             notes.append(f"no model meets the caps; fell back to the cheapest, {cheapest}")
             ok = [cheapest]
         return ok, notes

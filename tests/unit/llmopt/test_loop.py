@@ -107,3 +107,53 @@ def test_with_event_log_feedback_survives_a_restart(tmp_path: object) -> None:
     assert policy.updates == [("gpt-4.1", pytest.approx(0.9))]
     assert second.event_log is not None
     assert second.event_log.feedback_since(0)[0].reward == pytest.approx(0.9)
+
+
+class CostAwareRecorder(Recorder):
+    """A fake cost-aware policy: records the penalties it is given and what it learns."""
+
+    cost_aware = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.penalties: list[dict[ArmID, float]] = []
+
+    def pull(  # type: ignore[override]
+        self,
+        arm_ids: Sequence[ArmID],
+        context: Features | None = None,
+        *,
+        penalties: dict[ArmID, float] | None = None,
+    ) -> Decision:
+        self.penalties.append(dict(penalties or {}))
+        return super().pull(arm_ids, context)
+
+
+def test_a_cost_aware_policy_gets_penalties_and_learns_quality() -> None:
+    policy = CostAwareRecorder()
+    loop = LearningLoop(policy, ARMS, catalog=CATALOG)
+    ctx = RequestContext(tenant="t", prompt="hello " * 200, willingness_to_pay=0.01)
+    d = loop.decide(ctx)
+    pen = policy.penalties[-1]
+    assert set(pen) == set(ARMS)
+    # Penalty = predicted cost / willingness to pay: the dearest model the largest.
+    assert pen["gpt-4.1"] > pen["gpt-4o-mini"] > pen["gpt-4.1-nano"] > 0
+    out = loop.feedback(Feedback(decision_id=d.decision_id, quality=0.8, cost_usd=0.001))
+    assert policy.updates[-1] == (d.model, 0.8)  # quality, not the reward
+    assert out.reward == pytest.approx(0.8 - 0.001 / 0.01)
+
+
+def test_cost_caps_use_the_costs_feedback_reported() -> None:
+    """The catalog says gpt-4o-mini is cheap; this workload's answers make it cost 10x more."""
+    policy = Recorder()
+    loop = LearningLoop(policy, ["gpt-4o-mini", "gpt-4.1-nano"], catalog=CATALOG)
+    prompt = "hello " * 100
+    cap = 2 * loop.cost_model.predict("gpt-4o-mini", 150)  # type: ignore[operator]
+    first = loop.decide(RequestContext(tenant="t", prompt=prompt, max_cost_usd=cap))
+    assert first.model == "gpt-4o-mini"  # fits the cap by the catalog's prices
+    for _ in range(5):
+        d = loop.decide(RequestContext(tenant="t", prompt=prompt))
+        loop.feedback(Feedback(decision_id=d.decision_id, quality=0.9, cost_usd=10 * cap))
+    later = loop.decide(RequestContext(tenant="t", prompt=prompt, max_cost_usd=cap))
+    assert later.model == "gpt-4.1-nano"
+    assert any("gpt-4o-mini excluded: predicted cost" in n for n in later.notes)
