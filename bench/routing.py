@@ -73,14 +73,15 @@ def _subsample(data: RoutingData, n: int) -> RoutingData:
 def _smoke(factory: PolicyFactory, data: RoutingData) -> str | None:
     """None if a fresh policy can pull and learn a few rewards, else the error.
 
-    Replay rewards are ``quality - cost / willingness to pay``: at most 1, often negative. A
-    policy that refuses them (or is broken mid-edit in the registry) is reported instead of
-    sinking the whole run.
+    Replay rewards are ``quality - cost / willingness to pay``: at most 1, often negative (a
+    cost-aware policy is taught the quality instead, in [0, 1]). A policy that fails is reported
+    instead of sinking the whole run.
     """
     try:
         policy = factory(SEED)
         ctx = compute_features(_subsample(data, 1))[0]
-        for r in (0.5, -0.5, 1.0):
+        targets = (0.5, 0.0, 1.0) if getattr(policy, "cost_aware", False) else (0.5, -0.5, 1.0)
+        for r in targets:
             decision = policy.pull(data.models, ctx)
             policy.update(decision.model, ctx, r)
     except Exception as exc:  # noqa: BLE001 - reported in the results

@@ -34,6 +34,7 @@ from llmopt.cost_model import CostModel
 from llmopt.event_log import EventLog, UnknownDecisionError
 from llmopt.features import estimate_tokens, request_features
 from llmopt.policy import Policy
+from llmopt.priors import price_tier_prior
 from llmopt.reward import TradeOff, penalty, reward
 from llmopt.schemas import Decision, Feedback, RequestContext
 from llmopt.types import ArmID, DecisionID
@@ -99,6 +100,41 @@ class LearningLoop:
         self.cost_model = CostModel(catalog)
         self._pending: dict[DecisionID, _Pending] = {}
         self._answered: dict[DecisionID, float] = {}
+
+    def add_arm(self, arm: ArmID, *, prior_weight: float = 2.0) -> float | None:
+        """Offer a new model from the next decision on; returns the prior it starts from.
+
+        If the policy takes priors (``set_prior``) and the catalog prices the model, it starts
+        at what the known models of its price tier achieve (see :mod:`llmopt.priors`), with
+        the weight of ``prior_weight`` observations; the policy's burn-in and exploration floor
+        then give it its first real requests.
+        """
+        if arm in self.arms:
+            raise ValueError(f"{arm!r} is already offered")
+        prior = None
+        set_prior = getattr(self.policy, "set_prior", None)
+        arm_mean = getattr(self.policy, "arm_mean", None)
+        spec = self.catalog.get(arm) if self.catalog is not None else None
+        if spec is not None and set_prior is not None and arm_mean is not None:
+            known: dict[ArmID, tuple[float, float]] = {}
+            for other in self.arms:
+                other_spec = self.catalog.get(other) if self.catalog is not None else None
+                mean = arm_mean(other)
+                if other_spec is not None and mean is not None:
+                    known[other] = (other_spec.expected_cost_usd(1000, 256), mean)
+            prior = price_tier_prior(spec.expected_cost_usd(1000, 256), known)
+            if prior is not None:
+                set_prior(arm, prior, prior_weight)
+        self.arms.append(arm)
+        return prior
+
+    def remove_arm(self, arm: ArmID) -> None:
+        """Stop offering ``arm``; feedback on its past decisions is still accepted and learned."""
+        if arm not in self.arms:
+            raise ValueError(f"{arm!r} is not offered")
+        if len(self.arms) == 1:
+            raise ValueError("cannot remove the last model")
+        self.arms.remove(arm)
 
     def tradeoff_for(self, ctx: RequestContext) -> TradeOff:
         """The request's trade-off, falling back to the default one field by field."""

@@ -154,6 +154,10 @@ class ArmStatsPolicy(Policy):
         self._priors = {str(a): (float(v[0]), float(v[1])) for a, v in state["priors"].items()}
         self._pool = [float(v) for v in state["pool"]]
 
+    def arm_mean(self, arm_id: ArmID) -> float | None:
+        n, total, _ = self._stats.get(arm_id, (0.0, 0.0, 0.0))
+        return total / n if n > 0 else None
+
     def predict_one(self, arm_id: ArmID, context: dict[str, float] | None = None) -> float:
         """Point estimate of the target of ``arm_id`` (0 for an arm never seen)."""
         return self._arm(arm_id)[1]

@@ -167,6 +167,10 @@ class Policy(Stateful, ABC):
             self.update(arm, ctx, r)
         return self
 
+    def arm_mean(self, arm_id: ArmID) -> float | None:
+        """Mean target learned for ``arm_id`` regardless of context (None: never updated)."""
+        return None
+
     @property
     def n_updates(self) -> int:
         """Number of rewards learned from."""

@@ -214,6 +214,12 @@ class LinearPolicy(Policy):
         out: np.ndarray | float = mu * lam * a_inv_x[..., j]
         return out
 
+    def arm_mean(self, arm_id: ArmID) -> float | None:
+        i = self._arms.get(arm_id)
+        if i is None or self._free[i][0] <= 0:
+            return None
+        return self._free[i][1] / self._free[i][0]
+
     def predict_one(self, arm_id: ArmID, context: dict[str, float] | None = None) -> float:
         """Point estimate of the target of ``arm_id`` (0 for an arm never seen)."""
         if arm_id not in self._arms:

@@ -157,3 +157,27 @@ def test_cost_caps_use_the_costs_feedback_reported() -> None:
     later = loop.decide(RequestContext(tenant="t", prompt=prompt, max_cost_usd=cap))
     assert later.model == "gpt-4.1-nano"
     assert any("gpt-4o-mini excluded: predicted cost" in n for n in later.notes)
+
+
+def test_a_new_model_joins_with_its_price_tier_prior_and_an_old_one_leaves() -> None:
+    from models.registry import make_policy  # noqa: PLC0415
+
+    policy = make_policy("cost_aware_linucb", seed=0)
+    loop = LearningLoop(policy, ["gpt-4.1", "gpt-4.1-nano"], catalog=CATALOG)
+    quality = {"gpt-4.1": 0.9, "gpt-4.1-nano": 0.4, "gpt-4o-mini": 0.5}
+    for _ in range(60):
+        d = loop.decide(RequestContext(tenant="t", prompt="hi", willingness_to_pay=1.0))
+        loop.feedback(Feedback(decision_id=d.decision_id, quality=quality[d.model]))
+    # gpt-4o-mini costs within 3x of gpt-4.1-nano: it starts where that tier stands.
+    prior = loop.add_arm("gpt-4o-mini")
+    assert prior == pytest.approx(0.4, abs=0.05)
+    with pytest.raises(ValueError, match="already offered"):
+        loop.add_arm("gpt-4o-mini")
+    pending = loop.decide(RequestContext(tenant="t", prompt="hi"))
+    loop.remove_arm(pending.model)
+    assert pending.model not in loop.arms
+    loop.feedback(Feedback(decision_id=pending.decision_id, quality=0.5))  # still accepted
+    for _ in range(20):
+        assert loop.decide(RequestContext(tenant="t", prompt="hi")).model in loop.arms
+    with pytest.raises(ValueError, match="not offered"):
+        loop.remove_arm("nope")
