@@ -27,6 +27,12 @@ MAX_SCAN_CHARS = 2000
 N_HASH_BUCKETS = 16
 """Default number of signed hashed-word buckets."""
 
+N_PREFIX_BUCKETS = 8
+"""One-hot buckets of the prompt's opening (its template or instruction, see prefix_bucket)."""
+
+PREFIX_CHARS = 48
+"""Characters of the prompt's opening that identify its template."""
+
 KNOWN_HINTS = (
     "code",
     "math",
@@ -121,6 +127,24 @@ def hashed_words(words: Sequence[str], n_buckets: int = N_HASH_BUCKETS) -> dict[
     return {f"hw_{i}": b / norm for i, b in enumerate(buckets)}
 
 
+def prefix_bucket(text: str, n_buckets: int = N_PREFIX_BUCKETS) -> dict[str, float]:
+    """One-hot hash bucket of the prompt's opening characters (case and spacing ignored).
+
+    Requests from one application usually share a template ("Translate to French: ...", a
+    fixed few-shot header, a system instruction): its opening identifies the task far better
+    than the words of the variable part, so requests of a template share one bucket.
+
+    >>> header = "You are a grader.  Answer with one letter only. "
+    >>> prefix_bucket(header + "Q: 2+2?") == prefix_bucket(header.upper() + "Q: why?")
+    True
+    >>> sum(prefix_bucket("anything").values()), sum(prefix_bucket("").values())
+    (1.0, 0.0)
+    """
+    opening = " ".join(text[: PREFIX_CHARS * 2].lower().split())[:PREFIX_CHARS]
+    bucket = zlib.crc32(opening.encode()) % n_buckets if text else -1
+    return {f"pfx_{i}": float(i == bucket) for i in range(n_buckets)}
+
+
 def request_features(
     prompt: str | None,
     *,
@@ -162,6 +186,7 @@ def request_features(
         feats[f"hint_{hint}"] = float(hint in hints)
     feats["hint_other"] = float(bool(hints - set(KNOWN_HINTS)))
     feats.update(hashed_words(words, n_hash_buckets))
+    feats.update(prefix_bucket(text))
     for name, value in (client_features or {}).items():
         if isinstance(value, str):
             feats[f"f:{name}={value}"] = 1.0

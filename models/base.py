@@ -37,7 +37,8 @@ class Policy(Stateful, ABC):
     burn_in
         Each arm is pulled this many times (uniformly among the arms still under it) before the
         algorithm's own rule takes over. Also applies to arms added later: a new model gets its
-        share of exploration.
+        share of exploration. With ``max_reward`` set, an arm whose penalty rules it out even
+        at the best possible quality is not burnt in.
     max_reward
         Known upper bound of the target (1.0 when the policy learns quality): optimistic scores
         are capped there. None: no cap.
@@ -109,6 +110,11 @@ class Policy(Stateful, ABC):
             if self.burn_in and not self._warm.issuperset(arms)
             else []
         )
+        if cold and self.max_reward is not None:
+            # Burn-in skips a model that could not beat the best expected reward even at the
+            # best possible quality: its price alone rules it out, so a try teaches nothing.
+            best = float((estimates - pen).max())
+            cold = [i for i in cold if self.max_reward - pen[i] > best]
         if cold:
             probs = np.zeros(len(arms))
             probs[cold] = 1.0 / len(cold)

@@ -42,6 +42,7 @@ POLICIES: dict[str, tuple[type[Policy], dict[str, Any]]] = {
             "bias_ridge": 1.0,
             "pooled_prior": True,
             "context_gate": True,
+            "burn_in": 2,
             **_COST_AWARE,
         },
     ),
