@@ -284,7 +284,7 @@ class Policy(Stateful, ABC):
 
     @staticmethod
     def _check_penalties(arms: list[ArmID], penalties: Mapping[ArmID, float] | None) -> np.ndarray:
-        if penalties is None:
+        if not penalties:
             return np.zeros(len(arms))
         unknown = set(penalties) - set(arms)
         if unknown:

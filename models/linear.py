@@ -238,7 +238,11 @@ class LinearPolicy(Policy):
         a_inv_x = self._a_inv[i] @ x
         if self.context_gate:
             ctx_pred = float(self._b[i] @ a_inv_x + self._pooled_offset(a_inv_x))
-            free_pred = float(self._context_free(np.array([i]))[0][0])
+            lam = self.bias_ridge if self.bias_ridge is not None else self.ridge
+            pool_n, pool_sum = self._pool
+            mu = pool_sum / pool_n if self.pooled_prior and pool_n > 0 else 0.0
+            n, total = self._free[i]
+            free_pred = (total + lam * mu) / (n + lam)
             self._errors = [
                 g * self._errors[0] + (reward - ctx_pred) ** 2,
                 g * self._errors[1] + (reward - free_pred) ** 2,
