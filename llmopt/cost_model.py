@@ -50,12 +50,8 @@ class _ArmFit:
         self.theta = np.zeros(2)
 
     def fit(self, prior: np.ndarray | None, weight: float) -> np.ndarray:
-        if prior is None:
-            # Unpriced: shrink towards "cost proportional to prompt length" at the arm's own
-            # observed cost per token (a ratio estimator, stable from the first call), so two
-            # calls of similar length cannot produce a wild intercept and slope.
-            per_k = self.b[0] / max(self.a[0, 1], 1e-9)  # sum(cost) / sum(tokens / 1000)
-            prior, weight = np.array([0.0, per_k]), 1.0
+        if prior is None:  # unpriced: plain least squares (tiny ridge for the first points)
+            prior, weight = np.zeros(2), 1e-6
         return np.linalg.solve(self.a + weight * np.eye(2), self.b + weight * prior)
 
 
@@ -119,4 +115,4 @@ class CostModel:
         fit.b += cost_usd * x
         fit.n += 1
         if prior is None:
-            fit.theta = fit.fit(None, 1.0)
+            fit.theta = fit.fit(None, 0.0)
