@@ -36,7 +36,7 @@ class ArmStatsPolicy(Policy):
     pooled_prior
         Weight, in observations, of a prior at the mean reward of all arms so far (empirical
         Bayes; 0 disables it). Arms with an explicit ``set_prior`` keep theirs.
-    burn_in, max_reward, exploration_floor, cost_aware, seed
+    burn_in, max_reward, exploration_floor, explore_decay, cost_aware, seed
         See :class:`models.base.Policy`.
     """
 
@@ -49,6 +49,7 @@ class ArmStatsPolicy(Policy):
         burn_in: int = 1,
         max_reward: float | None = None,
         exploration_floor: float = 0.0,
+        explore_decay: float = 0.0,
         cost_aware: bool = False,
         seed: int | None = None,
     ) -> None:
@@ -56,6 +57,7 @@ class ArmStatsPolicy(Policy):
             burn_in=burn_in,
             max_reward=max_reward,
             exploration_floor=exploration_floor,
+            explore_decay=explore_decay,
             cost_aware=cost_aware,
             seed=seed,
         )

@@ -46,6 +46,11 @@ class Policy(Stateful, ABC):
         Share of every decision spread uniformly over the arms, so every arm keeps a propensity
         of at least ``exploration_floor / n_arms`` (safe off-policy evaluation, and a new model
         keeps being tried). 0 disables it.
+    explore_decay
+        ``c`` of a decaying exploration rate ``c / (1 + t)`` spread over the arms that could
+        still be best (with ``max_reward``: whose best possible target minus penalty beats the
+        best expected reward). It retries a model written off by a few unlucky early rewards;
+        in all it costs about ``c * ln(t)`` exploratory pulls. 0 disables it.
     cost_aware
         Tells the learning loop to teach this policy the *quality* of each answer and to pass
         the predicted cost and latency of each model as ``penalties`` at every pull, instead of
@@ -67,6 +72,7 @@ class Policy(Stateful, ABC):
         burn_in: int = 0,
         max_reward: float | None = None,
         exploration_floor: float = 0.0,
+        explore_decay: float = 0.0,
         cost_aware: bool = False,
         seed: int | None = None,
     ) -> None:
@@ -78,7 +84,10 @@ class Policy(Stateful, ABC):
             raise ValueError(f"exploration_floor must be in [0, 1], got {exploration_floor}")
         self.burn_in = burn_in
         self.max_reward = max_reward
+        if not (math.isfinite(explore_decay) and explore_decay >= 0):
+            raise ValueError(f"explore_decay must be a finite number >= 0, got {explore_decay}")
         self.exploration_floor = exploration_floor
+        self.explore_decay = explore_decay
         self.cost_aware = cost_aware
         self.seed = seed
         self._rng = random.Random(seed)
@@ -119,6 +128,19 @@ class Policy(Stateful, ABC):
             probs = np.zeros(len(arms))
             probs[cold] = 1.0 / len(cold)
             reason = "burn-in"
+        if self.explore_decay > 0 and not cold:
+            # Decaying exploration among the arms that could still win: those whose best
+            # possible target minus their penalty beats the best expected reward. A model
+            # written off by a few unlucky early rewards is retried now and then (c / t),
+            # a model its price rules out never is.
+            eps = min(1.0, self.explore_decay / (1.0 + self._n_updates))
+            if self.max_reward is not None:
+                best = float((estimates - pen).max())
+                plausible = (self.max_reward - pen) > best
+            else:
+                plausible = np.ones(len(arms), dtype=bool)
+            if plausible.sum() > 1:
+                probs = (1.0 - eps) * probs + eps * plausible / plausible.sum()
         if self.exploration_floor > 0:
             probs = (1.0 - self.exploration_floor) * probs + self.exploration_floor / len(arms)
         i = self._sample(probs)

@@ -20,7 +20,8 @@ class EpsilonGreedy(ArmStatsPolicy):
         Initial exploration probability.
     decay
         Number of updates after which epsilon has halved (0 keeps it constant).
-    discount, window, pooled_prior, burn_in, max_reward, exploration_floor, cost_aware, seed
+    discount, window, pooled_prior, burn_in, max_reward, exploration_floor, explore_decay,
+    cost_aware, seed
         See :class:`models.arm_stats.ArmStatsPolicy`.
 
     Examples
@@ -55,6 +56,7 @@ class EpsilonGreedy(ArmStatsPolicy):
         burn_in: int = 1,
         max_reward: float | None = None,
         exploration_floor: float = 0.0,
+        explore_decay: float = 0.0,
         cost_aware: bool = False,
         seed: int | None = None,
     ) -> None:
@@ -65,6 +67,7 @@ class EpsilonGreedy(ArmStatsPolicy):
             burn_in=burn_in,
             max_reward=max_reward,
             exploration_floor=exploration_floor,
+            explore_decay=explore_decay,
             cost_aware=cost_aware,
             seed=seed,
         )

@@ -53,7 +53,7 @@ class LinearPolicy(Policy):
         model has the lower squared error so far. Where request features carry no signal
         (few samples, noisy quality) the policy behaves like a cost-aware UCB on per-arm
         means instead of paying for a noisy regression; where they do, it routes on them.
-    burn_in, max_reward, exploration_floor, cost_aware, seed
+    burn_in, max_reward, exploration_floor, explore_decay, cost_aware, seed
         See :class:`models.base.Policy`.
     """
 
@@ -71,6 +71,7 @@ class LinearPolicy(Policy):
         burn_in: int = 1,
         max_reward: float | None = None,
         exploration_floor: float = 0.0,
+        explore_decay: float = 0.0,
         cost_aware: bool = False,
         seed: int | None = None,
     ) -> None:
@@ -78,6 +79,7 @@ class LinearPolicy(Policy):
             burn_in=burn_in,
             max_reward=max_reward,
             exploration_floor=exploration_floor,
+            explore_decay=explore_decay,
             cost_aware=cost_aware,
             seed=seed,
         )

@@ -27,7 +27,7 @@ class LinUCB(LinearPolicy):
     alpha
         Width of the confidence bonus: exploration strength.
     ridge, bias_ridge, discount, bias_feature, pooled_prior,
-        context_gate, burn_in, max_reward, exploration_floor, cost_aware, seed
+        context_gate, burn_in, max_reward, exploration_floor, explore_decay, cost_aware, seed
         See :class:`models.linear.LinearPolicy`.
 
     Examples
@@ -67,6 +67,7 @@ class LinUCB(LinearPolicy):
         burn_in: int = 1,
         max_reward: float | None = None,
         exploration_floor: float = 0.0,
+        explore_decay: float = 0.0,
         cost_aware: bool = False,
         seed: int | None = None,
     ) -> None:
@@ -80,6 +81,7 @@ class LinUCB(LinearPolicy):
             burn_in=burn_in,
             max_reward=max_reward,
             exploration_floor=exploration_floor,
+            explore_decay=explore_decay,
             cost_aware=cost_aware,
             seed=seed,
         )

@@ -56,7 +56,8 @@ class BetaThompson(_Thompson):
     ----------
     prior_alpha, prior_beta
         Beta prior of every arm (1, 1 is uniform).
-    discount, window, pooled_prior, burn_in, max_reward, exploration_floor, cost_aware, seed
+    discount, window, pooled_prior, burn_in, max_reward, exploration_floor, explore_decay,
+    cost_aware, seed
         See :class:`models.arm_stats.ArmStatsPolicy`.
 
     Examples
@@ -89,6 +90,7 @@ class BetaThompson(_Thompson):
         burn_in: int = 0,
         max_reward: float | None = None,
         exploration_floor: float = 0.0,
+        explore_decay: float = 0.0,
         cost_aware: bool = False,
         seed: int | None = None,
     ) -> None:
@@ -103,6 +105,7 @@ class BetaThompson(_Thompson):
             burn_in=burn_in,
             max_reward=max_reward,
             exploration_floor=exploration_floor,
+            explore_decay=explore_decay,
             cost_aware=cost_aware,
             seed=seed,
         )
@@ -129,7 +132,8 @@ class GaussianThompson(_Thompson):
     ----------
     sigma
         Floor (and prior) of the reward noise's standard deviation.
-    discount, window, pooled_prior, burn_in, max_reward, exploration_floor, cost_aware, seed
+    discount, window, pooled_prior, burn_in, max_reward, exploration_floor, explore_decay,
+    cost_aware, seed
         See :class:`models.arm_stats.ArmStatsPolicy`.
 
     Examples
@@ -160,6 +164,7 @@ class GaussianThompson(_Thompson):
         burn_in: int = 1,
         max_reward: float | None = None,
         exploration_floor: float = 0.0,
+        explore_decay: float = 0.0,
         cost_aware: bool = False,
         seed: int | None = None,
     ) -> None:
@@ -173,6 +178,7 @@ class GaussianThompson(_Thompson):
             burn_in=burn_in,
             max_reward=max_reward,
             exploration_floor=exploration_floor,
+            explore_decay=explore_decay,
             cost_aware=cost_aware,
             seed=seed,
         )

@@ -20,7 +20,8 @@ class UCB1(ArmStatsPolicy):
     c
         Scale of the confidence bonus (rewards in [0, 1] call for about 1; smaller explores
         less).
-    discount, window, pooled_prior, burn_in, max_reward, exploration_floor, cost_aware, seed
+    discount, window, pooled_prior, burn_in, max_reward, exploration_floor, explore_decay,
+    cost_aware, seed
         See :class:`models.arm_stats.ArmStatsPolicy`.
 
     Examples
@@ -53,6 +54,7 @@ class UCB1(ArmStatsPolicy):
         burn_in: int = 1,
         max_reward: float | None = None,
         exploration_floor: float = 0.0,
+        explore_decay: float = 0.0,
         cost_aware: bool = False,
         seed: int | None = None,
     ) -> None:
@@ -63,6 +65,7 @@ class UCB1(ArmStatsPolicy):
             burn_in=burn_in,
             max_reward=max_reward,
             exploration_floor=exploration_floor,
+            explore_decay=explore_decay,
             cost_aware=cost_aware,
             seed=seed,
         )

@@ -1,0 +1,47 @@
+"""Feature services: the versioned sets of features each consumer reads.
+
+A new or changed consumer gets a new version (``router_v2``); an existing version's features
+never change under a running router.
+"""
+
+from feast import FeatureService
+from views import (
+    model_performance_fv,
+    model_task_performance_fv,
+    request_features,
+    system_fv,
+    tenant_fv,
+)
+
+from feature_store import catalog
+
+_STORED = (model_performance_fv, model_task_performance_fv, tenant_fv, system_fv)
+
+router_v1 = FeatureService(
+    name=catalog.ROUTER_SERVICE,
+    features=[fv[list(catalog.ROUTER_FEATURES[fv.name])] for fv in _STORED],
+    description=(
+        "What the router reads per decision, for every candidate model in one call: recent "
+        "errors, latency and quality per model, quality per model x task type, the tenant's "
+        "budget and trade-off, the fleet's load. Request features are computed in-process by "
+        "the router (the function request_v1 runs)."
+    ),
+    tags={"version": "1", "consumer": "router"},
+)
+
+training_v1 = FeatureService(
+    name=catalog.TRAINING_SERVICE,
+    features=list(_STORED),
+    description=(
+        "Every stored feature, for point-in-time training sets and monitoring "
+        "(request features come from the event log, where each decision keeps its own)."
+    ),
+    tags={"version": "1", "consumer": "training"},
+)
+
+request_v1 = FeatureService(
+    name=catalog.REQUEST_SERVICE,
+    features=[request_features],
+    description="Request features computed by Feast on demand (for feast serve clients).",
+    tags={"version": "1", "consumer": "feast-serve"},
+)

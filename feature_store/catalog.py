@@ -1,0 +1,176 @@
+"""The feature catalogue: every entity, window, view and field name, with its description.
+
+One place that the Feast definitions (``feature_repo/``), the aggregation that fills them and the
+serving-side reader all read, so a name or a window is written once. Pure Python: importing it
+costs nothing (no Feast), which matters because ``feast apply`` imports it too.
+
+Examples
+--------
+>>> perf_field_names()[:3]
+['quality_mean_5m', 'success_rate_5m', 'error_rate_5m']
+>>> task_type(["Code", "math"]), task_type([]), task_type(["poetry"])
+('code', 'general', 'other')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from llmopt.features import KNOWN_HINTS
+
+PROJECT = "llmopt"
+
+# Join keys of the entities (one column each in every push row and entity row).
+MODEL_KEY = "model"
+TASK_TYPE_KEY = "task_type"
+TENANT_KEY = "tenant"
+DEPLOYMENT_KEY = "deployment"
+DEFAULT_DEPLOYMENT = "default"
+"""The deployment (serving fleet) whose system features a single-fleet setup reads and writes."""
+
+TIMESTAMP = "event_timestamp"
+"""Event time of a feature row: the time of the newest feedback it includes (see aggregation)."""
+CREATED = "created"
+"""Processing time of a feature row (Feast's tie-breaker between rows of equal event time)."""
+
+GENERAL_TASK = "general"
+"""Task type of a request without hints."""
+OTHER_TASK = "other"
+"""Task type of a request whose hints are all unknown."""
+
+
+def task_type(hints: Sequence[str]) -> str:
+    """The task type of a request: its first known hint, else ``other`` / ``general``."""
+    cleaned = [h.strip().lower() for h in hints if h.strip()]
+    for hint in cleaned:
+        if hint in KNOWN_HINTS:
+            return hint
+    return OTHER_TASK if cleaned else GENERAL_TASK
+
+
+@dataclass(frozen=True)
+class Window:
+    """A sliding time window kept as a ring of fixed-width buckets."""
+
+    name: str
+    seconds: int
+    bucket_seconds: int
+
+    @property
+    def n_buckets(self) -> int:
+        """Buckets in the ring."""
+        return self.seconds // self.bucket_seconds
+
+
+PERF_WINDOWS = (
+    Window("5m", 300, 10),
+    Window("1h", 3600, 60),
+    Window("24h", 86_400, 900),
+)
+"""Windows of the performance features; a window's edge is exact to one bucket."""
+
+SYSTEM_WINDOWS = (Window("1m", 60, 5), Window("5m", 300, 10))
+TENANT_WINDOW = Window("1h", 3600, 60)
+
+PERF_METRICS: dict[str, str] = {
+    "quality_mean": "mean normalised quality (0..1; a failed call counts 0) of answered requests",
+    "success_rate": "share of requests that returned without error and with quality >= 0.5",
+    "error_rate": "share of requests whose call failed (timeout, rate limit, server error, ...)",
+    "latency_p50_ms": "median latency in ms (log-bucket histogram, within 1% relative error)",
+    "latency_p95_ms": "95th percentile latency in ms (log-bucket histogram, within 1%)",
+    "cost_per_request_usd": "mean cost in USD per request",
+    "request_count": "number of requests with feedback",
+}
+"""Performance metrics, each computed over every window of ``PERF_WINDOWS``."""
+
+SUCCESS_QUALITY = 0.5
+"""Quality at or above which an answered request counts as a success."""
+
+
+def perf_field_names() -> list[str]:
+    """``<metric>_<window>`` for every metric and window, window-major."""
+    return [f"{m}_{w.name}" for w in PERF_WINDOWS for m in PERF_METRICS]
+
+
+def perf_fields() -> dict[str, str]:
+    """Performance field name -> description."""
+    return {
+        f"{m}_{w.name}": f"{desc}, over the last {w.name}"
+        for w in PERF_WINDOWS
+        for m, desc in PERF_METRICS.items()
+    }
+
+
+TENANT_FIELDS: dict[str, str] = {
+    "daily_budget_usd": "the tenant's daily budget in USD (0 when it has none)",
+    "has_budget": "1 if the tenant has a daily budget, else 0",
+    "spend_today_usd": "USD spent since 00:00 UTC of the row's day",
+    "budget_left_usd": "daily budget minus today's spend in USD (0 when it has no budget)",
+    "spend_rate_usd_per_h": "USD spent over the last hour",
+    "request_count_1h": "requests with feedback over the last hour",
+    "willingness_to_pay": "USD per unit of quality of the tenant's latest request (trade-off)",
+    "latency_weight": "quality units per second of latency of the tenant's latest request",
+}
+
+SYSTEM_FIELDS: dict[str, str] = {
+    "load_rps_1m": "feedback events per second over the last minute (all models)",
+    "load_rps_5m": "feedback events per second over the last 5 minutes (all models)",
+    "feedback_delay_s_5m": "mean seconds from decision to feedback over the last 5 minutes",
+    "queue_depth": "requests in flight, by Little's law: load_rps_1m x feedback_delay_s_5m",
+    "error_rate_5m": "share of failed calls over the last 5 minutes (all models)",
+}
+
+# Feature view names (the Feast objects live in feature_repo/views.py).
+MODEL_PERF_VIEW = "model_performance"
+MODEL_TASK_PERF_VIEW = "model_task_performance"
+TENANT_VIEW = "tenant_features"
+SYSTEM_VIEW = "system_features"
+REQUEST_VIEW = "request_features"
+ROUTER_SERVICE = "router_v1"
+TRAINING_SERVICE = "training_v1"
+REQUEST_SERVICE = "request_v1"
+
+ROUTER_FEATURES: dict[str, tuple[str, ...]] = {
+    MODEL_PERF_VIEW: ("error_rate_5m", "latency_p95_ms_5m", "quality_mean_1h", "request_count_1h"),
+    MODEL_TASK_PERF_VIEW: ("quality_mean_24h", "request_count_24h"),
+    TENANT_VIEW: ("budget_left_usd", "spend_rate_usd_per_h", "willingness_to_pay"),
+    SYSTEM_VIEW: ("queue_depth", "error_rate_5m"),
+}
+"""What the router reads per decision, for every candidate model: the fresh signals a learned
+policy lacks (an outage or slowdown in the last minutes, quality per task type, the tenant's budget,
+the fleet's load). Each value read costs (11 candidates x 11 features is ~1 ms); the full catalogue
+is in ``training_v1``."""
+
+PUSH_SOURCES = {
+    MODEL_PERF_VIEW: "model_performance_push_source",
+    MODEL_TASK_PERF_VIEW: "model_task_performance_push_source",
+    TENANT_VIEW: "tenant_push_source",
+    SYSTEM_VIEW: "system_push_source",
+}
+"""Push source of every stored view (the aggregation pushes one batch to each)."""
+
+VIEW_KEYS: dict[str, tuple[str, ...]] = {
+    MODEL_PERF_VIEW: (MODEL_KEY,),
+    MODEL_TASK_PERF_VIEW: (MODEL_KEY, TASK_TYPE_KEY),
+    TENANT_VIEW: (TENANT_KEY,),
+    SYSTEM_VIEW: (DEPLOYMENT_KEY,),
+}
+
+
+def view_fields(view: str) -> dict[str, str]:
+    """Field name -> description of a stored view."""
+    if view in (MODEL_PERF_VIEW, MODEL_TASK_PERF_VIEW):
+        return perf_fields()
+    return {TENANT_VIEW: TENANT_FIELDS, SYSTEM_VIEW: SYSTEM_FIELDS}[view]
+
+
+def view_columns(view: str) -> list[str]:
+    """Columns of a view's rows in order: join keys, fields, event and processing time."""
+    return [*VIEW_KEYS[view], *view_fields(view), TIMESTAMP, CREATED]
+
+
+OFFLINE_TABLES = {view: f"llmopt_{view}" for view in PUSH_SOURCES}
+"""PostgreSQL tables of the production profile's offline store."""
+OFFLINE_FILES = {view: f"data/{view}" for view in PUSH_SOURCES}
+"""Folders of parquet parts (relative to the repo): the embedded profile's offline store."""
