@@ -18,6 +18,7 @@ from models.base import Policy
 from models.epsilon_greedy import EpsilonGreedy
 from models.lin_thompson import LinThompson
 from models.linucb import LinUCB
+from models.ogd_greedy import OGDGreedy
 from models.random_policy import UniformRandom
 from models.thompson import BetaThompson, GaussianThompson
 from models.ucb import UCB1
@@ -62,6 +63,7 @@ POLICIES: dict[str, tuple[type[Policy], dict[str, Any]]] = {
     "epsilon_greedy": (EpsilonGreedy, {"epsilon": 0.2, "decay": 200.0}),
     "lin_thompson": (LinThompson, {"v": 0.1}),
     "linucb": (LinUCB, {"alpha": 0.1}),
+    "ogd_greedy": (OGDGreedy, {"lr": 0.05, "epsilon": 0.1}),
     "random": (UniformRandom, {}),
     "thompson_gaussian": (GaussianThompson, {}),
     "ucb1": (UCB1, {"c": 0.5}),
