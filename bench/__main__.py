@@ -12,10 +12,19 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
-from bench import _common, features, peer_speed, policies, replay, routing
+from bench import (
+    _common,
+    feature_store,
+    features,
+    peer_speed,
+    policies,
+    replay,
+    routing,
+    training,
+)
 
 BENCHMARKS: dict[str, ModuleType] = {
-    m.NAME: m for m in (features, policies, replay, routing, peer_speed)
+    m.NAME: m for m in (features, policies, replay, routing, peer_speed, feature_store, training)
 }
 
 

@@ -25,6 +25,14 @@ bench_app = typer.Typer(help="Benchmarks on real routing data.", no_args_is_help
 db_app = typer.Typer(help="The event log database.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 app.add_typer(db_app, name="db")
+flows_app = typer.Typer(
+    help="Prefect flows: training, HPO, promotion, drift.", no_args_is_help=True
+)
+registry_app = typer.Typer(
+    help="The MLflow model registry: versions, aliases, promotion.", no_args_is_help=True
+)
+app.add_typer(flows_app, name="flows")
+app.add_typer(registry_app, name="registry")
 
 DEMO_DATA = Path(__file__).resolve().parent / "data" / "alpaca_eval.parquet"
 
@@ -394,6 +402,213 @@ def feedback(
                 "feedback_id": outcome.feedback_id,
             }
         )
+    )
+
+
+# -- pipelines: flows and the model registry (issue #5) ---------------------------------------
+def _pipeline_settings() -> Any:
+    """Settings, with the process environment Prefect and MLflow read set from them."""
+    from llmopt.settings import get_settings  # noqa: PLC0415
+    from pipelines.runtime import configure_environment  # noqa: PLC0415
+
+    settings = get_settings()
+    settings.ensure_home()
+    configure_environment(settings)
+    return settings
+
+
+def _parse_params(pairs: list[str], allowed: set[str]) -> dict[str, Any]:
+    """``k=v`` pairs; values are JSON when they parse (numbers, booleans), else strings."""
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise _fail(f"--param expects key=value, got {pair!r}")
+        if key not in allowed:
+            takes = ", ".join(sorted(allowed)) or "no parameters"
+            raise _fail(f"unknown parameter {key!r}; this flow takes: {takes}")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return params
+
+
+@flows_app.command("list")
+def flows_list() -> None:
+    """Every flow with its schedule."""
+    from pipelines.deployments import FLOWS  # noqa: PLC0415
+
+    for spec in FLOWS.values():
+        typer.echo(f"{spec.name:22} {spec.schedule:28} {spec.description}")
+
+
+@flows_app.command("run")
+def flows_run(
+    name: Annotated[str, typer.Argument(help="Flow name, e.g. incremental-training.")],
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="Flow parameter key=value.")
+    ] = None,
+) -> None:
+    """Run one flow once (Prefect's local ephemeral API unless PREFECT_API_URL is set)."""
+    from pipelines.deployments import get_spec  # noqa: PLC0415
+
+    with _clear_errors():
+        spec = get_spec(name)
+    _pipeline_settings()
+    flow = spec.load()
+    allowed = set(flow.parameters.properties)
+    params = _parse_params(param or [], allowed)
+    try:
+        result = flow(**params)
+    except Exception as exc:  # a failed flow run: one line, the details are in Prefect's log
+        typer.secho(f"flow {spec.name} failed: {type(exc).__name__}: {exc}", err=True, fg="red")
+        raise typer.Exit(code=1) from None
+    typer.echo(json.dumps(result, indent=2, default=str))
+
+
+@flows_app.command("serve")
+def flows_serve(
+    limit: Annotated[int | None, typer.Option(help="Most concurrent flow runs.")] = None,
+) -> None:
+    """Serve every deployment with its schedule until interrupted.
+
+    For the Prefect UI, first run `prefect server start --host 127.0.0.1` and export
+    PREFECT_API_URL=http://127.0.0.1:4200/api.
+    """
+    _pipeline_settings()
+    from pipelines.deployments import serve_all  # noqa: PLC0415
+
+    serve_all(limit=limit)
+
+
+@contextmanager
+def _registry_client() -> Iterator[Any]:
+    """An MLflow client on the settings' store; registry and MLflow errors as one line."""
+    settings = _pipeline_settings()
+    from mlflow.exceptions import MlflowException  # noqa: PLC0415
+
+    from pipelines.registry import configure  # noqa: PLC0415
+
+    with _clear_errors():
+        try:
+            yield configure(settings)
+        except MlflowException as exc:
+            raise _fail(str(exc.message).splitlines()[0]) from None
+
+
+@registry_app.command("list")
+def registry_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Every version of llm-router, newest first, with its aliases and tags."""
+    from dataclasses import asdict  # noqa: PLC0415
+
+    from pipelines.registry import MODEL_NAME, list_versions  # noqa: PLC0415
+
+    with _registry_client() as client:
+        versions = list_versions(client)
+    if as_json:
+        typer.echo(json.dumps([asdict(v) for v in versions], indent=2))
+        return
+    if not versions:
+        typer.echo(f"{MODEL_NAME}: no versions yet")
+        return
+    keys = ("validation_status", "data_window", "source_flow", "code_version", "artifact_sha256")
+    for v in versions:
+        aliases = ",".join(v.aliases) or "-"
+        tags = " ".join(
+            f"{k}={v.tags[k][:16] if k.endswith('sha256') else v.tags[k]}"
+            for k in keys
+            if k in v.tags
+        )
+        typer.echo(f"{MODEL_NAME} version {v.version}  aliases: {aliases}  {tags}")
+
+
+@registry_app.command("promote")
+def registry_promote(
+    version: Annotated[str, typer.Argument(help="Model version number.")],
+    alias: Annotated[str, typer.Option(help="dev, staging or prod.")],
+    force: Annotated[bool, typer.Option(help="Skip the gates.")] = False,
+    margin: Annotated[float, typer.Option(help="OPE gate margin (reward units).")] = 0.01,
+    alpha: Annotated[float, typer.Option(help="A/B gate significance level.")] = 0.05,
+    min_samples: Annotated[int, typer.Option(help="A/B gate: decisions per version.")] = 100,
+) -> None:
+    """Move an alias to a version through its gate (staging: OPE; prod: online A/B)."""
+    from llmopt.catalog import load_catalog  # noqa: PLC0415
+    from llmopt.event_log import EventLog  # noqa: PLC0415
+    from pipelines.promotion import PromotionPolicy, promote  # noqa: PLC0415
+
+    if alias not in ("dev", "staging", "prod"):
+        raise _fail(f"unknown alias {alias!r}; choose one of: dev, staging, prod")
+    if not version.isdigit():
+        raise _fail(f"VERSION must be a version number, got {version!r}")
+    with _registry_client() as client:
+        settings = _pipeline_settings()
+        log = _open_log(settings.event_log_url, EventLog)
+        try:
+            outcome = promote(
+                client,
+                version,
+                alias,
+                engine=log.engine,
+                catalog=load_catalog(settings.catalog_path),
+                rules=PromotionPolicy(margin=margin, alpha=alpha, min_samples=min_samples),
+                force=force,
+            )
+        finally:
+            log.close()
+    verdict = "promoted" if outcome.moved else "refused"
+    typer.echo(f"{verdict}: version {version} -> {alias}: {outcome.gate.reason}")
+    if not outcome.moved:
+        raise typer.Exit(code=1)
+
+
+@registry_app.command("rollback")
+def registry_rollback() -> None:
+    """Point prod back at the previous prod version (instant: an alias move)."""
+    from pipelines.registry import rollback  # noqa: PLC0415
+
+    with _registry_client() as client:
+        old, new = rollback(client)
+    typer.echo(f"rolled back: prod {old} -> {new}")
+
+
+# -- serving: the decision service (issue #6) ----------------------------------------------
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 3000,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    workers: Annotated[int, typer.Option(help="Worker processes.", min=1)] = 1,
+) -> None:
+    """Start the decision service (BentoML) with the embedded profile; Ctrl-C stops it.
+
+    Same as `bentoml serve serving.service:DecisionService` from the repository root. The
+    champion comes from the registry (alias prod), else the local policy file, else a fresh
+    recommended policy warmed on the event log. Several workers learn each other's feedback
+    from the event log every second (LLMOPT_SERVING_SYNC_LOG_S).
+    """
+    import os  # noqa: PLC0415
+
+    from llmopt.settings import get_settings  # noqa: PLC0415
+
+    home = get_settings().ensure_home().resolve()
+    os.environ["LLMOPT_HOME"] = str(home)  # workers resolve the same state directory
+    os.environ.setdefault("BENTOML_HOME", str(home / "bentoml"))
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    if workers > 1:
+        os.environ.setdefault("LLMOPT_SERVING_SYNC_LOG_S", "1")
+    import bentoml  # noqa: PLC0415
+
+    repo = Path(__file__).resolve().parents[1]
+    typer.echo(f"llmopt decision service on http://{host}:{port} (docs: /docs.json)")
+    bentoml.serve(
+        "serving.service:DecisionService",
+        host=host,
+        port=port,
+        working_dir=str(repo),
+        api_workers=workers,
+        blocking=True,
     )
 
 

@@ -62,6 +62,91 @@ class Settings(BaseSettings):
         ge=0,
         description="Quality units lost per second of latency unless the tenant says otherwise.",
     )
+    # -- pipelines: MLflow, Optuna, Prefect (issue #5) --
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description=(
+            "MLflow tracking and registry store. Unset: SQLite at <home>/mlflow.db. "
+            "Production: postgresql+psycopg://user@host:5432/mlflow (its own database) or an "
+            "http://127.0.0.1:5000 tracking server."
+        ),
+    )
+    mlflow_artifacts_uri: str | None = Field(
+        default=None,
+        description="Where new MLflow experiments keep artifacts. Unset: <home>/mlartifacts.",
+    )
+    optuna_storage_url: str | None = Field(
+        default=None,
+        description=(
+            "Optuna storage of the HPO study. Unset: SQLite at <home>/optuna.db. Production: "
+            "a PostgreSQL database of its own (Optuna and the event log both keep an "
+            "alembic_version table)."
+        ),
+    )
+    prefect_home: Path | None = Field(
+        default=None,
+        description=(
+            "PREFECT_HOME of the CLI's flows (ephemeral API database). Unset: <home>/prefect."
+        ),
+    )
+
+    # -- serving (issue #6) --
+    client_keys: str = Field(
+        default="",
+        description=(
+            "Comma-separated API keys of clients (Authorization: Bearer KEY). With neither "
+            "client_keys nor admin_keys set the service runs open (embedded profile) and warns."
+        ),
+    )
+    admin_keys: str = Field(
+        default="",
+        description="Comma-separated API keys that may also call /admin/* (and everything else).",
+    )
+    serving_model_source: str = Field(
+        default="registry",
+        description=(
+            "Where serving loads policies: 'registry' (MLflow aliases prod/staging, falling back "
+            "to the local state file), 'local' (the state file only) or 'fresh' (a new "
+            "recommended policy). With nothing to load, a fresh recommended policy learns online."
+        ),
+    )
+    serving_poll_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="Seconds between alias checks of the model source (0: only /admin/reload).",
+    )
+    serving_traffic_mode: str = Field(
+        default="champion",
+        description="Start-up traffic mode: champion, canary or shadow (see /admin/traffic).",
+    )
+    serving_canary_percent: float = Field(
+        default=0.0, ge=0, le=100, description="Share of tenants the challenger serves in canary."
+    )
+    serving_max_body_bytes: int = Field(
+        default=2_000_000, gt=0, description="Largest request body accepted (413 beyond)."
+    )
+    serving_rate_limit_per_s: float = Field(
+        default=1000.0,
+        ge=0,
+        description="Requests per second per API key (burst: twice that); 0 disables the limit.",
+    )
+    serving_daily_budget_usd: float | None = Field(
+        default=None,
+        gt=0,
+        description="Default daily budget of every tenant in USD (unset: no cap).",
+    )
+    serving_tenant_budgets: dict[str, float] = Field(
+        default_factory=dict,
+        description='Daily budget per tenant in USD, JSON: {"acme": 5.0}; wins over the default.',
+    )
+    serving_sync_log_s: float = Field(
+        default=0.0,
+        ge=0,
+        description=(
+            "Several workers: seconds between reads of the shared event log to learn the "
+            "feedback other workers stored (0: off, the single-worker default)."
+        ),
+    )
 
     @property
     def event_log_url(self) -> str:
@@ -74,6 +159,32 @@ class Settings(BaseSettings):
     def policy_state_path(self) -> Path:
         """Where the CLI keeps the embedded profile's live policy between commands."""
         return self.home / "policy.pkl"
+
+    @property
+    def mlflow_uri(self) -> str:
+        """MLflow tracking URI (SQLite under ``home`` unless ``mlflow_tracking_uri`` is set)."""
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+
+    @property
+    def mlflow_artifacts(self) -> str:
+        """Artifact root of the experiments the pipelines create (a URI)."""
+        if self.mlflow_artifacts_uri:
+            return self.mlflow_artifacts_uri
+        return (self.home / "mlartifacts").resolve().as_uri()
+
+    @property
+    def optuna_storage(self) -> str:
+        """Optuna storage URL of the HPO study (SQLite under ``home`` unless set)."""
+        if self.optuna_storage_url:
+            return self.optuna_storage_url
+        return f"sqlite:///{(self.home / 'optuna.db').resolve()}"
+
+    @property
+    def prefect_home_path(self) -> Path:
+        """PREFECT_HOME used by ``llmopt flows`` (``home/prefect`` unless set)."""
+        return self.prefect_home if self.prefect_home is not None else self.home / "prefect"
 
     def ensure_home(self) -> Path:
         """Create the state directory if needed and return it."""

@@ -1,1 +1,11 @@
-"""Prefect flows: incremental and nightly training, HPO, promotion, drift (issue #5)."""
+"""Prefect flows and the MLflow registry: training, HPO, promotion, drift (issue #5).
+
+Flows, one per module: :mod:`~pipelines.incremental_training`, :mod:`~pipelines.nightly_training`,
+:mod:`~pipelines.hpo`, :mod:`~pipelines.materialize_features`,
+:mod:`~pipelines.evaluate_and_promote`, :mod:`~pipelines.drift_report`; their schedules in
+:mod:`~pipelines.deployments`. Tasks (:mod:`~pipelines.tasks`) wrap plain Python:
+:mod:`~pipelines.events` (reads of the event log), :mod:`~pipelines.checkpoint`,
+:mod:`~pipelines.training`, :mod:`~pipelines.evaluation` (OPE, Welch's test, gates),
+:mod:`~pipelines.promotion`, :mod:`~pipelines.tuning` (Optuna) and :mod:`~pipelines.registry`
+(MLflow). Importing this package imports neither Prefect nor MLflow.
+"""

@@ -1,0 +1,62 @@
+"""Flow ``nightly-training`` (02:00): rebuild the policy from the full event history.
+
+A fresh policy (with the best hyperparameters the HPO study found, if any) is warm-started on
+every logged feedback with ``learn_many``, using the features logged with each decision (what
+the router saw then: point-in-time correct); the quality model is refitted; the result is
+evaluated off-policy on the recent logs, registered as ``dev``, and becomes the checkpoint
+incremental training continues from.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from llmopt.settings import get_settings
+from models.registry import RECOMMENDED
+from pipelines.tasks import (
+    evaluate_offline,
+    log_model_version,
+    rebuild_from_history,
+    reset_checkpoint,
+)
+
+NAME = "nightly-training"
+
+
+@task(name="best-hyperparameters", cache_policy=NO_CACHE, retries=1)
+def best_hyperparameters(policy: str) -> dict[str, Any]:
+    """Best parameters of the policy's HPO study ({} when there is none)."""
+    from pipelines.tuning import best_params  # noqa: PLC0415 - Optuna only when asked
+
+    return best_params(policy, get_settings().optuna_storage)
+
+
+@flow(name=NAME, description=__doc__)
+def nightly_training(
+    policy: str = RECOMMENDED,
+    batch_size: int = 5000,
+    eval_window: int = 2000,
+    use_hpo: bool = True,
+) -> dict[str, Any]:
+    """Rebuild, evaluate and register the policy; reset the incremental checkpoint to it."""
+    params = best_hyperparameters(policy) if use_hpo else {}
+    result, quality = rebuild_from_history(policy, params, batch_size)
+    summary: dict[str, Any] = {
+        "n_events": result.n_events,
+        "data_window": result.data_window,
+        "params": params,
+        "version": None,
+    }
+    if result.n_events == 0:
+        get_run_logger().info("the event log has no feedback yet: nothing to train")
+        return summary
+    report = evaluate_offline(result.policy, eval_window)
+    summary["version"] = log_model_version(
+        result, flow_name=NAME, alias="dev", report=report, quality=quality
+    )
+    reset_checkpoint(result)
+    summary["ope_snips"] = report["snips"]["value"] if report else None
+    return summary

@@ -1,0 +1,172 @@
+"""Every flow runs for real under a session-scoped Prefect test harness on a small event log."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from llmopt.event_log import EventLog
+from llmopt.settings import Settings
+from models.registry import RECOMMENDED, make_policy
+from pipelines import registry
+from pipelines.checkpoint import CheckpointStore
+from pipelines.deployments import FLOWS, get_spec
+from pipelines.drift_report import drift_report
+from pipelines.evaluate_and_promote import evaluate_and_promote
+from pipelines.hpo import hpo
+from pipelines.incremental_training import incremental_training
+from pipelines.materialize_features import materialize_features
+from pipelines.nightly_training import nightly_training
+from pipelines.tasks import INCREMENTAL_CHECKPOINT, train_incremental
+from pipelines.training import incremental_update
+from pipelines.tuning import best_params
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_harness")]
+
+
+def test_incremental_flow_resumes_after_a_crash_and_registers_dev_versions(
+    env: Settings, filled: Callable[..., int]
+) -> None:
+    total = filled(200)
+    log = EventLog(env.event_log_url)
+    store = CheckpointStore(log.engine)
+
+    def crash(batch: int, cursor: int) -> None:
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):  # dies after its first batch of 64
+        incremental_update(
+            log.engine,
+            store,
+            name=INCREMENTAL_CHECKPOINT,
+            initial=lambda: (make_policy(RECOMMENDED, seed=0), 0, 0),
+            batch_size=64,
+            on_batch=crash,
+        )
+    out = incremental_training(batch_size=64)
+    assert out["data_window"] == f"feedback (64, {total}]" and out["n_total"] == total
+    client = registry.configure(env)
+    version, policy = registry.load_policy(client, "dev")
+    assert version == out["version"] and policy.n_updates == total
+    tags = client.get_model_version(registry.MODEL_NAME, version).tags
+    assert tags["last_feedback_id"] == str(total) and tags["n_events"] == str(total)
+    assert tags["source_flow"] == "incremental-training"
+    assert tags["feature_service_version"]
+
+    assert incremental_training()["version"] is None  # nothing new: no new version
+    more = filled(30, seed=3)
+    nxt = incremental_training()
+    assert nxt["n_events"] == more - total and int(nxt["version"]) == int(version) + 1
+    # The task's logic, without the engine:
+    assert train_incremental.fn(RECOMMENDED, 50).n_events == 0
+    log.close()
+
+
+def test_nightly_hpo_and_promotion_flows(env: Settings, filled: Callable[..., int]) -> None:
+    total = filled(300)
+    found = hpo(n_trials=3, holdout=0.3)
+    assert found["n_trials"] == 3 and set(found["best_params"]) == {"alpha", "ridge", "discount"}
+    assert best_params(RECOMMENDED, env.optuna_storage) == found["best_params"]
+
+    nightly = nightly_training(eval_window=200)
+    assert nightly["n_events"] == total and nightly["params"] == found["best_params"]
+    assert nightly["version"] is not None and nightly["ope_snips"] is not None
+    store = CheckpointStore(EventLog(env.event_log_url).engine)
+    cp = store.load(INCREMENTAL_CHECKPOINT)
+    assert cp is not None and cp.last_feedback_id == total  # incremental continues from here
+
+    promoted = evaluate_and_promote(eval_window=200)
+    after = promoted["after"]
+    assert after["staging"] == nightly["version"]  # no champion: the OPE gate passes
+    assert after["prod"] == nightly["version"]  # no prod yet: staging suffices
+    statuses = [o["passed"] for o in promoted["outcomes"]]
+    assert statuses == [True, True]
+
+
+def test_optional_neighbour_flows_call_them_or_say_they_are_absent(
+    env: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipelines import integrations  # noqa: PLC0415
+
+    monkeypatch.setattr(integrations, "FEATURE_STORE_MATERIALIZE", ("no_such_pkg.x", "f"))
+    monkeypatch.setattr(integrations, "DRIFT_REPORT", (("no_such_pkg.y", "g"),))
+    skipped = materialize_features()
+    assert skipped["status"] == "skipped" and "feature store not configured" in skipped["reason"]
+    assert drift_report()["status"] == "skipped"
+
+    calls: list[dict[str, object]] = []
+    fake = types.ModuleType("fake_neighbour")
+
+    def materialize_incremental(*, settings: Settings, end_date: object) -> dict[str, int]:
+        calls.append({"settings": settings, "end_date": end_date})
+        return {"rows": 3}
+
+    def drift(window: int) -> str:
+        calls.append({"window": window})
+        return "ok"
+
+    fake.materialize_incremental = materialize_incremental  # type: ignore[attr-defined]
+    fake.drift_report = drift  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "fake_neighbour", fake)
+    monkeypatch.setattr(
+        integrations, "FEATURE_STORE_MATERIALIZE", ("fake_neighbour", "materialize_incremental")
+    )
+    monkeypatch.setattr(integrations, "DRIFT_REPORT", (("fake_neighbour", "drift_report"),))
+    assert materialize_features() == {"status": "done", "result": "{'rows': 3}"}
+    assert drift_report(window=7)["status"] == "done"
+    assert calls[0]["settings"] is not None and calls[1] == {"window": 7}
+
+
+def test_every_flow_has_a_schedule_and_a_deployment() -> None:
+    assert set(FLOWS) == {
+        "incremental-training",
+        "nightly-training",
+        "hpo",
+        "materialize-features",
+        "evaluate-and-promote",
+        "drift-report",
+    }
+    assert get_spec("incremental_training").interval_seconds == 300
+    assert get_spec("nightly-training").cron == "0 2 * * *"
+    from pipelines.deployments import deployments  # noqa: PLC0415
+
+    deps = {d.name: d for d in deployments()}
+    assert set(deps) == set(FLOWS)
+    assert all(d.schedules for d in deps.values())
+
+
+def test_prefect_yaml_lists_the_same_deployments_and_schedules() -> None:
+    import yaml  # noqa: PLC0415
+
+    doc = yaml.safe_load((Path(__file__).resolve().parents[3] / "prefect.yaml").read_text())
+    found = {d["name"]: d for d in doc["deployments"]}
+    assert set(found) == set(FLOWS)
+    for name, spec in FLOWS.items():
+        module, attr = found[name]["entrypoint"].split(":")
+        assert module == spec.module.replace(".", "/") + ".py" and attr == spec.attribute
+        (schedule,) = found[name]["schedules"]
+        assert schedule.get("interval") == spec.interval_seconds
+        assert schedule.get("cron") == spec.cron
+
+
+def test_cli_runs_one_flow_once_and_lists_them(env: Settings, filled: Callable[..., int]) -> None:
+    from typer.testing import CliRunner  # noqa: PLC0415
+
+    from llmopt.cli import app  # noqa: PLC0415
+
+    filled(40)
+    runner = CliRunner()
+    listed = runner.invoke(app, ["flows", "list"])
+    assert listed.exit_code == 0 and "incremental-training" in listed.output
+    assert "every 5 min" in listed.output and "cron 0 2 * * *" in listed.output
+    res = runner.invoke(app, ["flows", "run", "incremental-training", "--param", "batch_size=16"])
+    assert res.exit_code == 0, res.output
+    out, _ = json.JSONDecoder().raw_decode(res.output[res.output.index("{") :])
+    assert out["n_events"] == 40 and out["version"] == "1"
+    res = runner.invoke(app, ["registry", "list"])
+    assert "llm-router version 1  aliases: dev" in res.output
