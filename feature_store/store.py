@@ -105,6 +105,7 @@ def open_store(
     """A ``FeatureStore`` of a profile (nothing is created or applied)."""
     from feast import FeatureStore  # noqa: PLC0415
 
+    repo_path = repo_path.resolve()
     config = load_config(profile, repo_path, env=env, project=project)
     return FeatureStore(repo_path=str(repo_path), config=config)
 
@@ -144,6 +145,7 @@ def apply_repo(
     """``feast apply`` of a profile, in-process (same code path as the CLI); return the store."""
     from feast.repo_operations import apply_total  # noqa: PLC0415
 
+    repo_path = repo_path.resolve()  # apply changes directory: a relative path would move
     config = load_config(profile, repo_path, env=env, project=project)
     store = open_store(profile, repo_path, env=env, project=project)
     ensure_offline(store)
@@ -156,6 +158,7 @@ def apply_repo(
 
 def copy_repo(dest: Path, source: Path = REPO_PATH) -> Path:
     """Copy the definitions, profiles and offline seeds of a repo to ``dest`` (no state)."""
+    dest = dest.resolve()
     dest.mkdir(parents=True, exist_ok=True)
     for item in [*source.glob("*.py"), *source.glob("*.yaml"), source / ".feastignore"]:
         if item.exists():

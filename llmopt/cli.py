@@ -171,6 +171,29 @@ def _print_table(result: dict[str, Any], policies: list[str] | None = None) -> N
     Console(width=140).print(table)
 
 
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the libraries' own chatter (Feast, MLflow, dask warnings) around a block."""
+    import contextlib  # noqa: PLC0415
+    import io  # noqa: PLC0415
+    import logging  # noqa: PLC0415
+    import warnings  # noqa: PLC0415
+
+    buffer = io.StringIO()
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(buffer),
+            contextlib.redirect_stderr(buffer),
+        ):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
 @app.command()
 def demo(
     out_dir: Annotated[Path | None, typer.Option(help="Where to write the plot and JSON.")] = None,
@@ -180,6 +203,8 @@ def demo(
 
     1. replays every prompt through decide -> feedback -> learn, recording each decision and
     feedback in the event log (SQLite under LLMOPT_HOME), at the default willingness to pay;
+    pushes that feedback through the feature store and registers the trained policy in the
+    MLflow registry (aliases dev, staging, prod);
     2. sweeps the willingness to pay and compares the learned router with every single model,
     uniform random, the zero router and the oracle; writes a plot and a JSON report.
     """
@@ -206,9 +231,10 @@ def demo(
         import numpy as np  # noqa: PLC0415
 
         order = np.random.default_rng(seed).permutation(routing.n_prompts).tolist()
+        live_policy = make_policy(RECOMMENDED, seed=seed)
         point = replay_policy(
             routing,
-            make_policy(RECOMMENDED, seed=seed),
+            live_policy,
             settings.default_willingness_to_pay,
             order=order,
             features=compute_features(routing),
@@ -216,13 +242,36 @@ def demo(
             event_log=log,
         )
         after = log.counts()
-        log.close()
         typer.echo(
             f"event log ({settings.event_log_url}): +{after['decisions'] - before['decisions']} "
             f"decisions, +{after['feedback'] - before['feedback']} feedback; live loop at "
             f"willingness to pay {point.willingness_to_pay:g} USD/quality: quality "
             f"{point.avg_quality:.4f}, cost {point.avg_cost_usd:.6f} USD/prompt, modelled latency "
             f"{point.avg_latency_ms_modelled or float('nan'):.0f} ms"
+        )
+        # The feedback goes through the feature store: windowed model statistics pushed to the
+        # online and offline stores, read back for every model, and a point-in-time training set.
+        from feature_store.demo import demo_roundtrip  # noqa: PLC0415
+
+        with _quiet():
+            fs = demo_roundtrip(log.feedback_since(0), settings=settings)
+        log.close()
+        typer.echo(
+            f"feature store ({fs['repo']}): {fs['accepted']} feedback events pushed "
+            f"({fs['push_events_per_s']:.0f}/s), online read of {len(fs['online'])} models in "
+            f"{fs['read_ms']:.1f} ms, point-in-time training set of "
+            f"{(fs['training_set'] or {}).get('rows', 0)} rows"
+        )
+        # The trained policy becomes a registry version aliased dev, staging and prod.
+        from pipelines.registry import register_policy  # noqa: PLC0415
+
+        with _quiet():
+            version = register_policy(
+                live_policy, settings=settings, tags={"data_window": "demo"}
+            )
+        typer.echo(
+            f"registry ({settings.mlflow_uri}): llm-router version {version} aliased "
+            "dev, staging, prod"
         )
         result = run_replay(
             routing,

@@ -49,6 +49,19 @@ def test_demo_on_embedded_defaults(tmp_path: Path) -> None:
             )
         ).scalar()
     assert n == 802
+    # The feedback went through the feature store and the policy into the registry as prod.
+    assert "802 feedback events pushed" in proc.stdout
+    assert "online read of 15 models" in proc.stdout
+    mlflow_db = sa.create_engine(f"sqlite:///{home / 'mlflow.db'}")
+    with mlflow_db.connect() as conn:
+        aliases = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT alias, version FROM registered_model_aliases WHERE name = 'llm-router'"
+                )
+            ).all()
+        )
+    assert set(aliases) == {"dev", "staging", "prod"}
 
 
 @pytest.mark.services
