@@ -266,9 +266,7 @@ def demo(
         from pipelines.registry import register_policy  # noqa: PLC0415
 
         with _quiet():
-            version = register_policy(
-                live_policy, settings=settings, tags={"data_window": "demo"}
-            )
+            version = register_policy(live_policy, settings=settings, tags={"data_window": "demo"})
         typer.echo(
             f"registry ({settings.mlflow_uri}): llm-router version {version} aliased "
             "dev, staging, prod"
