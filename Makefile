@@ -38,5 +38,10 @@ lint: setup  ## Ruff (lint + format check) and mypy strict
 bench: setup  ## Benchmarks; results in bench/results/*.json
 	$(BIN)/python -m bench
 
+.PHONY: bench-serving
+bench-serving: setup  ## Decision service vs bare starlette under wrk, swap under load
+	@command -v wrk >/dev/null || { echo "bench-serving needs wrk (apt-get install wrk)"; exit 2; }
+	$(BIN)/python -m bench.serving
+
 clean:  ## Remove the venv, the tool venv and local state
 	rm -rf $(VENV) .tools .llmopt .pytest_cache .mypy_cache .ruff_cache

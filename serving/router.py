@@ -1,0 +1,611 @@
+"""Champion/challenger routing around the learning loop; plain Python, testable without BentoML.
+
+A :class:`Router` holds a *lineup*, the champion (alias ``prod``) and an optional challenger
+(``staging``), each a :class:`Slot`: a version label and a :class:`ServingLoop` (the
+:class:`llmopt.loop.LearningLoop` with the serving guards). It decides by the traffic mode:
+
+- ``champion``: the champion serves everything;
+- ``canary``: the challenger serves ``canary_percent`` of tenants, sticky per tenant (a hash
+  of the tenant id, so a tenant sees one policy); it is rolled back automatically (mode back to
+  ``champion``) when its live reward or error rate is worse than the champion's beyond
+  :class:`RollbackRule`'s margins;
+- ``shadow``: the champion serves; the challenger decides the same request too and its
+  decision is logged (event log, with its propensity) but not served.
+
+Hot swap: :meth:`Router.swap` builds the new lineup outside any lock and replaces one
+reference; a request reads the reference once, so it runs wholly on the old or the new models.
+Feedback goes to the slot whose version made the decision (the event log keeps the label);
+feedback for a retired version teaches the current champion.
+
+Guards: a per-model :class:`serving.guards.CircuitBreaker` fed by feedback ``error_kind``, a
+per-tenant :class:`serving.guards.BudgetLedger` that decisions never overcommit, and the
+request's own ``max_cost_usd`` / ``max_latency_ms``. If the champion cannot decide (a broken
+policy), a static default policy from the catalog answers and says so; a failing challenger
+falls back to the champion. Nothing but a budget refusal turns into an error for the caller.
+
+One lock serialises decisions and feedback of one router (one process): the policies are not
+thread-safe and the interpreter runs one thread at a time anyway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from llmopt.catalog import ModelCatalog
+from llmopt.event_log import EventLog, UnknownDecisionError
+from llmopt.features import estimate_tokens
+from llmopt.loop import DEFAULT_OUTPUT_TOKENS, FeedbackOutcome, LearningLoop
+from llmopt.policy import Policy
+from llmopt.reward import TradeOff
+from llmopt.schemas import Decision, Feedback, RequestContext
+from llmopt.types import ArmID, Features
+from serving.guards import BudgetExceededError, BudgetLedger, CircuitBreaker
+
+log = logging.getLogger("llmopt.serving")
+
+Role = Literal["champion", "challenger", "static_default"]
+TrafficMode = Literal["champion", "canary", "shadow"]
+STATIC_LABEL = "static-default"
+
+
+class LabelledPolicy:
+    """A policy whose decisions carry the serving version label (what the A/B gate groups by).
+
+    Everything else (``update``, ``cost_aware``, ``set_prior``, ...) is the wrapped policy's.
+    """
+
+    def __init__(self, policy: Policy, label: str) -> None:
+        self.inner = policy
+        self.label = label
+        self.name: str = policy.name
+
+    def pull(
+        self, arm_ids: Sequence[ArmID], context: Features | None = None, **kwargs: Any
+    ) -> Decision:
+        d = self.inner.pull(arm_ids, context, **kwargs)
+        return d.model_copy(update={"policy_version": self.label})
+
+    def update(self, arm_id: ArmID, context: Features | None, reward: float) -> LabelledPolicy:
+        self.inner.update(arm_id, context, reward)
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class StaticDefaultPolicy:
+    """The answer when no model is available: the cheapest eligible model of the catalog.
+
+    It never learns; its decisions have propensity 1 and say why they were made.
+
+    >>> from llmopt.catalog import load_catalog
+    >>> p = StaticDefaultPolicy(load_catalog())
+    >>> d = p.pull(["gpt-4o", "gpt-4o-mini"])
+    >>> d.model, d.propensity, d.policy_name
+    ('gpt-4o-mini', 1.0, 'static_default')
+    """
+
+    name = "static_default"
+    cost_aware = False
+
+    def __init__(self, catalog: ModelCatalog) -> None:
+        self.preference = sorted(catalog.ids, key=lambda m: catalog[m].expected_cost_usd(1000, 256))
+
+    def pull(self, arm_ids: Sequence[ArmID], context: Features | None = None) -> Decision:
+        offered = set(arm_ids)
+        model = next((m for m in self.preference if m in offered), arm_ids[0])
+        return Decision(
+            model=model,
+            propensity=1.0,
+            policy_name=self.name,
+            policy_version=STATIC_LABEL,
+            notes=["static default: no policy is loaded; the cheapest eligible model answers"],
+        )
+
+    def update(self, arm_id: ArmID, context: Features | None, reward: float) -> StaticDefaultPolicy:
+        return self
+
+
+class ServingLoop(LearningLoop):
+    """The learning loop plus the serving guards: circuit breaker and tenant budget.
+
+    Overrides :meth:`LearningLoop._eligible`, the loop's arm filter: models whose breaker is
+    open are left out (all of them open: every model is probed), and under a budget only
+    models whose predicted cost fits what is left are offered, strictly (an unpriced model
+    cannot be shown to fit and is left out; the request's own caps fall back to the cheapest
+    model *within the budget*; nothing within it raises :class:`BudgetExceededError`).
+    """
+
+    def __init__(self, *args: Any, breaker: CircuitBreaker | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.breaker = breaker
+        self.budget_left: float | None = None  # set by the router, under its lock
+
+    def _eligible(self, ctx: RequestContext) -> tuple[list[ArmID], list[str]]:
+        blocked = self.breaker.blocked() if self.breaker is not None else frozenset()
+        budget = self.budget_left
+        if ctx.max_cost_usd is None and ctx.max_latency_ms is None and budget is None:
+            if not blocked:
+                return self.arms, []
+        notes = [f"{a} excluded: circuit breaker open" for a in self.arms if a in blocked]
+        arms = [a for a in self.arms if a not in blocked]
+        if not arms:
+            arms = list(self.arms)
+            notes = ["every model's circuit breaker is open: probing them all"]
+        ok, affordable, cap_notes = self._within_caps(ctx, arms, budget)
+        notes += cap_notes
+        if budget is not None:
+            if not affordable:
+                raise BudgetExceededError(
+                    f"tenant {ctx.tenant!r}: the daily budget left ({max(budget, 0.0):.6f} USD) "
+                    "pays for no model's predicted cost"
+                )
+            if len(affordable) < len(arms):
+                notes.append(
+                    f"{len(arms) - len(affordable)} models excluded: predicted cost above the "
+                    f"tenant's daily budget left ({budget:.6f} USD)"
+                )
+        if not ok:
+            cheapest = min(affordable, key=affordable.__getitem__)
+            notes.append(f"no model meets the caps; fell back to the cheapest, {cheapest}")
+            ok = [cheapest]
+        return ok, notes
+
+    def _within_caps(
+        self, ctx: RequestContext, arms: list[ArmID], budget: float | None
+    ) -> tuple[list[ArmID], dict[ArmID, float], list[str]]:
+        """Arms meeting the request's caps, arms within the budget (with their cost), notes."""
+        in_tokens = estimate_tokens(ctx.prompt or "")
+        ok: list[ArmID] = []
+        notes: list[str] = []
+        affordable: dict[ArmID, float] = {}
+        for arm in arms:
+            spec = self.catalog.get(arm) if self.catalog is not None else None
+            cost = self.cost_model.predict(arm, in_tokens)
+            latency = spec.expected_latency_ms(DEFAULT_OUTPUT_TOKENS) if spec else None
+            if budget is not None and (cost is None or cost > budget):
+                continue  # summarised by the caller: one note, not one per model
+            affordable[arm] = cost if cost is not None else 0.0
+            if ctx.max_cost_usd is not None and cost is not None and cost > ctx.max_cost_usd:
+                notes.append(f"{arm} excluded: predicted cost {cost:.6f} > max_cost_usd")
+            elif (
+                ctx.max_latency_ms is not None
+                and latency is not None
+                and latency > ctx.max_latency_ms
+            ):
+                notes.append(f"{arm} excluded: predicted latency {latency:.0f} ms > max_latency_ms")
+            else:
+                ok.append(arm)
+        return ok, affordable, notes
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One served policy: its role, version label and loop."""
+
+    role: Role
+    label: str
+    loop: ServingLoop
+
+    @property
+    def fallback(self) -> bool:
+        """True for the static default policy."""
+        return self.role == "static_default"
+
+
+@dataclass(frozen=True)
+class Lineup:
+    """What serves right now; replaced as a whole on a swap."""
+
+    champion: Slot
+    challenger: Slot | None = None
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Traffic mode, canary share (percent of tenants) and the canary's remaining schedule."""
+
+    mode: TrafficMode = "champion"
+    canary_percent: float = 0.0
+    schedule: tuple[float, ...] = ()
+    """Next canary percentages, one every ``step_s`` seconds (e.g. 10, 50, 100)."""
+    step_s: float = 600.0
+    next_step_at: float = float("inf")
+
+
+@dataclass(frozen=True)
+class RollbackRule:
+    """When a canary is rolled back: enough feedback on both sides, and a margin broken."""
+
+    min_feedback: int = 50
+    reward_margin: float = 0.05
+    error_margin: float = 0.10
+
+
+@dataclass
+class _LiveStats:
+    n: int = 0
+    reward: float = 0.0
+    errors: int = 0
+
+    def add(self, reward: float, error: bool) -> None:
+        self.n += 1
+        self.reward += reward
+        self.errors += int(error)
+
+    @property
+    def mean(self) -> float:
+        return self.reward / self.n if self.n else 0.0
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.n if self.n else 0.0
+
+
+@dataclass(frozen=True)
+class Routed:
+    """A served decision and how it was made."""
+
+    decision: Decision
+    slot: Slot
+    predicted_cost_usd: float | None
+    shadow: Decision | None = None
+
+
+def tenant_bucket(tenant: str) -> float:
+    """A stable position of ``tenant`` in [0, 100): canary membership is ``bucket < percent``.
+
+    >>> tenant_bucket("acme") == tenant_bucket("acme")
+    True
+    """
+    h = int.from_bytes(hashlib.blake2b(tenant.encode(), digest_size=8).digest(), "big")
+    return (h % 10_000) / 100.0
+
+
+@dataclass
+class RouterEvents:
+    """Things the router did that operators want to see (the service turns them into metrics)."""
+
+    rollbacks: int = 0
+    swaps: int = 0
+    shadow_decisions: int = 0
+    shadow_agreements: int = 0
+    challenger_failures: int = 0
+    champion_failures: int = 0
+    notes: deque[str] = field(default_factory=lambda: deque(maxlen=100))
+
+
+class Router:
+    """Route decisions between champion and challenger; route feedback back to them.
+
+    Parameters
+    ----------
+    catalog
+        Model catalog: the arms offered, prices, the static default.
+    event_log
+        Durable decisions and feedback (shared by every worker).
+    arms
+        Models offered (default: every catalog model).
+    default_tradeoff
+        Trade-off used when a request carries none.
+    breaker
+        Per-model circuit breaker (default: a fresh one).
+    ledger
+        Per-tenant daily budgets (default: no caps).
+    rollback
+        When to roll back a canary automatically (None: never).
+    clock
+        Monotonic time source of the canary schedule.
+    """
+
+    def __init__(
+        self,
+        catalog: ModelCatalog,
+        event_log: EventLog,
+        *,
+        arms: Sequence[ArmID] | None = None,
+        default_tradeoff: TradeOff | None = None,
+        breaker: CircuitBreaker | None = None,
+        ledger: BudgetLedger | None = None,
+        rollback: RollbackRule | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.catalog = catalog
+        self._clock = clock
+        self.event_log = event_log
+        self.arms = list(arms or catalog.ids)
+        self.default_tradeoff = default_tradeoff or TradeOff(willingness_to_pay=0.05)
+        self.breaker = breaker or CircuitBreaker()
+        self.ledger = ledger or BudgetLedger()
+        self.rollback = rollback
+        self.events = RouterEvents()
+        self.traffic = Traffic()
+        self._lock = threading.RLock()
+        self._static = self.slot(StaticDefaultPolicy(catalog), STATIC_LABEL, role="static_default")
+        self._lineup = Lineup(self._static)
+        self._live: dict[str, _LiveStats] = {}
+
+    # -- lineup -------------------------------------------------------------------------------
+    def slot(self, policy: Any, label: str, *, role: Role = "champion") -> Slot:
+        """A slot serving ``policy`` under ``label`` (it learns into ``policy`` itself)."""
+        wrapped = policy if role == "static_default" else LabelledPolicy(policy, label)
+        loop = ServingLoop(
+            wrapped,
+            self.arms,
+            catalog=self.catalog,
+            event_log=self.event_log,
+            default_tradeoff=self.default_tradeoff,
+            breaker=self.breaker,
+        )
+        return Slot(role=role, label=label, loop=loop)
+
+    @property
+    def lineup(self) -> Lineup:
+        """The current champion and challenger."""
+        return self._lineup
+
+    @property
+    def ready(self) -> bool:
+        """True once a policy (or the static default) can decide: always, by construction."""
+        return self._lineup.champion is not None
+
+    def swap(
+        self,
+        champion: tuple[Any, str] | None = None,
+        challenger: tuple[Any, str] | None = None,
+        *,
+        keep_challenger: bool = True,
+    ) -> Lineup:
+        """Serve new policies, given as ``(policy, label)``; one atomic reference replacement.
+
+        ``champion=None`` keeps the current champion; ``challenger=None`` keeps the current
+        challenger unless ``keep_challenger`` is False.
+        """
+        old = self._lineup
+        champ = self.slot(champion[0], champion[1]) if champion is not None else old.champion
+        chall = (
+            self.slot(challenger[0], challenger[1], role="challenger")
+            if challenger is not None
+            else (old.challenger if keep_challenger else None)
+        )
+        new = Lineup(champ, chall)
+        self._lineup = new  # the swap: requests read this reference once
+        self.events.swaps += 1
+        if new.champion.label != old.champion.label or (
+            (new.challenger and new.challenger.label) != (old.challenger and old.challenger.label)
+        ):
+            self._live.clear()
+        if new.challenger is None and self.traffic.mode != "champion":
+            self.traffic = Traffic()
+        return new
+
+    def set_traffic(
+        self,
+        mode: TrafficMode,
+        canary_percent: float = 0.0,
+        *,
+        schedule: Sequence[float] = (),
+        step_s: float = 600.0,
+    ) -> Traffic:
+        """Change the traffic mode; canary and shadow need a challenger.
+
+        A canary ``schedule`` (increasing percentages, e.g. ``(10, 50, 100)``) steps the share
+        up every ``step_s`` seconds unless the canary is rolled back first.
+        """
+        if mode not in ("champion", "canary", "shadow"):
+            raise ValueError(f"traffic mode must be champion, canary or shadow, got {mode!r}")
+        if mode != "champion" and self._lineup.challenger is None:
+            raise ValueError(f"traffic mode {mode!r} needs a challenger (a staging version)")
+        if not 0.0 <= canary_percent <= 100.0:
+            raise ValueError(f"canary_percent must be in [0, 100], got {canary_percent}")
+        steps = tuple(float(x) for x in schedule) if mode == "canary" else ()
+        previous = canary_percent
+        for x in steps:
+            if not previous < x <= 100.0:
+                raise ValueError(
+                    f"schedule must increase from canary_percent up to at most 100, got {steps}"
+                )
+            previous = x
+        if steps and step_s <= 0:
+            raise ValueError(f"step_s must be > 0, got {step_s}")
+        self.traffic = Traffic(
+            mode,
+            canary_percent if mode == "canary" else 0.0,
+            steps,
+            step_s,
+            self._clock() + step_s if steps else float("inf"),
+        )
+        self._live.clear()
+        return self.traffic
+
+    def _step(self, t: Traffic) -> Traffic:
+        """The canary's next step, if its time has come (called on the decision path)."""
+        now = self._clock()
+        if now < t.next_step_at or not t.schedule:
+            return t
+        rest = t.schedule[1:]
+        nxt = Traffic(
+            "canary", t.schedule[0], rest, t.step_s, now + t.step_s if rest else float("inf")
+        )
+        self.traffic = nxt
+        note = f"canary stepped to {nxt.canary_percent:g}% of tenants"
+        log.info(note)
+        self.events.notes.append(note)
+        return nxt
+
+    # -- decisions ----------------------------------------------------------------------------
+    def _pick(self, lineup: Lineup, tenant: str) -> Slot:
+        t = self.traffic
+        if t.schedule:
+            t = self._step(t)
+        if (
+            t.mode == "canary"
+            and lineup.challenger is not None
+            and tenant_bucket(tenant) < t.canary_percent
+        ):
+            return lineup.challenger
+        return lineup.champion
+
+    def _run(self, slot: Slot, ctx: RequestContext, budget_left: float | None) -> Decision:
+        loop = slot.loop
+        loop.budget_left = budget_left
+        try:
+            return loop.decide(ctx)
+        finally:
+            loop.budget_left = None
+
+    def decide(self, ctx: RequestContext) -> Routed:
+        """Decide for one request (raises :class:`BudgetExceededError` when nothing fits)."""
+        lineup = self._lineup
+        slot = self._pick(lineup, ctx.tenant)
+        with self._lock:
+            budget_left = self.ledger.remaining(ctx.tenant)
+            try:
+                decision = self._run(slot, ctx, budget_left)
+            except BudgetExceededError:
+                raise
+            except Exception as exc:  # a broken policy must not fail the request
+                fallback = lineup.champion if slot.role == "challenger" else self._static
+                if slot.role == "challenger":
+                    self.events.challenger_failures += 1
+                else:
+                    self.events.champion_failures += 1
+                log.exception("policy %s failed; %s answers", slot.label, fallback.label)
+                self.events.notes.append(f"{slot.label} failed: {exc!r}")
+                slot = fallback
+                decision = self._run(slot, ctx, budget_left)
+            predicted = slot.loop.cost_model.predict(
+                decision.model, estimate_tokens(ctx.prompt or "")
+            )
+            self.ledger.reserve(ctx.tenant, decision.decision_id, predicted or 0.0)
+            shadow = None
+            if self.traffic.mode == "shadow" and lineup.challenger is not None:
+                shadow = self._shadow(lineup.challenger, ctx, budget_left, decision)
+        return Routed(decision, slot, predicted, shadow)
+
+    def _shadow(
+        self, slot: Slot, ctx: RequestContext, budget_left: float | None, served: Decision
+    ) -> Decision | None:
+        try:
+            d = self._run(slot, ctx, budget_left)
+        except Exception:  # the shadow never affects the served answer
+            self.events.challenger_failures += 1
+            log.exception("shadow policy %s failed", slot.label)
+            return None
+        self.events.shadow_decisions += 1
+        self.events.shadow_agreements += int(d.model == served.model)
+        log.info(
+            "shadow decision %s: %s (propensity %.4f) by %s; served %s",
+            d.decision_id,
+            d.model,
+            d.propensity,
+            slot.label,
+            served.model,
+        )
+        return d
+
+    # -- feedback -----------------------------------------------------------------------------
+    def feedback(self, fb: Feedback) -> FeedbackOutcome:
+        """Store feedback and teach the policy that decided (see the module docstring)."""
+        row = self.event_log.get_decision(fb.decision_id)
+        if row is None:
+            raise UnknownDecisionError(
+                f"unknown decision_id {fb.decision_id!r}: feedback must name a decision returned "
+                "by /decide"
+            )
+        lineup = self._lineup
+        label = row["policy_version"]
+        if lineup.challenger is not None and label == lineup.challenger.label:
+            slot = lineup.challenger
+        elif label == STATIC_LABEL:
+            slot = self._static
+        else:
+            slot = lineup.champion
+        with self._lock:
+            outcome = slot.loop.feedback(fb)
+            if outcome.status == "stored":
+                self._after_feedback(fb, row, slot, outcome.reward)
+        return outcome
+
+    def _after_feedback(
+        self, fb: Feedback, row: Mapping[str, Any], slot: Slot, reward: float
+    ) -> None:
+        failed = fb.error_kind is not None
+        self.breaker.record(row["model"], ok=not failed)
+        self.ledger.settle(fb.decision_id, self._actual_cost(fb, row))
+        stats = self._live.setdefault(slot.label, _LiveStats())
+        stats.add(reward, failed)
+        self._check_rollback()
+
+    def _actual_cost(self, fb: Feedback, row: Mapping[str, Any]) -> float:
+        if fb.cost_usd is not None:
+            return fb.cost_usd
+        spec = self.catalog.get(row["model"])
+        if spec is not None and fb.input_tokens is not None:
+            return spec.expected_cost_usd(fb.input_tokens, fb.output_tokens or 0)
+        predicted = (row.get("context") or {}).get("predicted_cost_usd")
+        return float(predicted or 0.0)
+
+    def _check_rollback(self) -> None:
+        rule, lineup = self.rollback, self._lineup
+        if rule is None or self.traffic.mode != "canary" or lineup.challenger is None:
+            return
+        champ = self._live.get(lineup.champion.label)
+        chall = self._live.get(lineup.challenger.label)
+        if champ is None or chall is None or min(champ.n, chall.n) < rule.min_feedback:
+            return
+        worse_reward = champ.mean - chall.mean > rule.reward_margin
+        worse_errors = chall.error_rate - champ.error_rate > rule.error_margin
+        if worse_reward or worse_errors:
+            note = (
+                f"canary {lineup.challenger.label} rolled back: reward {chall.mean:.4f} vs "
+                f"{champ.mean:.4f}, error rate {chall.error_rate:.3f} vs {champ.error_rate:.3f} "
+                f"({chall.n} vs {champ.n} feedback)"
+            )
+            log.warning(note)
+            self.events.notes.append(note)
+            self.events.rollbacks += 1
+            self.traffic = Traffic()
+            self._live.clear()
+
+    def live_stats(self) -> dict[str, dict[str, float]]:
+        """Live reward and error rate per version label since the last traffic change."""
+        return {
+            k: {"n": v.n, "mean_reward": v.mean, "error_rate": v.error_rate}
+            for k, v in self._live.items()
+        }
+
+    # -- several workers ----------------------------------------------------------------------
+    def learn_from_log(self, after_id: int, own: set[int]) -> int:
+        """Learn feedback other workers stored (ids above ``after_id`` not in ``own``).
+
+        Returns the new cursor. Every worker ends up having learned the same set of feedback
+        (additive statistics: the same up to rounding; see ``serving/README.md``).
+        """
+        events = self.event_log.feedback_since(after_id, limit=10_000)
+        lineup = self._lineup
+        with self._lock:
+            for ev in events:
+                if ev.feedback_id in own:
+                    own.discard(ev.feedback_id)
+                    continue
+                slot = (
+                    lineup.challenger
+                    if lineup.challenger is not None
+                    and ev.policy_version == lineup.challenger.label
+                    else lineup.champion
+                )
+                policy = slot.loop.policy
+                target = ev.quality if getattr(policy, "cost_aware", False) else ev.reward
+                if target is not None and slot.role != "static_default":
+                    policy.update(ev.model, ev.features, float(target))
+                self.breaker.record(ev.model, ok=ev.error_kind is None)
+                self.ledger.add(ev.tenant, float(ev.cost_usd or 0.0), decided_at=ev.decided_at)
+        return events[-1].feedback_id if events else after_id

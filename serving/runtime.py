@@ -1,0 +1,244 @@
+"""Everything a serving worker runs besides HTTP: build the router, load, poll, follow the log.
+
+:class:`ServingRuntime` is what the BentoML service holds (one per worker process). At
+start-up it loads the champion (``prod``) and challenger (``staging``) from the model source
+(:mod:`serving.model_source`); with no champion anywhere it starts the recommended policy and
+warms it on the feedback already in the event log (the embedded profile's "train a starting
+policy"); if even that fails, the static default policy answers. A poller thread checks the
+aliases every ``serving_poll_s`` seconds and swaps changed versions in; if the source is
+unreachable the current models stay. ``/admin/reload`` runs the same check at once.
+
+Several workers: see ``serving/README.md``. With ``serving_sync_log_s > 0`` a thread learns,
+every that many seconds, the feedback the *other* workers stored in the shared event log.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmopt.catalog import ModelCatalog, load_catalog
+from llmopt.event_log import EventLog
+from llmopt.reward import TradeOff
+from llmopt.settings import Settings
+from serving.guards import BudgetLedger, CircuitBreaker
+from serving.model_source import LocalFileSource, ModelSource, SourceError, source_from_settings
+from serving.router import STATIC_LABEL, RollbackRule, Router
+
+log = logging.getLogger("llmopt.serving")
+
+WARM_START_EVENTS = 50_000
+"""Most logged feedback a fresh starting policy learns from at start-up."""
+
+
+@dataclass
+class ReloadResult:
+    """What a reload did."""
+
+    changed: bool
+    elapsed_ms: float
+    notes: list[str] = field(default_factory=list)
+
+
+def fresh_policy(event_log: EventLog | None, *, seed: int = 0) -> tuple[Any, str]:
+    """The recommended policy, warmed on the event log's feedback; ``(policy, label)``."""
+    from models.registry import RECOMMENDED, make_policy  # noqa: PLC0415
+
+    policy = make_policy(RECOMMENDED, seed=seed)
+    n = 0
+    if event_log is not None:
+        cost_aware = getattr(policy, "cost_aware", False)
+        for ev in event_log.iter_events(0, limit=WARM_START_EVENTS):
+            target = ev.quality if cost_aware else ev.reward
+            if target is not None:
+                policy.update(ev.model, ev.features, float(target))
+                n += 1
+    return policy, f"fresh/{RECOMMENDED}+{n}"
+
+
+class ServingRuntime:
+    """Router, model source, poller and log follower of one worker.
+
+    Parameters
+    ----------
+    settings
+        Settings (keys, budgets, source, poll interval, traffic mode).
+    source
+        Model source; default: the one ``settings.serving_model_source`` names.
+    catalog
+        Model catalog; default: ``settings.catalog_path``.
+    event_log
+        Event log; default: ``settings.event_log_url``.
+    background
+        Start the poller and log-follower threads.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        source: ModelSource | None = None,
+        catalog: ModelCatalog | None = None,
+        event_log: EventLog | None = None,
+        background: bool = True,
+    ) -> None:
+        self.settings = settings
+        if event_log is None and not settings.database_url:
+            settings.ensure_home()
+        self.catalog = catalog or load_catalog(settings.catalog_path)
+        self.event_log = event_log or EventLog(settings.event_log_url)
+        self.source = source if source is not None else source_from_settings(settings)
+        self.router = Router(
+            self.catalog,
+            self.event_log,
+            default_tradeoff=TradeOff(
+                willingness_to_pay=settings.default_willingness_to_pay,
+                latency_weight=settings.default_latency_weight,
+            ),
+            breaker=CircuitBreaker(),
+            ledger=BudgetLedger(
+                default_usd=settings.serving_daily_budget_usd,
+                per_tenant=settings.serving_tenant_budgets,
+            ),
+            rollback=RollbackRule(),
+        )
+        self.versions: dict[str, str | None] = {"prod": None, "staging": None}
+        self._reload_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._own_feedback: set[int] = set()
+        self._log_cursor = 0
+        self._start()
+        mode = settings.serving_traffic_mode
+        if mode != "champion" and self.router.lineup.challenger is None:
+            log.warning("traffic mode %s needs a challenger (staging): champion only", mode)
+        elif mode != "champion":
+            self.router.set_traffic(mode, settings.serving_canary_percent)  # type: ignore[arg-type]
+        if background:
+            self._spawn()
+
+    # -- loading --------------------------------------------------------------------------------
+    def _start(self) -> None:
+        champion = challenger = None
+        try:
+            if self.source is not None:
+                champion = self.source.load("prod")
+                challenger = self.source.load("staging")
+        except SourceError as exc:
+            log.warning("model source unavailable at start-up (%s); trying the local file", exc)
+            try:
+                champion = LocalFileSource(self.settings.policy_state_path).load("prod")
+            except SourceError as exc2:
+                log.warning("local policy file unusable: %s", exc2)
+        if champion is not None:
+            self.router.swap((champion.policy, champion.label))
+            self.versions["prod"] = champion.label
+            log.info("champion %s from %s", champion.label, champion.source)
+        else:
+            try:
+                policy, label = fresh_policy(self.event_log)
+                self.router.swap((policy, label))
+                log.info("no champion in the model source: serving %s", label)
+            except Exception:  # the static default answers; the response says so
+                log.exception("no starting policy; the static default answers")
+        if challenger is not None:
+            self.router.swap(challenger=(challenger.policy, challenger.label))
+            self.versions["staging"] = challenger.label
+        counts = self.event_log.counts()
+        self._log_cursor = self._max_feedback_id() if counts["feedback"] else 0
+
+    def _max_feedback_id(self) -> int:
+        import sqlalchemy as sa  # noqa: PLC0415
+
+        from llmopt.event_log import feedback  # noqa: PLC0415
+
+        with self.event_log.engine.connect() as conn:
+            value = conn.execute(sa.select(sa.func.max(feedback.c.feedback_id))).scalar()
+        return int(value or 0)
+
+    def reload(self, *, force: bool = False) -> ReloadResult:
+        """Swap in the versions the aliases point at now (if they changed, or ``force``)."""
+        started = time.perf_counter()
+        notes: list[str] = []
+        changed = False
+        if self.source is None:
+            return ReloadResult(False, 0.0, ["no model source configured (fresh policy)"])
+        with self._reload_lock:
+            for alias, role in (("prod", "champion"), ("staging", "challenger")):
+                try:
+                    current = self.source.version(alias)
+                    if current == self.versions[alias] and not force:
+                        continue
+                    loaded = self.source.load(alias) if current is not None else None
+                except SourceError as exc:
+                    notes.append(f"{alias}: source unavailable, current model kept ({exc})")
+                    log.warning(notes[-1])
+                    continue
+                if loaded is None:
+                    if role == "challenger" and self.router.lineup.challenger is not None:
+                        self.router.swap(keep_challenger=False)
+                        notes.append("staging alias removed: challenger retired")
+                        changed = True
+                    self.versions[alias] = None
+                    continue
+                if role == "champion":
+                    self.router.swap((loaded.policy, loaded.label))
+                else:
+                    self.router.swap(challenger=(loaded.policy, loaded.label))
+                self.versions[alias] = loaded.label
+                notes.append(f"{role} is now {loaded.label}")
+                changed = True
+        return ReloadResult(changed, (time.perf_counter() - started) * 1000, notes)
+
+    # -- background -----------------------------------------------------------------------------
+    def _spawn(self) -> None:
+        if self.settings.serving_poll_s > 0 and self.source is not None:
+            self._thread(self._poll, "model-poller")
+        if self.settings.serving_sync_log_s > 0:
+            self._thread(self._follow_log, "log-follower")
+
+    def _thread(self, target: Any, name: str) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.settings.serving_poll_s):
+            try:
+                result = self.reload()
+                for note in result.notes:
+                    log.info("reload: %s", note)
+            except Exception:  # the poller must survive anything
+                log.exception("model poll failed; current models kept")
+
+    def note_own_feedback(self, feedback_id: int | None) -> None:
+        """Remember feedback this worker learned itself (the log follower skips it)."""
+        if feedback_id is not None and self.settings.serving_sync_log_s > 0:
+            self._own_feedback.add(feedback_id)
+
+    def follow_log_once(self) -> int:
+        """Learn the other workers' feedback stored since the last call; returns the cursor."""
+        self._log_cursor = self.router.learn_from_log(self._log_cursor, self._own_feedback)
+        return self._log_cursor
+
+    def _follow_log(self) -> None:
+        while not self._stop.wait(self.settings.serving_sync_log_s):
+            try:
+                self.follow_log_once()
+            except Exception:
+                log.exception("event log follow failed; retrying")
+
+    def close(self) -> None:
+        """Stop the background threads and release the event log."""
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=2)
+        self.event_log.close()
+
+    @property
+    def fallback(self) -> bool:
+        """True while the static default policy is the champion."""
+        return self.router.lineup.champion.label == STATIC_LABEL

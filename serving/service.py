@@ -1,0 +1,291 @@
+"""The decision service: one ``@bentoml.service`` over :class:`serving.runtime.ServingRuntime`.
+
+Endpoints (OpenAPI at ``/docs.json``, UI at ``/``):
+
+- ``POST /decide``: one request -> a decision (model, parameters, decision_id, propensity,
+  policy version, explanation); ``POST /decide_batch``: several at once;
+- ``POST /feedback``: stored once in the event log and learned from; the same feedback again
+  -> 200 ``duplicate``; a different feedback for the same decision -> 409; an unknown
+  decision -> 404;
+- ``GET /healthz`` (alive), ``GET /readyz`` (200 once it can decide), ``GET /metrics``
+  (Prometheus text, :mod:`serving.metrics`);
+- ``POST /admin/reload`` (swap in the versions the registry aliases point at now) and
+  ``POST /admin/traffic`` (champion / canary at a percentage / shadow).
+
+Validation errors are 400 with the offending field in ``detail[].loc``; a tenant whose daily
+budget pays for no model gets 402; keys, body size and rate limits are
+:mod:`serving.http_guard`'s (401/403/413/429). Nothing else is an error: a failing policy
+falls back (see :mod:`serving.router`).
+
+Run: ``bentoml serve serving.service:DecisionService --port 3000`` from the repository root,
+or ``llmopt serve --port 3000``. Handlers return pydantic models (a ``dict`` return type costs
+a JSON schema per request); ``/decide`` and ``/feedback`` are ``async``: their work (~1 ms:
+policy, guards, one event-log write) runs on the event loop, as in the bare baseline, which
+measured faster than BentoML's hop to a thread pool (bench/serving.py); batch and admin
+endpoints, which may take longer (MLflow), run in the pool. The access log and BentoML's own
+request metrics are off and the start-up heap is frozen out of the garbage collector at the
+end of ``__init__`` (``../shared/STACK_NOTES.md``: without it BentoML's p99 exceeds 100 ms);
+OpenTelemetry spans are skipped for ``/decide`` and ``/feedback``.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any, TypeVar
+
+import bentoml
+from bentoml.exceptions import BentoMLException
+
+from llmopt.event_log import ConflictingFeedbackError, UnknownDecisionError
+from llmopt.schemas import Feedback, RequestContext
+from llmopt.settings import Settings
+from serving.guards import BudgetExceededError
+from serving.http_guard import GuardMiddleware, parse_keys
+from serving.metrics import ServingMetrics, get_metrics
+from serving.router import Routed
+from serving.runtime import ServingRuntime
+from serving.schemas import (
+    BatchItemError,
+    DecideBatchRequest,
+    DecideBatchResponse,
+    DecideRequest,
+    DecideResponse,
+    FeedbackRequest,
+    FeedbackResponse,
+    ReloadRequest,
+    ServingStatus,
+    ShadowDecision,
+    TrafficRequest,
+)
+
+log = logging.getLogger("llmopt.serving")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def api(**options: Any) -> Callable[[F], F]:
+    """``bentoml.api`` with a type mypy can follow (it is untyped in BentoML)."""
+    decorator: Callable[[F], F] = bentoml.api(**options)
+    return decorator
+
+
+class NotFoundError(BentoMLException):
+    """404: the feedback names a decision the service never made."""
+
+    error_code = HTTPStatus.NOT_FOUND
+
+
+class ConflictError(BentoMLException):
+    """409: a different feedback for this decision was stored first."""
+
+    error_code = HTTPStatus.CONFLICT
+
+
+class BudgetRefusedError(BentoMLException):
+    """402: the tenant's daily budget pays for no model."""
+
+    error_code = HTTPStatus.PAYMENT_REQUIRED
+
+
+class BadRequestError(BentoMLException):
+    """400: a request the domain refuses (e.g. canary without a challenger)."""
+
+    error_code = HTTPStatus.BAD_REQUEST
+
+
+class UnavailableError(BentoMLException):
+    """503: a dependency (the event log) failed; retry."""
+
+    error_code = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+def to_response(routed: Routed) -> DecideResponse:
+    """The HTTP view of a routed decision."""
+    d = routed.decision
+    shadow = None
+    if routed.shadow is not None:
+        s = routed.shadow
+        shadow = ShadowDecision(
+            model=s.model,
+            propensity=s.propensity,
+            decision_id=s.decision_id,
+            policy_version=s.policy_version,
+        )
+    return DecideResponse(
+        decision_id=d.decision_id,
+        model=d.model,
+        parameters=d.parameters,
+        propensity=d.propensity,
+        policy_name=d.policy_name,
+        policy_version=d.policy_version,
+        served_by=routed.slot.role,
+        fallback=routed.slot.fallback,
+        predicted_cost_usd=routed.predicted_cost_usd,
+        explanation=d.explanation,
+        scores=d.scores,
+        notes=d.notes,
+        shadow=shadow,
+        created_at=d.created_at,
+    )
+
+
+@bentoml.service(
+    name="llmopt-router",
+    logging={"access": {"enabled": False}},
+    metrics={"enabled": False},  # /metrics is ours (serving.metrics): no per-request middleware
+    # No tracing exporter is configured: skip OpenTelemetry's per-request spans on the hot path
+    # (with both off, ~+40% requests/s in bench/serving.py).
+    tracing={"excluded_urls": ["/decide", "/feedback"]},
+    traffic={"timeout": 30},
+    workers=1,
+)
+class DecisionService:
+    """Which LLM to use for each request, learned online from feedback."""
+
+    def __init__(self) -> None:
+        settings = Settings()
+        if not (parse_keys(settings.client_keys) or parse_keys(settings.admin_keys)):
+            log.warning(
+                "LLMOPT_CLIENT_KEYS and LLMOPT_ADMIN_KEYS are unset: the service runs OPEN "
+                "(embedded profile); set them to require Authorization: Bearer KEY"
+            )
+        self.runtime = ServingRuntime(settings)
+        self.router = self.runtime.router
+        self.metrics = get_metrics()
+        self.metrics.hooks[:] = [self._refresh_gauges]  # one service per process
+        lineup = self.router.lineup
+        log.info(
+            "serving champion %s, challenger %s, traffic %s",
+            lineup.champion.label,
+            lineup.challenger.label if lineup.challenger else None,
+            self.router.traffic.mode,
+        )
+        # Freeze the start-up heap (imports, catalog, policies) out of the collector and collect
+        # the young generations less often: BentoML's p99 drops from >100 ms to ~1 ms.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 50, 1000)
+
+    def __is_ready__(self) -> bool:
+        return self.router.ready
+
+    def _refresh_gauges(self, m: ServingMetrics) -> None:
+        for model in self.router.arms:
+            m.breaker_open.labels(model).set(
+                1.0 if self.router.breaker.state(model) == "open" else 0
+            )
+        ev = self.router.events
+        if ev.shadow_decisions:
+            m.shadow_agreement.set(ev.shadow_agreements / ev.shadow_decisions)
+        m.rollbacks.set(ev.rollbacks)
+
+    def _decide(self, ctx: RequestContext) -> DecideResponse:
+        started = time.perf_counter()
+        try:
+            routed = self.router.decide(ctx)
+        except BudgetExceededError as exc:
+            self.metrics.refusals.labels("decide", "402").inc()
+            raise BudgetRefusedError(str(exc)) from None
+        except Exception as exc:  # e.g. the event log is down
+            log.exception("decide failed")
+            self.metrics.refusals.labels("decide", "503").inc()
+            raise UnavailableError(f"cannot decide right now: {type(exc).__name__}") from None
+        self.metrics.decide_seconds.observe(time.perf_counter() - started)
+        self.metrics.decisions.labels(routed.slot.role, routed.decision.model).inc()
+        return to_response(routed)
+
+    @api(route="/decide", input_spec=DecideRequest)
+    async def decide(self, **fields: Any) -> DecideResponse:
+        """Choose the model for one LLM request."""
+        return self._decide(RequestContext.model_validate(fields))
+
+    @api(route="/decide_batch", input_spec=DecideBatchRequest)
+    def decide_batch(self, requests: list[RequestContext]) -> DecideBatchResponse:
+        """Choose the model for each of several requests (each independently)."""
+        decisions: list[DecideResponse | None] = []
+        errors: list[BatchItemError] = []
+        for i, ctx in enumerate(requests):
+            try:
+                decisions.append(self._decide(ctx))
+            except BentoMLException as exc:
+                decisions.append(None)
+                errors.append(BatchItemError(index=i, status=int(exc.error_code), message=str(exc)))
+        return DecideBatchResponse(decisions=decisions, errors=errors)
+
+    @api(route="/feedback", input_spec=FeedbackRequest)
+    async def feedback(self, **fields: Any) -> FeedbackResponse:
+        """Report what happened to a decision; stored once and learned from."""
+        fb = Feedback.model_validate(fields)
+        try:
+            outcome = self.router.feedback(fb)
+        except UnknownDecisionError as exc:
+            self.metrics.feedback.labels("unknown").inc()
+            raise NotFoundError(str(exc)) from None
+        except ConflictingFeedbackError as exc:
+            self.metrics.feedback.labels("conflict").inc()
+            raise ConflictError(str(exc)) from None
+        except Exception as exc:
+            log.exception("feedback failed")
+            self.metrics.feedback.labels("error").inc()
+            raise UnavailableError(
+                f"cannot store feedback right now: {type(exc).__name__}"
+            ) from None
+        self.metrics.feedback.labels(outcome.status).inc()
+        if outcome.status == "stored":
+            self.runtime.note_own_feedback(outcome.feedback_id)
+        return FeedbackResponse(
+            status=outcome.status,
+            decision_id=outcome.decision_id,
+            reward=outcome.reward,
+            feedback_id=outcome.feedback_id,
+        )
+
+    def _status(self, **extra: Any) -> ServingStatus:
+        lineup, traffic = self.router.lineup, self.router.traffic
+        return ServingStatus(
+            champion=lineup.champion.label,
+            challenger=lineup.challenger.label if lineup.challenger else None,
+            mode=traffic.mode,
+            canary_percent=traffic.canary_percent,
+            schedule=list(traffic.schedule),
+            fallback=self.runtime.fallback,
+            **extra,
+        )
+
+    @api(route="/admin/reload", input_spec=ReloadRequest)
+    def admin_reload(self, force: bool = False) -> ServingStatus:
+        """Swap in the versions the registry aliases (prod, staging) point at now."""
+        result = self.runtime.reload(force=force)
+        if result.changed:
+            self.metrics.swaps.labels("reload").inc()
+        return self._status(
+            changed=result.changed, elapsed_ms=result.elapsed_ms, notes=result.notes
+        )
+
+    @api(route="/admin/traffic", input_spec=TrafficRequest)
+    def admin_traffic(
+        self,
+        mode: str,
+        canary_percent: float = 0.0,
+        schedule: list[float] | None = None,
+        step_s: float = 600.0,
+    ) -> ServingStatus:
+        """Set the traffic mode: champion, canary (percent of tenants, schedule) or shadow."""
+        try:
+            self.router.set_traffic(
+                mode,  # type: ignore[arg-type]
+                canary_percent,
+                schedule=schedule or (),
+                step_s=step_s,
+            )
+        except ValueError as exc:
+            raise BadRequestError(str(exc)) from None
+        return self._status(notes=list(self.router.events.notes)[-5:])
+
+
+_svc: Any = DecisionService  # a bentoml Service object at run time
+_svc.add_asgi_middleware(GuardMiddleware)

@@ -1,0 +1,227 @@
+"""Every endpoint through the ASGI app (``Service.to_asgi()`` + a TestClient), in process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from serving.schemas import EXAMPLE_DECIDE, EXAMPLE_DECIDE_FULL, EXAMPLE_FEEDBACK, EXAMPLE_TRAFFIC
+
+pytestmark = pytest.mark.integration
+
+CLIENT, ADMIN = "client-key-1", "admin-key-1"
+
+
+@contextmanager
+def serve(tmp: Path, **env: str) -> Iterator[TestClient]:
+    """The service as an ASGI app, its settings from ``env`` (read when the app is built)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("BENTOML_HOME", str(tmp / "bentoml"))
+    mp.setenv("LLMOPT_HOME", str(tmp / "llmopt"))
+    mp.setenv("LLMOPT_SERVING_POLL_S", "0")
+    mp.setenv("LLMOPT_SERVING_MODEL_SOURCE", "local")
+    for key in ("LLMOPT_CLIENT_KEYS", "LLMOPT_ADMIN_KEYS", "LLMOPT_DATABASE_URL"):
+        mp.delenv(key, raising=False)
+    for key, value in env.items():
+        mp.setenv(key, value)
+    try:
+        from serving.service import DecisionService  # noqa: PLC0415
+
+        with TestClient(DecisionService.to_asgi()) as client:
+            yield client
+    finally:
+        mp.undo()
+
+
+@pytest.fixture(scope="module")
+def open_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    with serve(
+        tmp_path_factory.mktemp("open"),
+        LLMOPT_SERVING_TENANT_BUDGETS='{"poor": 0.00001}',
+        LLMOPT_SERVING_MAX_BODY_BYTES="20000",
+    ) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def auth_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    with serve(
+        tmp_path_factory.mktemp("auth"),
+        LLMOPT_CLIENT_KEYS=f"{CLIENT}, other",
+        LLMOPT_ADMIN_KEYS=ADMIN,
+        LLMOPT_SERVING_RATE_LIMIT_PER_S="0",
+    ) as client:
+        yield client
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_contract_decide_then_feedback(open_client: TestClient):
+    r = open_client.post("/decide", json=EXAMPLE_DECIDE)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["decision_id"] and body["model"]
+    assert body["served_by"] == "champion" and not body["fallback"]
+    assert body["explanation"]["reason"]
+    assert 0 < body["propensity"] <= 1
+    fb = {**EXAMPLE_FEEDBACK, "decision_id": body["decision_id"]}
+    r = open_client.post("/feedback", json=fb)
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "stored"
+
+
+def test_decide_with_every_field_honours_the_caps(open_client: TestClient):
+    r = open_client.post("/decide", json=EXAMPLE_DECIDE_FULL)
+    assert r.status_code == 200, r.text
+    assert r.json()["predicted_cost_usd"] <= EXAMPLE_DECIDE_FULL["max_cost_usd"]
+
+
+def test_feedback_is_idempotent_and_refuses_conflicts_and_unknown_decisions(
+    open_client: TestClient,
+):
+    did = open_client.post("/decide", json=EXAMPLE_DECIDE).json()["decision_id"]
+    first = open_client.post("/feedback", json={"decision_id": did, "thumbs": "up"})
+    again = open_client.post("/feedback", json={"decision_id": did, "thumbs": "up"})
+    assert first.status_code == again.status_code == 200
+    assert again.json()["status"] == "duplicate"
+    assert again.json()["feedback_id"] == first.json()["feedback_id"]
+    other = open_client.post("/feedback", json={"decision_id": did, "thumbs": "down"})
+    assert other.status_code == 409 and "different feedback" in other.text
+    unknown = open_client.post("/feedback", json={"decision_id": "nope", "quality": 0.5})
+    assert unknown.status_code == 404 and "unknown decision_id" in unknown.text
+
+
+def test_error_feedback_is_accepted(open_client: TestClient):
+    did = open_client.post("/decide", json=EXAMPLE_DECIDE).json()["decision_id"]
+    r = open_client.post("/feedback", json={"decision_id": did, "error_kind": "timeout"})
+    assert r.status_code == 200 and r.json()["status"] == "stored"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/decide", {"prompt": "hi"}, "tenant"),
+        ("/decide", {"tenant": "acme", "max_cost_usd": -1}, "max_cost_usd"),
+        ("/decide", {"tenant": "acme", "colour": "red"}, "colour"),
+        ("/decide_batch", {"requests": []}, "requests"),
+        ("/decide_batch", {"requests": [{"prompt": "x"}]}, "tenant"),
+        ("/feedback", {"quality": 0.5}, "decision_id"),
+        ("/feedback", {"decision_id": "d", "quality": 2}, "quality"),
+        ("/feedback", {"decision_id": "d", "quality": 0.5, "thumbs": "up"}, "thumbs"),
+        ("/admin/traffic", {"mode": "sideways"}, "mode"),
+        ("/admin/traffic", {"mode": "canary", "canary_percent": 101}, "canary_percent"),
+        ("/admin/traffic", {"mode": "canary", "step_s": 0}, "step_s"),
+        ("/admin/reload", {"force": "maybe"}, "force"),
+    ],
+)
+def test_validation_errors_are_400_and_name_the_field(
+    open_client: TestClient, path: str, body: dict[str, object], field: str
+):
+    r = open_client.post(path, json=body)
+    assert r.status_code == 400, r.text
+    assert field in r.text
+
+
+def test_not_json_is_400(open_client: TestClient):
+    r = open_client.post("/decide", content=b"{nope", headers={"content-type": "application/json"})
+    assert r.status_code == 400
+
+
+def test_decide_batch(open_client: TestClient):
+    r = open_client.post(
+        "/decide_batch", json={"requests": [EXAMPLE_DECIDE, {"tenant": "poor"}, EXAMPLE_DECIDE]}
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["decisions"][0]["model"] and body["decisions"][2]["model"]
+    assert body["decisions"][1] is None
+    assert body["errors"] == [{"index": 1, "status": 402, "message": body["errors"][0]["message"]}]
+
+
+def test_a_tenant_over_its_budget_is_refused_with_402(open_client: TestClient):
+    r = open_client.post("/decide", json={"tenant": "poor", "prompt": "hi"})
+    assert r.status_code == 402 and "daily budget" in r.text
+
+
+def test_body_too_large_is_413(open_client: TestClient):
+    r = open_client.post("/decide", json={"tenant": "acme", "prompt": "x" * 30_000})
+    assert r.status_code == 413
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted while read
+        yield b'{"tenant": "acme", "prompt": "'
+        for _ in range(30):
+            yield b"x" * 1000
+        yield b'"}'
+
+    r = open_client.post("/decide", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_probes_metrics_and_openapi(open_client: TestClient):
+    assert open_client.get("/healthz").status_code == 200
+    assert open_client.get("/readyz").status_code == 200
+    metrics = open_client.get("/metrics")
+    assert metrics.status_code == 200
+    assert "llmopt_decisions_total" in metrics.text
+    assert "llmopt_feedback_total" in metrics.text
+    spec = open_client.get("/docs.json").json()
+    for path in ("/decide", "/decide_batch", "/feedback", "/admin/reload", "/admin/traffic"):
+        assert path in spec["paths"]
+
+
+def test_admin_reload_and_traffic(open_client: TestClient):
+    r = open_client.post("/admin/reload", json={})
+    assert r.status_code == 200, r.text
+    assert r.json()["champion"].startswith("fresh/") and r.json()["challenger"] is None
+    r = open_client.post("/admin/traffic", json=EXAMPLE_TRAFFIC)
+    assert r.status_code == 400 and "needs a challenger" in r.text
+    r = open_client.post("/admin/traffic", json={"mode": "champion"})
+    assert r.status_code == 200 and r.json()["mode"] == "champion"
+
+
+ENDPOINTS = [
+    ("/decide", EXAMPLE_DECIDE),
+    ("/decide_batch", {"requests": [EXAMPLE_DECIDE]}),
+    ("/feedback", {"decision_id": "nope", "quality": 0.5}),
+    ("/admin/reload", {}),
+    ("/admin/traffic", {"mode": "champion"}),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), ENDPOINTS)
+def test_every_endpoint_needs_a_key(auth_client: TestClient, path: str, body: object):
+    assert auth_client.post(path, json=body).status_code == 401
+    assert auth_client.post(path, json=body, headers=bearer("wrong")).status_code == 401
+    assert auth_client.post(path, json=body, headers={"Authorization": CLIENT}).status_code == 401
+
+
+@pytest.mark.parametrize(("path", "body"), ENDPOINTS)
+def test_client_keys_serve_but_only_admin_keys_administer(
+    auth_client: TestClient, path: str, body: object
+):
+    as_client = auth_client.post(path, json=body, headers=bearer(CLIENT))
+    as_admin = auth_client.post(path, json=body, headers=bearer(ADMIN))
+    expected = 404 if path == "/feedback" else 200
+    if path.startswith("/admin/"):
+        assert as_client.status_code == 403
+    else:
+        assert as_client.status_code == expected, as_client.text
+    assert as_admin.status_code == expected, as_admin.text
+
+
+def test_probes_stay_open_with_auth(auth_client: TestClient):
+    for path in ("/healthz", "/readyz", "/metrics", "/docs.json"):
+        assert auth_client.get(path).status_code == 200
+
+
+def test_rate_limit_is_429(tmp_path: Path):
+    with serve(tmp_path, LLMOPT_SERVING_RATE_LIMIT_PER_S="1") as client:
+        codes = [client.post("/decide", json=EXAMPLE_DECIDE).status_code for _ in range(4)]
+    assert codes[:2] == [200, 200]
+    assert 429 in codes[2:]
