@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from llmopt.types import ArmID
@@ -78,7 +80,7 @@ class UCB1(ArmStatsPolicy):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n, mean, _ = self._columns(arm_ids)
         total = max(float(n.sum()), 1.0)
-        bonus = self.c * np.sqrt(2.0 * np.log(max(total, np.e)) / np.maximum(n, 1e-9))
+        bonus = self.c * np.sqrt(2.0 * np.log(max(total, math.e)) / np.maximum(n, 1e-9))
         upper = mean + bonus
         upper = np.where(n > 0, upper, np.max(upper[n > 0]) + 1.0 if (n > 0).any() else 1.0)
         scores = self._cap(upper) - penalties
