@@ -41,12 +41,11 @@ ASSUMED_OUTPUT_TOKENS = 256
 class _ArmFit:
     """Online ridge regression of cost on (1, input tokens / 1000), towards a prior mean."""
 
-    __slots__ = ("a", "b", "n", "theta")
+    __slots__ = ("a", "b", "theta")
 
     def __init__(self) -> None:
         self.a = np.zeros((2, 2))  # sum x x'
         self.b = np.zeros(2)  # sum cost x
-        self.n = 0
         self.theta = np.zeros(2)
 
     def fit(self, prior: np.ndarray | None, weight: float) -> np.ndarray:
@@ -113,6 +112,5 @@ class CostModel:
         x = np.array([1.0, input_tokens / 1000.0])
         fit.a += np.outer(x, x)
         fit.b += cost_usd * x
-        fit.n += 1
         if prior is None:
             fit.theta = fit.fit(None, 0.0)

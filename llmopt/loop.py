@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from llmopt.catalog import ModelCatalog
+from llmopt.catalog import ModelCatalog, ModelSpec
 from llmopt.cost_model import CostModel
 from llmopt.event_log import EventLog, UnknownDecisionError
 from llmopt.features import estimate_tokens, request_features
@@ -41,6 +41,15 @@ from llmopt.types import ArmID, DecisionID
 
 DEFAULT_OUTPUT_TOKENS = 256
 """Output length assumed when predicting latency before a request runs."""
+
+
+def realized_cost(fb: Feedback, spec: ModelSpec | None, predicted: float | None) -> float:
+    """What a call cost: as reported, else priced from its reported tokens, else predicted."""
+    if fb.cost_usd is not None:
+        return fb.cost_usd
+    if spec is not None and fb.input_tokens is not None:
+        return spec.expected_cost_usd(fb.input_tokens, fb.output_tokens or 0)
+    return predicted or 0.0
 
 
 @dataclass(frozen=True)
@@ -287,11 +296,7 @@ class LearningLoop:
             )
         pending = self._lookup(fb.decision_id)
         spec = self.catalog.get(pending.model) if self.catalog is not None else None
-        cost = fb.cost_usd
-        if cost is None and spec is not None and fb.input_tokens is not None:
-            cost = spec.expected_cost_usd(fb.input_tokens, fb.output_tokens or 0)
-        if cost is None:
-            cost = pending.predicted_cost_usd or 0.0
+        cost = realized_cost(fb, spec, pending.predicted_cost_usd)
         latency = fb.latency_ms
         if latency is None and spec is not None and fb.output_tokens is not None:
             latency = spec.expected_latency_ms(fb.output_tokens)

@@ -119,28 +119,25 @@ class Policy(Stateful, ABC):
             if self.burn_in and not self._warm.issuperset(arms)
             else []
         )
-        if cold and self.max_reward is not None:
-            # Burn-in skips a model that could not beat the best expected reward even at the
-            # best possible quality: its price alone rules it out, so a try teaches nothing.
-            best = float((estimates - pen).max())
-            cold = [i for i in cold if self.max_reward - pen[i] > best]
+        # Arms that could still win: even at the best possible target, minus their penalty,
+        # they beat the best expected reward. The others' price alone rules them out.
+        if self.max_reward is not None:
+            could_win = (self.max_reward - pen) > float((estimates - pen).max())
+        else:
+            could_win = np.ones(len(arms), dtype=bool)
+        if cold:  # a burn-in try of a model its price rules out teaches nothing
+            cold = [i for i in cold if could_win[i]]
         if cold:
             probs = np.zeros(len(arms))
             probs[cold] = 1.0 / len(cold)
             reason = "burn-in"
         if self.explore_decay > 0 and not cold:
-            # Decaying exploration among the arms that could still win: those whose best
-            # possible target minus their penalty beats the best expected reward. A model
-            # written off by a few unlucky early rewards is retried now and then (c / t),
-            # a model its price rules out never is.
+            # Decaying exploration among the arms that could still win: a model written off
+            # by a few unlucky early rewards is retried now and then (c / t), a model its
+            # price rules out never is.
             eps = min(1.0, self.explore_decay / (1.0 + self._n_updates))
-            if self.max_reward is not None:
-                best = float((estimates - pen).max())
-                plausible = (self.max_reward - pen) > best
-            else:
-                plausible = np.ones(len(arms), dtype=bool)
-            if plausible.sum() > 1:
-                probs = (1.0 - eps) * probs + eps * plausible / plausible.sum()
+            if could_win.sum() > 1:
+                probs = (1.0 - eps) * probs + eps * could_win / could_win.sum()
         if self.exploration_floor > 0:
             probs = (1.0 - self.exploration_floor) * probs + self.exploration_floor / len(arms)
         i = self._sample(probs)
@@ -265,6 +262,17 @@ class Policy(Stateful, ABC):
             return optimistic
         capped: np.ndarray = np.minimum(optimistic, self.max_reward)
         return capped
+
+    @staticmethod
+    def _win_shares(values: np.ndarray) -> np.ndarray:
+        """Share of the rows (posterior draws x arms) that each arm wins: Thompson propensities.
+
+        Sampling the arm from these shares plays textbook Thompson sampling's choice
+        distribution, up to Monte-Carlo error, with a propensity exact for what is played.
+        """
+        winners = np.argmax(values, axis=1)
+        shares: np.ndarray = np.bincount(winners, minlength=values.shape[1]) / len(winners)
+        return shares
 
     @staticmethod
     def _greedy(scores: np.ndarray) -> np.ndarray:

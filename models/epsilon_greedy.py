@@ -8,6 +8,11 @@ from llmopt.types import ArmID
 from models.arm_stats import ArmStatsPolicy
 
 
+def decayed_epsilon(epsilon: float, decay: float, t: int) -> float:
+    """``epsilon * decay / (decay + t)``: halved after ``decay`` updates (0: constant)."""
+    return epsilon if decay == 0 else epsilon * decay / (decay + t)
+
+
 class EpsilonGreedy(ArmStatsPolicy):
     """Exploit the best running mean; explore uniformly with a decaying probability epsilon.
 
@@ -81,9 +86,7 @@ class EpsilonGreedy(ArmStatsPolicy):
     @property
     def current_epsilon(self) -> float:
         """Exploration probability after the updates so far."""
-        if self.decay == 0:
-            return self.epsilon
-        return self.epsilon * self.decay / (self.decay + self.n_updates)
+        return decayed_epsilon(self.epsilon, self.decay, self.n_updates)
 
     def _pull(
         self, arm_ids: list[ArmID], context: dict[str, float], penalties: np.ndarray

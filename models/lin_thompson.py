@@ -91,9 +91,7 @@ class LinThompson(LinearPolicy):
         mean, width = self._mean_width(arm_ids, context)
         z = self._np_rng.standard_normal((self.n_propensity_draws, len(arm_ids)))
         values = self._cap(mean + self.v * width * z) - penalties
-        winners = np.argmax(values, axis=1)
-        probs = np.bincount(winners, minlength=len(arm_ids)) / len(winners)
-        return probs, values[0], mean
+        return self._win_shares(values), values[0], mean
 
     def _get_state(self) -> dict[str, Any]:
         return {**super()._get_state(), "np_rng": self._np_rng.bit_generator.state}

@@ -14,6 +14,7 @@ import numpy as np
 
 from llmopt.types import ArmID
 from models.base import Policy
+from models.epsilon_greedy import decayed_epsilon
 from models.quality import QualityModel
 from models.state import Stateful
 
@@ -89,11 +90,7 @@ class OGDGreedy(Policy):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         est = np.array([self._model.predict_one(context, arm=a) for a in arm_ids])
         scores = est - penalties
-        eps = (
-            self.epsilon * self.decay / (self.decay + self._n_updates)
-            if self.decay
-            else self.epsilon
-        )
+        eps = decayed_epsilon(self.epsilon, self.decay, self._n_updates)
         probs = (1.0 - eps) * self._greedy(scores) + eps / len(arm_ids)
         return probs, scores, est
 

@@ -34,12 +34,7 @@ class _Thompson(ArmStatsPolicy):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         draws, mean = self._posterior_draws(arm_ids, self.n_propensity_draws)
         values = self._cap(draws) - penalties
-        winners = np.argmax(values, axis=1)
-        # The policy played is "sample an arm with its Monte-Carlo probability of winning the
-        # posterior draw": the same choice distribution as textbook Thompson sampling, up to
-        # Monte-Carlo error, and with a propensity that is exact for what is played.
-        probs = np.bincount(winners, minlength=len(arm_ids)) / len(winners)
-        return probs, values[0], mean
+        return self._win_shares(values), values[0], mean
 
     def _get_state(self) -> dict[str, Any]:
         return {**super()._get_state(), "np_rng": self._np_rng.bit_generator.state}

@@ -41,7 +41,7 @@ from typing import Any, Literal
 from llmopt.catalog import ModelCatalog
 from llmopt.event_log import EventLog, UnknownDecisionError
 from llmopt.features import estimate_tokens
-from llmopt.loop import DEFAULT_OUTPUT_TOKENS, FeedbackOutcome, LearningLoop
+from llmopt.loop import DEFAULT_OUTPUT_TOKENS, FeedbackOutcome, LearningLoop, realized_cost
 from llmopt.policy import Policy
 from llmopt.reward import TradeOff
 from llmopt.schemas import Decision, Feedback, RequestContext
@@ -545,13 +545,8 @@ class Router:
         self._check_rollback()
 
     def _actual_cost(self, fb: Feedback, row: Mapping[str, Any]) -> float:
-        if fb.cost_usd is not None:
-            return fb.cost_usd
-        spec = self.catalog.get(row["model"])
-        if spec is not None and fb.input_tokens is not None:
-            return spec.expected_cost_usd(fb.input_tokens, fb.output_tokens or 0)
         predicted = (row.get("context") or {}).get("predicted_cost_usd")
-        return float(predicted or 0.0)
+        return realized_cost(fb, self.catalog.get(row["model"]), predicted)
 
     def _check_rollback(self) -> None:
         rule, lineup = self.rollback, self._lineup

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-# Prefect reads these when it is first imported (by the test modules): never write under ~/.
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="llmopt-test-prefect-"))
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-from llmopt.settings import Settings, get_settings  # noqa: E402
+from llmopt.settings import Settings, get_settings
 
 ARMS = ["gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "gpt-4o-mini"]
 QUALITY = {  # (code, chat) mean quality of each arm in the synthetic world
