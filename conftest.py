@@ -13,3 +13,6 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("BENTOML_HOME", tempfile.mkdtemp(prefix="llmopt-test-bentoml-"))
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+# Serving opens a Feast store on a background thread by default (seconds of imports and
+# ``feast apply``): tests that exercise online features turn it on themselves.
+os.environ.setdefault("LLMOPT_SERVING_FEATURES", "off")

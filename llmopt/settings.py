@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -146,6 +147,32 @@ class Settings(BaseSettings):
             "Several workers: seconds between reads of the shared event log to learn the "
             "feedback other workers stored (0: off, the single-worker default)."
         ),
+    )
+    serving_features: Literal["off", "embedded", "production"] = Field(
+        default="embedded",
+        description=(
+            "Online features on the decision path: 'embedded' (Feast repo under home, SQLite "
+            "online store), 'production' (feature_repo/production: Redis + PostgreSQL) or 'off'."
+        ),
+    )
+    serving_features_budget_ms: float = Field(
+        default=3.0, gt=0, description="Longest a decision waits for the online store (ms)."
+    )
+    serving_features_ttl_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="Age at which cached online features are read again (their staleness bound).",
+    )
+    serving_push_features: bool = Field(
+        default=True,
+        description=(
+            "Serving pushes the event log's new feedback to the online store every "
+            "serving_features_ttl_s (false: leave it to the pipelines' materialisation flow)."
+        ),
+    )
+    alert_webhook_url: str | None = Field(
+        default=None,
+        description="URL that drift alerts are POSTed to as JSON (unset: structured logs only).",
     )
 
     @property

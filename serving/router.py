@@ -38,6 +38,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from feature_store.catalog import task_type
+from feature_store.reader import RouterFeatures
 from llmopt.catalog import ModelCatalog
 from llmopt.event_log import EventLog, UnknownDecisionError
 from llmopt.features import estimate_tokens
@@ -47,6 +49,7 @@ from llmopt.reward import TradeOff
 from llmopt.schemas import Decision, Feedback, RequestContext
 from llmopt.types import ArmID, Features
 from serving.guards import BudgetExceededError, BudgetLedger, CircuitBreaker
+from serving.live_features import LiveFeatures, live_exclusions
 
 log = logging.getLogger("llmopt.serving")
 
@@ -117,7 +120,10 @@ class ServingLoop(LearningLoop):
     """The learning loop plus the serving guards: circuit breaker and tenant budget.
 
     Overrides :meth:`LearningLoop._eligible`, the loop's arm filter: models whose breaker is
-    open are left out (all of them open: every model is probed), and under a budget only
+    open are left out (all of them open: every model is probed), models the fleet's live
+    statistics rule out (:func:`serving.live_features.live_exclusions`: error rate over the
+    last 5 minutes, observed p95 latency above the request's cap) are left out unless that
+    leaves nothing, and under a budget only
     models whose predicted cost fits what is left are offered, strictly (an unpriced model
     cannot be shown to fit and is left out; the request's own caps fall back to the cheapest
     model *within the budget*; nothing within it raises :class:`BudgetExceededError`).
@@ -127,18 +133,27 @@ class ServingLoop(LearningLoop):
         super().__init__(*args, **kwargs)
         self.breaker = breaker
         self.budget_left: float | None = None  # set by the router, under its lock
+        self.live: RouterFeatures | None = None  # online features, set by the router
 
     def _eligible(self, ctx: RequestContext) -> tuple[list[ArmID], list[str]]:
         blocked = self.breaker.blocked() if self.breaker is not None else frozenset()
         budget = self.budget_left
+        live = live_exclusions(self.arms, self.live, ctx.max_latency_ms) if self.live else {}
         if ctx.max_cost_usd is None and ctx.max_latency_ms is None and budget is None:
-            if not blocked:
+            if not blocked and not live:
                 return self.arms, []
         notes = [f"{a} excluded: circuit breaker open" for a in self.arms if a in blocked]
         arms = [a for a in self.arms if a not in blocked]
         if not arms:
             arms = list(self.arms)
             notes = ["every model's circuit breaker is open: probing them all"]
+        if live:
+            kept = [a for a in arms if a not in live]
+            if kept:
+                notes += [live[a] for a in arms if a in live]
+                arms = kept
+            else:
+                notes.append("live statistics rule out every candidate: ignored")
         ok, affordable, cap_notes = self._within_caps(ctx, arms, budget)
         notes += cap_notes
         if budget is not None:
@@ -257,6 +272,8 @@ class Routed:
     slot: Slot
     predicted_cost_usd: float | None
     shadow: Decision | None = None
+    features: RouterFeatures | None = None
+    """The online features the decision saw (None: live features off or not open yet)."""
 
 
 def tenant_bucket(tenant: str) -> float:
@@ -327,6 +344,8 @@ class Router:
         self.rollback = rollback
         self.events = RouterEvents()
         self.traffic = Traffic()
+        self.features: LiveFeatures | None = None
+        """Online features (set once the feature store is open; None: request features only)."""
         self._lock = threading.RLock()
         self._static = self.slot(StaticDefaultPolicy(catalog), STATIC_LABEL, role="static_default")
         self._lineup = Lineup(self._static)
@@ -453,22 +472,37 @@ class Router:
             return lineup.challenger
         return lineup.champion
 
-    def _run(self, slot: Slot, ctx: RequestContext, budget_left: float | None) -> Decision:
+    def _run(
+        self,
+        slot: Slot,
+        ctx: RequestContext,
+        budget_left: float | None,
+        live: RouterFeatures | None = None,
+    ) -> Decision:
         loop = slot.loop
         loop.budget_left = budget_left
+        loop.live = live
         try:
             return loop.decide(ctx)
         finally:
             loop.budget_left = None
+            loop.live = None
+
+    def _features(self, ctx: RequestContext) -> RouterFeatures | None:
+        live = self.features
+        if live is None:
+            return None
+        return live.get(self.arms, tenant=ctx.tenant, task_type=task_type(ctx.task_hints))
 
     def decide(self, ctx: RequestContext) -> Routed:
         """Decide for one request (raises :class:`BudgetExceededError` when nothing fits)."""
         lineup = self._lineup
         slot = self._pick(lineup, ctx.tenant)
+        live = self._features(ctx)
         with self._lock:
             budget_left = self.ledger.remaining(ctx.tenant)
             try:
-                decision = self._run(slot, ctx, budget_left)
+                decision = self._run(slot, ctx, budget_left, live)
             except BudgetExceededError:
                 raise
             except Exception as exc:  # a broken policy must not fail the request
@@ -480,21 +514,30 @@ class Router:
                 log.exception("policy %s failed; %s answers", slot.label, fallback.label)
                 self.events.notes.append(f"{slot.label} failed: {exc!r}")
                 slot = fallback
-                decision = self._run(slot, ctx, budget_left)
+                decision = self._run(slot, ctx, budget_left, live)
             predicted = slot.loop.cost_model.predict(
                 decision.model, estimate_tokens(ctx.prompt or "")
             )
             self.ledger.reserve(ctx.tenant, decision.decision_id, predicted or 0.0)
             shadow = None
             if self.traffic.mode == "shadow" and lineup.challenger is not None:
-                shadow = self._shadow(lineup.challenger, ctx, budget_left, decision)
-        return Routed(decision, slot, predicted, shadow)
+                shadow = self._shadow(lineup.challenger, ctx, budget_left, decision, live)
+        if live is not None and live.degraded:
+            decision = decision.model_copy(
+                update={"notes": [*decision.notes, f"online features degraded: {live.reason}"]}
+            )
+        return Routed(decision, slot, predicted, shadow, live)
 
     def _shadow(
-        self, slot: Slot, ctx: RequestContext, budget_left: float | None, served: Decision
+        self,
+        slot: Slot,
+        ctx: RequestContext,
+        budget_left: float | None,
+        served: Decision,
+        live: RouterFeatures | None,
     ) -> Decision | None:
         try:
-            d = self._run(slot, ctx, budget_left)
+            d = self._run(slot, ctx, budget_left, live)
         except Exception:  # the shadow never affects the served answer
             self.events.challenger_failures += 1
             log.exception("shadow policy %s failed", slot.label)

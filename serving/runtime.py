@@ -10,6 +10,11 @@ unreachable the current models stay. ``/admin/reload`` runs the same check at on
 
 Several workers: see ``serving/README.md``. With ``serving_sync_log_s > 0`` a thread learns,
 every that many seconds, the feedback the *other* workers stored in the shared event log.
+
+Online features (``serving_features``, :mod:`serving.live_features`): the Feast store is opened
+on a background thread at start-up; once open, the router reads it on every decision (cached,
+within a budget) and a thread pushes the event log's new feedback to it every
+``serving_features_ttl_s`` seconds.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from llmopt.event_log import EventLog
 from llmopt.reward import TradeOff
 from llmopt.settings import Settings
 from serving.guards import BudgetLedger, CircuitBreaker
+from serving.live_features import LiveFeatures, open_in_background
 from serving.model_source import LocalFileSource, ModelSource, SourceError, source_from_settings
 from serving.router import STATIC_LABEL, RollbackRule, Router
 
@@ -32,6 +38,8 @@ log = logging.getLogger("llmopt.serving")
 
 WARM_START_EVENTS = 50_000
 """Most logged feedback a fresh starting policy learns from at start-up."""
+FEATURE_BACKFILL_EVENTS = 50_000
+"""Most logged feedback pushed to a just-opened online store (the newest)."""
 
 
 @dataclass
@@ -73,7 +81,10 @@ class ServingRuntime:
     event_log
         Event log; default: ``settings.event_log_url``.
     background
-        Start the poller and log-follower threads.
+        Start the poller and log-follower threads, and open the online features
+        (``settings.serving_features``) on a thread of their own.
+    features
+        Online features to use from the start (tests; otherwise opened in the background).
     """
 
     def __init__(
@@ -84,6 +95,7 @@ class ServingRuntime:
         catalog: ModelCatalog | None = None,
         event_log: EventLog | None = None,
         background: bool = True,
+        features: LiveFeatures | None = None,
     ) -> None:
         self.settings = settings
         if event_log is None and not settings.database_url:
@@ -111,7 +123,11 @@ class ServingRuntime:
         self._threads: list[threading.Thread] = []
         self._own_feedback: set[int] = set()
         self._log_cursor = 0
+        self.features_state = "off" if settings.serving_features == "off" else "starting"
+        self._background = background
         self._start()
+        if features is not None:
+            self._features_ready(features)
         mode = settings.serving_traffic_mode
         if mode != "champion" and self.router.lineup.challenger is None:
             log.warning("traffic mode %s needs a challenger (staging): champion only", mode)
@@ -199,6 +215,40 @@ class ServingRuntime:
             self._thread(self._poll, "model-poller")
         if self.settings.serving_sync_log_s > 0:
             self._thread(self._follow_log, "log-follower")
+        if self.router.features is None and self.settings.serving_features != "off":
+            self._threads.append(
+                open_in_background(self.settings, self.event_log, self._features_ready)
+            )
+
+    def _features_ready(self, features: LiveFeatures | None) -> None:
+        if features is None:
+            self.features_state = "unavailable"
+            return
+        if self._stop.is_set():
+            features.close()
+            return
+        features.start_at(max(self._max_feedback_id() - FEATURE_BACKFILL_EVENTS, 0))
+        self.router.features = features
+        self.features_state = "open"
+        log.info("online features open (%s)", self.settings.serving_features)
+        if (
+            features.writer is not None
+            and self._background
+            and not any(t.name == "feature-pusher" for t in self._threads)
+        ):
+            self._thread(self._push_features, "feature-pusher")
+
+    def push_features_once(self) -> int:
+        """Push the event log's new feedback to the online store now; events pushed."""
+        features = self.router.features
+        return features.follow_log_once() if features is not None else 0
+
+    def _push_features(self) -> None:
+        while not self._stop.wait(self.settings.serving_features_ttl_s):
+            try:
+                self.push_features_once()
+            except Exception:  # a store outage must not kill the pusher
+                log.exception("feature push failed; retrying")
 
     def _thread(self, target: Any, name: str) -> None:
         t = threading.Thread(target=target, name=name, daemon=True)
@@ -236,6 +286,8 @@ class ServingRuntime:
         self._stop.set()
         for t in self._threads:
             t.join(timeout=2)
+        if self.router.features is not None:
+            self.router.features.close()
         self.event_log.close()
 
     @property

@@ -61,6 +61,19 @@ class ShadowDecision(BaseModel):
     policy_version: str = Field(description="The challenger's version label.")
 
 
+class FeatureStatus(BaseModel):
+    """The online features a decision saw."""
+
+    state: Literal["open", "starting", "unavailable", "off"] = Field(
+        description="open: read from the online store; starting/unavailable/off: not used."
+    )
+    degraded: bool = Field(
+        default=False, description="The store was late or down: last values or defaults used."
+    )
+    reason: str = Field(default="", description="Why degraded, or which keys got defaults.")
+    read_ms: float = Field(default=0.0, description="Time the read (or cache lookup) took.")
+
+
 class DecideResponse(BaseModel):
     """The chosen model, with what off-policy evaluation and a curious user need."""
 
@@ -94,6 +107,9 @@ class DecideResponse(BaseModel):
     )
     shadow: ShadowDecision | None = Field(
         default=None, description="Shadow mode only: the challenger's (unserved) choice."
+    )
+    features: FeatureStatus | None = Field(
+        default=None, description="Online features used (model, tenant and fleet statistics)."
     )
     created_at: datetime = Field(description="When the decision was made (UTC).")
 
@@ -175,6 +191,9 @@ class ServingStatus(BaseModel):
         default_factory=list, description="Canary shares still to come, in percent."
     )
     fallback: bool = Field(description="True when a static default policy is serving.")
+    features: str = Field(
+        default="off", description="Online features: open, starting, unavailable or off."
+    )
     changed: bool = Field(default=False, description="Reload only: whether a model was swapped.")
     elapsed_ms: float = Field(default=0.0, description="Reload only: time to load and swap.")
     notes: list[str] = Field(default_factory=list, description="What happened, e.g. a rollback.")

@@ -1,0 +1,243 @@
+"""Online features for the decision path: Feast's router features, cached, within a budget.
+
+:class:`LiveFeatures` sits between the router and :class:`feature_store.reader.OnlineFeatureReader`:
+
+- ``get(models, tenant=, task_type=)`` answers from a cache keyed by ``(tenant, task_type)`` while
+  the entry is younger than ``ttl_s`` (the staleness bound of a served feature: 1 s by default,
+  the same order as the writer's flush delay), else reads the online store within the reader's
+  budget (3 ms) and caches the answer. A slow or failed store gives the reader's stale values or
+  defaults, flagged ``degraded``; a degraded answer is cached for ``ttl_s`` too, so a dead store
+  costs one budget per key per ``ttl_s``, not one per request.
+- ``follow_log_once()`` (called by the runtime's background thread) reads the feedback stored in
+  the event log since the last call, aggregates it with :class:`feature_store.writer.FeatureWriter`
+  and pushes the rows online (and offline). It reads the shared log rather than this worker's own
+  feedback, so several workers push identical rows (the online store keeps the latest per key) and
+  none of them publishes a partial view. In the production profile the pipelines' materialisation
+  flow does the same; set ``LLMOPT_SERVING_PUSH_FEATURES=false`` to leave it to them.
+
+Opening the store (importing Feast, ``feast apply`` of the embedded repo) takes seconds, so
+:meth:`LiveFeatures.open` runs on a background thread: until it is done, decisions go on with
+request features only and say so (``FeatureStatus.source == "starting"``).
+
+Example
+-------
+>>> class Reader:  # any object with ``read`` works (the real one wraps Feast)
+...     calls = 0
+...     def read(self, models, *, tenant, task_type):
+...         from feature_store.reader import RouterFeatures
+...         Reader.calls += 1
+...         return RouterFeatures(values={m: {"x": 1.0} for m in models})
+>>> live = LiveFeatures(Reader(), ttl_s=60)
+>>> live.get(["a", "b"], tenant="acme", task_type="general").values["a"]
+{'x': 1.0}
+>>> _ = live.get(["a", "b"], tenant="acme", task_type="general")
+>>> Reader.calls, live.hits, live.misses
+(1, 1, 1)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from feature_store.reader import RouterFeatures
+
+if TYPE_CHECKING:
+    from llmopt.event_log import EventLog
+    from llmopt.settings import Settings
+
+log = logging.getLogger("llmopt.serving")
+
+ERROR_RATE = "model_performance__error_rate_5m"
+LATENCY_P95 = "model_performance__latency_p95_ms_5m"
+REQUESTS_1H = "model_performance__request_count_1h"
+QUALITY_1H = "model_performance__quality_mean_1h"
+
+LIVE_ERROR_EXCLUDE = 0.5
+"""A model whose fleet-wide error rate over the last 5 minutes reaches this is left out."""
+LIVE_MIN_REQUESTS = 5
+"""Feedback a model needs in the last hour before its live statistics exclude it."""
+
+
+class FeatureReader(Protocol):
+    """What :class:`LiveFeatures` reads through (``OnlineFeatureReader`` or a test double)."""
+
+    def read(self, models: Sequence[str], *, tenant: str, task_type: str) -> RouterFeatures: ...
+
+
+@dataclass(frozen=True)
+class Cached:
+    """One cached read and when it was made (monotonic seconds)."""
+
+    features: RouterFeatures
+    at: float
+
+
+class LiveFeatures:
+    """Cached online features per ``(tenant, task_type)``; see the module docstring.
+
+    Parameters
+    ----------
+    reader
+        The online reader (with its latency budget).
+    ttl_s
+        Age at which a cached read is read again.
+    writer
+        A ``FeatureWriter`` that :meth:`follow_log_once` feeds (None: no pushes).
+    event_log
+        The log :meth:`follow_log_once` reads.
+    clock
+        Monotonic time source.
+    """
+
+    def __init__(
+        self,
+        reader: FeatureReader,
+        *,
+        ttl_s: float = 1.0,
+        writer: Any = None,
+        event_log: EventLog | None = None,
+        clock: Any = time.monotonic,
+    ) -> None:
+        self.reader = reader
+        self.ttl_s = ttl_s
+        self.writer = writer
+        self.event_log = event_log
+        self._clock = clock
+        self._cache: dict[tuple[str, str], Cached] = {}
+        self.hits = 0
+        self.misses = 0
+        self.degraded_reads = 0
+        self.pushed_events = 0
+        self._cursor = 0
+
+    def get(self, models: Sequence[str], *, tenant: str, task_type: str) -> RouterFeatures:
+        """Features of ``models`` for one request (cached for ``ttl_s``); never raises."""
+        key = (tenant, task_type)
+        now = self._clock()
+        entry = self._cache.get(key)
+        if entry is not None and now - entry.at < self.ttl_s:
+            if all(m in entry.features.values for m in models):
+                self.hits += 1
+                return entry.features
+        self.misses += 1
+        features = self.reader.read(models, tenant=tenant, task_type=task_type)
+        if features.degraded:
+            self.degraded_reads += 1
+        if len(self._cache) > 10_000:  # tenants x task types: bounded memory
+            self._cache.clear()
+        self._cache[key] = Cached(features, now)
+        return features
+
+    @property
+    def hit_rate(self) -> float:
+        """Share of reads answered from the cache."""
+        total = self.hits + self.misses
+        return self.hits / total if total else 1.0
+
+    def start_at(self, after_feedback_id: int) -> None:
+        """Push only feedback stored after this id (earlier feedback is already in the store)."""
+        self._cursor = after_feedback_id
+
+    def follow_log_once(self, *, limit: int = 20_000) -> int:
+        """Push the feedback stored since the last call to the online store; events pushed."""
+        if self.writer is None or self.event_log is None:
+            return 0
+        events = self.event_log.feedback_since(self._cursor, limit=limit)
+        if not events:
+            return 0
+        result = self.writer.add(events)
+        self.writer.flush()
+        self._cursor = events[-1].feedback_id
+        self.pushed_events += result.accepted
+        return int(result.accepted)
+
+    @classmethod
+    def open(cls, settings: Settings, event_log: EventLog | None) -> LiveFeatures:
+        """Open (and ``feast apply``) the store that ``settings.serving_features`` names."""
+        from feature_store import store as fs_store  # noqa: PLC0415 - Feast takes seconds
+        from feature_store.reader import OnlineFeatureReader  # noqa: PLC0415
+        from feature_store.writer import FeatureWriter  # noqa: PLC0415
+
+        if settings.serving_features == "production":
+            store = fs_store.apply_repo("production")
+        else:
+            repo = fs_store.copy_repo(Path(settings.ensure_home()) / "feature_repo")
+            store = fs_store.apply_repo("embedded", repo)
+        reader = OnlineFeatureReader(store, budget_ms=10_000.0)
+        # The first read resolves the feature service and opens the online store's connection
+        # (hundreds of ms): do it here, off the decision path, then hold reads to the budget.
+        reader.read(["warm-up"], tenant="warm-up", task_type="general")
+        reader.budget_ms = settings.serving_features_budget_ms
+        writer = (
+            FeatureWriter(store, max_batch=5000, max_delay_s=settings.serving_features_ttl_s)
+            if settings.serving_push_features
+            else None
+        )
+        return cls(
+            reader, ttl_s=settings.serving_features_ttl_s, writer=writer, event_log=event_log
+        )
+
+    def close(self) -> None:
+        """Release the reader's worker thread."""
+        close = getattr(self.reader, "close", None)
+        if close is not None:
+            close()
+
+
+def live_exclusions(
+    arms: Sequence[str], features: RouterFeatures, max_latency_ms: float | None
+) -> dict[str, str]:
+    """Arms the fleet's live statistics rule out, with the reason.
+
+    A model is left out when, over the last 5 minutes, its share of failed calls reached
+    :data:`LIVE_ERROR_EXCLUDE`, or its observed 95th-percentile latency exceeds the request's
+    ``max_latency_ms``, provided it had :data:`LIVE_MIN_REQUESTS` feedback in the last hour.
+    Values that are defaults (unknown model, store down) never exclude anything.
+
+    >>> f = RouterFeatures(values={
+    ...     "a": {ERROR_RATE: 0.9, LATENCY_P95: 100.0, REQUESTS_1H: 50.0},
+    ...     "b": {ERROR_RATE: 0.0, LATENCY_P95: 900.0, REQUESTS_1H: 50.0},
+    ...     "c": {ERROR_RATE: 0.0, LATENCY_P95: 100.0, REQUESTS_1H: 50.0}})
+    >>> sorted(live_exclusions(["a", "b", "c"], f, max_latency_ms=500))
+    ['a', 'b']
+    """
+    out: dict[str, str] = {}
+    for arm in arms:
+        if arm in features.defaulted and arm not in features.stale:
+            continue
+        v = features.values.get(arm)
+        if not v or v.get(REQUESTS_1H, 0.0) < LIVE_MIN_REQUESTS:
+            continue
+        err = v.get(ERROR_RATE, 0.0)
+        p95 = v.get(LATENCY_P95, 0.0)
+        if err >= LIVE_ERROR_EXCLUDE:
+            out[arm] = f"{arm} excluded: fleet-wide error rate {err:.0%} over the last 5 minutes"
+        elif max_latency_ms is not None and p95 > max_latency_ms:
+            out[arm] = (
+                f"{arm} excluded: observed p95 latency {p95:.0f} ms over the last 5 minutes > "
+                "max_latency_ms"
+            )
+    return out
+
+
+def open_in_background(
+    settings: Settings, event_log: EventLog | None, on_ready: Any
+) -> threading.Thread:
+    """Open the store on a daemon thread and hand the :class:`LiveFeatures` to ``on_ready``."""
+
+    def run() -> None:
+        try:
+            on_ready(LiveFeatures.open(settings, event_log))
+        except Exception:  # serving goes on with request features only
+            log.exception("feature store unavailable: deciding with request features only")
+            on_ready(None)
+
+    t = threading.Thread(target=run, name="feature-store-open", daemon=True)
+    t.start()
+    return t

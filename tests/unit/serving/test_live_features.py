@@ -1,0 +1,138 @@
+"""Online features on the decision path: cache, staleness, exclusions, degraded flags."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from feature_store.reader import RouterFeatures
+from llmopt.schemas import RequestContext
+from llmopt.settings import Settings
+from serving.live_features import (
+    ERROR_RATE,
+    LATENCY_P95,
+    REQUESTS_1H,
+    LiveFeatures,
+    live_exclusions,
+)
+from serving.runtime import ServingRuntime
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class ScriptedReader:
+    """Answers with the values the test sets (a broken store when ``degraded``)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, dict[str, float]] = {}
+        self.degraded = False
+        self.calls = 0
+
+    def read(self, models: Sequence[str], *, tenant: str, task_type: str) -> RouterFeatures:
+        self.calls += 1
+        values = {m: dict(self.values.get(m, {})) for m in models}
+        if self.degraded:
+            return RouterFeatures(
+                values=values,
+                degraded=True,
+                reason="online store failed: ConnectionError",
+                defaulted=frozenset(models),
+            )
+        return RouterFeatures(values=values)
+
+
+def bad(error_rate: float = 0.9, p95: float = 100.0, n: float = 50.0) -> dict[str, float]:
+    return {ERROR_RATE: error_rate, LATENCY_P95: p95, REQUESTS_1H: n}
+
+
+def test_cache_is_read_again_after_ttl_and_per_tenant_and_task() -> None:
+    reader, clock = ScriptedReader(), Clock()
+    live = LiveFeatures(reader, ttl_s=1.0, clock=clock)
+    live.get(["a"], tenant="t1", task_type="general")
+    live.get(["a"], tenant="t1", task_type="general")
+    assert reader.calls == 1
+    live.get(["a"], tenant="t2", task_type="general")
+    live.get(["a"], tenant="t1", task_type="code")
+    assert reader.calls == 3
+    clock.t = 1.01
+    live.get(["a"], tenant="t1", task_type="general")
+    assert reader.calls == 4
+    assert live.hits == 1 and live.misses == 4
+    assert live.hit_rate == 0.2
+
+
+def test_a_new_candidate_model_is_a_miss() -> None:
+    reader = ScriptedReader()
+    live = LiveFeatures(reader, ttl_s=60)
+    live.get(["a"], tenant="t", task_type="general")
+    live.get(["a", "b"], tenant="t", task_type="general")
+    assert reader.calls == 2
+
+
+def test_exclusions_need_enough_requests_and_ignore_defaults() -> None:
+    f = RouterFeatures(
+        values={"few": bad(n=2), "many": bad(), "slow": bad(0.0, p95=5000), "dflt": bad()},
+        defaulted=frozenset({"dflt"}),
+    )
+    out = live_exclusions(["few", "many", "slow", "dflt"], f, max_latency_ms=None)
+    assert list(out) == ["many"]
+    out = live_exclusions(["few", "many", "slow", "dflt"], f, max_latency_ms=1000)
+    assert sorted(out) == ["many", "slow"]
+    assert "p95 latency 5000 ms" in out["slow"]
+
+
+def runtime(settings: Settings, live: LiveFeatures) -> ServingRuntime:
+    settings.serving_model_source = "fresh"
+    settings.serving_features = "embedded"
+    return ServingRuntime(settings, background=False, features=live)
+
+
+def test_router_leaves_out_models_the_fleet_sees_failing(tmp_path: Path) -> None:
+    reader = ScriptedReader()
+    rt = runtime(Settings(home=tmp_path / "h"), LiveFeatures(reader, ttl_s=0.0))
+    ctx = RequestContext(tenant="acme", prompt="What is 2 + 2?")
+    try:
+        first = rt.router.decide(ctx).decision.model
+        reader.values[first] = bad()
+        routed = rt.router.decide(ctx)
+        assert routed.decision.model != first
+        assert any(
+            f"{first} excluded: fleet-wide error rate 90%" in n for n in routed.decision.notes
+        )
+        assert routed.features is not None and not routed.features.degraded
+        # every candidate failing: the statistics are advice, not a reason to refuse
+        for m in rt.router.arms:
+            reader.values[m] = bad()
+        routed = rt.router.decide(ctx)
+        assert "live statistics rule out every candidate: ignored" in routed.decision.notes
+    finally:
+        rt.close()
+
+
+def test_degraded_read_is_flagged_in_the_decision(tmp_path: Path) -> None:
+    reader = ScriptedReader()
+    reader.degraded = True
+    rt = runtime(Settings(home=tmp_path / "h"), LiveFeatures(reader, ttl_s=0.0))
+    try:
+        routed = rt.router.decide(RequestContext(tenant="acme", prompt="hi"))
+        assert routed.features is not None and routed.features.degraded
+        assert any("online features degraded" in n for n in routed.decision.notes)
+        assert rt.features_state == "open"
+    finally:
+        rt.close()
+
+
+def test_without_features_the_runtime_says_off(tmp_path: Path) -> None:
+    s = Settings(home=tmp_path / "h", serving_model_source="fresh", serving_features="off")
+    rt = ServingRuntime(s, background=False)
+    try:
+        routed = rt.router.decide(RequestContext(tenant="acme", prompt="hi"))
+        assert routed.features is None and rt.features_state == "off"
+    finally:
+        rt.close()
