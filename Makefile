@@ -39,8 +39,7 @@ bench: setup  ## Benchmarks; results in bench/results/*.json
 	$(BIN)/python -m bench
 
 .PHONY: bench-serving
-bench-serving: setup  ## Decision service vs bare starlette under wrk, swap under load
-	@command -v wrk >/dev/null || { echo "bench-serving needs wrk (apt-get install wrk)"; exit 2; }
+bench-serving: setup  ## Decision service vs bare starlette at 500 req/s (open loop), swap under load
 	$(BIN)/python -m bench.serving
 
 clean:  ## Remove the venv, the tool venv and local state

@@ -1,8 +1,8 @@
 """The baseline of ``bench/serving.py``: bare uvicorn + starlette doing the same policy work.
 
 ``POST /decide`` validates the body, decides through the same :class:`serving.router.Router`
-(the same policy, guards and event-log write) and returns the same response model, with the
-same garbage-collector settings as the service; only BentoML is missing. Run with
+(the same policy, guards, online features and event-log write) and returns the same response
+model, with the same garbage-collector settings as the service; only BentoML is missing. Run with
 ``uvicorn --factory bench.serving_bare:build``.
 """
 
@@ -23,11 +23,11 @@ from serving.service import to_response
 
 def build() -> Starlette:
     """The app (a factory: nothing happens at import)."""
-    runtime = ServingRuntime(Settings(), background=False)
+    runtime = ServingRuntime(Settings())  # poller off by env; online features as the service
 
     async def decide(request: Request) -> Response:
         ctx = RequestContext.model_validate_json(await request.body())
-        body = to_response(runtime.router.decide(ctx)).model_dump_json()
+        body = to_response(runtime.router.decide(ctx), runtime.features_state).model_dump_json()
         return Response(body, media_type="application/json")
 
     async def readyz(_: Request) -> Response:

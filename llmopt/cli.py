@@ -34,6 +34,7 @@ registry_app = typer.Typer(
 app.add_typer(flows_app, name="flows")
 app.add_typer(registry_app, name="registry")
 
+
 DEMO_DATA = Path(__file__).resolve().parent / "data" / "alpaca_eval.parquet"
 
 
@@ -198,13 +199,18 @@ def _quiet() -> Iterator[None]:
 def demo(
     out_dir: Annotated[Path | None, typer.Option(help="Where to write the plot and JSON.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the prompt order and the policies.")] = 0,
+    served: Annotated[
+        int, typer.Option(help="Prompts sent through the running decision service over HTTP.")
+    ] = 300,
 ) -> None:
     """The whole loop on real data shipped with the repo (AlpacaEval: 805 prompts x 15 LLMs).
 
     1. replays every prompt through decide -> feedback -> learn, recording each decision and
     feedback in the event log (SQLite under LLMOPT_HOME), at the default willingness to pay;
     pushes that feedback through the feature store and registers the trained policy in the
-    MLflow registry (aliases dev, staging, prod);
+    MLflow registry (aliases dev, staging, prod); starts the decision service (`llmopt serve`),
+    which loads that version, and sends `served` prompts through it over HTTP (decide, then
+    feedback with the data set's outcome of the chosen model);
     2. sweeps the willingness to pay and compares the learned router with every single model,
     uniform random, the zero router and the oracle; writes a plot and a JSON report.
     """
@@ -270,6 +276,21 @@ def demo(
         typer.echo(
             f"registry ({settings.mlflow_uri}): llm-router version {version} aliased "
             "dev, staging, prod"
+        )
+        # The service loads that version (alias prod) and serves real prompts over HTTP.
+        from llmopt.demo_service import drive_service, running_service  # noqa: PLC0415
+
+        typer.echo(f"decision service: starting `llmopt serve` ({served} prompts over HTTP) ...")
+        with running_service(home) as url:
+            http = drive_service(url, routing, n=served, seed=seed + 1)
+        top = ", ".join(f"{m} {n}" for m, n in http["top_models"])
+        typer.echo(
+            f"decision service ({url}, {', '.join(http['policy_versions'])}): "
+            f"{http['requests']} decide+feedback round trips, {http['failed']} failed; "
+            f"quality {http['avg_quality']:.4f}, cost {http['avg_cost_usd']:.6f} USD/prompt; "
+            f"round trip p50 {http['round_trip_p50_ms']:.1f} ms, "
+            f"p99 {http['round_trip_p99_ms']:.1f} ms; online features {http['features']}; "
+            f"top models: {top}"
         )
         result = run_replay(
             routing,

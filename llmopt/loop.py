@@ -72,6 +72,10 @@ class FeedbackOutcome:
     feedback_id: int | None
 
 
+class NoCandidateError(ValueError):
+    """The request's ``models`` names no model the loop serves."""
+
+
 class LearningLoop:
     """Decide with a policy, log, and learn from delayed feedback.
 
@@ -145,6 +149,31 @@ class LearningLoop:
             raise ValueError("cannot remove the last model")
         self.arms.remove(arm)
 
+    def reset_arm(self, arm: ArmID, *, factor: float = 0.0, costs: bool = False) -> bool:
+        """Discount what the policy learned about ``arm`` to ``factor`` of its weight (0: forget).
+
+        The response to a drift of one model (``monitoring.drift_response``): its quality
+        changed, so its old rewards mislead the policy. With ``costs`` (its price changed) the
+        model's observed costs are forgotten instead, back to the catalog's price, and the
+        policy is discounted only if it learns the reward, which has the old price in it (a
+        cost-aware policy learns quality alone). Returns True if the policy was discounted;
+        False if it was left alone or cannot discount one arm (no ``discount_arm``, or it
+        raises ``NotImplementedError``).
+        """
+        if costs:
+            # CostModel has no public "forget one model" yet: its fit for ``arm`` is dropped here.
+            self.cost_model._fits.pop(arm, None)
+            if getattr(self.policy, "cost_aware", False):
+                return False
+        discount = getattr(self.policy, "discount_arm", None)
+        if discount is None:
+            return False
+        try:
+            discount(arm, factor)
+        except NotImplementedError:
+            return False
+        return True
+
     def tradeoff_for(self, ctx: RequestContext) -> TradeOff:
         """The request's trade-off, falling back to the default one field by field."""
         return TradeOff(
@@ -177,6 +206,22 @@ class LearningLoop:
             )
         return out
 
+    def candidates(self, ctx: RequestContext) -> list[ArmID]:
+        """The arms this request may get: all, or those of ``ctx.models`` this loop knows.
+
+        Raises :class:`NoCandidateError` when ``ctx.models`` names none of them.
+        """
+        if not ctx.models:
+            return self.arms
+        wanted = set(ctx.models)
+        arms = [a for a in self.arms if a in wanted]
+        if not arms:
+            raise NoCandidateError(
+                f"models: none of {sorted(wanted)[:10]} is served; known models: "
+                f"{', '.join(self.arms[:40])}"
+            )
+        return arms
+
     def _eligible(self, ctx: RequestContext) -> tuple[list[ArmID], list[str]]:
         """Arms whose predicted cost and latency respect the request's hard caps.
 
@@ -184,13 +229,14 @@ class LearningLoop:
         an arm with no prediction yet (unpriced, never observed) cannot be shown to break a
         cost cap and stays eligible.
         """
+        candidates = self.candidates(ctx)
         if ctx.max_cost_usd is None and ctx.max_latency_ms is None:
-            return self.arms, []
+            return candidates, []
         in_tokens = estimate_tokens(ctx.prompt or "")
         ok: list[ArmID] = []
         notes: list[str] = []
         costs: dict[ArmID, float] = {}
-        for arm in self.arms:
+        for arm in candidates:
             spec = self.catalog.get(arm) if self.catalog is not None else None
             cost = self.cost_model.predict(arm, in_tokens)
             latency = spec.expected_latency_ms(DEFAULT_OUTPUT_TOKENS) if spec else None
@@ -206,7 +252,7 @@ class LearningLoop:
             else:
                 ok.append(arm)
         if not ok:  # nothing fits: the cheapest arm, and say so
-            cheapest = min(self.arms, key=costs.__getitem__)
+            cheapest = min(candidates, key=costs.__getitem__)
             notes.append(f"no model meets the caps; fell back to the cheapest, {cheapest}")
             ok = [cheapest]
         return ok, notes

@@ -18,9 +18,9 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from llmopt.types import ArmID, DecisionID, TenantID
 
@@ -69,6 +69,15 @@ class RequestContext(BaseModel):
         default_factory=dict,
         max_length=256,
         description="Arbitrary client features: numbers are used as-is, strings one-hot encoded.",
+    )
+    models: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=500,
+        description=(
+            "Choose only among these models (the ones this client can call); default: every "
+            "model the router serves. Unknown names are ignored; none known is an error."
+        ),
     )
 
 

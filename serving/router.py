@@ -43,7 +43,13 @@ from feature_store.reader import RouterFeatures
 from llmopt.catalog import ModelCatalog
 from llmopt.event_log import EventLog, UnknownDecisionError
 from llmopt.features import estimate_tokens
-from llmopt.loop import DEFAULT_OUTPUT_TOKENS, FeedbackOutcome, LearningLoop, realized_cost
+from llmopt.loop import (
+    DEFAULT_OUTPUT_TOKENS,
+    FeedbackOutcome,
+    LearningLoop,
+    NoCandidateError,
+    realized_cost,
+)
 from llmopt.policy import Policy
 from llmopt.reward import TradeOff
 from llmopt.schemas import Decision, Feedback, RequestContext
@@ -138,14 +144,15 @@ class ServingLoop(LearningLoop):
     def _eligible(self, ctx: RequestContext) -> tuple[list[ArmID], list[str]]:
         blocked = self.breaker.blocked() if self.breaker is not None else frozenset()
         budget = self.budget_left
-        live = live_exclusions(self.arms, self.live, ctx.max_latency_ms) if self.live else {}
+        candidates = self.candidates(ctx)
+        live = live_exclusions(candidates, self.live, ctx.max_latency_ms) if self.live else {}
         if ctx.max_cost_usd is None and ctx.max_latency_ms is None and budget is None:
             if not blocked and not live:
-                return self.arms, []
-        notes = [f"{a} excluded: circuit breaker open" for a in self.arms if a in blocked]
-        arms = [a for a in self.arms if a not in blocked]
+                return candidates, []
+        notes = [f"{a} excluded: circuit breaker open" for a in candidates if a in blocked]
+        arms = [a for a in candidates if a not in blocked]
         if not arms:
-            arms = list(self.arms)
+            arms = list(candidates)
             notes = ["every model's circuit breaker is open: probing them all"]
         if live:
             kept = [a for a in arms if a not in live]
@@ -296,6 +303,8 @@ class RouterEvents:
     shadow_agreements: int = 0
     challenger_failures: int = 0
     champion_failures: int = 0
+    log_learned: int = 0
+    """Feedback learned from the shared event log (other workers' feedback)."""
     notes: deque[str] = field(default_factory=lambda: deque(maxlen=100))
 
 
@@ -503,7 +512,7 @@ class Router:
             budget_left = self.ledger.remaining(ctx.tenant)
             try:
                 decision = self._run(slot, ctx, budget_left, live)
-            except BudgetExceededError:
+            except (BudgetExceededError, NoCandidateError):
                 raise
             except Exception as exc:  # a broken policy must not fail the request
                 fallback = lineup.champion if slot.role == "challenger" else self._static
@@ -644,6 +653,7 @@ class Router:
                 target = ev.quality if getattr(policy, "cost_aware", False) else ev.reward
                 if target is not None and slot.role != "static_default":
                     policy.update(ev.model, ev.features, float(target))
+                    self.events.log_learned += 1
                 self.breaker.record(ev.model, ok=ev.error_kind is None)
                 self.ledger.add(ev.tenant, float(ev.cost_usd or 0.0), decided_at=ev.decided_at)
         return events[-1].feedback_id if events else after_id

@@ -31,6 +31,7 @@ from llmopt.reward import TradeOff
 from llmopt.settings import Settings
 from serving.guards import BudgetLedger, CircuitBreaker
 from serving.live_features import LiveFeatures, open_in_background
+from serving.metrics import get_metrics
 from serving.model_source import LocalFileSource, ModelSource, SourceError, source_from_settings
 from serving.router import STATIC_LABEL, RollbackRule, Router
 
@@ -259,6 +260,8 @@ class ServingRuntime:
         while not self._stop.wait(self.settings.serving_poll_s):
             try:
                 result = self.reload()
+                if result.changed:
+                    get_metrics().observe_swap(result.elapsed_ms / 1000, trigger="poll")
                 for note in result.notes:
                     log.info("reload: %s", note)
             except Exception:  # the poller must survive anything
@@ -277,7 +280,9 @@ class ServingRuntime:
     def _follow_log(self) -> None:
         while not self._stop.wait(self.settings.serving_sync_log_s):
             try:
+                started = time.time()
                 self.follow_log_once()
+                get_metrics().caught_up(started)
             except Exception:
                 log.exception("event log follow failed; retrying")
 

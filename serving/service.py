@@ -41,6 +41,7 @@ import bentoml
 from bentoml.exceptions import BentoMLException
 
 from llmopt.event_log import ConflictingFeedbackError, UnknownDecisionError
+from llmopt.loop import NoCandidateError
 from llmopt.schemas import Feedback, RequestContext
 from llmopt.settings import Settings
 from serving.guards import BudgetExceededError
@@ -54,6 +55,7 @@ from serving.schemas import (
     DecideBatchResponse,
     DecideRequest,
     DecideResponse,
+    FeatureStatus,
     FeedbackRequest,
     FeedbackResponse,
     ReloadRequest,
@@ -103,9 +105,15 @@ class UnavailableError(BentoMLException):
     error_code = HTTPStatus.SERVICE_UNAVAILABLE
 
 
-def to_response(routed: Routed) -> DecideResponse:
-    """The HTTP view of a routed decision."""
+def to_response(routed: Routed, features_state: str = "off") -> DecideResponse:
+    """The HTTP view of a routed decision (``features_state``: the runtime's)."""
     d = routed.decision
+    f = routed.features
+    features = (
+        FeatureStatus(state="open", degraded=f.degraded, reason=f.reason, read_ms=f.elapsed_ms)
+        if f is not None
+        else FeatureStatus(state=features_state)
+    )
     shadow = None
     if routed.shadow is not None:
         s = routed.shadow
@@ -129,6 +137,7 @@ def to_response(routed: Routed) -> DecideResponse:
         scores=d.scores,
         notes=d.notes,
         shadow=shadow,
+        features=features,
         created_at=d.created_at,
     )
 
@@ -182,21 +191,32 @@ class DecisionService:
         if ev.shadow_decisions:
             m.shadow_agreement.set(ev.shadow_agreements / ev.shadow_decisions)
         m.rollbacks.set(ev.rollbacks)
+        m.set_model_available("champion", not self.runtime.fallback)
+        m.set_model_available("challenger", self.router.lineup.challenger is not None or None)
+        rt = self.runtime
+        m.sync_training_examples("log", self.router.events.log_learned)
+        m.sync_features(rt.settings.serving_features, rt.features_state, self.router.features)
 
     def _decide(self, ctx: RequestContext) -> DecideResponse:
         started = time.perf_counter()
         try:
             routed = self.router.decide(ctx)
+        except NoCandidateError as exc:
+            raise BadRequestError(str(exc)) from None
         except BudgetExceededError as exc:
-            self.metrics.refusals.labels("decide", "402").inc()
+            self.metrics.observe_failed_decision(402)
             raise BudgetRefusedError(str(exc)) from None
         except Exception as exc:  # e.g. the event log is down
             log.exception("decide failed")
-            self.metrics.refusals.labels("decide", "503").inc()
+            self.metrics.observe_failed_decision(503)
             raise UnavailableError(f"cannot decide right now: {type(exc).__name__}") from None
-        self.metrics.decide_seconds.observe(time.perf_counter() - started)
-        self.metrics.decisions.labels(routed.slot.role, routed.decision.model).inc()
-        return to_response(routed)
+        self.metrics.observe_decision(
+            routed.decision,
+            served_by=routed.slot.role,
+            fallback=routed.slot.fallback,
+            seconds=time.perf_counter() - started,
+        )
+        return to_response(routed, self.runtime.features_state)
 
     @api(route="/decide", input_spec=DecideRequest)
     async def decide(self, **fields: Any) -> DecideResponse:
@@ -223,18 +243,20 @@ class DecisionService:
         try:
             outcome = self.router.feedback(fb)
         except UnknownDecisionError as exc:
-            self.metrics.feedback.labels("unknown").inc()
+            self.metrics.observe_feedback("unknown")
             raise NotFoundError(str(exc)) from None
         except ConflictingFeedbackError as exc:
-            self.metrics.feedback.labels("conflict").inc()
+            self.metrics.observe_feedback("conflict")
             raise ConflictError(str(exc)) from None
         except Exception as exc:
             log.exception("feedback failed")
-            self.metrics.feedback.labels("error").inc()
+            self.metrics.observe_feedback("error")
             raise UnavailableError(
                 f"cannot store feedback right now: {type(exc).__name__}"
             ) from None
-        self.metrics.feedback.labels(outcome.status).inc()
+        self.metrics.observe_feedback(
+            outcome.status, decision_id=outcome.decision_id, reward=outcome.reward
+        )
         if outcome.status == "stored":
             self.runtime.note_own_feedback(outcome.feedback_id)
         return FeedbackResponse(
@@ -253,6 +275,7 @@ class DecisionService:
             canary_percent=traffic.canary_percent,
             schedule=list(traffic.schedule),
             fallback=self.runtime.fallback,
+            features=self.runtime.features_state,
             **extra,
         )
 
@@ -261,7 +284,7 @@ class DecisionService:
         """Swap in the versions the registry aliases (prod, staging) point at now."""
         result = self.runtime.reload(force=force)
         if result.changed:
-            self.metrics.swaps.labels("reload").inc()
+            self.metrics.observe_swap(result.elapsed_ms / 1000, trigger="reload")
         return self._status(
             changed=result.changed, elapsed_ms=result.elapsed_ms, notes=result.notes
         )

@@ -18,6 +18,7 @@ LLMOPT = Path(sys.executable).with_name("llmopt")
 def run_demo(cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "COLUMNS": "160", **env}
     full_env.pop("LLMOPT_HOME", None)
+    full_env.pop("LLMOPT_SERVING_FEATURES", None)  # as a user runs it: online features on
     return subprocess.run(
         [str(LLMOPT), "demo"],
         cwd=cwd,
@@ -48,7 +49,12 @@ def test_demo_on_embedded_defaults(tmp_path: Path) -> None:
                 "USING (decision_id) WHERE f.reward IS NOT NULL"
             )
         ).scalar()
-    assert n == 802
+    assert n == 802 + 300  # the replay, then 300 prompts through the running service
+    # The service loaded the registered version and served real prompts over HTTP.
+    assert "300 decide+feedback round trips, 0 failed" in proc.stdout
+    assert "decision service (http://127.0.0.1:" in proc.stdout
+    assert "llm-router/1)" in proc.stdout
+    assert "online features {'open': 300}" in proc.stdout
     # The feedback went through the feature store and the policy into the registry as prod.
     assert "802 feedback events pushed" in proc.stdout
     assert "online read of 15 models" in proc.stdout

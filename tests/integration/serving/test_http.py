@@ -128,6 +128,19 @@ def test_validation_errors_are_400_and_name_the_field(
     assert field in r.text
 
 
+def test_models_restrict_the_choice_and_unknown_ones_are_400(open_client: TestClient):
+    wanted = ["gpt-4o-mini", "claude-3-5-haiku", "not-a-model"]
+    for _ in range(5):
+        r = open_client.post("/decide", json={**EXAMPLE_DECIDE, "models": wanted})
+        assert r.status_code == 200, r.text
+        assert r.json()["model"] in wanted[:2]
+    r = open_client.post("/decide", json={**EXAMPLE_DECIDE, "models": ["nope"]})
+    assert r.status_code == 400
+    assert "models" in r.text and "nope" in r.text
+    r = open_client.post("/decide", json={**EXAMPLE_DECIDE, "models": []})
+    assert r.status_code == 400 and "models" in r.text
+
+
 def test_not_json_is_400(open_client: TestClient):
     r = open_client.post("/decide", content=b"{nope", headers={"content-type": "application/json"})
     assert r.status_code == 400

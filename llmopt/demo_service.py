@@ -1,0 +1,148 @@
+"""The demo's HTTP leg: start the decision service, drive real prompts through it, stop it.
+
+``llmopt demo`` calls :func:`drive_service` after registering its trained policy: the service
+(``llmopt serve``, a real BentoML process) loads that version from the registry (alias ``prod``),
+and every prompt goes ``POST /decide`` -> the data set's outcome of the chosen model ->
+``POST /feedback``, through :class:`llmopt.client.DecisionClient`, as a user's application
+would do it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmopt.client import DecisionClient, DecisionServiceError
+from llmopt.routing_data import RoutingData
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class ServiceStartError(RuntimeError):
+    """The service did not become ready; the message ends with its log."""
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def running_service(
+    home: Path, *, port: int | None = None, timeout_s: float = 180.0, **env: str
+) -> Iterator[str]:
+    """``llmopt serve`` on a free port with state in ``home``; yields its URL once ready."""
+    port = port or free_port()
+    home = home.resolve()
+    log = home / "demo-service.log"
+    home.mkdir(parents=True, exist_ok=True)
+    environ = {**os.environ, "LLMOPT_HOME": str(home), **env}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llmopt.cli", "serve", "--port", str(port)],
+            cwd=REPO,
+            env=environ,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with DecisionClient(url, timeout=2.0) as client:
+            deadline = time.monotonic() + timeout_s
+            while not client.ready():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    tail = log.read_text(errors="replace")[-3000:]
+                    raise ServiceStartError(f"the decision service did not start:\n{tail}")
+                time.sleep(0.3)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def wait_for_features(client: DecisionClient, tenant: str, *, timeout_s: float) -> str:
+    """Wait until the service's online features are open (or known to be off); the state.
+
+    The service opens its feature store in the background (seconds of imports and ``feast
+    apply``) and decides without it meanwhile; the demo waits so that its traffic uses it.
+    """
+    deadline = time.monotonic() + timeout_s
+    state = "starting"
+    while state == "starting" and time.monotonic() < deadline:
+        d = client.decide(tenant, "warm-up")
+        state = str((d.get("features") or {}).get("state", "off"))
+        if state == "starting":
+            time.sleep(0.5)
+    return state
+
+
+def drive_service(
+    url: str,
+    routing: RoutingData,
+    *,
+    n: int = 300,
+    seed: int = 0,
+    tenant: str = "demo",
+    wait_features_s: float = 120.0,
+) -> dict[str, Any]:
+    """Send ``n`` prompts of ``routing`` through ``url``: decide, then feedback; a summary."""
+    order = np.random.default_rng(seed).permutation(routing.n_prompts)[:n]
+    index = {m: j for j, m in enumerate(routing.models)}
+    latencies: list[float] = []
+    quality: list[float] = []
+    cost: list[float] = []
+    chosen: Counter[str] = Counter()
+    versions: Counter[str] = Counter()
+    features: Counter[str] = Counter()
+    failed = 0
+    with DecisionClient(url, timeout=10.0) as client:
+        wait_for_features(client, tenant, timeout_s=wait_features_s)
+        for i in order.tolist():
+            started = time.perf_counter()
+            try:
+                d = client.decide(tenant, routing.prompts[i], models=routing.models)
+                j = index[d["model"]]
+                q, c = float(routing.quality[i, j]), float(routing.cost_usd[i, j])
+                client.feedback(d["decision_id"], quality=q, cost_usd=c)
+            except DecisionServiceError:
+                failed += 1
+                continue
+            latencies.append((time.perf_counter() - started) * 1000)
+            quality.append(q)
+            cost.append(c)
+            chosen[d["model"]] += 1
+            versions[d["policy_version"]] += 1
+            features[(d.get("features") or {}).get("state", "off")] += 1
+    lat = np.asarray(latencies) if latencies else np.zeros(1)
+    return {
+        "url": url,
+        "requests": len(latencies),
+        "failed": failed,
+        "avg_quality": float(np.mean(quality)) if quality else float("nan"),
+        "avg_cost_usd": float(np.mean(cost)) if cost else float("nan"),
+        "round_trip_p50_ms": float(np.percentile(lat, 50)),
+        "round_trip_p99_ms": float(np.percentile(lat, 99)),
+        "top_models": chosen.most_common(3),
+        "policy_versions": dict(versions),
+        "features": dict(features),
+    }
