@@ -102,10 +102,11 @@ class DuplicateDecisionError(EventLogError):
 
 @dataclass(frozen=True)
 class FeedbackReceipt:
-    """What happened to one feedback: ``stored`` now, or already stored (``duplicate``)."""
+    """What happened to one feedback: ``stored`` now, already stored (``duplicate``), or kept in
+    the local spool while the database is down (``spooled``, no id yet; :mod:`llmopt.spool`)."""
 
-    status: Literal["stored", "duplicate"]
-    feedback_id: int
+    status: Literal["stored", "duplicate", "spooled"]
+    feedback_id: int | None
     decision_id: DecisionID
 
 
@@ -221,6 +222,22 @@ class EventLog:
         ``extra`` values (e.g. predicted cost) are kept in the context JSON. The prompt text is
         replaced by its SHA-256 unless ``store_prompt`` is set.
         """
+        self.insert_decision(
+            self.decision_row(
+                decision, context, features=features, extra=extra, store_prompt=store_prompt
+            )
+        )
+
+    @staticmethod
+    def decision_row(
+        decision: Decision,
+        context: RequestContext,
+        *,
+        features: Mapping[str, float],
+        extra: Mapping[str, Any] | None = None,
+        store_prompt: bool = False,
+    ) -> dict[str, Any]:
+        """The ``decisions`` row of a decision (see :meth:`record_decision`)."""
         ctx = context.model_dump(mode="json", exclude={"prompt"})
         ctx.update(extra or {})
         if context.prompt is not None:
@@ -240,12 +257,16 @@ class EventLog:
             "context": ctx,
             "features": dict(features),
         }
+        return row
+
+    def insert_decision(self, row: Mapping[str, Any]) -> None:
+        """Insert a :meth:`decision_row`; :class:`DuplicateDecisionError` if its id is logged."""
         try:
             with self._engine.begin() as conn:
                 conn.execute(decisions.insert().values(**row))
         except IntegrityError:
             raise DuplicateDecisionError(
-                f"decision_id {decision.decision_id!r} is already logged"
+                f"decision_id {row['decision_id']!r} is already logged"
             ) from None
 
     def get_decision(self, decision_id: DecisionID) -> dict[str, Any] | None:
@@ -269,8 +290,21 @@ class EventLog:
         ``cost_usd`` / ``latency_ms`` are the values used for the reward when the client did not
         report them (e.g. computed from the catalog); the client's own values win.
         """
+        return self.insert_feedback(
+            self.feedback_row(fb, reward=reward, cost_usd=cost_usd, latency_ms=latency_ms)
+        )
+
+    @staticmethod
+    def feedback_row(
+        fb: Feedback,
+        *,
+        reward: float | None = None,
+        cost_usd: float | None = None,
+        latency_ms: float | None = None,
+    ) -> dict[str, Any]:
+        """The ``feedback`` row of a feedback (see :meth:`record_feedback`)."""
         data, digest = _payload(fb)
-        row = {
+        return {
             "decision_id": fb.decision_id,
             "received_at": utc_now(),
             "quality": fb.normalized_quality(),
@@ -283,36 +317,38 @@ class EventLog:
             "payload": data,
             "payload_sha256": digest,
         }
+
+    def insert_feedback(self, row: Mapping[str, Any]) -> FeedbackReceipt:
+        """Insert a :meth:`feedback_row` exactly once (the rules of :meth:`record_feedback`)."""
+        decision_id, digest = row["decision_id"], row["payload_sha256"]
         try:
             with self._engine.begin() as conn:
                 known = conn.execute(
-                    sa.select(decisions.c.decision_id).where(
-                        decisions.c.decision_id == fb.decision_id
-                    )
+                    sa.select(decisions.c.decision_id).where(decisions.c.decision_id == decision_id)
                 ).first()
                 if known is None:
                     raise UnknownDecisionError(
-                        f"unknown decision_id {fb.decision_id!r}: feedback must name a decision "
+                        f"unknown decision_id {decision_id!r}: feedback must name a decision "
                         "returned by /decide"
                     )
                 result = conn.execute(feedback.insert().values(**row))
                 pk = result.inserted_primary_key
                 assert pk is not None
-                return FeedbackReceipt("stored", int(pk[0]), fb.decision_id)
+                return FeedbackReceipt("stored", int(pk[0]), decision_id)
         except IntegrityError:
             pass  # another feedback for this decision exists (maybe inserted concurrently)
         with self._engine.connect() as conn:
             existing = conn.execute(
                 sa.select(feedback.c.feedback_id, feedback.c.payload_sha256).where(
-                    feedback.c.decision_id == fb.decision_id
+                    feedback.c.decision_id == decision_id
                 )
             ).one()
         if existing.payload_sha256 != digest:
             raise ConflictingFeedbackError(
-                f"decision {fb.decision_id!r} already has a different feedback "
+                f"decision {decision_id!r} already has a different feedback "
                 f"(#{existing.feedback_id}); the first feedback is kept"
             )
-        return FeedbackReceipt("duplicate", int(existing.feedback_id), fb.decision_id)
+        return FeedbackReceipt("duplicate", int(existing.feedback_id), decision_id)
 
     def feedback_since(self, after_id: int = 0, *, limit: int | None = None) -> list[LoggedEvent]:
         """Feedback joined with its decision, with ``feedback_id > after_id``, oldest first."""

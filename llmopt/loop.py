@@ -64,9 +64,9 @@ class _Pending:
 
 @dataclass(frozen=True)
 class FeedbackOutcome:
-    """Result of one feedback: stored (and learned from) or a duplicate (ignored)."""
+    """Result of one feedback: stored or spooled (and learned from), or a duplicate (ignored)."""
 
-    status: Literal["stored", "duplicate"]
+    status: Literal["stored", "duplicate", "spooled"]
     decision_id: DecisionID
     reward: float
     feedback_id: int | None
@@ -149,16 +149,24 @@ class LearningLoop:
             raise ValueError("cannot remove the last model")
         self.arms.remove(arm)
 
-    def reset_arm(self, arm: ArmID, *, factor: float = 0.0, costs: bool = False) -> bool:
+    def reset_arm(
+        self,
+        arm: ArmID,
+        *,
+        factor: float = 0.0,
+        max_weight: float | None = None,
+        costs: bool = False,
+    ) -> bool:
         """Discount what the policy learned about ``arm`` to ``factor`` of its weight (0: forget).
 
         The response to a drift of one model (``monitoring.drift_response``): its quality
-        changed, so its old rewards mislead the policy. With ``costs`` (its price changed) the
-        model's observed costs are forgotten instead, back to the catalog's price, and the
-        policy is discounted only if it learns the reward, which has the old price in it (a
-        cost-aware policy learns quality alone). Returns True if the policy was discounted;
-        False if it was left alone or cannot discount one arm (no ``discount_arm``, or it
-        raises ``NotImplementedError``).
+        changed, so its old rewards mislead the policy. ``max_weight`` caps what is kept at
+        the weight of that many observations (see ``models.base.Policy.discount_arm``). With
+        ``costs`` (its price changed) the model's observed costs are forgotten instead, back
+        to the catalog's price, and the policy is discounted only if it learns the reward,
+        which has the old price in it (a cost-aware policy learns quality alone). Returns True
+        if the policy was discounted; False if it was left alone or cannot discount one arm
+        (no ``discount_arm``, or it raises ``NotImplementedError``).
         """
         if costs:
             # CostModel has no public "forget one model" yet: its fit for ``arm`` is dropped here.
@@ -169,7 +177,7 @@ class LearningLoop:
         if discount is None:
             return False
         try:
-            discount(arm, factor)
+            discount(arm, factor, max_weight=max_weight)
         except NotImplementedError:
             return False
         return True
@@ -354,13 +362,13 @@ class LearningLoop:
             latency_weight=pending.tradeoff.latency_weight,
         )
         feedback_id: int | None = None
-        status: Literal["stored", "duplicate"] = "stored"
+        status: Literal["stored", "duplicate", "spooled"] = "stored"
         if self.event_log is not None:
             receipt = self.event_log.record_feedback(
                 fb, reward=r, cost_usd=cost, latency_ms=latency
             )
             status, feedback_id = receipt.status, receipt.feedback_id
-        if status == "stored":
+        if status != "duplicate":  # stored, or spooled while the database is down
             if fb.cost_usd is not None:
                 self.cost_model.learn(pending.model, pending.input_tokens, fb.cost_usd)
             if getattr(self.policy, "cost_aware", False):  # cost is known up front: learn quality

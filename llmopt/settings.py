@@ -170,6 +170,13 @@ class Settings(BaseSettings):
             "serving_features_ttl_s (false: leave it to the pipelines' materialisation flow)."
         ),
     )
+    serving_spool: bool = Field(
+        default=True,
+        description=(
+            "Serving keeps decisions and feedback in a durable local spool (home/spool) while "
+            "the event log's database is down, and replays them when it returns."
+        ),
+    )
     alert_webhook_url: str | None = Field(
         default=None,
         description="URL that drift alerts are POSTed to as JSON (unset: structured logs only).",

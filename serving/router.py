@@ -582,7 +582,7 @@ class Router:
             slot = lineup.champion
         with self._lock:
             outcome = slot.loop.feedback(fb)
-            if outcome.status == "stored":
+            if outcome.status != "duplicate":
                 self._after_feedback(fb, row, slot, outcome.reward)
         return outcome
 

@@ -20,6 +20,7 @@ within a budget) and a thread pushes the event log's new feedback to it every
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from llmopt.catalog import ModelCatalog, load_catalog
 from llmopt.event_log import EventLog
 from llmopt.reward import TradeOff
 from llmopt.settings import Settings
+from llmopt.spool import SpooledEventLog
 from serving.guards import BudgetLedger, CircuitBreaker
 from serving.live_features import LiveFeatures, open_in_background
 from serving.metrics import get_metrics
@@ -39,6 +41,8 @@ log = logging.getLogger("llmopt.serving")
 
 WARM_START_EVENTS = 50_000
 """Most logged feedback a fresh starting policy learns from at start-up."""
+SPOOL_REPLAY_S = 1.0
+"""Seconds between attempts to replay the spool into the event log's database."""
 FEATURE_BACKFILL_EVENTS = 50_000
 """Most logged feedback pushed to a just-opened online store (the newest)."""
 
@@ -102,7 +106,7 @@ class ServingRuntime:
         if event_log is None and not settings.database_url:
             settings.ensure_home()
         self.catalog = catalog or load_catalog(settings.catalog_path)
-        self.event_log = event_log or EventLog(settings.event_log_url)
+        self.event_log = event_log or self._open_log(settings)
         self.source = source if source is not None else source_from_settings(settings)
         self.router = Router(
             self.catalog,
@@ -136,6 +140,34 @@ class ServingRuntime:
             self.router.set_traffic(mode, settings.serving_canary_percent)  # type: ignore[arg-type]
         if background:
             self._spawn()
+
+    @staticmethod
+    def _open_log(settings: Settings) -> EventLog:
+        if not settings.serving_spool:
+            return EventLog(settings.event_log_url)
+        return SpooledEventLog(
+            settings.event_log_url,
+            spool_dir=settings.home / "spool",
+            name=f"events.{os.getpid()}.spool.jsonl",
+        )
+
+    def replay_spool(self) -> int:
+        """Store what the spool kept while the database was down; records replayed."""
+        log_ = self.event_log
+        if not isinstance(log_, SpooledEventLog):
+            return 0
+        n = log_.replay()
+        for feedback_id in log_.replayed_feedback_ids:
+            self.note_own_feedback(feedback_id)
+        log_.replayed_feedback_ids.clear()
+        return n
+
+    def _replay_loop(self) -> None:
+        while not self._stop.wait(SPOOL_REPLAY_S):
+            try:
+                self.replay_spool()
+            except Exception:
+                log.exception("spool replay failed; retrying")
 
     # -- loading --------------------------------------------------------------------------------
     def _start(self) -> None:
@@ -212,6 +244,8 @@ class ServingRuntime:
 
     # -- background -----------------------------------------------------------------------------
     def _spawn(self) -> None:
+        if isinstance(self.event_log, SpooledEventLog):
+            self._thread(self._replay_loop, "spool-replay")
         if self.settings.serving_poll_s > 0 and self.source is not None:
             self._thread(self._poll, "model-poller")
         if self.settings.serving_sync_log_s > 0:

@@ -152,7 +152,12 @@ class FeedbackRequest(Feedback):
 class FeedbackResponse(BaseModel):
     """The feedback was stored now (and learned from) or had been stored before."""
 
-    status: Literal["stored", "duplicate"] = Field(description="stored, or duplicate (ignored).")
+    status: Literal["stored", "duplicate", "spooled"] = Field(
+        description=(
+            "stored; duplicate (ignored); or spooled: accepted and learned from while the event "
+            "log's database is down, kept in a durable local spool and stored when it returns."
+        )
+    )
     decision_id: str = Field(description="The decision the feedback is for.")
     reward: float = Field(description="Reward computed from quality, cost and latency.")
     feedback_id: int | None = Field(default=None, description="Row id in the event log.")

@@ -72,3 +72,76 @@ def redis_url() -> str:
     except Exception as exc:
         _unavailable("Redis at 127.0.0.1:6379", str(exc))
     return "redis://127.0.0.1:6379/0"
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of the test's own (Debian's ``initdb``/``pg_ctl``, a free port).
+
+    Fault tests kill and restart it; the shared server at 5432 is never touched.
+    """
+
+    def __init__(self, root: Path) -> None:
+        import glob  # noqa: PLC0415
+        import shutil  # noqa: PLC0415
+        import socket  # noqa: PLC0415
+        import subprocess  # noqa: PLC0415
+
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+        if not bins:
+            _unavailable("Debian's PostgreSQL binaries (initdb, pg_ctl)", "not installed")
+        self.bin = Path(bins[-1]).parent
+        self.root = root
+        self.data = root / "pgdata"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self._as_postgres = os.geteuid() == 0  # initdb refuses to run as root
+        if self._as_postgres:
+            shutil.chown(root, "postgres", "postgres")
+        self._run = subprocess.run
+        self._sh(["initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync"])
+
+    def _sh(self, cmd: list[str]) -> None:
+        full = [str(self.bin / cmd[0]), *cmd[1:]]
+        if self._as_postgres:
+            full = ["runuser", "-u", "postgres", "--", *full]
+        self._run(full, check=True, capture_output=True, cwd=self.root)
+
+    @property
+    def url(self) -> str:
+        """SQLAlchemy URL of its ``postgres`` database."""
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        """Start and wait until it accepts connections."""
+        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        log = str(self.root / "server.log")
+        self._sh(["pg_ctl", "-D", str(self.data), "-o", opts, "-l", log, "-w", "start"])
+
+    def kill(self) -> None:
+        """Stop at once, as a crash does (``-m immediate``: no checkpoint, clients cut off)."""
+        self._sh(["pg_ctl", "-D", str(self.data), "-m", "immediate", "stop"])
+
+    def stop(self) -> None:
+        """Stop if running (cleanup)."""
+        try:
+            self._sh(["pg_ctl", "-D", str(self.data), "-m", "fast", "stop"])
+        except Exception:  # noqa: BLE001 - already stopped
+            pass
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A started :class:`PrivatePostgres`, removed afterwards."""
+    import shutil  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    root = Path(tempfile.mkdtemp(prefix="llmopt-pg-"))
+    root.chmod(0o755)
+    server = PrivatePostgres(root)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)

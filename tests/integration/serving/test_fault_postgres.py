@@ -1,0 +1,67 @@
+"""PostgreSQL killed under load: decisions and feedback go on, the spool replays every one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from llmopt.demo_service import running_service
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def counts(url: str) -> tuple[int, int]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            d = conn.execute(sa.text("SELECT count(*) FROM decisions")).scalar()
+            f = conn.execute(sa.text("SELECT count(*) FROM feedback")).scalar()
+        return int(d or 0), int(f or 0)
+    finally:
+        engine.dispose()
+
+
+def test_postgres_killed_under_load_loses_nothing(tmp_path: Path, private_postgres: Any) -> None:
+    pg = private_postgres
+    env = {
+        "LLMOPT_DATABASE_URL": pg.url,
+        "LLMOPT_SERVING_MODEL_SOURCE": "fresh",
+        "LLMOPT_SERVING_FEATURES": "off",
+        "LLMOPT_SERVING_RATE_LIMIT_PER_S": "0",
+        "LLMOPT_SERVING_POLL_S": "0",
+    }
+    with running_service(tmp_path / "home", **env) as url:
+        traffic = subprocess.Popen(
+            [sys.executable, "-m", "bench.traffic", "--url", url, "--rate", "40"]
+            + ["--seconds", "15"],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(4)
+        pg.kill()
+        time.sleep(5)
+        pg.start()
+        out, _ = traffic.communicate(timeout=120)
+        result = json.loads(out)
+        tally = result["tally"]
+        deadline = time.monotonic() + 30
+        while counts(pg.url)[1] < result["accepted_feedback"] and time.monotonic() < deadline:
+            time.sleep(0.5)  # the service replays its spool every second
+        decisions, feedback = counts(pg.url)
+    print(json.dumps(result))
+    assert result["server_errors"] == 0, tally
+    assert set(tally) <= {"decide 200", "feedback stored", "feedback spooled"}, tally
+    assert not any(k.startswith("transport") for k in tally), tally
+    assert tally.get("feedback spooled", 0) > 20, tally  # the outage was real and long
+    assert feedback == result["accepted_feedback"]
+    assert decisions == tally["decide 200"]

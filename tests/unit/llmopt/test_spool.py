@@ -1,0 +1,110 @@
+"""The durable spool: writes survive a database outage, replay is idempotent, orphans adopted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llmopt.event_log import ConflictingFeedbackError
+from llmopt.schemas import Decision, Feedback, RequestContext
+from llmopt.spool import SpooledEventLog, decode_record
+
+CTX = RequestContext(tenant="acme", prompt="hello")
+
+
+def decision(model: str = "gpt-4o-mini") -> Decision:
+    return Decision(model=model, propensity=0.5, policy_name="t")
+
+
+class Outage:
+    """Takes the SQLite database away (its folder renamed) and brings it back: a real outage."""
+
+    def __init__(self, folder: Path, log: SpooledEventLog) -> None:
+        self.folder, self.away, self.log = folder, folder.with_name("away"), log
+
+    def start(self) -> None:
+        self.log.engine.dispose()
+        self.folder.rename(self.away)
+
+    def end(self) -> None:
+        self.away.rename(self.folder)
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[SpooledEventLog, Outage]:
+    db = tmp_path / "db"
+    db.mkdir()
+    log = SpooledEventLog(f"sqlite:///{db / 'events.db'}", spool_dir=tmp_path / "spool")
+    return log, Outage(db, log)
+
+
+def test_writes_during_an_outage_are_spooled_then_stored_once(
+    setup: tuple[SpooledEventLog, Outage],
+) -> None:
+    log, outage = setup
+    before = decision()
+    log.record_decision(before, CTX, features={"x": 1.0})
+    outage.start()
+    during = decision("gpt-4o")
+    log.record_decision(during, CTX, features={"x": 2.0})
+    assert log.get_decision(during.decision_id)["model"] == "gpt-4o"  # type: ignore[index]
+    fb = Feedback(decision_id=during.decision_id, quality=0.9)
+    assert log.record_feedback(fb, reward=0.8).status == "spooled"
+    assert log.record_feedback(fb, reward=0.8).status == "duplicate"
+    with pytest.raises(ConflictingFeedbackError):
+        log.record_feedback(Feedback(decision_id=during.decision_id, quality=0.1))
+    # feedback for a decision made before the outage: accepted unvalidated
+    assert log.record_feedback(Feedback(decision_id=before.decision_id, quality=0.5)).status == (
+        "spooled"
+    )
+    # feedback for a decision that never existed: accepted now, dropped at replay
+    log.record_feedback(Feedback(decision_id="never-made", quality=0.5))
+    assert log.spooled_records() == 4
+    assert log.replay() == 0 and log.spooled_records() == 4  # still down: kept
+    outage.end()
+    assert log.replay() == 4
+    assert log.spooled_records() == 0 and log.dropped == 1
+    assert log.counts() == {"decisions": 2, "feedback": 2}
+    stored = {e.decision_id: e for e in log.feedback_since(0)}
+    assert stored[during.decision_id].reward == 0.8
+    assert stored[during.decision_id].features == {"x": 2.0}
+    assert sorted(log.replayed_feedback_ids) == sorted(e.feedback_id for e in stored.values())
+    # after the replay the database decides duplicates again
+    assert log.record_feedback(fb, reward=0.8).status == "duplicate"
+
+
+def test_replay_is_idempotent_after_an_interrupted_replay(
+    setup: tuple[SpooledEventLog, Outage],
+) -> None:
+    log, outage = setup
+    outage.start()
+    d = decision()
+    log.record_decision(d, CTX, features={})
+    log.record_feedback(Feedback(decision_id=d.decision_id, quality=1.0), reward=1.0)
+    outage.end()
+    # A replay that stored everything but crashed before deleting its file:
+    log.spool_path.replace(log.replaying_path)
+    log._replay_one(decode_record(log.replaying_path.read_text().splitlines()[0]))
+    assert log.replay() == 2
+    assert log.counts() == {"decisions": 1, "feedback": 1}
+
+
+def test_spools_of_dead_workers_are_adopted(
+    setup: tuple[SpooledEventLog, Outage], tmp_path: Path
+) -> None:
+    log, outage = setup
+    dead_pid = 2**22 + 12345  # above Linux's default pid_max: never alive
+    other = SpooledEventLog(
+        log.url, spool_dir=tmp_path / "spool", name=f"events.{dead_pid}.spool.jsonl"
+    )
+    other.engine.dispose()
+    outage.start()
+    d = decision()
+    other.record_decision(d, CTX, features={})
+    other.record_feedback(Feedback(decision_id=d.decision_id, quality=0.3), reward=0.3)
+    outage.end()
+    assert other.spooled == 2
+    assert log.replay() == 2
+    assert not list((tmp_path / "spool").iterdir())
+    assert log.counts() == {"decisions": 1, "feedback": 1}
