@@ -53,6 +53,10 @@ def run(url: str, *, rate: float, seconds: float, threads: int = 4) -> dict[str,
                 try:
                     r = http.post("/decide", json={"tenant": f"t{i % 7}", "prompt": f"q {i}"})
                     seen.append(f"decide {r.status_code}")
+                    features = (r.json().get("features") or {}) if r.status_code == 200 else {}
+                    if features.get("degraded"):
+                        seen.append("features degraded")
+                        seen.append(f"degraded: {features.get('reason', '')[:60]}")
                     if r.status_code == 200:
                         body = {"decision_id": r.json()["decision_id"], "quality": (i % 10) / 10}
                         f = http.post("/feedback", json=body)

@@ -118,8 +118,20 @@ class OnlineFeatureReader:
         result: dict[str, list[Any]] = resp.to_dict()
         return result
 
-    def read(self, models: Sequence[str], *, tenant: str, task_type: str) -> RouterFeatures:
-        """Features of every model in ``models`` for one request; never raises."""
+    def read(
+        self,
+        models: Sequence[str],
+        *,
+        tenant: str,
+        task_type: str,
+        budget_ms: float | None = None,
+    ) -> RouterFeatures:
+        """Features of every model in ``models`` for one request; never raises.
+
+        ``budget_ms`` overrides the reader's budget for this call (a background refresh can
+        afford to wait longer than a decision).
+        """
+        budget = self.budget_ms if budget_ms is None else budget_ms
         started = time.perf_counter()
         rows = [
             {
@@ -140,11 +152,11 @@ class OnlineFeatureReader:
                 future = self._inflight = self._pool.submit(self._call, rows)
             except RuntimeError as exc:  # pool shut down
                 return self._fallback(models, f"reader closed: {exc}", started)
-        remaining = (self.budget_ms - HANDOFF_MS) / 1000 - (time.perf_counter() - started)
+        remaining = (budget - HANDOFF_MS) / 1000 - (time.perf_counter() - started)
         try:
             data = future.result(timeout=max(remaining, 0.0))
         except TimeoutError:
-            return self._fallback(models, f"online store slower than {self.budget_ms} ms", started)
+            return self._fallback(models, f"online store slower than {budget} ms", started)
         except Exception as exc:  # noqa: BLE001 - any store failure becomes a flagged fallback
             first = str(exc).splitlines()[0] if str(exc) else ""
             return self._fallback(

@@ -2,12 +2,14 @@
 
 :class:`LiveFeatures` sits between the router and :class:`feature_store.reader.OnlineFeatureReader`:
 
-- ``get(models, tenant=, task_type=)`` answers from a cache keyed by ``(tenant, task_type)`` while
-  the entry is younger than ``ttl_s`` (the staleness bound of a served feature: 1 s by default,
-  the same order as the writer's flush delay), else reads the online store within the reader's
-  budget (3 ms) and caches the answer. A slow or failed store gives the reader's stale values or
-  defaults, flagged ``degraded``; a degraded answer is cached for ``ttl_s`` too, so a dead store
-  costs one budget per key per ``ttl_s``, not one per request.
+- ``get(models, tenant=, task_type=)`` answers from a cache keyed by ``(tenant, task_type)``.
+  An entry younger than ``ttl_s`` is served as is; an older one is served too (stale while
+  revalidating) and a background thread reads the store again for that key, with a generous
+  budget (``refresh_budget_ms``). Only a key never seen is read on the decision path, within the
+  reader's budget (3 ms). So a decision never waits for the store after the first one of a
+  tenant and task type, and a served value is at most ``ttl_s`` + one refresh old while the
+  store answers. A slow or failed store gives the reader's last values or defaults, flagged
+  ``degraded`` and cached like any answer: decisions say so until a refresh succeeds.
 - ``follow_log_once()`` (called by the runtime's background thread) reads the feedback stored in
   the event log since the last call, aggregates it with :class:`feature_store.writer.FeatureWriter`
   and pushes the rows online (and offline). It reads the shared log rather than this worker's own
@@ -33,6 +35,7 @@ Example
 >>> _ = live.get(["a", "b"], tenant="acme", task_type="general")
 >>> Reader.calls, live.hits, live.misses
 (1, 1, 1)
+>>> live.close()
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -67,7 +71,14 @@ LIVE_MIN_REQUESTS = 5
 class FeatureReader(Protocol):
     """What :class:`LiveFeatures` reads through (``OnlineFeatureReader`` or a test double)."""
 
-    def read(self, models: Sequence[str], *, tenant: str, task_type: str) -> RouterFeatures: ...
+    def read(
+        self,
+        models: Sequence[str],
+        *,
+        tenant: str,
+        task_type: str,
+        budget_ms: float | None = None,
+    ) -> RouterFeatures: ...
 
 
 @dataclass(frozen=True)
@@ -91,6 +102,8 @@ class LiveFeatures:
         A ``FeatureWriter`` that :meth:`follow_log_once` feeds (None: no pushes).
     event_log
         The log :meth:`follow_log_once` reads.
+    refresh_budget_ms
+        Budget of a background refresh.
     clock
         Monotonic time source.
     """
@@ -102,10 +115,14 @@ class LiveFeatures:
         ttl_s: float = 1.0,
         writer: Any = None,
         event_log: EventLog | None = None,
+        refresh_budget_ms: float = 1000.0,
         clock: Any = time.monotonic,
     ) -> None:
         self.reader = reader
         self.ttl_s = ttl_s
+        self.refresh_budget_ms = refresh_budget_ms
+        self._refresher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feature-refresh")
+        self._refreshing: set[tuple[str, str]] = set()
         self.writer = writer
         self.event_log = event_log
         self._clock = clock
@@ -121,10 +138,11 @@ class LiveFeatures:
         key = (tenant, task_type)
         now = self._clock()
         entry = self._cache.get(key)
-        if entry is not None and now - entry.at < self.ttl_s:
-            if all(m in entry.features.values for m in models):
-                self.hits += 1
-                return entry.features
+        if entry is not None and all(m in entry.features.values for m in models):
+            self.hits += 1
+            if now - entry.at >= self.ttl_s:
+                self._refresh(key, models)
+            return entry.features
         self.misses += 1
         features = self.reader.read(models, tenant=tenant, task_type=task_type)
         if features.degraded:
@@ -133,6 +151,35 @@ class LiveFeatures:
             self._cache.clear()
         self._cache[key] = Cached(features, now)
         return features
+
+    def _refresh(self, key: tuple[str, str], models: Sequence[str]) -> None:
+        if key in self._refreshing:
+            return
+        self._refreshing.add(key)
+        models = list(models)
+
+        def run() -> None:
+            try:
+                features = self.reader.read(
+                    models, tenant=key[0], task_type=key[1], budget_ms=self.refresh_budget_ms
+                )
+                if features.degraded:
+                    self.degraded_reads += 1
+                self._cache[key] = Cached(features, self._clock())
+            finally:
+                self._refreshing.discard(key)
+
+        try:
+            self._refresher.submit(run)
+        except RuntimeError:  # closed
+            self._refreshing.discard(key)
+
+    def settle(self, timeout_s: float = 5.0) -> bool:
+        """Wait until no background refresh is running (tests, shutdown); True if none is."""
+        deadline = time.monotonic() + timeout_s
+        while self._refreshing and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return not self._refreshing
 
     @property
     def hit_rate(self) -> float:
@@ -159,13 +206,18 @@ class LiveFeatures:
 
     @classmethod
     def open(cls, settings: Settings, event_log: EventLog | None) -> LiveFeatures:
-        """Open (and ``feast apply``) the store that ``settings.serving_features`` names."""
+        """Open the store that ``settings.serving_features`` names.
+
+        ``embedded``: a copy of the repo under ``settings.home``, applied here (self-contained).
+        ``production``: ``feature_repo/production`` as deployed (``make up`` or the deployment
+        pipeline applies it; serving never changes a shared registry).
+        """
         from feature_store import store as fs_store  # noqa: PLC0415 - Feast takes seconds
         from feature_store.reader import OnlineFeatureReader  # noqa: PLC0415
         from feature_store.writer import FeatureWriter  # noqa: PLC0415
 
         if settings.serving_features == "production":
-            store = fs_store.apply_repo("production")
+            store = fs_store.open_store("production")
         else:
             repo = fs_store.copy_repo(Path(settings.ensure_home()) / "feature_repo")
             store = fs_store.apply_repo("embedded", repo)
@@ -184,7 +236,8 @@ class LiveFeatures:
         )
 
     def close(self) -> None:
-        """Release the reader's worker thread."""
+        """Release the refresh thread and the reader's worker thread."""
+        self._refresher.shutdown(wait=False, cancel_futures=True)
         close = getattr(self.reader, "close", None)
         if close is not None:
             close()

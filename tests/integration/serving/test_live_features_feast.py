@@ -44,6 +44,8 @@ def test_fleet_wide_errors_pushed_through_feast_exclude_the_model(tmp_path: Path
         other.close()
         assert rt.push_features_once() >= 20
         assert rt.push_features_once() == 0  # nothing new: nothing pushed twice
+        rt.router.decide(ctx)  # serves the cached features, refreshes them in the background
+        assert live.settle()
         routed = rt.router.decide(ctx)
         assert routed.decision.model != victim
         assert any(

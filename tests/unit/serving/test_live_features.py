@@ -15,6 +15,7 @@ from serving.live_features import (
     LiveFeatures,
     live_exclusions,
 )
+from serving.router import Routed
 from serving.runtime import ServingRuntime
 
 
@@ -34,7 +35,14 @@ class ScriptedReader:
         self.degraded = False
         self.calls = 0
 
-    def read(self, models: Sequence[str], *, tenant: str, task_type: str) -> RouterFeatures:
+    def read(
+        self,
+        models: Sequence[str],
+        *,
+        tenant: str,
+        task_type: str,
+        budget_ms: float | None = None,
+    ) -> RouterFeatures:
         self.calls += 1
         values = {m: dict(self.values.get(m, {})) for m in models}
         if self.degraded:
@@ -51,20 +59,26 @@ def bad(error_rate: float = 0.9, p95: float = 100.0, n: float = 50.0) -> dict[st
     return {ERROR_RATE: error_rate, LATENCY_P95: p95, REQUESTS_1H: n}
 
 
-def test_cache_is_read_again_after_ttl_and_per_tenant_and_task() -> None:
+def test_cache_per_tenant_and_task_stale_served_while_refreshed() -> None:
     reader, clock = ScriptedReader(), Clock()
     live = LiveFeatures(reader, ttl_s=1.0, clock=clock)
+    reader.values["a"] = {"x": 1.0}
     live.get(["a"], tenant="t1", task_type="general")
     live.get(["a"], tenant="t1", task_type="general")
     assert reader.calls == 1
     live.get(["a"], tenant="t2", task_type="general")
     live.get(["a"], tenant="t1", task_type="code")
     assert reader.calls == 3
+    reader.values["a"] = {"x": 2.0}
     clock.t = 1.01
-    live.get(["a"], tenant="t1", task_type="general")
+    # past the ttl: the old value is served at once and the key refreshed in the background
+    assert live.get(["a"], tenant="t1", task_type="general").values["a"] == {"x": 1.0}
+    assert live.settle()
     assert reader.calls == 4
-    assert live.hits == 1 and live.misses == 4
-    assert live.hit_rate == 0.2
+    assert live.get(["a"], tenant="t1", task_type="general").values["a"] == {"x": 2.0}
+    assert live.hits == 3 and live.misses == 3
+    assert live.hit_rate == 0.5
+    live.close()
 
 
 def test_a_new_candidate_model_is_a_miss() -> None:
@@ -95,12 +109,19 @@ def runtime(settings: Settings, live: LiveFeatures) -> ServingRuntime:
 
 def test_router_leaves_out_models_the_fleet_sees_failing(tmp_path: Path) -> None:
     reader = ScriptedReader()
-    rt = runtime(Settings(home=tmp_path / "h"), LiveFeatures(reader, ttl_s=0.0))
+    live = LiveFeatures(reader, ttl_s=0.0)
+    rt = runtime(Settings(home=tmp_path / "h"), live)
     ctx = RequestContext(tenant="acme", prompt="What is 2 + 2?")
+
+    def decide() -> Routed:
+        rt.router.decide(ctx)  # serves the cached value and refreshes it
+        assert live.settle()
+        return rt.router.decide(ctx)
+
     try:
         first = rt.router.decide(ctx).decision.model
         reader.values[first] = bad()
-        routed = rt.router.decide(ctx)
+        routed = decide()
         assert routed.decision.model != first
         assert any(
             f"{first} excluded: fleet-wide error rate 90%" in n for n in routed.decision.notes
@@ -109,7 +130,7 @@ def test_router_leaves_out_models_the_fleet_sees_failing(tmp_path: Path) -> None
         # every candidate failing: the statistics are advice, not a reason to refuse
         for m in rt.router.arms:
             reader.values[m] = bad()
-        routed = rt.router.decide(ctx)
+        routed = decide()
         assert "live statistics rule out every candidate: ignored" in routed.decision.notes
     finally:
         rt.close()
