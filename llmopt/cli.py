@@ -33,7 +33,9 @@ registry_app = typer.Typer(
 )
 app.add_typer(flows_app, name="flows")
 app.add_typer(registry_app, name="registry")
+from monitoring.cli import app as monitor_app  # noqa: E402 - typer only; commands import lazily
 
+app.add_typer(monitor_app, name="monitor")
 
 DEMO_DATA = Path(__file__).resolve().parent / "data" / "alpaca_eval.parquet"
 

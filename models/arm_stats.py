@@ -119,6 +119,25 @@ class ArmStatsPolicy(Policy):
         n, s, ss = self._stats.get(arm_id, [0.0, 0.0, 0.0])
         self._stats[arm_id] = [g * n + 1.0, g * s + reward, g * ss + reward * reward]
 
+    def _discount_arm(self, arm_id: ArmID, factor: float) -> None:
+        """Scale the arm's statistics (with a window: keep its latest ``factor`` share).
+
+        An explicit prior (``set_prior``) stays; the pooled mean of all arms keeps the arm's
+        past rewards (it only centres priors).
+        """
+        if self.window is not None:
+            recent = self._recent.get(arm_id)
+            if recent is None:
+                return
+            keep = list(recent)[len(recent) - int(len(recent) * factor) :]
+            self._recent[arm_id] = deque(keep, maxlen=self.window)
+            self._stats[arm_id] = [float(len(keep)), sum(keep), sum(r * r for r in keep)]
+        elif arm_id in self._stats:
+            self._stats[arm_id] = [factor * v for v in self._stats[arm_id]]
+
+    def _arm_weight(self, arm_id: ArmID) -> float:
+        return self._stats.get(arm_id, [0.0])[0]  # discounted or windowed count
+
     def _merge_stats(self, a: Self, b: Self, base: Self) -> None:
         self._pool = [a._pool[j] + b._pool[j] - base._pool[j] for j in range(2)]
         self._stats = {}

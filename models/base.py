@@ -196,6 +196,37 @@ class Policy(Stateful, ABC):
         """Mean target learned for ``arm_id`` regardless of context (None: never updated)."""
         return None
 
+    def discount_arm(
+        self, arm_id: ArmID, factor: float = 0.0, *, max_weight: float | None = None
+    ) -> Self:
+        """Keep only ``factor`` of the weight of what was learned about ``arm_id``.
+
+        For a drift of that one model (monitoring/drift_response.py): 0 forgets the arm back
+        to its prior (and it goes through its burn-in again); 0.1 keeps the old evidence at a
+        tenth of its weight. ``max_weight`` caps what is kept at the weight of that many
+        observations, whatever the arm's history: the next few rewards then outweigh it,
+        while a false alarm does not throw away a good model. Other arms are untouched, an
+        arm never seen is left alone, the count used for the burn-in is scaled alike.
+        Discounting is not additive: merge replicas before discounting, or discount each.
+
+        Raises ``NotImplementedError`` for a policy that cannot discount one arm.
+        """
+        if not (math.isfinite(factor) and 0.0 <= factor <= 1.0):
+            raise ValueError(f"factor must be in [0, 1], got {factor}")
+        if max_weight is not None and not (math.isfinite(max_weight) and max_weight >= 0):
+            raise ValueError(f"max_weight must be a finite number >= 0, got {max_weight}")
+        weight = self._arm_weight(arm_id)
+        if max_weight is not None and weight * factor > max_weight:
+            factor = max_weight / weight
+        if factor >= 1.0:
+            return self
+        self._discount_arm(arm_id, float(factor))
+        if arm_id in self._updates:
+            self._updates[arm_id] = kept = int(self._updates[arm_id] * factor)
+            if kept < self.burn_in:
+                self._warm.discard(arm_id)
+        return self
+
     @property
     def n_updates(self) -> int:
         """Number of rewards learned from."""
@@ -239,6 +270,14 @@ class Policy(Stateful, ABC):
 
     def _merge_stats(self, a: Self, b: Self, base: Self) -> None:
         """Set this policy's learned statistics to ``a + b - base`` (default: nothing learned)."""
+
+    def _discount_arm(self, arm_id: ArmID, factor: float) -> None:
+        """Scale what was learned about one arm by ``factor`` (see :meth:`discount_arm`)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot discount one arm")
+
+    def _arm_weight(self, arm_id: ArmID) -> float:
+        """Weight of what was learned about one arm, in observations (default: its count)."""
+        return float(self._updates.get(arm_id, 0))
 
     def _check_reward(self, reward: float) -> None:
         """Refuse rewards outside what the algorithm supports (default: any finite number)."""

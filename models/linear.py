@@ -294,6 +294,23 @@ class LinearPolicy(Policy):
         self._observe(i, x, float(mean), float(weight), self._a_inv[i] @ x)
         return self
 
+    def _discount_arm(self, arm_id: ArmID, factor: float) -> None:
+        """Scale the arm's ``sum x x'``, ``b`` and context-free counts; the ridge prior stays
+        whole (a prior set by ``set_prior`` is part of the statistics and is scaled too)."""
+        i = self._arms.get(arm_id)
+        if i is None:
+            return
+        gram = self._gram(i)
+        self._a_inv[i] = np.linalg.inv(factor * gram + np.diag(self._prior_precision()))
+        self._prior_scale[i] = 1.0
+        self._since_refresh[i] = 0
+        self._b[i] *= factor
+        self._free[i] = [factor * v for v in self._free[i]]
+
+    def _arm_weight(self, arm_id: ArmID) -> float:
+        i = self._arms.get(arm_id)
+        return self._free[i][0] if i is not None else 0.0  # discounted count
+
     # -- merging and state ------------------------------------------------------------------------
     def _merge_stats(self, a: Self, b: Self, base: Self) -> None:
         feats = list(a._features)

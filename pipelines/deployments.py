@@ -87,7 +87,7 @@ FLOWS: dict[str, FlowSpec] = {
             "pipelines.drift_report",
             "drift_report",
             cron="0 6 * * *",
-            description="drift report (when monitoring provides one)",
+            description="Evidently drift reports: request features, per-model outcomes, decisions",
         ),
     )
 }

@@ -24,7 +24,6 @@ Examples
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -36,7 +35,20 @@ from llmopt.loop import LearningLoop
 from llmopt.reward import TradeOff
 from models.base import Policy
 from models.ope import Estimate, LoggedBandit, ips, snips
+from monitoring.ab_test import WelchResult, student_t_sf, welch_test
 from pipelines.events import TrainingEvent
+
+__all__ = [  # Welch's test lives in monitoring.ab_test now; still importable from here
+    "GateResult",
+    "WelchResult",
+    "ab_gate",
+    "estimate_of",
+    "ope_gate",
+    "ope_report",
+    "student_t_sf",
+    "target_choices",
+    "welch_test",
+]
 
 
 def _penalty_loop(
@@ -161,43 +173,6 @@ def ope_gate(
     )
 
 
-@dataclass(frozen=True)
-class WelchResult:
-    """Welch's t-test of ``mean(b) - mean(a)``; ``p_value`` is one-sided (``b`` better)."""
-
-    diff: float
-    t: float
-    df: float
-    p_value: float
-    n_a: int
-    n_b: int
-
-
-def welch_test(a: Sequence[float], b: Sequence[float]) -> WelchResult:
-    """Welch's unequal-variance t-test that ``b`` has the higher mean (one-sided).
-
-    Examples
-    --------
-    >>> r = welch_test([1.0, 2.0, 3.0, 4.0], [3.0, 4.0, 5.0, 6.0])
-    >>> round(r.t, 4), round(r.df, 2), round(r.p_value, 4)
-    (2.1909, 6.0, 0.0355)
-    """
-    xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if xa.size < 2 or xb.size < 2:
-        raise ValueError("each sample needs at least 2 values")
-    va, vb = xa.var(ddof=1) / xa.size, xb.var(ddof=1) / xb.size
-    diff = float(xb.mean() - xa.mean())
-    se2 = float(va + vb)
-    if se2 == 0.0:
-        p = 0.0 if diff > 0 else (1.0 if diff < 0 else 0.5)
-        return WelchResult(
-            diff, math.copysign(math.inf, diff) if diff else 0.0, math.inf, p, xa.size, xb.size
-        )
-    t = diff / math.sqrt(se2)
-    df = se2**2 / (va**2 / (xa.size - 1) + vb**2 / (xb.size - 1))
-    return WelchResult(diff, t, float(df), student_t_sf(t, float(df)), int(xa.size), int(xb.size))
-
-
 def ab_gate(
     champion_rewards: Sequence[float],
     challenger_rewards: Sequence[float],
@@ -235,57 +210,3 @@ def ab_gate(
         else f"challenger not better: diff {r.diff:+.4f} reward/decision (p={r.p_value:.3g})",
         details,
     )
-
-
-# -- Student's t distribution without scipy (its import alone takes over a second) --------------
-def student_t_sf(t: float, df: float) -> float:
-    """``P(T > t)`` for Student's t with ``df`` degrees of freedom.
-
-    Examples
-    --------
-    >>> round(student_t_sf(2.0, 10), 5), round(student_t_sf(0.0, 3), 5)
-    (0.03669, 0.5)
-    >>> round(student_t_sf(-1.5, 1e9), 4)  # a normal's tail for large df
-    0.9332
-    """
-    if math.isinf(df):
-        return 0.5 * math.erfc(t / math.sqrt(2.0))
-    x = df / (df + t * t)
-    tail = 0.5 * _betainc(df / 2.0, 0.5, x)  # P(|T| > |t|) / 2
-    return tail if t >= 0 else 1.0 - tail
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularised incomplete beta ``I_x(a, b)`` (continued fraction, Numerical Recipes 6.4)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    ln_front = (
-        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    )
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(ln_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(ln_front) * _betacf(b, a, 1.0 - x) / b
-
-
-def _betacf(a: float, b: float, x: float, *, iters: int = 300, eps: float = 1e-14) -> float:
-    tiny = 1e-300
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, iters + 1):
-        m2 = 2 * m
-        for aa in (
-            m * (b - m) * x / ((qam + m2) * (a + m2)),
-            -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2)),
-        ):
-            d = 1.0 + aa * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + aa / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < eps:
-            break
-    return h
