@@ -212,7 +212,9 @@ def demo(
     pushes that feedback through the feature store and registers the trained policy in the
     MLflow registry (aliases dev, staging, prod); starts the decision service (`llmopt serve`),
     which loads that version, and sends `served` prompts through it over HTTP (decide, then
-    feedback with the data set's outcome of the chosen model);
+    feedback with the data set's outcome of the chosen model), and ends that leg with an
+    Evidently drift report of the served traffic against the events the champion learned from
+    (HTML dashboards + JSON under LLMOPT_HOME/monitoring/reports);
     2. sweeps the willingness to pay and compares the learned router with every single model,
     uniform random, the zero router and the oracle; writes a plot and a JSON report.
     """
@@ -236,6 +238,7 @@ def demo(
         )
         log = EventLog(settings.event_log_url)
         before = log.counts()
+        first_id = log.last_feedback_id()
         import numpy as np  # noqa: PLC0415
 
         order = np.random.default_rng(seed).permutation(routing.n_prompts).tolist()
@@ -263,6 +266,7 @@ def demo(
 
         with _quiet():
             fs = demo_roundtrip(log.feedback_since(0), settings=settings)
+        last_id = log.last_feedback_id()
         log.close()
         typer.echo(
             f"feature store ({fs['repo']}): {fs['accepted']} feedback events pushed "
@@ -274,7 +278,15 @@ def demo(
         from pipelines.registry import register_policy  # noqa: PLC0415
 
         with _quiet():
-            version = register_policy(live_policy, settings=settings, tags={"data_window": "demo"})
+            version = register_policy(
+                live_policy,
+                settings=settings,
+                tags={  # the events it learned from: the drift report's reference window
+                    "data_window": f"feedback ({first_id}, {last_id}]",
+                    "last_feedback_id": str(last_id),
+                    "n_events": str(last_id - first_id),
+                },
+            )
         typer.echo(
             f"registry ({settings.mlflow_uri}): llm-router version {version} aliased "
             "dev, staging, prod"
@@ -294,6 +306,12 @@ def demo(
             f"p99 {http['round_trip_p99_ms']:.1f} ms; online features {http['features']}; "
             f"top models: {top}"
         )
+        # Drift of the served traffic against what the champion learned from (Evidently).
+        from monitoring.reports import drift_report  # noqa: PLC0415
+
+        with _quiet():
+            drift = drift_report(settings=settings, window=served)
+        typer.echo(drift.describe())
         result = run_replay(
             routing,
             _policy_factories([RECOMMENDED, "epsilon_greedy"]),

@@ -402,6 +402,12 @@ class EventLog:
                     error_kind=r.error_kind,
                 )
 
+    def last_feedback_id(self) -> int:
+        """The highest feedback id (0 for an empty log): the cursor of "everything so far"."""
+        with self._engine.connect() as conn:
+            value = conn.execute(sa.select(sa.func.max(feedback.c.feedback_id))).scalar()
+        return int(value or 0)
+
     def counts(self) -> dict[str, int]:
         """Number of decisions and feedback rows."""
         with self._engine.connect() as conn:

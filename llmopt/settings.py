@@ -177,6 +177,14 @@ class Settings(BaseSettings):
             "the event log's database is down, and replays them when it returns."
         ),
     )
+    serving_drift_watch: bool = Field(
+        default=True,
+        description=(
+            "Streaming drift detectors (ADWIN, Page-Hinkley, CUSUM, z-score, IQR) on each "
+            "model's reward, quality, latency and cost in serving; on drift: alert, discount "
+            "the model in the policy, request retraining (home/monitoring/retrain_requests.jsonl)."
+        ),
+    )
     alert_webhook_url: str | None = Field(
         default=None,
         description="URL that drift alerts are POSTed to as JSON (unset: structured logs only).",

@@ -509,7 +509,7 @@ class ServingMetrics:
         self._inc(self.requests, "feedback")
         if status == "error":
             self._inc(self.errors, "feedback")
-        if status != "stored" or reward is None:
+        if status not in ("stored", "spooled") or reward is None:
             return
         self._inc(self.training_examples, "feedback")
         made = self.regret_estimator.rewarded(decision_id, reward) if decision_id else None

@@ -54,6 +54,7 @@ from llmopt.policy import Policy
 from llmopt.reward import TradeOff
 from llmopt.schemas import Decision, Feedback, RequestContext
 from llmopt.types import ArmID, Features
+from serving.drift import DriftWatch
 from serving.guards import BudgetExceededError, BudgetLedger, CircuitBreaker
 from serving.live_features import LiveFeatures, live_exclusions
 
@@ -353,6 +354,8 @@ class Router:
         self.rollback = rollback
         self.events = RouterEvents()
         self.traffic = Traffic()
+        self.drift: DriftWatch | None = None
+        """Streaming drift detectors on feedback (:mod:`serving.drift`; None: off)."""
         self.features: LiveFeatures | None = None
         """Online features (set once the feature store is open; None: request features only)."""
         self._lock = threading.RLock()
@@ -591,10 +594,24 @@ class Router:
     ) -> None:
         failed = fb.error_kind is not None
         self.breaker.record(row["model"], ok=not failed)
-        self.ledger.settle(fb.decision_id, self._actual_cost(fb, row))
+        cost = self._actual_cost(fb, row)
+        self.ledger.settle(fb.decision_id, cost)
         stats = self._live.setdefault(slot.label, _LiveStats())
         stats.add(reward, failed)
         self._check_rollback()
+        if self.drift is not None and slot.role != "static_default":
+            try:
+                self.drift.observe(
+                    slot.label,
+                    slot.loop,
+                    row["model"],
+                    reward=reward,
+                    quality=fb.normalized_quality(),
+                    latency_ms=fb.latency_ms,
+                    cost_usd=cost,
+                )
+            except Exception:  # monitoring must never fail a feedback
+                log.exception("drift watch failed")
 
     def _actual_cost(self, fb: Feedback, row: Mapping[str, Any]) -> float:
         predicted = (row.get("context") or {}).get("predicted_cost_usd")

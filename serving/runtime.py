@@ -31,6 +31,7 @@ from llmopt.event_log import EventLog
 from llmopt.reward import TradeOff
 from llmopt.settings import Settings
 from llmopt.spool import SpooledEventLog
+from serving.drift import DriftWatch
 from serving.guards import BudgetLedger, CircuitBreaker
 from serving.live_features import LiveFeatures, open_in_background
 from serving.metrics import get_metrics
@@ -129,6 +130,12 @@ class ServingRuntime:
         self._own_feedback: set[int] = set()
         self._log_cursor = 0
         self.features_state = "off" if settings.serving_features == "off" else "starting"
+        if settings.serving_drift_watch:
+            self.router.drift = DriftWatch(
+                webhook_url=settings.alert_webhook_url,
+                on_drift=lambda e: get_metrics().observe_drift(e.model, e.stream, e.detector),
+                retrain_log=settings.home / "monitoring" / "retrain_requests.jsonl",
+            )
         self._background = background
         self._start()
         if features is not None:
@@ -200,13 +207,7 @@ class ServingRuntime:
         self._log_cursor = self._max_feedback_id() if counts["feedback"] else 0
 
     def _max_feedback_id(self) -> int:
-        import sqlalchemy as sa  # noqa: PLC0415
-
-        from llmopt.event_log import feedback  # noqa: PLC0415
-
-        with self.event_log.engine.connect() as conn:
-            value = conn.execute(sa.select(sa.func.max(feedback.c.feedback_id))).scalar()
-        return int(value or 0)
+        return self.event_log.last_feedback_id()
 
     def reload(self, *, force: bool = False) -> ReloadResult:
         """Swap in the versions the aliases point at now (if they changed, or ``force``)."""

@@ -55,6 +55,11 @@ def test_demo_on_embedded_defaults(tmp_path: Path) -> None:
     assert "decision service (http://127.0.0.1:" in proc.stdout
     assert "llm-router/1)" in proc.stdout
     assert "online features {'open': 300}" in proc.stdout
+    # ... and its run ends with a drift report of the served traffic
+    assert "drift report " in proc.stdout and "reference = champion" in proc.stdout
+    reports = home / "monitoring" / "reports"
+    assert (reports / "index.html").exists()
+    assert list(reports.glob("*/*.html")) and list(reports.glob("*/*.json"))
     # The feedback went through the feature store and the policy into the registry as prod.
     assert "802 feedback events pushed" in proc.stdout
     assert "online read of 15 models" in proc.stdout
