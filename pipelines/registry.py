@@ -60,6 +60,10 @@ class RegistryError(ValueError):
     """A registry operation that cannot be done (unknown version, no previous prod, ...)."""
 
 
+class ArtifactIntegrityError(RegistryError):
+    """A version's policy state does not match its ``artifact_sha256`` tag (or has none)."""
+
+
 # -- configuration ------------------------------------------------------------------------------
 def configure(settings: Settings) -> MlflowClient:
     """Point MLflow at the settings' tracking store; return a client for it."""
@@ -357,7 +361,8 @@ def load_state(
     """``(version, state dict)`` of a version given by number or alias (``3``, ``prod``).
 
     Reads the state file from the version's model artifacts (a plain file read when artifacts
-    are local); checks it against the version's ``artifact_sha256`` tag.
+    are local); checks it against the version's ``artifact_sha256`` tag, on every load: a
+    mismatch or a missing tag raises :class:`ArtifactIntegrityError` (nothing is deserialised).
     """
     mv = _resolve(client, ref, name)
     source = str(mv.source)
@@ -371,8 +376,17 @@ def load_state(
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     payload = local.read_bytes()
     expected = (mv.tags or {}).get("artifact_sha256")
-    if expected and hashlib.sha256(payload).hexdigest() != expected:
-        raise RegistryError(f"version {mv.version}: policy state does not match its SHA-256 tag")
+    if not expected:
+        raise ArtifactIntegrityError(
+            f"version {mv.version}: no artifact_sha256 tag; refused (register with "
+            "pipelines.registry.register_policy)"
+        )
+    actual = hashlib.sha256(payload).hexdigest()
+    if actual != expected:
+        raise ArtifactIntegrityError(
+            f"version {mv.version}: policy state SHA-256 {actual[:12]}... does not match its "
+            f"artifact_sha256 tag {expected[:12]}...; refused"
+        )
     return str(mv.version), fast_json.loads(payload)
 
 

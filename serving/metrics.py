@@ -463,6 +463,12 @@ class ServingMetrics:
         self.rollbacks = Gauge(
             "llmopt_canary_rollbacks", "Automatic canary rollbacks since start", registry=r
         )
+        self.artifact_rejections = Counter(
+            "llmopt_artifact_rejections",
+            "Model artifacts refused at load: SHA-256 mismatch or missing hash",
+            ["alias"],
+            registry=r,
+        )
         self.hooks: list[Callable[[ServingMetrics], None]] = []
         self._children: dict[tuple[int | str, ...], Counter] = {}
 

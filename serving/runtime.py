@@ -225,7 +225,17 @@ class ServingRuntime:
                     loaded = self.source.load(alias) if current is not None else None
                 except SourceError as exc:
                     notes.append(f"{alias}: source unavailable, current model kept ({exc})")
-                    log.warning(notes[-1])
+                    if "SHA-256" in str(exc) or "artifact_sha256" in str(exc):
+                        # A tampered or corrupted artifact: an alert, not a hiccup.
+                        logging.getLogger("llmopt.monitoring").error(
+                            "artifact integrity check failed for %s: %s; current model kept",
+                            alias,
+                            exc,
+                            extra={"alert": {"kind": "artifact_integrity", "alias": alias}},
+                        )
+                        get_metrics().artifact_rejections.labels(alias).inc()
+                    else:
+                        log.warning(notes[-1])
                     continue
                 if loaded is None:
                     if role == "challenger" and self.router.lineup.challenger is not None:
