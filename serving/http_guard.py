@@ -16,6 +16,7 @@ Settings are read when the app is built (in each worker), not at import.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
@@ -48,6 +49,27 @@ def parse_keys(raw: str) -> frozenset[str]:
     ['a', 'b']
     """
     return frozenset(k.strip() for k in raw.split(",") if k.strip())
+
+
+def key_digest(key: str) -> str:
+    """SHA-256 hex of a key: what the service keeps and compares (never the key itself)."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def key_digests(raw: str) -> frozenset[str]:
+    """Digests of the keys in ``raw``; an entry ``sha256:<hex>`` is a digest already.
+
+    Operators may put only digests in ``LLMOPT_CLIENT_KEYS`` / ``LLMOPT_ADMIN_KEYS``
+    (``python -c "import hashlib; print(hashlib.sha256(b'KEY').hexdigest())"``), so that the
+    keys are hashed at rest in the deployment's secrets as well as in memory.
+
+    >>> key_digests("sha256:" + key_digest("k")) == key_digests("k")
+    True
+    """
+    return frozenset(
+        k.removeprefix("sha256:").lower() if k.startswith("sha256:") else key_digest(k)
+        for k in parse_keys(raw)
+    )
 
 
 class TokenBucket:
@@ -92,8 +114,9 @@ class GuardMiddleware:
     def __init__(self, app: ASGIApp, settings: Settings | None = None) -> None:
         self.app = app
         s = settings or Settings()
-        self.client_keys = parse_keys(s.client_keys)
-        self.admin_keys = parse_keys(s.admin_keys)
+        # Only digests are kept: a heap dump or a log of this object shows no key.
+        self.client_keys = key_digests(s.client_keys)
+        self.admin_keys = key_digests(s.admin_keys)
         self.auth = bool(self.client_keys or self.admin_keys)
         self.max_body = s.serving_max_body_bytes
         rate = s.serving_rate_limit_per_s
@@ -108,8 +131,8 @@ class GuardMiddleware:
         return None
 
     @staticmethod
-    def _known(key: str, keys: frozenset[str]) -> bool:
-        return any(hmac.compare_digest(key, k) for k in keys)
+    def _known(digest: str, digests: frozenset[str]) -> bool:
+        return any(hmac.compare_digest(digest, d) for d in digests)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -131,8 +154,9 @@ class GuardMiddleware:
         ident = self._client_ident(scope)
         if self.auth:
             key = self._key(scope)
-            is_admin = key is not None and self._known(key, self.admin_keys)
-            if key is None or not (is_admin or self._known(key, self.client_keys)):
+            digest = key_digest(key) if key is not None else ""
+            is_admin = key is not None and self._known(digest, self.admin_keys)
+            if key is None or not (is_admin or self._known(digest, self.client_keys)):
                 self.metrics.refusals.labels(endpoint, "401").inc()
                 why = "missing" if key is None else "unknown"
                 await _reply(
@@ -146,7 +170,7 @@ class GuardMiddleware:
                 self.metrics.refusals.labels(endpoint, "403").inc()
                 await _reply(send, 403, _error("this endpoint needs an admin key"))
                 return
-            ident = key
+            ident = digest  # rate limits per key, kept by digest
         if self.bucket is not None:
             wait = self.bucket.take(ident)
             if wait > 0:

@@ -228,6 +228,24 @@ def test_client_keys_serve_but_only_admin_keys_administer(
     assert as_admin.status_code == expected, as_admin.text
 
 
+def test_keys_may_be_configured_as_sha256_digests(tmp_path: Path):
+    from serving.http_guard import key_digest  # noqa: PLC0415
+
+    with serve(
+        tmp_path,
+        LLMOPT_CLIENT_KEYS=f"sha256:{key_digest(CLIENT)}",
+        LLMOPT_ADMIN_KEYS=f"sha256:{key_digest(ADMIN)}",
+    ) as client:
+        ok = client.post("/decide", json=EXAMPLE_DECIDE, headers=bearer(CLIENT))
+        assert ok.status_code == 200
+        assert client.post("/decide", json=EXAMPLE_DECIDE, headers=bearer("x")).status_code == 401
+        traffic = client.post("/admin/traffic", json=EXAMPLE_TRAFFIC, headers=bearer(ADMIN))
+        assert traffic.status_code in (200, 400), traffic.text  # 400: no challenger; authorised
+        # the digest itself is not a key
+        digest_as_key = bearer(key_digest(CLIENT))
+        assert client.post("/decide", json=EXAMPLE_DECIDE, headers=digest_as_key).status_code == 401
+
+
 def test_probes_stay_open_with_auth(auth_client: TestClient):
     for path in ("/healthz", "/readyz", "/metrics", "/docs.json"):
         assert auth_client.get(path).status_code == 200
