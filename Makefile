@@ -42,5 +42,26 @@ bench: setup  ## Benchmarks; results in bench/results/*.json
 bench-serving: setup  ## Decision service vs bare starlette at 500 req/s (open loop), swap under load
 	$(BIN)/python -m bench.serving
 
+.PHONY: soak
+soak: setup  ## Sustained load: 10 minutes at 300 decide/s + feedback traffic; errors, p99, memory
+	$(BIN)/python -m bench.soak --minutes $${SOAK_MINUTES:-10} --rate $${SOAK_RATE:-300}
+
 clean:  ## Remove the venv, the tool venv and local state
 	rm -rf $(VENV) .tools .llmopt .pytest_cache .mypy_cache .ruff_cache
+
+# -- production profile on this machine, and its cluster manifests (issue #8): infra/README.md --
+.PHONY: up down status lint-infra
+
+up: setup  ## Start the production profile as processes: PostgreSQL, Redis, MLflow, Prefect, BentoML
+	bash infra/up.sh
+
+down:  ## Stop what `make up` started (PostgreSQL/Redis it found running stay up)
+	bash infra/down.sh
+
+status:  ## Health of every component of `make up`
+	bash infra/status.sh
+
+lint-infra: setup  ## Validate infra/k8s (strict schemas), ShellCheck infra scripts, consistency tests
+	$(BIN)/kubernetes-validate --strict --quiet $(filter-out %/kustomization.yaml,$(wildcard infra/k8s/*.yaml))
+	$(BIN)/shellcheck --external-sources --source-path=SCRIPTDIR infra/*.sh infra/bento/*.sh
+	$(BIN)/pytest -q -p no:cacheprovider tests/unit/infra/test_manifests.py

@@ -19,7 +19,8 @@ SEED = 0
 """Seed of every random choice the benchmarks make (prompt samples and orders, policies)."""
 
 BENCH_DIR = Path(__file__).resolve().parent
-RESULTS_DIR = BENCH_DIR / "results"
+RESULTS_DIR = Path(os.environ.get("LLMOPT_BENCH_RESULTS") or BENCH_DIR / "results")
+"""Where result documents go (``LLMOPT_BENCH_RESULTS`` redirects them, e.g. in tests)."""
 SHARED_ROUTING_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "routing"
 """The project's shared routing data (``../shared/data/routing`` from the repo root)."""
 SHIPPED_DATA = BENCH_DIR.parent / "llmopt" / "data" / "alpaca_eval.parquet"
