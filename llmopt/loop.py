@@ -25,7 +25,7 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -102,9 +102,12 @@ class LearningLoop:
         catalog: ModelCatalog | None = None,
         event_log: EventLog | None = None,
         default_tradeoff: TradeOff | None = None,
+        store_prompt_tenants: Collection[str] = (),
     ) -> None:
         if not arms:
             raise ValueError("the loop needs at least one arm")
+        self.store_prompt_tenants = frozenset(store_prompt_tenants)
+        """Tenants that opted in to their prompt text in the event log (others: its SHA-256)."""
         self.policy = policy
         self.arms = list(arms)
         self.catalog = catalog
@@ -305,6 +308,7 @@ class LearningLoop:
             self.event_log.record_decision(
                 decision,
                 logged_ctx,
+                store_prompt=ctx.tenant in self.store_prompt_tenants,
                 features=feats,
                 extra={
                     "predicted_cost_usd": predicted_cost,

@@ -185,6 +185,13 @@ class Settings(BaseSettings):
             "the model in the policy, request retraining (home/monitoring/retrain_requests.jsonl)."
         ),
     )
+    store_prompt_tenants: list[str] = Field(
+        default_factory=list,
+        description=(
+            'Tenants that opted in to storing prompt text in the event log, JSON: ["acme"]; '
+            "every other prompt is kept as its SHA-256 and its features only."
+        ),
+    )
     alert_webhook_url: str | None = Field(
         default=None,
         description="URL that drift alerts are POSTed to as JSON (unset: structured logs only).",

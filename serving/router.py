@@ -330,6 +330,8 @@ class Router:
         When to roll back a canary automatically (None: never).
     clock
         Monotonic time source of the canary schedule.
+    store_prompt_tenants
+        Tenants whose prompt text the event log keeps (opt-in; others: SHA-256 + features).
     """
 
     def __init__(
@@ -343,8 +345,10 @@ class Router:
         ledger: BudgetLedger | None = None,
         rollback: RollbackRule | None = None,
         clock: Callable[[], float] = time.monotonic,
+        store_prompt_tenants: Sequence[str] = (),
     ) -> None:
         self.catalog = catalog
+        self.store_prompt_tenants = frozenset(store_prompt_tenants)
         self._clock = clock
         self.event_log = event_log
         self.arms = list(arms or catalog.ids)
@@ -374,6 +378,7 @@ class Router:
             event_log=self.event_log,
             default_tradeoff=self.default_tradeoff,
             breaker=self.breaker,
+            store_prompt_tenants=self.store_prompt_tenants,
         )
         return Slot(role=role, label=label, loop=loop)
 

@@ -122,6 +122,7 @@ class ServingRuntime:
                 per_tenant=settings.serving_tenant_budgets,
             ),
             rollback=RollbackRule(),
+            store_prompt_tenants=settings.store_prompt_tenants,
         )
         self.versions: dict[str, str | None] = {"prod": None, "staging": None}
         self._reload_lock = threading.Lock()

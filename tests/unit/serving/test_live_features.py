@@ -157,3 +157,25 @@ def test_without_features_the_runtime_says_off(tmp_path: Path) -> None:
         assert routed.features is None and rt.features_state == "off"
     finally:
         rt.close()
+
+
+def test_prompt_text_is_stored_only_for_tenants_that_opted_in(tmp_path: Path) -> None:
+    s = Settings(
+        home=tmp_path / "h",
+        serving_model_source="fresh",
+        serving_features="off",
+        store_prompt_tenants=["optin"],
+    )
+    rt = ServingRuntime(s, background=False)
+    try:
+        kept = rt.router.decide(RequestContext(tenant="optin", prompt="secret plan A"))
+        hashed = rt.router.decide(RequestContext(tenant="other", prompt="secret plan B"))
+        row = rt.event_log.get_decision(kept.decision.decision_id)
+        assert row is not None and row["context"]["prompt"] == "secret plan A"
+        row = rt.event_log.get_decision(hashed.decision.decision_id)
+        assert row is not None and "prompt" not in row["context"]
+        assert len(row["context"]["prompt_sha256"]) == 64
+        db = b"".join(p.read_bytes() for p in s.home.glob("events.db*"))  # with the WAL
+        assert b"secret plan B" not in db and b"secret plan A" in db
+    finally:
+        rt.close()
