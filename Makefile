@@ -42,6 +42,15 @@ bench: setup  ## Benchmarks; results in bench/results/*.json
 bench-serving: setup  ## Decision service vs bare starlette at 500 req/s (open loop), swap under load
 	$(BIN)/python -m bench.serving
 
+.PHONY: audit
+audit: setup  ## pip-audit of the locked dependencies (needs PyPI's JSON API or OSV reachable)
+	$(UV) export --frozen --no-hashes --no-emit-project -q > .audit-requirements.txt
+	$(BIN)/pip-audit --progress-spinner off --no-deps --disable-pip -r .audit-requirements.txt \
+	  | tee .audit-report.txt; status=$${PIPESTATUS[0]}; \
+	if grep -q "could not be audited" .audit-report.txt; then \
+	  echo "audit incomplete: no vulnerability service reachable from this machine" >&2; exit 2; fi; \
+	exit $$status
+
 .PHONY: soak
 soak: setup  ## Sustained load: 10 minutes at 300 decide/s + feedback traffic; errors, p99, memory
 	$(BIN)/python -m bench.soak --minutes $${SOAK_MINUTES:-10} --rate $${SOAK_RATE:-300}
