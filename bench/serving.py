@@ -25,8 +25,6 @@ import argparse
 import json
 import os
 import pickle
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +36,7 @@ from typing import Any
 import httpx
 
 from bench import _common
+from llmopt.demo_service import free_port, stop_group
 
 NAME = "serving"
 REPO = Path(__file__).resolve().parents[1]
@@ -45,11 +44,7 @@ BIN = Path(sys.executable).parent
 BODY = '{"tenant": "acme", "prompt": "What is 2 + 2?"}'
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+_free_port = free_port
 
 
 def _start(cmd: list[str], env: dict[str, str], log: Path, url: str) -> subprocess.Popen[bytes]:
@@ -71,13 +66,7 @@ def _start(cmd: list[str], env: dict[str, str], log: Path, url: str) -> subproce
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    stop_group(proc, timeout_s=20)
 
 
 def load(url: str, *, rate: float, seconds: float, connections: int = 32) -> dict[str, Any]:

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 
 import httpx
 
@@ -83,6 +85,17 @@ def run(url: str, *, rate: float, seconds: float, threads: int = 4) -> dict[str,
         "server_errors": sum(n for k, n in tally.items() if k.split()[-1].startswith("5")),
         "rounds_over_1s": len(slow),
     }
+
+
+def spawn(url: str, *, rate: float, seconds: float) -> subprocess.Popen[str]:
+    """This module in a second process (``communicate()`` returns its JSON line)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench.traffic", "--url", url, "--rate", str(rate)]
+        + ["--seconds", str(seconds)],
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from bench.traffic import spawn
 from llmopt.demo_service import running_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -40,13 +39,7 @@ def test_postgres_killed_under_load_loses_nothing(tmp_path: Path, private_postgr
         "LLMOPT_SERVING_POLL_S": "0",
     }
     with running_service(tmp_path / "home", **env) as url:
-        traffic = subprocess.Popen(
-            [sys.executable, "-m", "bench.traffic", "--url", url, "--rate", "40"]
-            + ["--seconds", "15"],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        traffic = spawn(url, rate=40, seconds=15)
         time.sleep(4)
         pg.kill()
         time.sleep(5)

@@ -8,13 +8,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from bench.traffic import spawn
 from llmopt.demo_service import running_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.services]
@@ -94,13 +94,7 @@ def test_redis_killed_under_load_decisions_continue(
             state = r.json()["features"]["state"]
             time.sleep(0.3)
         assert state == "open", r.json()
-        traffic = subprocess.Popen(
-            [sys.executable, "-m", "bench.traffic", "--url", url, "--rate", "40"]
-            + ["--seconds", "12"],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        traffic = spawn(url, rate=40, seconds=12)
         time.sleep(3)
         private_redis.kill()
         time.sleep(5)
