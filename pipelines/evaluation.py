@@ -35,7 +35,7 @@ from llmopt.loop import LearningLoop
 from llmopt.reward import TradeOff
 from models.base import Policy
 from models.ope import Estimate, LoggedBandit, ips, snips
-from monitoring.ab_test import WelchResult, student_t_sf, welch_test
+from monitoring.ab_test import MixtureSPRT, WelchResult, student_t_sf, welch_test
 from pipelines.events import TrainingEvent
 
 __all__ = [  # Welch's test lives in monitoring.ab_test now; still importable from here
@@ -179,8 +179,16 @@ def ab_gate(
     *,
     alpha: float = 0.05,
     min_samples: int = 100,
+    sequential: bool = True,
+    look_every: int = 50,
 ) -> GateResult:
     """Pass if the challenger's online rewards beat the champion's at level ``alpha``.
+
+    The promotion flow runs on a schedule and looks at the same growing A/B sample again and
+    again, so by default the gate is the mixture SPRT (:class:`monitoring.ab_test.MixtureSPRT`),
+    whose false-positive rate stays below ``alpha`` however often it is looked at; the rewards
+    are fed in arrival order, one look per ``look_every`` decisions of each arm. With
+    ``sequential=False`` it is one Welch t-test (valid for a single, pre-planned look).
 
     Examples
     --------
@@ -197,6 +205,10 @@ def ab_gate(
             f"(need {min_samples} each)",
             {"n_champion": n_a, "n_challenger": n_b},
         )
+    if sequential:
+        return _sequential_gate(
+            champion_rewards, challenger_rewards, alpha, min_samples, look_every
+        )
     r = welch_test(champion_rewards, challenger_rewards)
     details = {**asdict(r), "alpha": alpha}
     if r.diff > 0 and r.p_value < alpha:
@@ -208,5 +220,36 @@ def ab_gate(
         f"no significant gain: diff {r.diff:+.4f} reward/decision, p={r.p_value:.3g} >= {alpha:g}"
         if r.diff > 0
         else f"challenger not better: diff {r.diff:+.4f} reward/decision (p={r.p_value:.3g})",
+        details,
+    )
+
+
+def _sequential_gate(
+    champion: Sequence[float],
+    challenger: Sequence[float],
+    alpha: float,
+    min_samples: int,
+    look_every: int,
+) -> GateResult:
+    test = MixtureSPRT(alpha, tau=0.05, min_samples=min_samples)
+    a, b = np.asarray(champion, dtype=float), np.asarray(challenger, dtype=float)
+    for start in range(0, max(len(a), len(b)), look_every):
+        test.update_many("champion", a[start : start + look_every])
+        test.update_many("challenger", b[start : start + look_every])
+        if test.decision != "continue":
+            break
+    r = test.result()
+    details = {**asdict(r), "alpha": alpha, "test": "mSPRT"}
+    if r.decision == "challenger":
+        return GateResult(
+            True,
+            f"challenger better by {r.diff:.4f} reward/decision (mSPRT always-valid "
+            f"p={r.p_value:.3g}, CI [{r.ci_low:+.4f}, {r.ci_high:+.4f}])",
+            details,
+        )
+    return GateResult(
+        False,
+        f"challenger not better (mSPRT: {r.decision}): diff {r.diff:+.4f} reward/decision "
+        f"(mSPRT always-valid p={r.p_value:.3g})",
         details,
     )

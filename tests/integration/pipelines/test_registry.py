@@ -120,7 +120,7 @@ def test_prod_gate_uses_the_online_ab_comparison_and_rollback_is_an_alias_move(
     v2 = registry.log_version_in_run(client, env, policy)
     v3 = registry.log_version_in_run(client, env, policy)
     label = registry.version_label
-    _ab_log(env, {label(v1): 0.5, label(v2): 0.6, label(v3): 0.45}, 150)
+    _ab_log(env, {label(v1): 0.5, label(v2): 0.6, label(v3): 0.45}, 400)
     log = EventLog(env.event_log_url)
     lose = promote(client, v3, "prod", engine=log.engine)
     assert not lose.moved and "not better" in lose.gate.reason

@@ -48,6 +48,25 @@ def test_ab_gate_needs_significance_and_the_right_direction() -> None:
     assert not ab_gate(champion, same + 0.001).passed  # a tiny gain is not significant
     few = ab_gate(champion[:50], better[:50], min_samples=100)
     assert not few.passed and "not enough" in few.reason
+    # the scheduled gate is the always-valid sequential test; Welch is the one-look option
+    assert ab_gate(champion, better).details["test"] == "mSPRT"
+    assert ab_gate(champion, better, sequential=False).passed
+
+
+def test_ab_gate_looked_at_on_every_schedule_keeps_its_false_positive_rate() -> None:
+    # The promotion flow re-runs the gate as the A/B sample grows: 20 looks per A/A run.
+    def promoted(sequential: bool, seed: int) -> bool:
+        rng = np.random.default_rng(seed)
+        a, b = rng.normal(0.5, 0.25, 2000), rng.normal(0.5, 0.25, 2000)
+        return any(
+            ab_gate(a[:n], b[:n], sequential=sequential).passed for n in range(100, 2001, 100)
+        )
+
+    runs = range(200)
+    sequential = sum(promoted(True, s) for s in runs) / len(runs)
+    repeated_welch = sum(promoted(False, s) for s in runs) / len(runs)
+    assert sequential <= 0.05 + 0.02
+    assert repeated_welch > 0.12  # the one-look test, looked at 20 times
 
 
 def _est(value: float) -> Estimate:
