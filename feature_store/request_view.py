@@ -3,7 +3,7 @@
 Feast's python-mode on-demand view calls :func:`transform` with columns (``prompt``,
 ``task_hints``: one list entry per row). Rows that share a request (the router asks for every
 candidate model at once, so every row carries the same prompt) are computed once.
-Client features (``f:<name>``) are not part of the view: their names are open-ended.
+Client features (hashed into ``cf_<i>`` buckets) are not part of the view.
 
 Examples
 --------

@@ -59,12 +59,31 @@ def _clear_errors() -> Iterator[None]:
     except (CatalogError, EventLogError, RoutingDataError) as exc:
         raise _fail(str(exc)) from None
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'input'}: {e['msg']}" for e in exc.errors()
-        )
-        raise _fail(f"invalid input: {problems}") from None
-    except ValueError as exc:
+        env = exc.title == "Settings"  # an LLMOPT_* environment variable, not the input
+        problems = "; ".join(f"{_where(e['loc'], env)}: {e['msg']}" for e in exc.errors())
+        raise _fail(f"invalid {'setting' if env else 'input'}: {problems}") from None
+    except ValueError as exc:  # pydantic-settings' SettingsError too (a value that is not JSON)
+        cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
+        raise _fail(f"{exc}{cause}") from None
+    except OSError as exc:  # e.g. a directory or an unreadable file where a file was expected
         raise _fail(str(exc)) from None
+
+
+def _where(loc: tuple[int | str, ...], env: bool) -> str:
+    """``a.b.0`` of a validation error; a setting's first part as its environment variable."""
+    parts = [str(p) for p in loc]
+    if env and parts:
+        parts[0] = f"LLMOPT_{parts[0].upper()}"
+    return ".".join(parts) or "input"
+
+
+@app.callback()
+def _settings_first() -> None:
+    # Every command reads the settings: a bad LLMOPT_* value is one line, never a traceback.
+    from llmopt.settings import get_settings  # noqa: PLC0415
+
+    with _clear_errors():
+        get_settings()
 
 
 def _policy_factories(names: list[str]) -> dict[str, Callable[[int], Policy]]:
@@ -393,12 +412,14 @@ def _log_counts() -> tuple[str, dict[str, int]]:
 
 
 def _open_log(url: str, cls: Any) -> Any:
-    from sqlalchemy.exc import OperationalError  # noqa: PLC0415
+    from sqlalchemy.exc import ArgumentError, OperationalError  # noqa: PLC0415
 
     try:
         return cls(url)
     except OperationalError as exc:
         raise _fail(f"cannot open the event log at {url}: {exc.orig}") from None
+    except ArgumentError as exc:  # not a URL, or an unknown dialect / driver
+        raise _fail(f"cannot open the event log at {url}: {exc}") from None
 
 
 def _local_loop() -> Any:
@@ -686,6 +707,12 @@ def serve(
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
     if workers > 1:
         os.environ.setdefault("LLMOPT_SERVING_SYNC_LOG_S", "1")
+        # BentoML >= 1.2 ignores ``api_workers`` for new-style services: the worker count is
+        # the service's config (its decorator says workers=1), overridden here (as infra/up.sh).
+        os.environ.setdefault(
+            "BENTOML_CONFIG_OVERRIDES",
+            json.dumps({"services": {"llmopt-router": {"workers": workers}}}),
+        )
     import bentoml  # noqa: PLC0415
 
     repo = Path(__file__).resolve().parents[1]

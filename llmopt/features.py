@@ -27,6 +27,9 @@ MAX_SCAN_CHARS = 2000
 N_HASH_BUCKETS = 16
 """Default number of signed hashed-word buckets."""
 
+N_CLIENT_BUCKETS = 16
+"""Signed hashed buckets of the client's own features (``cf_0`` .. ``cf_15``)."""
+
 N_PREFIX_BUCKETS = 8
 """One-hot buckets of the prompt's opening (its template or instruction, see prefix_bucket)."""
 
@@ -154,8 +157,11 @@ def request_features(
 ) -> dict[str, float]:
     """Features of one request: lengths, script, code/math markers, question type, hints, words.
 
-    ``client_features`` are the request's own features: numbers pass through as ``f:<name>``,
-    strings become one-hot ``f:<name>=<value>``.
+    ``client_features`` are the request's own features, hashed (signed hashing trick, like
+    Vowpal Wabbit's) into :data:`N_CLIENT_BUCKETS` buckets ``cf_<i>``: a number ``x`` named ``n``
+    adds ``+-x`` to the bucket of ``n``; a string value adds ``+-1`` to the bucket of
+    ``n=value``. Names are open-ended, the policies' dimension must not be: a client sending new
+    names on every request would otherwise grow every linear model's matrices without bound.
     """
     text = prompt or ""
     sample = text[:MAX_SCAN_CHARS]
@@ -187,9 +193,30 @@ def request_features(
     feats["hint_other"] = float(bool(hints - set(KNOWN_HINTS)))
     feats.update(hashed_words(words, n_hash_buckets))
     feats.update(prefix_bucket(text))
-    for name, value in (client_features or {}).items():
-        if isinstance(value, str):
-            feats[f"f:{name}={value}"] = 1.0
-        elif math.isfinite(value):
-            feats[f"f:{name}"] = float(value)
+    feats.update(hashed_client_features(client_features or {}))
     return feats
+
+
+def hashed_client_features(
+    client_features: Mapping[str, float | str], n_buckets: int = N_CLIENT_BUCKETS
+) -> dict[str, float]:
+    """The client's features in ``n_buckets`` signed buckets (stable across processes).
+
+    Only non-zero buckets are returned: requests without client features add nothing, and
+    whatever the names, at most ``n_buckets`` features ever appear.
+
+    >>> f = hashed_client_features({"tier": "gold", "load": 0.3})
+    >>> sorted(round(abs(v), 2) for v in f.values())
+    [0.3, 1.0]
+    """
+    buckets = [0.0] * n_buckets
+    for name, value in client_features.items():
+        if isinstance(value, str):
+            key, x = f"{name}={value}", 1.0
+        elif math.isfinite(value):
+            key, x = name, float(value)
+        else:
+            continue
+        h = zlib.crc32(key.encode())
+        buckets[h % n_buckets] += x if (h >> 16) & 1 else -x
+    return {f"cf_{i}": b for i, b in enumerate(buckets) if b}

@@ -35,12 +35,26 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+NO_NUL = r"^[^\x00]*$"
+"""Pattern of ids the event log stores: PostgreSQL refuses NUL (0x00) in text columns."""
+
+MAX_FEATURE = 1e12
+"""Largest client feature magnitude: beyond ~1e154 ``x x'`` overflows and poisons the policy."""
+
+MAX_TOKENS = 2**31 - 1
+"""Token counts are a 32-bit INTEGER column in the event log (PostgreSQL)."""
+
+
 class RequestContext(BaseModel):
     """What a client tells us about one LLM request before it is sent."""
 
-    model_config = ConfigDict(extra="forbid")
+    # No inf/NaN: JSON has no spelling for them (pydantic writes null), so they would not
+    # survive the event log, and Python's JSON reader accepts them as Infinity/NaN.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    tenant: TenantID = Field(min_length=1, max_length=200, description="Tenant (team, app) id.")
+    tenant: TenantID = Field(
+        min_length=1, max_length=200, pattern=NO_NUL, description="Tenant (team, app) id."
+    )
     prompt: str | None = Field(
         default=None,
         max_length=1_000_000,
@@ -57,18 +71,23 @@ class RequestContext(BaseModel):
     max_latency_ms: float | None = Field(
         default=None, gt=0, description="Hard cap on the predicted latency of this request (ms)."
     )
+    # Bounded so that cost / willingness_to_pay and latency_weight * latency stay finite:
+    # 1e-320 or 1e308 made every penalty infinite and the policy fail (static fallback).
     willingness_to_pay: float | None = Field(
         default=None,
-        gt=0,
+        ge=1e-9,
         description="USD this tenant pays for one unit of quality; defaults from settings.",
     )
     latency_weight: float | None = Field(
-        default=None, ge=0, description="Quality units lost per second of latency."
+        default=None, ge=0, le=1000, description="Quality units lost per second of latency."
     )
-    features: dict[str, float | str] = Field(
+    features: dict[str, Annotated[float, Field(ge=-MAX_FEATURE, le=MAX_FEATURE)] | str] = Field(
         default_factory=dict,
         max_length=256,
-        description="Arbitrary client features: numbers are used as-is, strings one-hot encoded.",
+        description=(
+            "Arbitrary client features: numbers (|x| <= 1e12) are used as-is, strings one-hot "
+            "encoded."
+        ),
     )
     models: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] | None = Field(
         default=None,
@@ -142,17 +161,23 @@ class ErrorKind(StrEnum):
 class Feedback(BaseModel):
     """What the client observed once the LLM answered (or failed), possibly much later."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    decision_id: DecisionID = Field(min_length=1, max_length=64)
+    decision_id: DecisionID = Field(min_length=1, max_length=64, pattern=NO_NUL)
     quality: float | None = Field(default=None, ge=0, le=1, description="Quality score in [0, 1].")
     thumbs: Literal["up", "down"] | None = Field(default=None, description="Thumbs up or down.")
     rating: int | None = Field(default=None, ge=1, le=5, description="1-5 star rating.")
-    input_tokens: int | None = Field(default=None, ge=0)
-    output_tokens: int | None = Field(default=None, ge=0)
-    latency_ms: float | None = Field(default=None, ge=0)
+    input_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
+    output_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
+    # Upper bounds keep the reward finite: a cost of 1e308 made it -inf and broke the policy.
+    latency_ms: float | None = Field(
+        default=None, ge=0, le=86_400_000, description="Observed latency (at most a day)."
+    )
     cost_usd: float | None = Field(
-        default=None, ge=0, description="Observed cost; computed from the catalog when absent."
+        default=None,
+        ge=0,
+        le=10_000,
+        description="Observed cost (at most 10,000 USD); computed from the catalog when absent.",
     )
     error_kind: ErrorKind | None = Field(default=None, description="Set when the call failed.")
 

@@ -7,6 +7,8 @@
   stay open.
 - Bodies larger than ``serving_max_body_bytes`` -> 413 (by ``Content-Length`` or, for
   chunked bodies, by counting).
+- A POST whose ``Content-Type`` is not JSON -> 415 (none at all is read as JSON). BentoML
+  would parse forms too, and answered a malformed ``multipart/form-data`` body with a 500.
 - ``serving_rate_limit_per_s`` per key (per client address when open): a token bucket with a
   burst of twice the rate; beyond it -> 429 with ``Retry-After``.
 - ``GET /metrics`` answers from :mod:`serving.metrics`.
@@ -108,6 +110,20 @@ def _error(message: str) -> bytes:
     return json.dumps({"error": message}).encode()
 
 
+def _content_type(scope: Scope) -> str | None:
+    """The request's media type, lower case, without parameters (``None``: no header)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"content-type":
+            raw: bytes = value
+            return raw.decode("latin-1").split(";", 1)[0].strip().lower()
+    return None
+
+
+def _is_json(media_type: str | None) -> bool:
+    """``application/json``, ``application/*+json``, or no header at all."""
+    return media_type is None or media_type == "application/json" or media_type.endswith("+json")
+
+
 class GuardMiddleware:
     """The middleware (see the module docstring); options come from :class:`Settings`."""
 
@@ -189,6 +205,12 @@ class GuardMiddleware:
         return f"addr:{client[0]}" if client else "addr:?"
 
     async def _limited(self, scope: Scope, receive: Receive, send: Send, endpoint: str) -> None:
+        media_type = _content_type(scope)
+        if scope["method"] == "POST" and not _is_json(media_type):
+            self.metrics.refusals.labels(endpoint, "415").inc()
+            why = f"unsupported content type {media_type!r}: send Content-Type: application/json"
+            await _reply(send, 415, _error(why))
+            return
         length = None
         for name, value in scope.get("headers", ()):
             if name == b"content-length":

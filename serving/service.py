@@ -14,7 +14,7 @@ Endpoints (OpenAPI at ``/docs.json``, UI at ``/``):
 
 Validation errors are 400 with the offending field in ``detail[].loc``; a tenant whose daily
 budget pays for no model gets 402; keys, body size and rate limits are
-:mod:`serving.http_guard`'s (401/403/413/429). Nothing else is an error: a failing policy
+:mod:`serving.http_guard`'s (401/403/413/415/429). Nothing else is an error: a failing policy
 falls back (see :mod:`serving.router`).
 
 Run: ``bentoml serve serving.service:DecisionService --port 3000`` from the repository root,

@@ -4,7 +4,13 @@ import math
 
 import pytest
 
-from llmopt.features import KNOWN_HINTS, N_HASH_BUCKETS, estimate_tokens, request_features
+from llmopt.features import (
+    KNOWN_HINTS,
+    N_CLIENT_BUCKETS,
+    N_HASH_BUCKETS,
+    estimate_tokens,
+    request_features,
+)
 
 PROMPTS = [
     None,
@@ -64,7 +70,17 @@ def test_task_hints_and_client_features() -> None:
     )
     assert f["hint_code"] == 1.0 and f["hint_other"] == 1.0
     assert all(f[f"hint_{h}"] == 0.0 for h in KNOWN_HINTS if h != "code")
-    assert f["f:tier=gold"] == 1.0 and f["f:load"] == 0.3
+    cf = {k: v for k, v in f.items() if k.startswith("cf_")}
+    assert sorted(round(abs(v), 6) for v in cf.values() if v) == [0.3, 1.0]
+
+
+def test_client_feature_names_cannot_grow_the_dimension() -> None:
+    # New names on every request must not add features (each would grow every linear model).
+    seen: set[str] = set()
+    for i in range(50):
+        f = request_features("x", client_features={f"k{i}_{j}": 1.0 for j in range(256)})
+        seen |= set(f)
+    assert len(seen - set(request_features("x"))) <= N_CLIENT_BUCKETS
 
 
 def test_hashed_words_stable_normalised_and_sized() -> None:
