@@ -12,7 +12,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from models.registry import RECOMMENDED
-from pipelines.tasks import log_model_version, train_incremental
+from pipelines.tasks import log_model_version, registered_cursor, train_incremental
 from pipelines.training import DEFAULT_BATCH_SIZE
 
 NAME = "incremental-training"
@@ -32,7 +32,10 @@ def incremental_training(
         "learn_seconds": round(result.learn_seconds, 4),
         "version": None,
     }
-    if result.n_events == 0:
+    # No new feedback, and the alias's version has learned up to the checkpoint: nothing to
+    # do. A run killed after its last checkpoint but before registering leaves the checkpoint
+    # ahead of the alias: register then, or those events would reach no version.
+    if result.n_events == 0 and result.last_feedback_id <= registered_cursor(alias):
         get_run_logger().info("no new feedback after #%d: nothing to register", result.after_id)
         return summary
     summary["version"] = log_model_version(result, flow_name=NAME, alias=alias)

@@ -71,6 +71,17 @@ def train_incremental(
         log.close()
 
 
+@task(name="registered-cursor", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def registered_cursor(alias: str = "dev") -> int:
+    """``last_feedback_id`` of the version ``alias`` points at (0: no version, or no such tag)."""
+    client = registry.configure(get_settings())
+    version = registry.version_for_alias(client, alias)
+    if version is None:
+        return 0
+    tags = client.get_model_version(registry.MODEL_NAME, version).tags
+    return int(tags.get("last_feedback_id", 0))
+
+
 @task(name="rebuild-from-history", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
 def rebuild_from_history(
     policy_name: str, params: dict[str, Any], batch_size: int
