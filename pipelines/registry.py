@@ -281,12 +281,22 @@ def list_versions(client: MlflowClient, name: str = MODEL_NAME) -> list[VersionI
     return sorted(out, key=lambda v: int(v.version), reverse=True)
 
 
+_NOT_FOUND = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+"""Error codes MLflow answers for an unknown model (the first) or alias (the second)."""
+
+
 def version_for_alias(client: MlflowClient, alias: str, name: str = MODEL_NAME) -> str | None:
-    """The version ``alias`` points at, or None."""
+    """The version ``alias`` points at, or None when the model or the alias does not exist.
+
+    Any other error (the tracking server down, a 5xx) is raised: an unreachable registry is
+    not "no version" (serving would drop its challenger, training would restart from scratch).
+    """
     try:
         return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if exc.error_code in _NOT_FOUND:
+            return None
+        raise
 
 
 def client_model_version(client: MlflowClient, version: str, name: str) -> ModelVersion:

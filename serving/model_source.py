@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,12 +108,31 @@ class LocalFileSource:
         return LoadedPolicy(label, policy, str(self.path))
 
 
+FAIL_FAST_MLFLOW_HTTP = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+"""MLflow client settings of a serving process that reads a tracking *server*: one quick retry
+(a dropped keep-alive connection), then :class:`SourceError`. MLflow's defaults (7 retries with
+exponential backoff, ~4 minutes) would hold the alias poller inside one call for minutes while
+the server is down (no "current model kept" until then) and delay the first alias check after
+it is back by up to a backoff step; the poller itself retries every ``serving_poll_s``."""
+
+
 class RegistrySource:
-    """Policies from the MLflow registry, ``models:/llm-router@<alias>`` (see pipelines)."""
+    """Policies from the MLflow registry, ``models:/llm-router@<alias>`` (see pipelines).
+
+    With an ``http(s)://`` tracking URI it sets :data:`FAIL_FAST_MLFLOW_HTTP` in the process
+    environment (variables already set win): MLflow reads them on every request, and in a
+    serving process this source is MLflow's only user.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._client: Any = None
+        if (settings.mlflow_tracking_uri or "").startswith(("http://", "https://")):
+            for key, value in FAIL_FAST_MLFLOW_HTTP.items():
+                os.environ.setdefault(key, value)
 
     def _registry(self) -> tuple[Any, Any]:
         try:

@@ -10,17 +10,8 @@ on the Prefect server, then that ``down`` leaves no process of the stack behind.
 
 from __future__ import annotations
 
-import json
-import os
-import random
-import socket
-import subprocess
 import time
-import urllib.request
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -28,124 +19,9 @@ import sqlalchemy as sa
 from pipelines.deployments import FLOWS
 from serving.schemas import EXAMPLE_DECIDE
 
+from .conftest import alive, http, port_open, script, shared_servers_answer, stack_pids
+
 pytestmark = [pytest.mark.integration, pytest.mark.services, pytest.mark.slow]
-
-ROOT = Path(__file__).resolve().parents[3]
-INFRA = ROOT / "infra"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(1)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def http(url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        text = r.read().decode()
-        try:
-            return r.status, json.loads(text)
-        except json.JSONDecodeError:
-            return r.status, text
-
-
-def script(name: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", str(INFRA / name)],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def stack_pids(home: Path) -> set[int]:
-    """Every process of the stack: the pid files' processes and everything below them."""
-    pids = {int(p.read_text()) for p in (home / "run").glob("*.pid")}
-    table = subprocess.run(
-        ["ps", "-eo", "pid=,ppid="], capture_output=True, text=True, check=True
-    ).stdout
-    children: dict[int, list[int]] = {}
-    for line in table.splitlines():
-        pid, ppid = map(int, line.split())
-        children.setdefault(ppid, []).append(pid)
-    todo, seen = list(pids), set(pids)
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in seen:
-                seen.add(child)
-                todo.append(child)
-    return seen
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split(") ")[-1].startswith("Z"))  # zombie
-
-
-def shared_servers_answer() -> bool:
-    """The shared PostgreSQL and Redis at their usual ports still answer."""
-    pg = subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1", "-p", "5432"], check=False)
-    ping = subprocess.run(
-        ["redis-cli", "-h", "127.0.0.1", "-p", "6379", "ping"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return pg.returncode == 0 and ping.stdout.strip() == "PONG"
-
-
-@pytest.fixture
-def stack_env(postgres_url: str, redis_url: str, tmp_path: Path) -> Iterator[dict[str, str]]:
-    """Environment of a second stack; afterwards: down, its databases and Redis keys dropped."""
-    del redis_url  # only its availability
-    prefix = f"llmopt_it_{uuid.uuid4().hex[:8]}_"
-    redis_db = random.randint(8, 15)  # Feast's keys of project llmopt, apart from db 0's
-    env = {
-        **os.environ,
-        "LLMOPT_INFRA_HOME": str(tmp_path / "infra"),
-        "LLMOPT_INFRA_DB_PREFIX": prefix,
-        "LLMOPT_INFRA_REDIS_DB": str(redis_db),
-        "LLMOPT_INFRA_MLFLOW_PORT": str(free_port()),
-        "LLMOPT_INFRA_PREFECT_PORT": str(free_port()),
-        "LLMOPT_INFRA_SERVING_PORT": str(free_port()),
-        "LLMOPT_INFRA_WORKERS": "1",
-        "LLMOPT_INFRA_TIMEOUT": "200",
-    }
-    try:
-        yield env
-    finally:
-        script("down.sh", env, timeout=120)
-        server = postgres_url.rpartition("/")[0]
-        admin = sa.create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            names = conn.execute(
-                sa.text("SELECT datname FROM pg_database WHERE datname LIKE :p"),
-                {"p": f"{prefix}%"},
-            ).scalars()
-            for name in list(names):
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-        import redis  # noqa: PLC0415
-
-        r = redis.Redis(host="127.0.0.1", port=6379, db=redis_db)
-        for key in r.scan_iter():
-            if key.endswith(b"llmopt"):  # Feast's keys end with the project's name
-                r.delete(key)
 
 
 @pytest.mark.timeout(480)
