@@ -51,6 +51,8 @@ class FeatureWriter:
         Seconds after which the next ``add`` flushes whatever is waiting.
     offline
         Also append the rows to the offline store.
+    direct
+        Write online rows straight through the provider (see ``store.push_online``).
     """
 
     def __init__(
@@ -61,12 +63,14 @@ class FeatureWriter:
         max_batch: int = 2000,
         max_delay_s: float = 1.0,
         offline: bool = True,
+        direct: bool = False,
     ) -> None:
         self.store = store
         self.aggregator = aggregator or FeedbackAggregator()
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.offline = offline
+        self.direct = direct
         self._waiting = 0
         self._last_flush = time.monotonic()
         self.pushed_rows = 0
@@ -105,7 +109,7 @@ class FeatureWriter:
         for view, rows in self.aggregator.emit().items():
             if not rows:
                 continue
-            fs_store.push_online(self.store, view, rows)
+            fs_store.push_online(self.store, view, rows, direct=self.direct)
             if self.offline:
                 fs_store.write_offline(self.store, view, rows)
             out[view] = len(rows)

@@ -167,7 +167,15 @@ class Settings(BaseSettings):
         default=True,
         description=(
             "Serving pushes the event log's new feedback to the online store every "
-            "serving_features_ttl_s (false: leave it to the pipelines' materialisation flow)."
+            "serving_features_push_s (false: leave it to the pipelines' materialisation flow)."
+        ),
+    )
+    serving_features_push_s: float = Field(
+        default=5.0,
+        gt=0,
+        description=(
+            "Seconds between pushes of new feedback to the online store (each push holds the "
+            "interpreter for ~20 ms: less often, fewer decisions wait behind it)."
         ),
     )
     serving_spool: bool = Field(

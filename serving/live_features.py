@@ -227,7 +227,15 @@ class LiveFeatures:
         reader.read(["warm-up"], tenant="warm-up", task_type="general")
         reader.budget_ms = settings.serving_features_budget_ms
         writer = (
-            FeatureWriter(store, max_batch=5000, max_delay_s=settings.serving_features_ttl_s)
+            # Online only (the offline store is the pipelines' job) and straight into the online
+            # table: Feast's push re-reads its registry per call, ~100 ms of held GIL per flush.
+            FeatureWriter(
+                store,
+                max_batch=5000,
+                max_delay_s=settings.serving_features_push_s,
+                offline=False,
+                direct=True,
+            )
             if settings.serving_push_features
             else None
         )

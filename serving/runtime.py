@@ -14,7 +14,7 @@ every that many seconds, the feedback the *other* workers stored in the shared e
 Online features (``serving_features``, :mod:`serving.live_features`): the Feast store is opened
 on a background thread at start-up; once open, the router reads it on every decision (cached,
 within a budget) and a thread pushes the event log's new feedback to it every
-``serving_features_ttl_s`` seconds.
+``serving_features_push_s`` seconds.
 """
 
 from __future__ import annotations
@@ -291,7 +291,7 @@ class ServingRuntime:
         return features.follow_log_once() if features is not None else 0
 
     def _push_features(self) -> None:
-        while not self._stop.wait(self.settings.serving_features_ttl_s):
+        while not self._stop.wait(self.settings.serving_features_push_s):
             try:
                 self.push_features_once()
             except Exception:  # a store outage must not kill the pusher
