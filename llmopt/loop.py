@@ -243,15 +243,32 @@ class LearningLoop:
         candidates = self.candidates(ctx)
         if ctx.max_cost_usd is None and ctx.max_latency_ms is None:
             return candidates, []
+        ok, costs, notes = self.within_caps(ctx, candidates)
+        if not ok:  # nothing fits: the cheapest arm, and say so
+            cheapest = min(candidates, key=costs.__getitem__)
+            notes.append(f"no model meets the caps; fell back to the cheapest, {cheapest}")
+            ok = [cheapest]
+        return ok, notes
+
+    def within_caps(
+        self, ctx: RequestContext, arms: Sequence[ArmID], budget: float | None = None
+    ) -> tuple[list[ArmID], dict[ArmID, float], list[str]]:
+        """Arms meeting the request's caps, arms within ``budget`` (with their cost), notes.
+
+        An arm whose cost is unknown is within no budget (it cannot be shown to fit) but breaks
+        no cost cap either; without a budget every arm is "within" it.
+        """
         in_tokens = estimate_tokens(ctx.prompt or "")
         ok: list[ArmID] = []
         notes: list[str] = []
-        costs: dict[ArmID, float] = {}
-        for arm in candidates:
+        affordable: dict[ArmID, float] = {}
+        for arm in arms:
             spec = self.catalog.get(arm) if self.catalog is not None else None
             cost = self.cost_model.predict(arm, in_tokens)
             latency = spec.expected_latency_ms(DEFAULT_OUTPUT_TOKENS) if spec else None
-            costs[arm] = cost if cost is not None else 0.0
+            if budget is not None and (cost is None or cost > budget):
+                continue  # summarised by the caller: one note, not one per model
+            affordable[arm] = cost if cost is not None else 0.0
             if ctx.max_cost_usd is not None and cost is not None and cost > ctx.max_cost_usd:
                 notes.append(f"{arm} excluded: predicted cost {cost:.6f} > max_cost_usd")
             elif (
@@ -262,11 +279,7 @@ class LearningLoop:
                 notes.append(f"{arm} excluded: predicted latency {latency:.0f} ms > max_latency_ms")
             else:
                 ok.append(arm)
-        if not ok:  # nothing fits: the cheapest arm, and say so
-            cheapest = min(candidates, key=costs.__getitem__)
-            notes.append(f"no model meets the caps; fell back to the cheapest, {cheapest}")
-            ok = [cheapest]
-        return ok, notes
+        return ok, affordable, notes
 
     def decide(
         self, ctx: RequestContext, *, features: Mapping[str, float] | None = None

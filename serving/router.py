@@ -44,7 +44,6 @@ from llmopt.catalog import ModelCatalog
 from llmopt.event_log import EventLog, UnknownDecisionError
 from llmopt.features import estimate_tokens
 from llmopt.loop import (
-    DEFAULT_OUTPUT_TOKENS,
     FeedbackOutcome,
     LearningLoop,
     NoCandidateError,
@@ -162,7 +161,7 @@ class ServingLoop(LearningLoop):
                 arms = kept
             else:
                 notes.append("live statistics rule out every candidate: ignored")
-        ok, affordable, cap_notes = self._within_caps(ctx, arms, budget)
+        ok, affordable, cap_notes = self.within_caps(ctx, arms, budget)
         notes += cap_notes
         if budget is not None:
             if not affordable:
@@ -180,33 +179,6 @@ class ServingLoop(LearningLoop):
             notes.append(f"no model meets the caps; fell back to the cheapest, {cheapest}")
             ok = [cheapest]
         return ok, notes
-
-    def _within_caps(
-        self, ctx: RequestContext, arms: list[ArmID], budget: float | None
-    ) -> tuple[list[ArmID], dict[ArmID, float], list[str]]:
-        """Arms meeting the request's caps, arms within the budget (with their cost), notes."""
-        in_tokens = estimate_tokens(ctx.prompt or "")
-        ok: list[ArmID] = []
-        notes: list[str] = []
-        affordable: dict[ArmID, float] = {}
-        for arm in arms:
-            spec = self.catalog.get(arm) if self.catalog is not None else None
-            cost = self.cost_model.predict(arm, in_tokens)
-            latency = spec.expected_latency_ms(DEFAULT_OUTPUT_TOKENS) if spec else None
-            if budget is not None and (cost is None or cost > budget):
-                continue  # summarised by the caller: one note, not one per model
-            affordable[arm] = cost if cost is not None else 0.0
-            if ctx.max_cost_usd is not None and cost is not None and cost > ctx.max_cost_usd:
-                notes.append(f"{arm} excluded: predicted cost {cost:.6f} > max_cost_usd")
-            elif (
-                ctx.max_latency_ms is not None
-                and latency is not None
-                and latency > ctx.max_latency_ms
-            ):
-                notes.append(f"{arm} excluded: predicted latency {latency:.0f} ms > max_latency_ms")
-            else:
-                ok.append(arm)
-        return ok, affordable, notes
 
 
 @dataclass(frozen=True)
