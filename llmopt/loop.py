@@ -76,6 +76,19 @@ class NoCandidateError(ValueError):
     """The request's ``models`` names no model the loop serves."""
 
 
+class ContextWindowError(NoCandidateError):
+    """The prompt does not fit the context window of any model the request allows."""
+
+
+CONTEXT_RESERVE_TOKENS = DEFAULT_OUTPUT_TOKENS
+"""Answer tokens a model's context window must hold beyond the prompt for the model to fit.
+
+Not the request's ``max_tokens``: a large default ``max_tokens`` should not rule out a model
+the prompt fits; instead the served ``max_tokens`` is capped at what the window leaves (see
+``serving.tuning``). The reserve is the answer length the cost and latency predictions assume.
+"""
+
+
 class LearningLoop:
     """Decide with a policy, log, and learn from delayed feedback.
 
@@ -232,6 +245,42 @@ class LearningLoop:
                 f"{', '.join(self.arms[:40])}"
             )
         return arms
+
+    def fit_context(
+        self, ctx: RequestContext, arms: Sequence[ArmID]
+    ) -> tuple[list[ArmID], list[str]]:
+        """Arms whose context window holds the prompt plus :data:`CONTEXT_RESERVE_TOKENS`.
+
+        The prompt's size is :func:`llmopt.features.estimate_tokens`, the estimate the cost
+        model prices. An arm the catalog does not know cannot be checked and is kept. Raises
+        :class:`ContextWindowError` (its message names the context window) when no arm fits.
+        Used by serving; the replay does not call it (its arms and prompts are fixed data).
+        """
+        if self.catalog is None or not ctx.prompt:
+            return list(arms), []
+        need = estimate_tokens(ctx.prompt) + CONTEXT_RESERVE_TOKENS
+        fit: list[ArmID] = []
+        notes: list[str] = []
+        windows: dict[ArmID, int] = {}
+        for arm in arms:
+            spec = self.catalog.get(arm)
+            if spec is None or need <= spec.context_window:
+                fit.append(arm)
+            else:
+                windows[arm] = spec.context_window
+                notes.append(
+                    f"{arm} excluded: prompt of ~{need - CONTEXT_RESERVE_TOKENS} tokens "
+                    f"(+{CONTEXT_RESERVE_TOKENS} for the answer) exceeds its context window of "
+                    f"{spec.context_window} tokens"
+                )
+        if not fit:
+            largest = max(windows, key=windows.__getitem__)
+            raise ContextWindowError(
+                f"prompt of ~{need - CONTEXT_RESERVE_TOKENS} tokens (+{CONTEXT_RESERVE_TOKENS} "
+                f"for the answer) exceeds the context window of every allowed model (largest: "
+                f"{largest}, {windows[largest]} tokens)"
+            )
+        return fit, notes
 
     def _eligible(self, ctx: RequestContext) -> tuple[list[ArmID], list[str]]:
         """Arms whose predicted cost and latency respect the request's hard caps.

@@ -125,7 +125,9 @@ class StaticDefaultPolicy:
 class ServingLoop(LearningLoop):
     """The learning loop plus the serving guards: circuit breaker and tenant budget.
 
-    Overrides :meth:`LearningLoop._eligible`, the loop's arm filter: models whose breaker is
+    Overrides :meth:`LearningLoop._eligible`, the loop's arm filter: models whose context window
+    the prompt does not fit are left out (:meth:`LearningLoop.fit_context`; none fits: a
+    :class:`llmopt.loop.ContextWindowError`, a 400), models whose breaker is
     open are left out (all of them open: every model is probed), models the fleet's live
     statistics rule out (:func:`serving.live_features.live_exclusions`: error rate over the
     last 5 minutes, observed p95 latency above the request's cap) are left out unless that
@@ -144,16 +146,17 @@ class ServingLoop(LearningLoop):
     def _eligible(self, ctx: RequestContext) -> tuple[list[ArmID], list[str]]:
         blocked = self.breaker.blocked() if self.breaker is not None else frozenset()
         budget = self.budget_left
-        candidates = self.candidates(ctx)
+        candidates, context_notes = self.fit_context(ctx, self.candidates(ctx))
         live = live_exclusions(candidates, self.live, ctx.max_latency_ms) if self.live else {}
         if ctx.max_cost_usd is None and ctx.max_latency_ms is None and budget is None:
             if not blocked and not live:
-                return candidates, []
-        notes = [f"{a} excluded: circuit breaker open" for a in candidates if a in blocked]
+                return candidates, context_notes
+        notes = [*context_notes]
+        notes += [f"{a} excluded: circuit breaker open" for a in candidates if a in blocked]
         arms = [a for a in candidates if a not in blocked]
         if not arms:
             arms = list(candidates)
-            notes = ["every model's circuit breaker is open: probing them all"]
+            notes = [*context_notes, "every model's circuit breaker is open: probing them all"]
         if live:
             kept = [a for a in arms if a not in live]
             if kept:
