@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from llmopt.catalog import ModelCatalog, ModelSpec
 from llmopt.cost_model import CostModel
@@ -357,8 +357,15 @@ class LearningLoop:
         if spec is not None:
             params = {**spec.parameters, **params}
             predicted_latency = spec.expected_latency_ms(DEFAULT_OUTPUT_TOKENS)
+        params, params_reason, tuning = self.generation_parameters(
+            ctx, decision.model, params, in_tokens
+        )
         decision = decision.model_copy(
-            update={"parameters": params, "notes": [*decision.notes, *notes]}
+            update={
+                "parameters": params,
+                "parameters_reason": params_reason,
+                "notes": [*decision.notes, *notes],
+            }
         )
         if self.event_log is not None:
             logged_ctx = ctx.model_copy(
@@ -376,6 +383,7 @@ class LearningLoop:
                     "predicted_cost_usd": predicted_cost,
                     "predicted_latency_ms": predicted_latency,
                     "input_tokens": in_tokens,
+                    **tuning,
                 },
             )
         else:
@@ -383,6 +391,20 @@ class LearningLoop:
                 decision.model, feats, tradeoff, predicted_cost, predicted_latency, in_tokens
             )
         return decision
+
+    def generation_parameters(
+        self,
+        ctx: RequestContext,
+        model: ArmID,
+        params: dict[str, float | int | str],
+        input_tokens: int,
+    ) -> tuple[dict[str, float | int | str], str, dict[str, Any]]:
+        """The parameters to serve ``model`` with, their reason, and extras for the event log.
+
+        Here: the catalog's parameters (``params``) as they are. Serving overrides it with
+        the tuned ones (:mod:`serving.tuning`).
+        """
+        return params, "catalog default" if params else "", {}
 
     def _lookup(self, decision_id: DecisionID) -> _Pending:
         pending = self._pending.get(decision_id)

@@ -130,6 +130,9 @@ class Decision(BaseModel):
         default_factory=dict,
         description="Generation parameters: temperature, max_tokens, template.",
     )
+    parameters_reason: str = Field(
+        default="", description="Why these parameters: catalog default, safe default or tuned."
+    )
     propensity: float = Field(
         gt=0, le=1, description="Probability with which the policy chose this model."
     )

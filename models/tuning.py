@@ -341,6 +341,60 @@ class ParameterTuner(Stateful):
         """The search space's default parameters."""
         return {name: spec.default_value() for name, spec in self._specs.items()}
 
+    def record(self, task_type: str, params: Mapping[str, ParamValue], reward: float) -> Self:
+        """Add a completed trial: ``params`` (not asked for) served one request, earning ``reward``.
+
+        For configurations served without a pending suggestion: the safe default before
+        tuning starts, a suggestion whose trial expired, or one served by another worker.
+        ``params`` must name every parameter of the space, each within its range.
+        """
+        if isinstance(reward, bool) or not isinstance(reward, int | float | np.number):
+            raise ValueError(f"reward must be a number, got {reward!r}")
+        if not math.isfinite(reward):
+            raise ValueError(f"reward must be a finite number, got {reward}")
+        if set(params) != set(self._specs):
+            raise ValueError(
+                f"params must name exactly {sorted(self._specs)}, got {sorted(params)}"
+            )
+        values: dict[str, Any] = {}
+        for name, dist in self._distributions.items():
+            value = params[name]
+            if isinstance(dist, IntDistribution) and isinstance(value, float):
+                value = int(value) if value.is_integer() else value
+            try:
+                inside = dist._contains(dist.to_internal_repr(value))
+            except ValueError:
+                inside = False
+            if not inside:
+                raise ValueError(f"parameter {name}={value!r} is outside its range {dist}")
+            values[name] = value
+        trial = create_trial(
+            state=TrialState.COMPLETE,
+            value=float(reward),
+            params=values,
+            distributions=dict(self._distributions),
+        )
+        self._study(task_type).add_trial(trial)
+        return self
+
+    def expire(self, task_type: str, keep: int) -> int:
+        """Fail all but the newest ``keep`` pending suggestions of ``task_type``; returns how many.
+
+        A suggestion whose feedback never comes stays pending forever, and every pending trial
+        weighs on TPE (the constant liar) and on memory: a server expires the oldest ones.
+        Their late feedback is then refused by :meth:`observe` (use :meth:`record`).
+        """
+        if keep < 0:
+            raise ValueError(f"keep must be >= 0, got {keep}")
+        study = self._find_study(task_type)
+        if study is None:
+            return 0
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        stale = running[: max(len(running) - keep, 0)]
+        for trial in stale:
+            study.tell(trial.number, state=TrialState.FAIL)
+        return len(stale)
+
     def n_trials(self, task_type: str) -> int:
         """Number of completed trials (rewards received) of ``task_type``."""
         return len(self._completed(task_type))

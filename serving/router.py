@@ -56,6 +56,7 @@ from llmopt.types import ArmID, Features
 from serving.drift import DriftWatch
 from serving.guards import BudgetExceededError, BudgetLedger, CircuitBreaker
 from serving.live_features import LiveFeatures, live_exclusions
+from serving.tuning import ServedTuning
 
 log = logging.getLogger("llmopt.serving")
 
@@ -137,11 +138,37 @@ class ServingLoop(LearningLoop):
     model *within the budget*; nothing within it raises :class:`BudgetExceededError`).
     """
 
-    def __init__(self, *args: Any, breaker: CircuitBreaker | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        breaker: CircuitBreaker | None = None,
+        tuning: ServedTuning | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.breaker = breaker
+        self.tuning = tuning
         self.budget_left: float | None = None  # set by the router, under its lock
         self.live: RouterFeatures | None = None  # online features, set by the router
+
+    def generation_parameters(
+        self,
+        ctx: RequestContext,
+        model: ArmID,
+        params: dict[str, float | int | str],
+        input_tokens: int,
+    ) -> tuple[dict[str, float | int | str], str, dict[str, Any]]:
+        """Tuned parameters per (task type x model) (:mod:`serving.tuning`)."""
+        if self.tuning is None:
+            return super().generation_parameters(ctx, model, params, input_tokens)
+        spec = self.catalog.get(model) if self.catalog is not None else None
+        cap = spec.context_window - input_tokens if spec is not None else None
+        try:
+            s = self.tuning.suggest(task_type(ctx.task_hints), model, params, max_tokens_cap=cap)
+        except Exception:  # tuning must never fail a decision
+            log.exception("parameter tuning failed; catalog defaults served")
+            return params, "default: parameter tuning failed", {}
+        return s.params, s.reason, {"tuning": s.record}
 
     def _eligible(self, ctx: RequestContext) -> tuple[list[ArmID], list[str]]:
         blocked = self.breaker.blocked() if self.breaker is not None else frozenset()
@@ -303,6 +330,9 @@ class Router:
         Per-tenant daily budgets (default: no caps).
     rollback
         When to roll back a canary automatically (None: never).
+    tuning
+        Generation parameters per (task type x model) (default: a fresh
+        :class:`serving.tuning.ServedTuning`; not yet versioned in the registry).
     clock
         Monotonic time source of the canary schedule.
     store_prompt_tenants
@@ -321,8 +351,11 @@ class Router:
         rollback: RollbackRule | None = None,
         clock: Callable[[], float] = time.monotonic,
         store_prompt_tenants: Sequence[str] = (),
+        tuning: ServedTuning | None = None,
     ) -> None:
         self.catalog = catalog
+        self.tuning = tuning or ServedTuning()
+        """Generation parameters per (task type x model), shared by every slot."""
         self.store_prompt_tenants = frozenset(store_prompt_tenants)
         self._clock = clock
         self.event_log = event_log
@@ -353,6 +386,7 @@ class Router:
             event_log=self.event_log,
             default_tradeoff=self.default_tradeoff,
             breaker=self.breaker,
+            tuning=self.tuning,
             store_prompt_tenants=self.store_prompt_tenants,
         )
         return Slot(role=role, label=label, loop=loop)
@@ -578,6 +612,15 @@ class Router:
         self.ledger.settle(fb.decision_id, cost)
         stats = self._live.setdefault(slot.label, _LiveStats())
         stats.add(reward, failed)
+        try:
+            self.tuning.observe(
+                (row.get("context") or {}).get("tuning"),
+                row.get("parameters") or {},
+                reward,
+                error_kind=fb.error_kind.value if fb.error_kind is not None else None,
+            )
+        except Exception:  # learning the parameters must never fail a feedback
+            log.exception("parameter tuning failed to learn")
         self._check_rollback()
         if self.drift is not None and slot.role != "static_default":
             try:

@@ -80,7 +80,18 @@ class DecideResponse(BaseModel):
     decision_id: str = Field(description="Quote it in /feedback.")
     model: str = Field(description="The model to call.")
     parameters: dict[str, float | int | str] = Field(
-        default_factory=dict, description="Generation parameters (temperature, max_tokens, ...)."
+        default_factory=dict,
+        description=(
+            "Generation parameters: temperature, top_p, max_tokens and prompt_template (plain, "
+            "step_by_step or concise: how to wrap the prompt; not an API parameter)."
+        ),
+    )
+    parameters_reason: str = Field(
+        default="",
+        description=(
+            "Why these parameters: 'default: k of n feedback needed ...' (safe default), "
+            "'tuning: TPE trial ...' or 'tuned: best of k feedback ...', per task type x model."
+        ),
     )
     propensity: float = Field(description="Probability with which the policy chose this model.")
     policy_name: str = Field(description="Algorithm of the deciding policy.")

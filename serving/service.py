@@ -127,6 +127,7 @@ def to_response(routed: Routed, features_state: str = "off") -> DecideResponse:
         decision_id=d.decision_id,
         model=d.model,
         parameters=d.parameters,
+        parameters_reason=d.parameters_reason,
         propensity=d.propensity,
         policy_name=d.policy_name,
         policy_version=d.policy_version,

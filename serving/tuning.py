@@ -1,0 +1,211 @@
+"""Generation parameters for every served decision, tuned per (task type x model) from feedback.
+
+:class:`ServedTuning` puts :class:`models.tuning.ParameterTuner` (Optuna's TPE, ask/tell) behind
+the decision path. Each (task type, model) pair, e.g. ``code/gpt-4o-mini``, is one study. Why
+TPE and not a Gaussian process: Optuna's ``GPSampler`` needs PyTorch, which the service does not
+install (a ~700 MB dependency for one sampler); TPE handles the categorical template and the
+integer, log-scaled ``max_tokens`` natively and tolerates single noisy rewards (see
+:mod:`models.tuning`), where a scikit-learn ``GaussianProcessRegressor`` would need a hand-made
+encoding of the template and a noise kernel.
+
+What a decision gets, and its ``reason``:
+
+- **default** while the pair has fewer than ``min_feedback`` rewards: the catalog's parameters
+  (``temperature`` 0.7, ``max_tokens`` 1024) plus ``top_p`` 1.0 and the ``plain`` template, the
+  safe default ("default: 3 of 20 feedback needed"). Its rewards are recorded as trials of that
+  configuration, so the search starts from the default's measured reward;
+- **tuning**: afterwards, with probability ``explore``, a TPE suggestion (a trial);
+- **tuned**: otherwise the best configuration so far (smoothed reward, :meth:`ParameterTuner.best`).
+
+Cost on the decision path is a dictionary lookup: TPE's ``ask`` (4 ms at 50 trials, 12 ms at
+200) and the smoothed best (O(n^2)) run on the *feedback* path, which keeps one suggestion ready
+per pair and the best cached. After ``max_trials`` rewards a pair stops exploring and keeps its
+best. Pending suggestions beyond ``max_pending`` per pair are expired (their late feedback is
+recorded as a plain trial of the parameters served).
+
+``max_tokens`` is capped at what the model's context window leaves after the prompt; the cap is
+said in the reason. ``prompt_template`` names how to wrap the prompt (``plain``: as is,
+``step_by_step``: ask for step-by-step reasoning, ``concise``: ask for a short answer); it is not
+an API parameter of the LLM.
+
+Feedback teaches the pair the decision was made for with its reward (quality minus cost): the
+parameters served and the trial number are stored with the decision in the event log
+(``parameters`` and ``context.tuning``). Failures that say nothing about the parameters
+(timeout, rate limit, server error) are not learned.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from models.tuning import Choice, FloatRange, IntRange, ParameterTuner, ParamSpec, ParamValue
+
+log = logging.getLogger("llmopt.serving")
+
+SERVING_SPACE: dict[str, ParamSpec] = {
+    "temperature": FloatRange(0.0, 1.2, default=0.7),
+    "top_p": FloatRange(0.5, 1.0, default=1.0),
+    "max_tokens": IntRange(128, 4096, log=True, default=1024),
+    "prompt_template": Choice(("plain", "step_by_step", "concise"), default="plain"),
+}
+"""What is tuned, and the safe default of each parameter."""
+
+UNINFORMATIVE_ERRORS = frozenset({"timeout", "rate_limit", "server_error"})
+"""Failures not caused by the parameters: not learned."""
+
+
+@dataclass(frozen=True)
+class Suggested:
+    """Parameters for one decision, why, and what the event log keeps to learn from feedback."""
+
+    params: dict[str, ParamValue]
+    reason: str
+    record: dict[str, Any] = field(default_factory=dict)
+    """``{"key": "code/gpt-4o", "trial": 12 | None}``: stored as ``context.tuning``."""
+
+
+def tuning_key(task_type: str, model: str) -> str:
+    """The study of a (task type, model) pair.
+
+    >>> tuning_key("code", "gpt-4o")
+    'code/gpt-4o'
+    """
+    return f"{task_type}/{model}"
+
+
+class ServedTuning:
+    """Per (task type x model) parameters for serving: safe default, then TPE (module docstring).
+
+    Not thread-safe: the router calls it under its lock.
+
+    Examples
+    --------
+    >>> t = ServedTuning(min_feedback=2, seed=0)
+    >>> s = t.suggest("chat", "gpt-4o", {"temperature": 0.7, "max_tokens": 1024})
+    >>> s.params["temperature"], s.params["max_tokens"], s.reason
+    (0.7, 1024, 'default: 0 of 2 feedback needed before tuning chat/gpt-4o')
+    >>> t.observe(s.record, s.params, 0.8)
+    True
+    """
+
+    def __init__(
+        self,
+        *,
+        min_feedback: int = 20,
+        explore: float = 0.2,
+        max_trials: int = 300,
+        max_pending: int = 32,
+        seed: int | None = None,
+        tuner: ParameterTuner | None = None,
+    ) -> None:
+        if min_feedback < 0 or max_trials < min_feedback or max_pending < 1:
+            raise ValueError("need 0 <= min_feedback <= max_trials and max_pending >= 1")
+        if not 0.0 <= explore <= 1.0:
+            raise ValueError(f"explore must be in [0, 1], got {explore}")
+        self.min_feedback = min_feedback
+        self.explore = explore
+        self.max_trials = max_trials
+        self.max_pending = max_pending
+        self.tuner = tuner or ParameterTuner(SERVING_SPACE, n_startup_trials=5, seed=seed)
+        self.space = dict(SERVING_SPACE)
+        self._rng = random.Random(seed)
+        self._n: dict[str, int] = {}
+        self._best: dict[str, dict[str, ParamValue]] = {}
+        self._ready: dict[str, tuple[int, dict[str, ParamValue]]] = {}
+
+    def defaults(self, catalog_params: Mapping[str, ParamValue]) -> dict[str, ParamValue]:
+        """The safe default: the catalog's parameters over the space's defaults."""
+        base = {name: spec.default_value() for name, spec in self.space.items()}
+        return {**base, **catalog_params}
+
+    def n_feedback(self, key: str) -> int:
+        """Rewards learned for ``key`` (a :func:`tuning_key`)."""
+        if key not in self._n:
+            self._n[key] = self.tuner.n_trials(key)
+        return self._n[key]
+
+    def suggest(
+        self,
+        task_type: str,
+        model: str,
+        catalog_params: Mapping[str, ParamValue],
+        *,
+        max_tokens_cap: int | None = None,
+    ) -> Suggested:
+        """Parameters for one decision of ``task_type`` served by ``model``.
+
+        ``max_tokens_cap``: what the model's context window leaves after the prompt.
+        """
+        key = tuning_key(task_type, model)
+        n = self.n_feedback(key)
+        trial: int | None = None
+        if n < self.min_feedback or key not in self._best:
+            params = self.defaults(catalog_params)
+            reason = f"default: {n} of {self.min_feedback} feedback needed before tuning {key}"
+        elif key in self._ready and self._rng.random() < self.explore:
+            trial, asked = self._ready.pop(key)
+            params = {**self.defaults(catalog_params), **asked}
+            reason = f"tuning: TPE trial {trial} of {key} ({n} feedback so far)"
+        else:
+            params = {**self.defaults(catalog_params), **self._best[key]}
+            done = "; search finished" if n >= self.max_trials else ""
+            reason = f"tuned: best of {n} feedback for {key} (TPE{done})"
+        if max_tokens_cap is not None and "max_tokens" in params:
+            cap = max(int(max_tokens_cap), 1)
+            if int(params["max_tokens"]) > cap:
+                params["max_tokens"] = cap
+                reason += f"; max_tokens capped at {cap} by the context window"
+                trial = None  # served parameters differ from the trial's: recorded as served
+        return Suggested(params, reason, {"key": key, "trial": trial})
+
+    def observe(
+        self,
+        record: Mapping[str, Any] | None,
+        params: Mapping[str, Any],
+        reward: float,
+        *,
+        error_kind: str | None = None,
+    ) -> bool:
+        """Learn the ``reward`` of a decision served with ``params``; True if learned.
+
+        ``record`` is the decision's :attr:`Suggested.record` (from the event log).
+        """
+        if (
+            not record
+            or not isinstance(record.get("key"), str)
+            or error_kind in UNINFORMATIVE_ERRORS
+        ):
+            return False
+        key: str = record["key"]
+        trial = record.get("trial")
+        learned = False
+        if isinstance(trial, int):
+            try:
+                self.tuner.observe(key, trial, reward)
+                learned = True
+            except ValueError:  # expired, or another worker's trial: record what was served
+                pass
+        if not learned:
+            served = {name: params.get(name) for name in self.space}
+            try:
+                self.tuner.record(key, served, reward)  # type: ignore[arg-type]
+            except ValueError:  # e.g. max_tokens capped below the space: nothing to learn
+                return False
+        n = self.n_feedback(key) + 1
+        self._n[key] = n
+        if n >= self.min_feedback:
+            self._refresh(key, n)
+        return True
+
+    def _refresh(self, key: str, n: int) -> None:
+        """Recompute the best, keep one suggestion ready, expire stale ones (feedback path)."""
+        if n <= self.max_trials or key not in self._best:
+            self._best[key] = self.tuner.best(key)
+        if n < self.max_trials and key not in self._ready:
+            s = self.tuner.suggest(key)
+            self._ready[key] = (s.trial_number, s.params)
+            self.tuner.expire(key, keep=self.max_pending)
