@@ -24,12 +24,20 @@ import httpx
 
 
 class DecisionServiceError(RuntimeError):
-    """The service refused a request; ``status`` is the HTTP status (401, 404, 409, ...)."""
+    """The service refused a request.
 
-    def __init__(self, status: int, message: str) -> None:
+    ``status`` is the HTTP status (401, 404, 409, ...); ``code``, ``message`` and ``field`` are
+    the service's error body, ``{"error": {"code", "message", "field"}}``.
+    """
+
+    def __init__(
+        self, status: int, message: str, *, code: str | None = None, field: str | None = None
+    ) -> None:
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
         self.message = message
+        self.code = code
+        self.field = field
 
 
 class DecisionClient:
@@ -63,7 +71,7 @@ class DecisionClient:
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         r = self._http.post(path, json=body)
         if r.status_code != 200:
-            raise DecisionServiceError(r.status_code, _message(r))
+            raise _error(r)
         data: dict[str, Any] = r.json()
         return data
 
@@ -102,20 +110,19 @@ class DecisionClient:
         self.close()
 
 
-def _message(r: httpx.Response) -> str:
+def _error(r: httpx.Response) -> DecisionServiceError:
+    """The service's error body as an exception (a body of another shape: its text)."""
     try:
         data = r.json()
     except ValueError:
-        return r.text
-    if isinstance(data, list) and data and isinstance(data[0], dict):
-        data = data[0]
-    if isinstance(data, dict):
-        detail = data.get("detail")
-        if isinstance(detail, list) and detail:
-            return "; ".join(
-                f"{'.'.join(str(p) for p in d.get('loc', [])) or 'body'}: {d.get('msg')}"
-                for d in detail
-                if isinstance(d, dict)
-            )
-        return str(data.get("error", data))
-    return r.text
+        return DecisionServiceError(r.status_code, r.text)
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return DecisionServiceError(r.status_code, r.text)
+    code, field = error.get("code"), error.get("field")
+    return DecisionServiceError(
+        r.status_code,
+        str(error.get("message", "")),
+        code=code if isinstance(code, str) else None,
+        field=field if isinstance(field, str) else None,
+    )

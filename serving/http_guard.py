@@ -13,14 +13,14 @@
   burst of twice the rate; beyond it -> 429 with ``Retry-After``.
 - ``GET /metrics`` answers from :mod:`serving.metrics`.
 
-Settings are read when the app is built (in each worker), not at import.
+Refusals have the one error body of :mod:`serving.errors`. Settings are read when the app is
+built (in each worker), not at import.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import threading
 import time
@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from llmopt.settings import Settings
+from serving.errors import error_body
 from serving.metrics import get_metrics
 
 Scope = MutableMapping[str, Any]
@@ -106,10 +107,6 @@ async def _reply(
     await send({"type": "http.response.body", "body": body})
 
 
-def _error(message: str) -> bytes:
-    return json.dumps({"error": message}).encode()
-
-
 def _content_type(scope: Scope) -> str | None:
     """The request's media type, lower case, without parameters (``None``: no header)."""
     for name, value in scope.get("headers", ()):
@@ -178,13 +175,13 @@ class GuardMiddleware:
                 await _reply(
                     send,
                     401,
-                    _error(f"{why} API key: send Authorization: Bearer KEY"),
+                    error_body(401, f"{why} API key: send Authorization: Bearer KEY"),
                     www_authenticate="Bearer",
                 )
                 return
             if path.startswith("/admin/") and not is_admin:
                 self.metrics.refusals.labels(endpoint, "403").inc()
-                await _reply(send, 403, _error("this endpoint needs an admin key"))
+                await _reply(send, 403, error_body(403, "this endpoint needs an admin key"))
                 return
             ident = digest  # rate limits per key, kept by digest
         if self.bucket is not None:
@@ -194,7 +191,7 @@ class GuardMiddleware:
                 await _reply(
                     send,
                     429,
-                    _error("rate limit exceeded"),
+                    error_body(429, "rate limit exceeded"),
                     retry_after=str(max(1, round(wait + 0.5))),
                 )
                 return
@@ -209,7 +206,7 @@ class GuardMiddleware:
         if scope["method"] == "POST" and not _is_json(media_type):
             self.metrics.refusals.labels(endpoint, "415").inc()
             why = f"unsupported content type {media_type!r}: send Content-Type: application/json"
-            await _reply(send, 415, _error(why))
+            await _reply(send, 415, error_body(415, why))
             return
         length = None
         for name, value in scope.get("headers", ()):
@@ -221,7 +218,7 @@ class GuardMiddleware:
                 break
         if length is not None and length > self.max_body:
             self.metrics.refusals.labels(endpoint, "413").inc()
-            await _reply(send, 413, _error(f"request body above {self.max_body} bytes"))
+            await _reply(send, 413, error_body(413, f"request body above {self.max_body} bytes"))
             return
         if length is not None or scope["method"] in ("GET", "HEAD"):
             await self.app(scope, receive, send)
@@ -238,7 +235,9 @@ class GuardMiddleware:
             size += len(chunk)
             if size > self.max_body:
                 self.metrics.refusals.labels(endpoint, "413").inc()
-                await _reply(send, 413, _error(f"request body above {self.max_body} bytes"))
+                await _reply(
+                    send, 413, error_body(413, f"request body above {self.max_body} bytes")
+                )
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)

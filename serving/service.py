@@ -12,10 +12,11 @@ Endpoints (OpenAPI at ``/docs.json``, UI at ``/``):
 - ``POST /admin/reload`` (swap in the versions the registry aliases point at now) and
   ``POST /admin/traffic`` (champion / canary at a percentage / shadow).
 
-Validation errors are 400 with the offending field in ``detail[].loc``; a tenant whose daily
+Every error has one body, ``{"error": {"code", "message", "field"}}`` (:mod:`serving.errors`):
+validation errors are 400 ``validation_error`` naming the offending field; a tenant whose daily
 budget pays for no model gets 402; keys, body size and rate limits are
 :mod:`serving.http_guard`'s (401/403/413/415/429). Nothing else is an error: a failing policy
-falls back (see :mod:`serving.router`).
+falls back (see :mod:`serving.router`). The OpenAPI document is 3.1 (:mod:`serving.openapi`).
 
 Run: ``bentoml serve serving.service:DecisionService --port 3000`` from the repository root,
 or ``llmopt serve --port 3000``. Handlers return pydantic models (a ``dict`` return type costs
@@ -34,19 +35,28 @@ import gc
 import logging
 import time
 from collections.abc import Callable
-from http import HTTPStatus
 from typing import Any, TypeVar
 
 import bentoml
-from bentoml.exceptions import BentoMLException
 
 from llmopt.event_log import ConflictingFeedbackError, UnknownDecisionError
-from llmopt.loop import NoCandidateError
+from llmopt.loop import ContextWindowError, NoCandidateError
 from llmopt.schemas import Feedback, RequestContext
 from llmopt.settings import Settings
+from serving.errors import (
+    ApiError,
+    BadRequestError,
+    BudgetRefusedError,
+    ConflictError,
+    ErrorShapeMiddleware,
+    NotFoundError,
+    UnavailableError,
+    quiet_client_errors,
+)
 from serving.guards import BudgetExceededError
 from serving.http_guard import GuardMiddleware, parse_keys
 from serving.metrics import ServingMetrics, get_metrics
+from serving.openapi import OpenAPIMiddleware, build_spec
 from serving.router import Routed
 from serving.runtime import ServingRuntime
 from serving.schemas import (
@@ -73,36 +83,6 @@ def api(**options: Any) -> Callable[[F], F]:
     """``bentoml.api`` with a type mypy can follow (it is untyped in BentoML)."""
     decorator: Callable[[F], F] = bentoml.api(**options)
     return decorator
-
-
-class NotFoundError(BentoMLException):
-    """404: the feedback names a decision the service never made."""
-
-    error_code = HTTPStatus.NOT_FOUND
-
-
-class ConflictError(BentoMLException):
-    """409: a different feedback for this decision was stored first."""
-
-    error_code = HTTPStatus.CONFLICT
-
-
-class BudgetRefusedError(BentoMLException):
-    """402: the tenant's daily budget pays for no model."""
-
-    error_code = HTTPStatus.PAYMENT_REQUIRED
-
-
-class BadRequestError(BentoMLException):
-    """400: a request the domain refuses (e.g. canary without a challenger)."""
-
-    error_code = HTTPStatus.BAD_REQUEST
-
-
-class UnavailableError(BentoMLException):
-    """503: a dependency (the event log) failed; retry."""
-
-    error_code = HTTPStatus.SERVICE_UNAVAILABLE
 
 
 def to_response(routed: Routed, features_state: str = "off") -> DecideResponse:
@@ -202,8 +182,10 @@ class DecisionService:
         started = time.perf_counter()
         try:
             routed = self.router.decide(ctx)
+        except ContextWindowError as exc:
+            raise BadRequestError(str(exc), code="context_window", field="prompt") from None
         except NoCandidateError as exc:
-            raise BadRequestError(str(exc)) from None
+            raise BadRequestError(str(exc), code="no_candidate", field="models") from None
         except BudgetExceededError as exc:
             self.metrics.observe_failed_decision(402)
             raise BudgetRefusedError(str(exc)) from None
@@ -232,9 +214,11 @@ class DecisionService:
         for i, ctx in enumerate(requests):
             try:
                 decisions.append(self._decide(ctx))
-            except BentoMLException as exc:
+            except ApiError as exc:
                 decisions.append(None)
-                errors.append(BatchItemError(index=i, status=int(exc.error_code), message=str(exc)))
+                errors.append(
+                    BatchItemError(index=i, status=int(exc.error_code), message=exc.message)
+                )
         return DecideBatchResponse(decisions=decisions, errors=errors)
 
     @api(route="/feedback", input_spec=FeedbackRequest)
@@ -245,7 +229,7 @@ class DecisionService:
             outcome = self.router.feedback(fb)
         except UnknownDecisionError as exc:
             self.metrics.observe_feedback("unknown")
-            raise NotFoundError(str(exc)) from None
+            raise NotFoundError(str(exc), field="decision_id") from None
         except ConflictingFeedbackError as exc:
             self.metrics.observe_feedback("conflict")
             raise ConflictError(str(exc)) from None
@@ -307,9 +291,14 @@ class DecisionService:
                 step_s=step_s,
             )
         except ValueError as exc:
-            raise BadRequestError(str(exc)) from None
+            raise BadRequestError(str(exc), code="invalid_traffic") from None
         return self._status(notes=list(self.router.events.notes)[-5:])
 
 
 _svc: Any = DecisionService  # a bentoml Service object at run time
+# Outermost first: the spec, then the one error shape around the guard's refusals and
+# BentoML's own, and BentoML's ERROR tracebacks kept for server errors only.
+_svc.add_asgi_middleware(OpenAPIMiddleware, spec=lambda: build_spec(_svc))
+_svc.add_asgi_middleware(ErrorShapeMiddleware)
 _svc.add_asgi_middleware(GuardMiddleware)
+quiet_client_errors()

@@ -6,14 +6,11 @@ break it (negative: wrong types, missing or extra fields, out-of-range numbers, 
 seeded (``derandomize``) so CI sees the same requests each run. The service runs twice: open,
 and with API keys (an admin key is sent, so generated requests reach the handlers, not a 401).
 
-Each response is checked with Schemathesis' ``not_a_server_error``. Response schema
-conformance is not checked, on purpose: BentoML writes the spec from the pydantic models but
-drops ``| None`` (``shadow``, ``explanation``, ``feedback_id``, ``challenger`` are ``null`` in
-valid responses yet typed non-nullable there: "null is not of type 'object'") and lists only
-200/400/404/500, while the service also answers 401/402/403/409/413/415/429 by design;
-``test_http.py`` and the tests below check those. BentoML also labels the spec OpenAPI 3.0.2
-while writing pydantic's JSON Schema 2020-12 into it (``exclusiveMinimum: 0``), which
-Schemathesis rejects as 3.0: the spec is read as the 3.1 document it is.
+Each response is checked with Schemathesis' ``not_a_server_error`` and against the spec's
+response schemas (``response_schema_conformance``): the served spec is OpenAPI 3.1 with the
+pydantic models' own schemas (``X | None`` fields nullable) and documents the one error body
+for ``4XX``/``5XX`` (:mod:`serving.openapi`), so every answer, refusals included, must fit it.
+``test_api_contract.py`` checks the document itself and each error status.
 
 Schemathesis' own pytest integration (``schemathesis.pytest.from_fixture``) fails on pytest 9
 (``'Function' object has no attribute '_nodeid'``), so each operation is driven through
@@ -39,6 +36,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.python import asgi
+from schemathesis.specs.openapi.checks import response_schema_conformance
 from starlette.testclient import TestClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -94,15 +92,9 @@ def service(
         app = DecisionService.to_asgi()
         # The first request (for the spec) runs the app's lifespan, i.e. the service's
         # __init__ and the middleware's settings, with the environment above in force.
-        served = schemathesis.openapi.from_asgi("/docs.json", app)
+        schema = schemathesis.openapi.from_asgi("/docs.json", app)  # OpenAPI 3.1, as served
     finally:
         mp.undo()
-    # BentoML labels the spec OpenAPI 3.0.2 but fills it with pydantic's JSON Schema 2020-12
-    # (``exclusiveMinimum: 0`` for ``gt=0``; 3.0 wants ``minimum: 0, exclusiveMinimum: true``),
-    # which Schemathesis rejects as a 3.0 definition: read it as the 3.1 it is.
-    spec = {**served.raw_schema, "openapi": "3.1.0"}
-    schema = schemathesis.openapi.from_dict(spec)
-    schema.app, schema.location = app, "/docs.json"
     headers = {"Authorization": f"Bearer {ADMIN}"} if mode == "keys" else {}
     run = RUNS[mode] = Fuzzed(schema, headers)
     yield run
@@ -123,7 +115,7 @@ def _fuzz(run: Fuzzed, method: str, path: str, mode: GenerationMode, examples: i
     def one(case: Any) -> None:
         response = case.call()
         run.answered[(f"{method} {path}", response.status_code)] += 1
-        case.validate_response(response, checks=[not_a_server_error])
+        case.validate_response(response, checks=[not_a_server_error, response_schema_conformance])
 
     started = time.perf_counter()
     one()
@@ -195,12 +187,12 @@ JSON_TYPE = {"content-type": "application/json"}
 
 
 def refused(r: Any, status: int, *words: str) -> None:
-    """``status``, a JSON body with an ``error``, and the words that name the problem."""
+    """``status``, the one error body, and the words that name the problem."""
     assert r.status_code == status, (r.status_code, r.text)
     assert r.headers["content-type"].startswith("application/json"), r.headers
     body = r.json()
-    error = body[0] if isinstance(body, list) else body  # BentoML wraps its own errors
-    assert "error" in error, body
+    assert isinstance(body, dict) and set(body) == {"error"}, body
+    assert set(body["error"]) == {"code", "message", "field"}, body
     for word in words:
         assert word in r.text, r.text
 
