@@ -98,6 +98,13 @@ class RequestContext(BaseModel):
             "model the router serves. Unknown names are ignored; none known is an error."
         ),
     )
+    mode: Literal["single", "cascade"] = Field(
+        default="single",
+        description=(
+            "single: one model; cascade: also a plan, a cheap model first and when to escalate "
+            "(serving only)."
+        ),
+    )
 
 
 class Explanation(BaseModel):

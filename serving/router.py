@@ -42,7 +42,7 @@ from feature_store.catalog import task_type
 from feature_store.reader import RouterFeatures
 from llmopt.catalog import ModelCatalog
 from llmopt.event_log import EventLog, UnknownDecisionError
-from llmopt.features import estimate_tokens
+from llmopt.features import estimate_tokens, request_features
 from llmopt.loop import (
     FeedbackOutcome,
     LearningLoop,
@@ -53,6 +53,7 @@ from llmopt.policy import Policy
 from llmopt.reward import TradeOff
 from llmopt.schemas import Decision, Feedback, RequestContext
 from llmopt.types import ArmID, Features
+from serving.cascade import PlannedStep, ServedCascades
 from serving.drift import DriftWatch
 from serving.guards import BudgetExceededError, BudgetLedger, CircuitBreaker
 from serving.live_features import LiveFeatures, live_exclusions
@@ -284,6 +285,8 @@ class Routed:
     shadow: Decision | None = None
     features: RouterFeatures | None = None
     """The online features the decision saw (None: live features off or not open yet)."""
+    plan: tuple[PlannedStep, ...] | None = None
+    """Cascade mode only: the models to try in order (:mod:`serving.cascade`)."""
 
 
 def tenant_bucket(tenant: str) -> float:
@@ -356,6 +359,12 @@ class Router:
         self.catalog = catalog
         self.tuning = tuning or ServedTuning()
         """Generation parameters per (task type x model), shared by every slot."""
+        self.cascades = ServedCascades(
+            willingness_to_pay=(
+                default_tradeoff or TradeOff(willingness_to_pay=0.05)
+            ).willingness_to_pay
+        )
+        """Cascade mode's escalation rules (Q-learning) per (task type, ladder)."""
         self.store_prompt_tenants = frozenset(store_prompt_tenants)
         self._clock = clock
         self.event_log = event_log
@@ -545,6 +554,10 @@ class Router:
                 decision.model, estimate_tokens(ctx.prompt or "")
             )
             self.ledger.reserve(ctx.tenant, decision.decision_id, predicted or 0.0)
+            plan = None
+            if ctx.mode == "cascade":
+                plan, plan_notes = self._plan(slot, ctx, decision, budget_left, live)
+                decision = decision.model_copy(update={"notes": [*decision.notes, *plan_notes]})
             shadow = None
             if self.traffic.mode == "shadow" and lineup.challenger is not None:
                 shadow = self._shadow(lineup.challenger, ctx, budget_left, decision, live)
@@ -552,7 +565,89 @@ class Router:
             decision = decision.model_copy(
                 update={"notes": [*decision.notes, f"online features degraded: {live.reason}"]}
             )
-        return Routed(decision, slot, predicted, shadow, live)
+        return Routed(decision, slot, predicted, shadow, live, plan)
+
+    def _plan(
+        self,
+        slot: Slot,
+        ctx: RequestContext,
+        decision: Decision,
+        budget_left: float | None,
+        live: RouterFeatures | None,
+    ) -> tuple[tuple[PlannedStep, ...], list[str]]:
+        """Cascade mode: the cheapest eligible model first, then the policy's choice (locked)."""
+        loop = slot.loop
+        target = PlannedStep(
+            model=decision.model,
+            decision_id=decision.decision_id,
+            parameters=decision.parameters,
+            parameters_reason=decision.parameters_reason,
+        )
+        loop.budget_left, loop.live = budget_left, live
+        try:
+            arms, _ = loop._eligible(ctx)
+        finally:
+            loop.budget_left, loop.live = None, None
+        in_tokens = estimate_tokens(ctx.prompt or "")
+        costs = {a: loop.cost_model.predict(a, in_tokens) for a in arms}
+        priced = {a: c for a, c in costs.items() if c is not None}
+        cheap = min(priced, key=priced.__getitem__) if priced else None
+        target_cost = priced.get(decision.model)
+        if (
+            cheap is None
+            or cheap == decision.model
+            or (target_cost is not None and priced[cheap] >= target_cost)
+        ):
+            return (target,), ["cascade: the policy's choice is the cheapest eligible model"]
+        task = task_type(ctx.task_hints)
+        rule = self.cascades.rule(task, cheap, decision.model)
+        spec = self.catalog.get(cheap)
+        params, reason, tuning = loop.generation_parameters(
+            ctx, cheap, dict(spec.parameters) if spec is not None else {}, in_tokens
+        )
+        first = Decision(
+            model=cheap,
+            propensity=1.0,
+            policy_name="q_cascade",
+            policy_version=slot.label,
+            parameters=params,
+            parameters_reason=reason,
+            notes=[f"cascade step 0 before {decision.model} ({decision.decision_id})"],
+        )
+        tradeoff = loop.tradeoff_for(ctx)
+        self.event_log.record_decision(
+            first,
+            ctx.model_copy(
+                update={
+                    "willingness_to_pay": tradeoff.willingness_to_pay,
+                    "latency_weight": tradeoff.latency_weight,
+                }
+            ),
+            store_prompt=ctx.tenant in self.store_prompt_tenants,
+            features=request_features(
+                ctx.prompt, task_hints=ctx.task_hints, client_features=ctx.features
+            ),
+            extra={
+                "predicted_cost_usd": priced[cheap],
+                "predicted_latency_ms": None,
+                "input_tokens": in_tokens,
+                **tuning,
+                "cascade": {"step": 0, "then": decision.decision_id},
+            },
+        )
+        self.ledger.reserve(ctx.tenant, first.decision_id, priced[cheap])
+        self.cascades.start(task, first.decision_id, decision.decision_id, rule)
+        step0 = PlannedStep(
+            model=cheap,
+            decision_id=first.decision_id,
+            parameters=params,
+            parameters_reason=reason,
+            escalate_to=decision.model,
+            escalate_on=rule.escalate_on,
+            escalate_if_quality_below=rule.escalate_if_quality_below,
+            probability=rule.probability,
+        )
+        return (step0, target), []
 
     def _shadow(
         self,
@@ -621,6 +716,12 @@ class Router:
             )
         except Exception:  # learning the parameters must never fail a feedback
             log.exception("parameter tuning failed to learn")
+        try:
+            self.cascades.observe(
+                fb.decision_id, quality=fb.normalized_quality(), cost_usd=cost, error=failed
+            )
+        except Exception:  # nor learning the cascade
+            log.exception("cascade failed to learn")
         self._check_rollback()
         if self.drift is not None and slot.role != "static_default":
             try:

@@ -61,6 +61,35 @@ class ShadowDecision(BaseModel):
     policy_version: str = Field(description="The challenger's version label.")
 
 
+class PlanStep(BaseModel):
+    """One step of a cascade plan: call ``model``; check its answer; escalate or stop."""
+
+    model: str = Field(description="The model to call at this step.")
+    decision_id: str = Field(
+        description="This step's decision: its /feedback carries the step's check result "
+        "(the answer's quality as the client's check judged it, or an error_kind)."
+    )
+    parameters: dict[str, float | int | str] = Field(
+        default_factory=dict, description="Generation parameters for this step's call."
+    )
+    parameters_reason: str = Field(default="", description="Why these parameters.")
+    escalate_to: str | None = Field(
+        default=None, description="The next step's model; null on the last step."
+    )
+    escalate_on: list[str] = Field(
+        default_factory=list,
+        description="Check results that escalate: quality buckets like '[0,0.5)', or 'error'.",
+    )
+    escalate_if_quality_below: float | None = Field(
+        default=None,
+        description="The same rule as one threshold, when it is one (errors escalate if "
+        "'error' is in escalate_on).",
+    )
+    probability: float = Field(
+        default=1.0, description="Propensity of this escalation rule (it explores)."
+    )
+
+
 class FeatureStatus(BaseModel):
     """The online features a decision saw."""
 
@@ -121,6 +150,13 @@ class DecideResponse(BaseModel):
     )
     features: FeatureStatus | None = Field(
         default=None, description="Online features used (model, tenant and fleet statistics)."
+    )
+    plan: list[PlanStep] | None = Field(
+        default=None,
+        description=(
+            'mode "cascade" only: the steps to try in order; the last is the policy\'s choice '
+            "(the top-level model and decision_id). Quote each step's decision_id in /feedback."
+        ),
     )
     created_at: datetime = Field(description="When the decision was made (UTC).")
 

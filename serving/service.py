@@ -68,6 +68,7 @@ from serving.schemas import (
     FeatureStatus,
     FeedbackRequest,
     FeedbackResponse,
+    PlanStep,
     ReloadRequest,
     ServingStatus,
     ShadowDecision,
@@ -118,6 +119,11 @@ def to_response(routed: Routed, features_state: str = "off") -> DecideResponse:
         scores=d.scores,
         notes=d.notes,
         shadow=shadow,
+        plan=(
+            [PlanStep.model_validate(step, from_attributes=True) for step in routed.plan]
+            if routed.plan is not None
+            else None
+        ),
         features=features,
         created_at=d.created_at,
     )
