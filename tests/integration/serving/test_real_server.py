@@ -89,6 +89,39 @@ def test_llmopt_serve_contract(tmp_path: Path):
         assert "OPEN" in (tmp_path / "server.log").read_text()  # the start-up warning
 
 
+def test_the_api_contract_over_a_real_server(tmp_path: Path):
+    """Issue 18's acceptance: ``schemathesis run URL/docs.json --checks not_a_server_error``
+    finds no schema error and no server error; refusals share one body; no 4xx traceback."""
+    with running([str(BIN / "llmopt"), "serve"], tmp_path) as url:
+        spec = httpx.get(f"{url}/docs.json").json()
+        assert spec["openapi"].startswith("3.1.") and spec["info"]["version"] != "None"
+        with DecisionClient(url) as client:
+            with pytest.raises(DecisionServiceError) as err:
+                client.feedback("no-such-decision", quality=0.5)
+            assert (err.value.status, err.value.code) == (404, "unknown_decision")
+            assert err.value.field == "decision_id"
+            with pytest.raises(DecisionServiceError) as err:
+                client.decide("acme", max_cost_usd=-1)
+            assert (err.value.status, err.value.code) == (400, "validation_error")
+            assert err.value.field == "max_cost_usd"
+        r = httpx.post(f"{url}/decide", content=b"{nope", headers={"content-type": "text/plain"})
+        assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type"
+        cli = subprocess.run(
+            [str(BIN / "schemathesis"), "run", f"{url}/docs.json", "--checks"]
+            + ["not_a_server_error", "--max-examples", "20", "--seed", "18", "--no-color"],
+            cwd=tmp_path,  # its .schemathesis/ cache stays out of the repository
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert cli.returncode == 0, cli.stdout[-4000:] + cli.stderr[-2000:]
+        assert "Specification:    Open API 3.1.0" in cli.stdout, cli.stdout[:2000]
+        assert "9 selected / 9 total" in cli.stdout, cli.stdout[:2000]
+    log = (tmp_path / "server.log").read_text()
+    assert "Traceback" not in log and "Exception on" not in log, log[-3000:]
+
+
 def test_decide_feedback_and_a_hot_swap_under_load(server: tuple[str, Path]):
     url, home = server
     with DecisionClient(url) as client:
