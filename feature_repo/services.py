@@ -14,6 +14,7 @@ from views import (
 )
 
 from feature_store import catalog
+from llmopt.embeddings import embedding_version
 
 _STORED = (model_performance_fv, model_task_performance_fv, tenant_fv, system_fv)
 
@@ -24,7 +25,7 @@ router_v1 = FeatureService(
         "What the router reads per decision, for every candidate model in one call: recent "
         "errors, latency and quality per model, quality per model x task type, the tenant's "
         "budget and trade-off, the fleet's load. Request features are computed in-process by "
-        "the router (the function request_v1 runs)."
+        "the router (the function request_v2 runs)."
     ),
     tags={"version": "1", "consumer": "router"},
 )
@@ -39,9 +40,13 @@ training_v1 = FeatureService(
     tags={"version": "1", "consumer": "training"},
 )
 
-request_v1 = FeatureService(
+request_v2 = FeatureService(
     name=catalog.REQUEST_SERVICE,
     features=[request_features],
-    description="Request features computed by Feast on demand (for feast serve clients).",
-    tags={"version": "1", "consumer": "feast-serve"},
+    description=(
+        "Request features computed by Feast on demand (for feast serve clients), the prompt "
+        "embedding (emb_0 .. emb_31) included; its weights and projection are in the "
+        "'embedding' tag."
+    ),
+    tags={"version": "2", "consumer": "feast-serve", "embedding": embedding_version()},
 )

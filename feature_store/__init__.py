@@ -5,7 +5,7 @@
 - :mod:`feature_store.store`: open/apply a profile, push rows online and offline;
 - :mod:`feature_store.training`: point-in-time training sets, ``materialize_incremental``;
 - :mod:`feature_store.reader`: the serving-side reader with a latency budget;
-- :mod:`feature_store.embeddings`: optional prompt embeddings (``pip install .[embeddings]``);
+- prompt embeddings are a request feature, computed in-process by :mod:`llmopt.embeddings`;
 - :mod:`feature_store.demo`: push the demo's feedback through the store and read it back.
 
 Importing this package imports no Feast (its import takes seconds): modules that need Feast

@@ -129,7 +129,7 @@ SYSTEM_VIEW = "system_features"
 REQUEST_VIEW = "request_features"
 ROUTER_SERVICE = "router_v1"
 TRAINING_SERVICE = "training_v1"
-REQUEST_SERVICE = "request_v1"
+REQUEST_SERVICE = "request_v2"  # v2: + the prompt embedding (emb_0 .. emb_31)
 
 ROUTER_FEATURES: dict[str, tuple[str, ...]] = {
     MODEL_PERF_VIEW: ("error_rate_5m", "latency_p95_ms_5m", "quality_mean_1h", "request_count_1h"),

@@ -25,17 +25,23 @@ def request_feature_columns() -> list[str]:
     return list(request_features(""))
 
 
+_PREFIXED = {
+    "hint_": "1 if the client's task hints include '{}' (other: none of the known)",
+    "hw_": "signed hashed-word bucket {}, L2-normalised over the prompt's words",
+    "pfx_": "1 if the prompt's opening (its template) hashes to bucket {}",
+    "script_": "share of letters in the {} script",
+    "emb_": (
+        "prompt embedding, dimension {} of 32 (WordLlama mean token vector, PCA-projected "
+        "without labels, unit length; llmopt.embeddings)"
+    ),
+    "q_": "question type marker '{}' (wh-question, yes/no, imperative, '?')",
+}
+
+
 def _describe(name: str) -> str:
-    if name.startswith("hint_"):
-        return f"1 if the client's task hints include '{name[5:]}' (other: none of the known)"
-    if name.startswith("hw_"):
-        return f"signed hashed-word bucket {name[3:]}, L2-normalised over the prompt's words"
-    if name.startswith("pfx_"):
-        return f"1 if the prompt's opening (its template) hashes to bucket {name[4:]}"
-    if name.startswith("script_"):
-        return f"share of letters in the {name[7:]} script"
-    if name.startswith("q_"):
-        return f"question type marker '{name[2:]}' (wh-question, yes/no, imperative, '?')"
+    for prefix, text in _PREFIXED.items():
+        if name.startswith(prefix):
+            return text.format(name[len(prefix) :])
     return {
         "bias": "constant 1 (intercept)",
         "has_prompt": "1 if the request carries a prompt",

@@ -110,13 +110,34 @@ def bench_replay(
         typer.Option(help="Policy to replay (repeatable); default: the recommended one."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the prompt order and the policies.")] = 0,
+    seeds: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Runs with seeds seed .. seed+N-1; points are their mean, with the spread."
+        ),
+    ] = 1,
+    warm_start: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.99,
+            help="Fraction of the prompts first learnt with every model's outcome; only the "
+            "rest are scored.",
+        ),
+    ] = 0.0,
     wtp: Annotated[
         list[float] | None,
         typer.Option(help="Willingness to pay (USD per unit quality) to sweep (repeatable)."),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Replay real per-prompt outcomes with bandit feedback; report the cost-quality frontier."""
+    """Replay real per-prompt outcomes with bandit feedback; report the cost-quality frontier.
+
+    The request features include the prompt's embedding. Every policy's summary carries the
+    protocol's figures (mean margin over the zero router across all willingness-to-pay points,
+    best-point lift, cost to reach 95% of the best model's quality) as mean and spread over
+    the seeds.
+    """
     from llmopt.catalog import load_catalog  # noqa: PLC0415
     from llmopt.plot import plot_frontier  # noqa: PLC0415
     from llmopt.replay import DEFAULT_WTP_SWEEP, run_replay  # noqa: PLC0415
@@ -131,6 +152,8 @@ def bench_replay(
             factories,
             wtps=tuple(wtp) if wtp else DEFAULT_WTP_SWEEP,
             seed=seed,
+            seeds=seeds,
+            warm_start=warm_start,
             catalog=load_catalog(),
             progress=progress and sys.stderr.isatty(),
         )
@@ -139,6 +162,20 @@ def bench_replay(
     if plot is not None:
         plot_frontier(result, plot)
     _print_table(result)
+    for name, pol in result["policies"].items():
+        proto = pol["summary"]["protocol"]
+        figures = []
+        for key, label in (
+            ("mean_margin", "mean margin over the zero router"),
+            ("best_point_lift", "best-point lift"),
+            ("cost_fraction_to_95pct_best", "cost to 95% of the best model"),
+        ):
+            f = proto[key]
+            figures.append(
+                f"{label} {'-' if f['mean'] is None else format(f['mean'], '+.4f')}"
+                + (f" (sd {f['sd']:.4f})" if seeds > 1 and f["sd"] is not None else "")
+            )
+        typer.echo(f"{name} over {seeds} seed(s): " + "; ".join(figures))
     typer.echo(f"wrote {out}" + (f" and {plot}" if plot else "") + f" in {result['elapsed_s']} s")
 
 
@@ -343,6 +380,86 @@ def demo(
     plot_frontier(result, out / "frontier.png", title="Demo: AlpacaEval, 15 LLMs, bandit feedback")
     _print_table(result, [RECOMMENDED])
     typer.echo(f"wrote {out / 'frontier.png'} and {out / 'result.json'} (all policies)")
+
+
+@app.command()
+def train(
+    from_evals: Annotated[
+        Path,
+        typer.Option(
+            help="Routing-format file (parquet/CSV) where every model answered each prompt."
+        ),
+    ],
+    policy: Annotated[
+        str | None, typer.Option(help="Policy; default: the recommended one.")
+    ] = None,
+    event_log: Annotated[
+        bool, typer.Option(help="Also learn the event log's logged feedback, after the file.")
+    ] = True,
+    register: Annotated[
+        bool,
+        typer.Option(
+            help="Register the result in the MLflow registry: 'prod' when there is none yet "
+            "(a first deployment), else 'dev' (through the promotion gates)."
+        ),
+    ] = True,
+    seed: Annotated[int, typer.Option(help="Seed of the policy.")] = 0,
+) -> None:
+    """Warm-start a policy from your own evaluations (full information) and your logs."""
+    from llmopt.event_log import EventLog  # noqa: PLC0415
+    from llmopt.routing_data import load_routing_data  # noqa: PLC0415
+    from llmopt.settings import get_settings  # noqa: PLC0415
+    from models.registry import RECOMMENDED, make_policy  # noqa: PLC0415
+    from pipelines.warm_start import learn_evals  # noqa: PLC0415
+
+    settings = get_settings()
+    name = policy or RECOMMENDED
+    with _clear_errors():
+        data = load_routing_data(from_evals)
+        learner = make_policy(name, seed=seed)
+        warm = learn_evals(learner, data, willingness_to_pay=settings.default_willingness_to_pay)
+        typer.echo(
+            f"learnt {warm.n_outcomes} outcomes of {warm.n_prompts} prompts x "
+            f"{len(data.models)} models from {from_evals.name} ({name})"
+        )
+        tags = warm.tags()
+        n_logged = 0
+        if event_log:
+            from pipelines.training import rebuild  # noqa: PLC0415
+
+            settings.ensure_home()
+            log = _open_log(settings.event_log_url, EventLog)
+            try:
+                result, _ = rebuild(log.engine, learner)
+            finally:
+                log.close()
+            n_logged = result.n_events
+            tags |= {"warm_start_events": str(n_logged), "data_window": result.data_window}
+            tags |= {"last_feedback_id": str(result.last_feedback_id), "n_events": str(n_logged)}
+            typer.echo(f"then {n_logged} logged feedback events from the event log")
+    if not register:
+        return
+    with _clear_errors(), _quiet():
+        from llmopt.embeddings import embedding_version  # noqa: PLC0415
+        from pipelines import registry  # noqa: PLC0415
+
+        client = registry.configure(settings)
+        first = registry.version_for_alias(client, "prod") is None
+        tags["embedding"] = embedding_version()
+        version = registry.register_policy(
+            learner,
+            settings=settings,
+            aliases=registry.ALIASES if first else ("dev",),
+            tags=tags,
+            params={"warm_start_evals": warm.source},
+            metrics={"warm_start_outcomes": float(warm.n_outcomes), "logged_events": n_logged},
+            experiment="warm-start",
+            run_name=f"warm-start-{warm.source}",
+        )
+    typer.echo(
+        f"registered {registry.MODEL_NAME} version {version} as "
+        f"{'dev, staging and prod (first version)' if first else 'dev'}"
+    )
 
 
 @app.command("catalog")

@@ -21,6 +21,8 @@ import re
 import zlib
 from collections.abc import Mapping, Sequence
 
+from llmopt.embeddings import get_embedder
+
 MAX_SCAN_CHARS = 2000
 """Characters scanned for markers and hashed words (lengths always use the full text)."""
 
@@ -154,8 +156,11 @@ def request_features(
     task_hints: Sequence[str] = (),
     client_features: Mapping[str, float | str] | None = None,
     n_hash_buckets: int = N_HASH_BUCKETS,
+    embeddings: bool = True,
 ) -> dict[str, float]:
-    """Features of one request: lengths, script, code/math markers, question type, hints, words.
+    """Features of one request: lengths, script, code/math markers, question type, hints, words,
+    and the prompt's embedding (``emb_0`` .. ``emb_31``, :mod:`llmopt.embeddings`; all zeros
+    without a prompt; ``embeddings=False`` leaves them out).
 
     ``client_features`` are the request's own features, hashed (signed hashing trick, like
     Vowpal Wabbit's) into :data:`N_CLIENT_BUCKETS` buckets ``cf_<i>``: a number ``x`` named ``n``
@@ -194,6 +199,8 @@ def request_features(
     feats.update(hashed_words(words, n_hash_buckets))
     feats.update(prefix_bucket(text))
     feats.update(hashed_client_features(client_features or {}))
+    if embeddings:
+        feats.update(get_embedder().features(text))
     return feats
 
 

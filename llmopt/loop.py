@@ -130,6 +130,37 @@ class LearningLoop:
         self._pending: dict[DecisionID, _Pending] = {}
         self._answered: dict[DecisionID, float] = {}
 
+    def learn_outcome(
+        self,
+        model: ArmID,
+        features: Mapping[str, float],
+        *,
+        input_tokens: int,
+        quality: float,
+        cost_usd: float,
+        latency_ms: float | None = None,
+        tradeoff: TradeOff | None = None,
+    ) -> float:
+        """Learn one observed outcome that no decision of this loop asked for (a warm start).
+
+        For offline evaluations where every model answered the same prompts (full
+        information) and for logged outcomes: the cost model learns the cost, the policy the
+        quality (cost-aware) or the reward, exactly as :meth:`feedback` teaches them. Returns
+        the reward at ``tradeoff`` (default: the loop's).
+        """
+        t = tradeoff or self.default_tradeoff
+        r = reward(
+            quality,
+            cost_usd,
+            latency_ms,
+            willingness_to_pay=t.willingness_to_pay,
+            latency_weight=t.latency_weight,
+        )
+        self.cost_model.learn(model, input_tokens, cost_usd)
+        target = quality if getattr(self.policy, "cost_aware", False) else r
+        self.policy.update(model, dict(features), target)
+        return r
+
     def add_arm(self, arm: ArmID, *, prior_weight: float = 2.0) -> float | None:
         """Offer a new model from the next decision on; returns the prior it starts from.
 

@@ -13,6 +13,7 @@ as ``avg_latency_ms_modelled``.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,8 +23,14 @@ import numpy as np
 
 from llmopt.catalog import ModelCatalog
 from llmopt.event_log import EventLog
-from llmopt.features import request_features
-from llmopt.frontier import area_under_hull, quality_at_cost, upper_hull
+from llmopt.features import estimate_tokens, request_features
+from llmopt.frontier import (
+    area_under_hull,
+    cost_to_reach,
+    lift_over_zero_router,
+    quality_at_cost,
+    upper_hull,
+)
 from llmopt.loop import LearningLoop
 from llmopt.policy import Policy
 from llmopt.reward import TradeOff
@@ -90,8 +97,14 @@ def replay_policy(
     catalog: ModelCatalog | None = None,
     event_log: EventLog | None = None,
     on_step: Callable[[], None] | None = None,
+    warm: Sequence[int] = (),
 ) -> SweepPoint:
-    """Stream ``data`` once through ``policy`` at one willingness to pay."""
+    """Stream ``data`` once through ``policy`` at one willingness to pay.
+
+    The prompts of ``warm`` are learnt first with *every* model's outcome (full information,
+    like a user's offline evaluation: :meth:`LearningLoop.learn_outcome`); then the prompts
+    of ``order`` go through decide -> feedback with bandit feedback, and only they are scored.
+    """
     loop = LearningLoop(
         policy,
         data.models,
@@ -101,6 +114,17 @@ def replay_policy(
     )
     col = {m: j for j, m in enumerate(data.models)}
     latency = _latency_matrix(data, catalog)
+    for i in warm:
+        tokens = estimate_tokens(data.prompts[i])
+        for j, m in enumerate(data.models):
+            loop.learn_outcome(
+                m,
+                features[i],
+                input_tokens=tokens,
+                quality=float(data.quality[i, j]),
+                cost_usd=float(data.cost_usd[i, j]),
+                latency_ms=float(latency[i, j]) if latency is not None else None,
+            )
     chosen = np.empty(len(order), dtype=np.intp)
     rewards = np.empty(len(order))
     for step, i in enumerate(order):
@@ -214,23 +238,120 @@ def summarize_policy(points: Sequence[SweepPoint], base: dict[str, Any]) -> dict
     }
 
 
+def _rows(data: RoutingData, rows: Sequence[int]) -> RoutingData:
+    """``data`` restricted to ``rows`` (for the baselines of the scored prompts)."""
+    idx = np.asarray(rows, dtype=np.intp)
+    return dataclasses.replace(
+        data,
+        sample_ids=[data.sample_ids[i] for i in idx],
+        prompts=[data.prompts[i] for i in idx],
+        quality=data.quality[idx],
+        cost_usd=data.cost_usd[idx],
+        output_chars=data.output_chars[idx],
+    )
+
+
+def margins(points: Sequence[SweepPoint], base: dict[str, Any]) -> dict[str, float | None]:
+    """The benchmark protocol's three figures for one run.
+
+    * ``mean_margin``: quality minus the zero router's at the same cost, averaged over every
+      willingness-to-pay point (not just the best one);
+    * ``best_point_lift``: the largest such margin (:func:`llmopt.frontier.lift_over_zero_router`);
+    * ``cost_fraction_to_95pct_best``: least cost at which the points' hull reaches 95% of the
+      best single model's quality, as a fraction of that model's cost (None: never).
+    """
+    hull = [(h["avg_cost_usd"], h["avg_quality"]) for h in base["zero_router"]["hull"]]
+    pts = [(p.avg_cost_usd, p.avg_quality) for p in points]
+    per_point = []
+    for cost, quality in pts:
+        ref = hull[0][1] if hull and cost < hull[0][0] else quality_at_cost(hull, cost)
+        if ref is not None:
+            per_point.append(quality - ref)
+    best = base["single_models"][base["best_single_model"]]
+    reach = cost_to_reach(pts, 0.95 * best["avg_quality"])
+    return {
+        "mean_margin": float(np.mean(per_point)) if per_point else None,
+        "best_point_lift": lift_over_zero_router(pts, hull),
+        "cost_fraction_to_95pct_best": (
+            None if reach is None or not best["avg_cost_usd"] else reach / best["avg_cost_usd"]
+        ),
+    }
+
+
+def _spread(values: Sequence[float | None]) -> dict[str, Any]:
+    """Mean, standard deviation, range and the values of one figure over seeds."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return {"mean": None, "sd": None, "min": None, "max": None, "per_seed": list(values)}
+    return {
+        "mean": round(float(np.mean(known)), 6),
+        "sd": round(float(np.std(known)), 6),
+        "min": round(min(known), 6),
+        "max": round(max(known), 6),
+        "per_seed": [None if v is None else round(v, 6) for v in values],
+    }
+
+
+def _mean_points(runs: Sequence[Sequence[SweepPoint]]) -> list[SweepPoint]:
+    """Point by point mean over seeds (model shares averaged too)."""
+    out = []
+    for same_wtp in zip(*runs, strict=True):
+        lat = [p.avg_latency_ms_modelled for p in same_wtp]
+        shares: dict[str, float] = {}
+        for p in same_wtp:
+            for m, v in p.model_share.items():
+                shares[m] = shares.get(m, 0.0) + v / len(same_wtp)
+        out.append(
+            SweepPoint(
+                willingness_to_pay=same_wtp[0].willingness_to_pay,
+                avg_quality=float(np.mean([p.avg_quality for p in same_wtp])),
+                avg_cost_usd=float(np.mean([p.avg_cost_usd for p in same_wtp])),
+                avg_reward=float(np.mean([p.avg_reward for p in same_wtp])),
+                avg_latency_ms_modelled=(
+                    None if any(v is None for v in lat) else float(np.mean(lat))
+                ),
+                model_share={m: round(v, 4) for m, v in shares.items()},
+            )
+        )
+    return out
+
+
 def run_replay(
     data: RoutingData,
     policies: dict[str, PolicyFactory],
     *,
     wtps: Sequence[float] = DEFAULT_WTP_SWEEP,
     seed: int = 0,
+    seeds: int = 1,
+    warm_start: float = 0.0,
     catalog: ModelCatalog | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Replay every policy over the sweep; return the result document (see the CLI's JSON)."""
+    """Replay every policy over the sweep; return the result document (see the CLI's JSON).
+
+    ``seeds`` runs use the seeds ``seed`` .. ``seed + seeds - 1`` (prompt order and policies);
+    each point is the mean over them and ``summary.protocol`` gives every figure's mean and
+    spread. ``warm_start`` is the fraction of each run's prompts learnt first with every model's
+    outcome; the points score only the prompts after it (and so do the baselines).
+    """
     if not wtps or any(w <= 0 for w in wtps):
         raise ValueError("willingness-to-pay values must be > 0")
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    if not 0.0 <= warm_start < 1.0:
+        raise ValueError(f"warm-start must be a fraction in [0, 1), got {warm_start}")
     started = time.perf_counter()
     features = compute_features(data)
-    order = np.random.default_rng(seed).permutation(data.n_prompts).tolist()
-    base = baselines(data, wtps)
-    total = len(policies) * len(wtps) * data.n_prompts
+    n_warm = int(round(warm_start * data.n_prompts))
+    if data.n_prompts - n_warm < 1:
+        raise ValueError("the warm start leaves no prompt to score")
+    plans = []
+    for k in range(seeds):
+        order = np.random.default_rng(seed + k).permutation(data.n_prompts).tolist()
+        warm, scored = order[:n_warm], order[n_warm:]
+        plans.append((seed + k, warm, scored, baselines(_rows(data, scored), wtps)))
+    base = plans[0][3]
+    total = len(policies) * len(wtps) * seeds * (data.n_prompts + n_warm * (len(data.models) - 1))
     result: dict[str, Any] = {
         "data": {
             "source": data.source,
@@ -239,6 +360,13 @@ def run_replay(
             "models": data.models,
         },
         "seed": seed,
+        "seeds": [p[0] for p in plans],
+        "warm_start": {
+            "fraction": warm_start,
+            "prompts": n_warm,
+            "scored_prompts": data.n_prompts - n_warm,
+            "feedback": "full information: every model's outcome of each warm-start prompt",
+        },
         "feedback": "bandit (only the chosen model's logged outcome is revealed)",
         "latency": "modelled from the catalog, not measured" if catalog else "not available",
         "policies": {},
@@ -246,22 +374,34 @@ def run_replay(
     }
     with _progress(progress, total) as advance:
         for name, factory in policies.items():
-            points = [
-                replay_policy(
-                    data,
-                    factory(seed + k),
-                    w,
-                    order=order,
-                    features=features,
-                    catalog=catalog,
-                    on_step=advance,
+            runs: list[list[SweepPoint]] = []
+            for run_seed, warm, scored, _ in plans:
+                runs.append(
+                    [
+                        replay_policy(
+                            data,
+                            factory(run_seed * 100 + k),
+                            w,
+                            order=scored,
+                            warm=warm,
+                            features=features,
+                            catalog=catalog,
+                            on_step=advance,
+                        )
+                        for k, w in enumerate(wtps)
+                    ]
                 )
-                for k, w in enumerate(wtps)
-            ]
-            result["policies"][name] = {
-                "points": [asdict(p) for p in points],
-                "summary": summarize_policy(points, base),
+            points = _mean_points(runs) if seeds > 1 else runs[0]
+            figures = [margins(run, plan[3]) for run, plan in zip(runs, plans, strict=True)]
+            summary = summarize_policy(points, base)
+            summary["protocol"] = {
+                key: _spread([f[key] for f in figures])
+                for key in ("mean_margin", "best_point_lift", "cost_fraction_to_95pct_best")
             }
+            entry: dict[str, Any] = {"points": [asdict(p) for p in points], "summary": summary}
+            if seeds > 1:
+                entry["points_by_seed"] = [[asdict(p) for p in run] for run in runs]
+            result["policies"][name] = entry
     result["elapsed_s"] = round(time.perf_counter() - started, 3)
     return result
 

@@ -7,7 +7,7 @@ Examples
 >>> make_policy("nope")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-ValueError: unknown policy 'nope'; choose one of: cost_aware_lin_thompson, ...
+ValueError: unknown policy 'nope'; choose one of: cost_aware_cluster_thompson, ...
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from models.base import Policy
+from models.cluster_thompson import ClusterThompson
 from models.epsilon_greedy import EpsilonGreedy
 from models.lin_thompson import LinThompson
 from models.linucb import LinUCB
@@ -44,6 +45,19 @@ POLICIES: dict[str, tuple[type[Policy], dict[str, Any]]] = {
             "pooled_prior": True,
             "context_gate": True,
             "burn_in": 2,
+            **_COST_AWARE,
+        },
+    ),
+    # Structure from the prompt's embedding: Thompson sampling per (embedding cluster, model),
+    # shrunk towards each model's global mean (models/cluster_thompson.py).
+    "cost_aware_cluster_thompson": (
+        ClusterThompson,
+        {
+            "n_clusters": 8,
+            "prior_weight": 3.0,
+            "sigma": 0.2,
+            "explore_decay": 10.0,
+            "fit_after": 300,
             **_COST_AWARE,
         },
     ),

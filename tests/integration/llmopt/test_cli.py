@@ -181,3 +181,78 @@ def test_unreachable_database_is_a_clear_error(
     res = runner.invoke(app, ["db", "upgrade"])
     assert res.exit_code == 2 and "cannot open the event log" in res.output
     get_settings.cache_clear()
+
+
+def _equal_cost_file(tmp_path: Path) -> Path:
+    """A small mixed workload where every model costs the same (only context can help)."""
+    frame = pd.read_parquet(DEMO)
+    frame = frame[frame["sample_id"].isin(frame["sample_id"].unique()[:120])]
+    path = tmp_path / "equal.parquet"
+    frame.assign(cost_usd=0.0001).to_parquet(path)
+    return path
+
+
+def test_bench_replay_seeds_and_warm_start_score_only_the_rest(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    out = tmp_path / "r.json"
+    data = _equal_cost_file(tmp_path)
+    args = ["bench", "replay", "--data", str(data), "--out", str(out), "--wtp", "0.01"]
+    res = runner.invoke(app, [*args, "--wtp", "0.1", "--seeds", "3", "--warm-start", "0.25"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    assert doc["seeds"] == [0, 1, 2]
+    assert doc["warm_start"]["prompts"] == 30 and doc["warm_start"]["scored_prompts"] == 90
+    pol = doc["policies"][RECOMMENDED]
+    assert [p["willingness_to_pay"] for p in pol["points"]] == [0.01, 0.1]
+    assert len(pol["points_by_seed"]) == 3
+    # every point is the mean of the seeds' points
+    for k, point in enumerate(pol["points"]):
+        runs = [run[k]["avg_quality"] for run in pol["points_by_seed"]]
+        assert point["avg_quality"] == pytest.approx(sum(runs) / 3)
+    proto = pol["summary"]["protocol"]
+    assert set(proto) == {"mean_margin", "best_point_lift", "cost_fraction_to_95pct_best"}
+    assert len(proto["mean_margin"]["per_seed"]) == 3 and proto["mean_margin"]["sd"] is not None
+    assert "mean margin over the zero router" in res.output
+    # the baselines are those of the scored prompts only
+    assert doc["baselines"]["single_models"]  # equal costs: a one-point zero router
+    assert (
+        len({round(v["avg_cost_usd"], 12) for v in doc["baselines"]["single_models"].values()}) == 1
+    )
+
+
+def test_bench_replay_refuses_a_warm_start_of_everything(runner: CliRunner, tmp_path: Path) -> None:
+    res = runner.invoke(
+        app,
+        ["bench", "replay", "--data", str(DEMO), "--out", str(tmp_path / "o.json")]
+        + ["--warm-start", "1.5"],
+    )
+    assert res.exit_code == 2 and "Traceback" not in res.output
+
+
+def test_train_from_evals_registers_a_warm_started_version(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    data = _equal_cost_file(tmp_path)
+    res = runner.invoke(app, ["train", "--from-evals", str(data)])
+    assert res.exit_code == 0, res.output
+    assert "learnt 1800 outcomes of 120 prompts x 15 models" in res.output
+    assert "registered llm-router version 1 as dev, staging and prod" in res.output
+    from llmopt.settings import get_settings  # noqa: PLC0415
+    from pipelines import registry  # noqa: PLC0415
+
+    client = registry.configure(get_settings())
+    version, policy = registry.load_policy(client, "prod")
+    tags = client.get_model_version(registry.MODEL_NAME, version).tags
+    assert tags["warm_start_evals"] == "equal.parquet"
+    assert tags["warm_start_evals_prompts"] == "120" and len(tags["warm_start_evals_sha256"]) == 64
+    assert tags["embedding"].startswith("wordllama-")
+    assert policy.n_updates == 1800
+    # a second warm start goes to dev, through the gates
+    res = runner.invoke(app, ["train", "--from-evals", str(data), "--no-event-log"])
+    assert res.exit_code == 0 and "as dev" in res.output
+
+
+def test_train_from_a_missing_file_is_a_clear_error(runner: CliRunner, tmp_path: Path) -> None:
+    res = runner.invoke(app, ["train", "--from-evals", str(tmp_path / "none.parquet")])
+    assert res.exit_code == 2 and "no such file" in res.output and "Traceback" not in res.output

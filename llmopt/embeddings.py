@@ -1,0 +1,271 @@
+"""Prompt embeddings, offline: WordLlama's static token vectors, averaged, projected to 32 dims.
+
+The ``wordllama`` wheel carries its weights (``weights/l2_supercat_256.safetensors``, 16 MB) and
+its tokenizer (``tokenizers/l2_supercat_tokenizer_config.json``). They are read straight from
+the installed package's folder with ``tokenizers`` and ``safetensors``; nothing is downloaded.
+We do not go through ``WordLlama.load``: its default path looks in a misspelt folder and then
+tries the network, and importing ``wordllama`` configures the root logger (an import-time side
+effect). The maths is WordLlama's own (``WordLlamaInference.embed``: the mean of the prompt's
+token vectors), checked against it in the tests.
+
+The 256-dimensional mean is L2-normalised, centred and projected onto 32 principal directions
+(``llmopt/data/prompt_projection.npz``), fitted *without labels* on the prompts of three public
+routing sets (RouterBench ARC/Winogrande, AlpacaEval, RouteLLM MMLU; none of the mixed-task
+workload's prompts); :func:`fit_projection` refits one from any prompts. The projected vector
+is L2-normalised again, so ``emb_0`` .. ``emb_31`` lie on the unit sphere (a dot product is a
+cosine). :data:`EMBEDDING_VERSION` names the weights and the projection (its SHA-256 prefix):
+the feature service and every registered policy record it.
+
+Only the first :data:`MAX_EMBED_CHARS` characters are embedded: a prompt's opening says what it
+is, and a huge prompt then costs no more than a long one.
+
+Examples
+--------
+>>> embedder = get_embedder()
+>>> f = embedder.features("How do I reverse a list in Python?")
+>>> len(f), sorted(f)[:2], round(sum(v * v for v in f.values()), 6)
+(32, ['emb_0', 'emb_1'], 1.0)
+>>> same = embedder.features("How do I reverse a list in Python?")
+>>> same == f
+True
+>>> embedder.features("") == {f"emb_{i}": 0.0 for i in range(N_DIMS)}
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+N_DIMS = 32
+"""Dimensions of the projected embedding (``emb_0`` .. ``emb_31``)."""
+
+PREFIX = "emb_"
+"""Name prefix of the embedding features."""
+
+MAX_EMBED_CHARS = 2000
+"""Characters of a prompt that are embedded."""
+
+WEIGHTS = "weights/l2_supercat_256.safetensors"
+TOKENIZER = "tokenizers/l2_supercat_tokenizer_config.json"
+PROJECTION_FILE = Path(__file__).resolve().parent / "data" / "prompt_projection.npz"
+CACHE_SIZE = 4096
+"""Prompts whose features are kept (a retry or a cascade step embeds once)."""
+WORD_CACHE_SIZE = 200_000
+"""Distinct words whose token ids are kept (cleared, not evicted, when full)."""
+
+FEATURE_NAMES = tuple(f"{PREFIX}{i}" for i in range(N_DIMS))
+
+
+class EmbeddingError(RuntimeError):
+    """The embedding model's files are missing or unreadable (a broken install)."""
+
+
+def package_folder() -> Path:
+    """The installed ``wordllama`` package's folder, found without importing it."""
+    spec = importlib.util.find_spec("wordllama")
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddingError("the 'wordllama' package is not installed (pip install wordllama)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+@dataclass(frozen=True)
+class Projection:
+    """Centring vector and principal directions (256 -> ``N_DIMS``), fitted without labels."""
+
+    mean: np.ndarray
+    components: np.ndarray  # (256, N_DIMS)
+
+    @property
+    def digest(self) -> str:
+        """First 12 hex digits of the SHA-256 of the projection's numbers."""
+        h = hashlib.sha256(np.ascontiguousarray(self.mean, dtype=np.float32).tobytes())
+        h.update(np.ascontiguousarray(self.components, dtype=np.float32).tobytes())
+        return h.hexdigest()[:12]
+
+    def save(self, path: Path) -> None:
+        """Write the projection as ``.npz`` (float32)."""
+        np.savez(
+            path,
+            mean=self.mean.astype(np.float32),
+            components=self.components.astype(np.float32),
+        )
+
+    @classmethod
+    def load(cls, path: Path = PROJECTION_FILE) -> Projection:
+        """Read a projection written by :meth:`save`."""
+        with np.load(path) as z:
+            return cls(mean=z["mean"].astype(np.float32), components=z["components"])
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    out: np.ndarray = x / np.where(norm > 0, norm, 1.0)
+    return out
+
+
+def fit_projection(vectors: np.ndarray, n_dims: int = N_DIMS) -> Projection:
+    """Principal directions of (unit-normalised) raw prompt vectors: unsupervised, no labels.
+
+    >>> rng = np.random.default_rng(0)
+    >>> p = fit_projection(rng.normal(size=(100, 256)), n_dims=4)
+    >>> p.components.shape
+    (256, 4)
+    """
+    x = _unit(np.asarray(vectors, dtype=np.float64))
+    mean = x.mean(axis=0)
+    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    return Projection(mean=mean.astype(np.float32), components=vt[:n_dims].T.astype(np.float32))
+
+
+class PromptEmbedder:
+    """Prompt -> raw 256-d WordLlama vector, or -> ``N_DIMS`` named, unit-length features.
+
+    Thread-safe; the tokenizer and weights load on first use (~0.1-1 s), never at import.
+    """
+
+    def __init__(self, folder: Path | None = None, projection: Projection | None = None) -> None:
+        self._folder = folder
+        self._projection = projection
+        self._lock = threading.Lock()
+        self._tokenizer: Any = None
+        self._weights: np.ndarray | None = None
+        self._cache: dict[str, dict[str, float]] = {}
+        self._word_ids: dict[str, list[int]] = {}
+
+    def _load(self) -> None:
+        with self._lock:
+            if self._weights is not None:
+                return
+            from safetensors.numpy import load_file  # noqa: PLC0415 - loaded on first use
+            from tokenizers import Tokenizer  # noqa: PLC0415
+
+            folder = self._folder or package_folder()
+            try:
+                tokenizer = Tokenizer.from_file(str(folder / TOKENIZER))
+                weights = load_file(str(folder / WEIGHTS))["embedding.weight"]
+            except Exception as exc:  # a missing or corrupt file: say which
+                raise EmbeddingError(f"cannot load WordLlama from {folder}: {exc}") from exc
+            tokenizer.no_padding()
+            tokenizer.no_truncation()
+            self._tokenizer = tokenizer
+            self._weights = np.ascontiguousarray(weights, dtype=np.float32)
+
+    @property
+    def projection(self) -> Projection:
+        """The projection in use (loads it if needed)."""
+        if self._projection is None:
+            self._projection = Projection.load()
+        return self._projection
+
+    @property
+    def version(self) -> str:
+        """Weights and projection, e.g. ``wordllama-l2_supercat_256+pca32-<digest>``."""
+        return (
+            embedding_version()
+            if self._projection is None
+            else (f"wordllama-l2_supercat_256+pca{N_DIMS}-{self._projection.digest}")
+        )
+
+    def raw(self, texts: Iterable[str]) -> np.ndarray:
+        """WordLlama's own embedding (mean of token vectors) of each text: ``(n, 256)``."""
+        if self._weights is None:
+            self._load()
+        weights = self._weights
+        assert weights is not None
+        tokenizer = self._tokenizer
+        texts = [t[:MAX_EMBED_CHARS] for t in texts]
+        out = np.zeros((len(texts), weights.shape[1]), dtype=np.float32)
+        encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
+        top = weights.shape[0] - 1
+        for i, enc in enumerate(encodings):
+            ids = enc.ids
+            if ids:
+                out[i] = weights[np.clip(ids, 0, top)].mean(axis=0)
+        return out
+
+    def project(self, raw: np.ndarray) -> np.ndarray:
+        """Raw vectors -> unit-length ``N_DIMS``-d vectors (zero stays zero)."""
+        p = self.projection
+        x = _unit(np.atleast_2d(raw).astype(np.float32))
+        z = _unit((x - p.mean) @ p.components)
+        z[~np.any(x != 0, axis=1)] = 0.0
+        return z
+
+    def vectors(self, texts: Iterable[str]) -> np.ndarray:
+        """Projected embeddings of many texts at once: ``(n, N_DIMS)``."""
+        return self.project(self.raw(texts))
+
+    def _ids(self, text: str) -> list[int]:
+        """Token ids of ``text``, tokenized word by word through a cache of words.
+
+        WordLlama's tokenizer (Llama's BPE) turns each space into ``▁`` and has no merge across
+        a ``▁``, so tokenizing the space-separated words one by one gives the whole text's ids
+        (runs of spaces aside); a word seen before costs one dictionary lookup instead of a
+        call into the tokenizer (~100 us per prompt).
+        """
+        words = text.split(" ")
+        cache = self._word_ids
+        missing = [w for w in set(words) if w not in cache]
+        if missing:
+            if len(cache) > WORD_CACHE_SIZE:
+                cache.clear()
+            encoded = self._tokenizer.encode_batch(missing, add_special_tokens=False)
+            for w, enc in zip(missing, encoded, strict=True):
+                cache[w] = enc.ids
+        ids: list[int] = []
+        for w in words:
+            ids += cache[w]
+        return ids
+
+    def features(self, text: str | None) -> dict[str, float]:
+        """``emb_0`` .. ``emb_31`` of one prompt (cached; None or empty: all zeros)."""
+        key = (text or "")[:MAX_EMBED_CHARS]
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        values = [0.0] * N_DIMS
+        if key.strip():
+            if self._weights is None:
+                self._load()
+            weights = self._weights
+            assert weights is not None
+            ids = self._ids(key)
+            if ids:
+                raw = weights.take(ids, axis=0).mean(axis=0)
+                p = self.projection
+                z = (raw / (float(np.sqrt(raw @ raw)) or 1.0) - p.mean) @ p.components
+                norm = float(np.sqrt(z @ z))
+                if norm > 0:
+                    values = (z / norm).tolist()
+        feats = dict(zip(FEATURE_NAMES, values, strict=True))
+        if len(self._cache) >= CACHE_SIZE:
+            self._cache.clear()  # cheaper than LRU bookkeeping on every hit
+        self._cache[key] = feats
+        return feats
+
+
+def embedding_version() -> str:
+    """Version of the embedding features: weights and projection (reads only the projection)."""
+    return f"wordllama-l2_supercat_256+pca{N_DIMS}-{Projection.load().digest}"
+
+
+_default: PromptEmbedder | None = None
+_default_lock = threading.Lock()
+
+
+def get_embedder() -> PromptEmbedder:
+    """The process's shared embedder (created on first call, weights loaded on first use)."""
+    global _default  # noqa: PLW0603 - one lazily created instance per process
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = PromptEmbedder()
+    return _default

@@ -1,0 +1,380 @@
+"""Hierarchical Thompson sampling over clusters of the prompt-embedding space.
+
+The structure that makes routing pay is usually coarse: a workload is a mix of tasks (maths word
+problems, code, multiple choice in one language or another) and each model is good at some of
+them. Prompts of one task sit close together in embedding space (``emb_*`` features,
+:mod:`llmopt.embeddings`), so:
+
+1. the first ``fit_after`` distinct prompts the policy sees are clustered (k-means++, Lloyd
+   iterations, no labels) into ``n_clusters`` cells; the centroids are then frozen, so the
+   statistics of a cell keep one meaning and replicas that share a snapshot merge by addition;
+2. every (cell, model) pair keeps a count and a sum of its targets; its posterior mean is
+   *shrunk* towards the model's global mean with the weight of ``prior_weight`` observations
+   (hierarchical / empirical-Bayes pooling: a cell with few observations of a model borrows the
+   model's overall level, a well-observed cell speaks for itself), and the model's global mean
+   is itself shrunk towards the mean of everything learnt (all models, never discounted);
+3. Thompson sampling on those Gaussian posteriors (standard deviation ``sigma / sqrt(n + m)``)
+   picks the model; with ``max_reward`` the draws are capped and known ``penalties`` (predicted
+   cost and latency in reward units) subtracted, so an arm whose price rules it out is not
+   explored. The propensity is the share of ``n_propensity_draws`` posterior draws the played
+   arm wins, and the arm is sampled from exactly those shares (as :mod:`models.thompson`).
+
+Before the cells exist, or for a request without embedding features, the policy is the same
+Thompson sampler on the global statistics. Observations made before the cells exist are kept
+and assigned to their cells when the cells are fitted (nothing learned is lost).
+
+Cost: a pull is one ``k x d`` distance computation plus ``n_propensity_draws x arms`` normal
+draws; an update is two additions. State grows with cells x arms, never with traffic.
+
+Examples
+--------
+>>> import random
+>>> rng = random.Random(0)
+>>> p = ClusterThompson(n_clusters=2, fit_after=20, seed=0)
+>>> good = {"maths": "metamath", "chinese": "qwen"}
+>>> for _ in range(600):
+...     task = rng.choice(["maths", "chinese"])
+...     x = {"emb_0": 1.0, "emb_1": 0.0} if task == "maths" else {"emb_0": 0.0, "emb_1": 1.0}
+...     d = p.pull(["metamath", "qwen"], x)
+...     _ = p.update(d.model, x, float(rng.random() < (0.8 if d.model == good[task] else 0.3)))
+>>> p.pull(["metamath", "qwen"], {"emb_0": 1.0, "emb_1": 0.0}).model
+'metamath'
+>>> p.pull(["metamath", "qwen"], {"emb_0": 0.0, "emb_1": 1.0}).model
+'qwen'
+>>> p.n_cells_fitted
+2
+
+References
+----------
+Gelman et al., Bayesian Data Analysis, ch. 5 (hierarchical models); Chapelle & Li (2011), An
+empirical evaluation of Thompson sampling; Zhang et al. (2025), Avengers-Pro (embed, cluster,
+score models per cluster).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Self
+
+import numpy as np
+
+from llmopt.types import ArmID
+from models.base import Policy
+
+KMEANS_RESTARTS = 3
+KMEANS_ITERATIONS = 25
+
+
+def kmeans(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Centroids of ``x`` (k-means++ seeding, Lloyd iterations, best of a few restarts).
+
+    Written out (20 lines of numpy) rather than through scikit-learn: it runs once per policy,
+    on a few hundred points, inside the learner's seeded and serialised state.
+
+    >>> pts = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0]])
+    >>> np.round(np.sort(kmeans(pts, 2, np.random.default_rng(0))[:, 0]), 2).tolist()
+    [0.05, 5.05]
+    """
+    k = min(k, len(np.unique(x, axis=0)))
+    best, best_inertia = x[:k].copy(), math.inf
+    sq = (x * x).sum(axis=1)
+    for _ in range(KMEANS_RESTARTS):
+        centres = [x[rng.integers(len(x))]]
+        for _ in range(1, k):
+            c = np.array(centres)
+            d2 = np.maximum(sq[:, None] - 2 * x @ c.T + (c * c).sum(axis=1)[None, :], 0).min(1)
+            total = d2.sum()
+            if total <= 0:
+                break
+            centres.append(x[rng.choice(len(x), p=d2 / total)])
+        c = np.array(centres)
+        for _ in range(KMEANS_ITERATIONS):
+            d2 = sq[:, None] - 2 * x @ c.T + (c * c).sum(axis=1)[None, :]
+            labels = d2.argmin(axis=1)
+            moved = np.array(
+                [
+                    x[labels == j].mean(axis=0) if (labels == j).any() else c[j]
+                    for j in range(len(c))
+                ]
+            )
+            if np.allclose(moved, c):
+                break
+            c = moved
+        inertia = float(np.maximum(d2.min(axis=1), 0).sum())
+        if inertia < best_inertia:
+            best, best_inertia = c, inertia
+    return best
+
+
+class ClusterThompson(Policy):
+    """Thompson sampling per (embedding cluster, model), shrunk towards each model's global mean.
+
+    Parameters
+    ----------
+    n_clusters
+        Cells of the embedding space (k of k-means).
+    prior_weight
+        Weight, in observations, of a model's global mean in each cell's posterior (``m``).
+    global_prior_weight
+        Weight of the mean of all models in each model's global mean.
+    sigma
+        Scale of the posterior standard deviation (``sigma / sqrt(n + m)``): exploration.
+    fit_after
+        Distinct prompts seen before the cells are fitted (a warm start counts).
+    feature_prefix
+        Context features whose names start with this are the embedding (``emb_``).
+    burn_in, max_reward, exploration_floor, explore_decay, cost_aware, seed
+        See :class:`models.base.Policy`.
+    """
+
+    name = "cluster_thompson"
+    n_propensity_draws = 128
+
+    def __init__(
+        self,
+        *,
+        n_clusters: int = 8,
+        prior_weight: float = 3.0,
+        global_prior_weight: float = 2.0,
+        sigma: float = 0.25,
+        fit_after: int = 300,
+        feature_prefix: str = "emb_",
+        burn_in: int = 0,
+        max_reward: float | None = None,
+        exploration_floor: float = 0.0,
+        explore_decay: float = 0.0,
+        cost_aware: bool = False,
+        seed: int | None = None,
+    ) -> None:
+        if n_clusters < 1:
+            raise ValueError(f"n_clusters must be >= 1, got {n_clusters}")
+        if not (prior_weight > 0 and global_prior_weight > 0 and sigma > 0):
+            raise ValueError("prior_weight, global_prior_weight and sigma must be > 0")
+        if fit_after < n_clusters:
+            raise ValueError(f"fit_after must be >= n_clusters, got {fit_after}")
+        if not feature_prefix:
+            raise ValueError("feature_prefix must not be empty")
+        super().__init__(
+            burn_in=burn_in,
+            max_reward=max_reward,
+            exploration_floor=exploration_floor,
+            explore_decay=explore_decay,
+            cost_aware=cost_aware,
+            seed=seed,
+        )
+        self.n_clusters = n_clusters
+        self.prior_weight = prior_weight
+        self.global_prior_weight = global_prior_weight
+        self.sigma = sigma
+        self.fit_after = fit_after
+        self.feature_prefix = feature_prefix
+        self._np_rng = np.random.default_rng(seed)
+        self._arms: dict[ArmID, int] = {}
+        self._gn = np.zeros(0)  # per arm: count, sum of targets
+        self._gs = np.zeros(0)
+        self._pool = [0.0, 0.0]  # every target ever learnt: count, sum (never discounted)
+        self._n = np.zeros((n_clusters, 0))  # per (cell, arm)
+        self._s = np.zeros((n_clusters, 0))
+        self._centroids: np.ndarray | None = None
+        self._c_sq = np.zeros(0)
+        self._dims: tuple[str, ...] = ()  # embedding feature names, in order
+        self._seen: list[list[float]] = []  # distinct prompts before the fit
+        self._pending: list[tuple[list[float], ArmID, float]] = []  # observations before the fit
+        self._layout: tuple[tuple[str, ...], list[str]] = ((), [])
+
+    # -- helpers ------------------------------------------------------------------------------
+    @property
+    def n_cells_fitted(self) -> int:
+        """Number of cells once fitted (0 before)."""
+        return 0 if self._centroids is None else len(self._centroids)
+
+    def _embedding(self, context: dict[str, float]) -> np.ndarray | None:
+        keys = tuple(context)
+        if keys != self._layout[0]:
+            dims = [k for k in keys if k.startswith(self.feature_prefix)]
+            if not self._dims and dims:
+                self._dims = tuple(sorted(dims, key=lambda k: (len(k), k)))
+            self._layout = (keys, [k for k in self._dims if k in context])
+        names = self._layout[1]
+        if not names or len(names) != len(self._dims):
+            return None
+        return np.fromiter((context[k] for k in names), dtype=float, count=len(names))
+
+    def _cell(self, x: np.ndarray | None) -> int:
+        if x is None or self._centroids is None:
+            return -1
+        return int(np.argmin(self._c_sq - 2.0 * (self._centroids @ x)))
+
+    def _grow(self, arm_ids: list[ArmID]) -> None:
+        new = [a for a in arm_ids if a not in self._arms]
+        if not new:
+            return
+        for a in new:
+            self._arms[a] = len(self._arms)
+        extra = len(new)
+        self._gn = np.concatenate([self._gn, np.zeros(extra)])
+        self._gs = np.concatenate([self._gs, np.zeros(extra)])
+        pad = np.zeros((self.n_clusters, extra))
+        self._n = np.hstack([self._n, pad])
+        self._s = np.hstack([self._s, pad])
+
+    def _posterior(self, rows: list[int], cell: int) -> tuple[np.ndarray, np.ndarray]:
+        gn, gs = self._gn, self._gs
+        pool = (self._pool[1] + 0.5) / (self._pool[0] + 1.0)
+        m0 = self.global_prior_weight
+        gmu = (gs[rows] + m0 * pool) / (gn[rows] + m0)
+        if cell < 0:
+            n, mu = gn[rows], gmu
+            sd = self.sigma / np.sqrt(n + m0)
+            return mu, sd
+        m = self.prior_weight
+        n = self._n[cell, rows]
+        mu = (self._s[cell, rows] + m * gmu) / (n + m)
+        return mu, self.sigma / np.sqrt(n + m)
+
+    def _fit_cells(self) -> None:
+        x = np.array(self._seen)
+        self._centroids = kmeans(x, self.n_clusters, self._np_rng)
+        self._c_sq = (self._centroids * self._centroids).sum(axis=1)
+        for vec, arm, target in self._pending:
+            i = self._arms[arm]
+            c = self._cell(np.asarray(vec))
+            self._n[c, i] += 1.0
+            self._s[c, i] += target
+        self._seen, self._pending = [], []
+
+    # -- policy hooks -------------------------------------------------------------------------
+    def _pull(
+        self, arm_ids: list[ArmID], context: dict[str, float], penalties: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        self._grow(arm_ids)
+        rows = [self._arms[a] for a in arm_ids]
+        mu, sd = self._posterior(rows, self._cell(self._embedding(context)))
+        draws = mu + sd * self._np_rng.standard_normal((self.n_propensity_draws, len(rows)))
+        values = self._cap(draws) - penalties
+        return self._win_shares(values), values[0], mu
+
+    def _update(self, arm_id: ArmID, context: dict[str, float], reward: float) -> None:
+        self._grow([arm_id])
+        i = self._arms[arm_id]
+        self._gn[i] += 1.0
+        self._gs[i] += reward
+        self._pool = [self._pool[0] + 1.0, self._pool[1] + reward]
+        x = self._embedding(context)
+        if x is None:
+            return
+        if self._centroids is None:
+            vec = x.tolist()
+            if not self._seen or self._seen[-1] != vec:  # a warm start repeats each prompt
+                self._seen.append(vec)
+            self._pending.append((vec, arm_id, reward))
+            if len(self._seen) >= self.fit_after:
+                self._fit_cells()
+            return
+        c = self._cell(x)
+        self._n[c, i] += 1.0
+        self._s[c, i] += reward
+
+    def arm_mean(self, arm_id: ArmID) -> float | None:
+        i = self._arms.get(arm_id)
+        if i is None or self._gn[i] <= 0:
+            return None
+        return float(self._gs[i] / self._gn[i])
+
+    def predict_one(self, arm_id: ArmID, context: dict[str, float] | None = None) -> float:
+        """Posterior mean of ``arm_id``'s target in the context's cell (pooled mean if unseen)."""
+        self._grow([arm_id])
+        cell = self._cell(self._embedding(self._check_context(context)))
+        mu, _ = self._posterior([self._arms[arm_id]], cell)
+        return float(mu[0])
+
+    def _discount_arm(self, arm_id: ArmID, factor: float) -> None:
+        i = self._arms.get(arm_id)
+        if i is None:
+            return
+        for arr in (self._gn, self._gs):
+            arr[i] *= factor
+        self._n[:, i] *= factor
+        self._s[:, i] *= factor
+
+    def _arm_weight(self, arm_id: ArmID) -> float:
+        i = self._arms.get(arm_id)
+        return float(self._gn[i]) if i is not None else 0.0
+
+    # -- merging and state --------------------------------------------------------------------
+    def _merge_stats(self, a: Self, b: Self, base: Self) -> None:
+        fitted = [p._centroids for p in (a, b) if p._centroids is not None]
+        if len(fitted) == 2 and not np.array_equal(fitted[0], fitted[1]):
+            raise ValueError(
+                "the replicas fitted different cells: merge replicas that started from one "
+                "snapshot taken after the cells were fitted"
+            )
+        arms = list(a._arms) + [x for x in b._arms if x not in a._arms]
+        arms += [x for x in base._arms if x not in arms]
+        self._arms = {}
+        self._gn, self._gs = np.zeros(0), np.zeros(0)
+        self._n = self._s = np.zeros((self.n_clusters, 0))
+        self._grow(arms)
+        for src, sign in ((a, 1.0), (b, 1.0), (base, -1.0)):
+            for arm, j in src._arms.items():
+                i = self._arms[arm]
+                self._gn[i] += sign * src._gn[j]
+                self._gs[i] += sign * src._gs[j]
+                self._n[:, i] += sign * src._n[:, j]
+                self._s[:, i] += sign * src._s[:, j]
+        self._pool = [a._pool[k] + b._pool[k] - base._pool[k] for k in range(2)]
+        self._dims = a._dims or b._dims
+        self._layout = ((), [])
+        if fitted:
+            self._centroids = fitted[0].copy()
+            self._c_sq = (self._centroids * self._centroids).sum(axis=1)
+            # What a replica learned before its cells existed goes to the cells now.
+            late = [p._pending[len(base._pending) :] for p in (a, b) if p._centroids is None]
+            self._seen, self._pending = [], [obs for chunk in late for obs in chunk]
+            for vec, arm, target in self._pending:
+                i, c = self._arms[arm], self._cell(np.asarray(vec))
+                self._n[c, i] += 1.0
+                self._s[c, i] += target
+            self._pending = []
+        else:
+            self._centroids = None
+            self._seen = a._seen + b._seen[len(base._seen) :]
+            self._pending = a._pending + b._pending[len(base._pending) :]
+
+    def _get_state(self) -> dict[str, Any]:
+        return {
+            **super()._get_state(),
+            "np_rng": self._np_rng.bit_generator.state,
+            "arms": list(self._arms),
+            "gn": self._gn,
+            "gs": self._gs,
+            "pool": list(self._pool),
+            "n": self._n,
+            "s": self._s,
+            "dims": list(self._dims),
+            "centroids": self._centroids,
+            "seen": self._seen,
+            "pending": [[v, a, r] for v, a, r in self._pending],
+        }
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        super()._set_state(state)
+        self._np_rng.bit_generator.state = state["np_rng"]
+        self._arms = {str(a): i for i, a in enumerate(state["arms"])}
+        k = len(self._arms)
+        self._gn = np.asarray(state["gn"], dtype=float).reshape(k)
+        self._gs = np.asarray(state["gs"], dtype=float).reshape(k)
+        self._pool = [float(v) for v in state["pool"]]
+        self._n = np.asarray(state["n"], dtype=float).reshape(self.n_clusters, k)
+        self._s = np.asarray(state["s"], dtype=float).reshape(self.n_clusters, k)
+        self._dims = tuple(str(d) for d in state["dims"])
+        cents = state["centroids"]
+        self._centroids = None if cents is None else np.asarray(cents, dtype=float)
+        if self._centroids is not None:
+            self._centroids = self._centroids.reshape(-1, len(self._dims))
+            self._c_sq = (self._centroids * self._centroids).sum(axis=1)
+        self._seen = [[float(v) for v in vec] for vec in state["seen"]]
+        self._pending = [
+            ([float(v) for v in vec], str(a), float(r)) for vec, a, r in state["pending"]
+        ]
+        self._layout = ((), [])
