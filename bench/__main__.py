@@ -18,13 +18,15 @@ from bench import (
     features,
     peer_speed,
     policies,
+    protocol,
     replay,
     routing,
     training,
 )
 
 BENCHMARKS: dict[str, ModuleType] = {
-    m.NAME: m for m in (features, policies, replay, routing, peer_speed, feature_store, training)
+    m.NAME: m
+    for m in (features, policies, replay, routing, protocol, peer_speed, feature_store, training)
 }
 
 

@@ -52,6 +52,8 @@ class _ModelEntry(BaseModel):
     tokens_per_second: float | None = Field(default=None, gt=0)
     price: PriceOverride | None = None
     parameters: dict[str, float | int | str] | None = None
+    legacy: bool = False
+    quality_tier: float | None = Field(default=None, ge=0, le=1)
 
 
 class _Defaults(BaseModel):
@@ -84,6 +86,10 @@ class ModelSpec(BaseModel):
     output_per_mtok: float
     price_source: Literal["genai-prices", "override"]
     parameters: dict[str, float | int | str]
+    legacy: bool = False
+    """Kept for replays of historical data: offered only to a request that names it."""
+    quality_tier: float | None = None
+    """Prior quality in [0, 1] of a fresh router (a few observations' weight), if known."""
 
     def expected_cost_usd(self, input_tokens: float, output_tokens: float) -> float:
         """Cost of one call with these token counts."""
@@ -128,6 +134,11 @@ class ModelCatalog:
     def ids(self) -> list[ArmID]:
         """Model ids in catalog order."""
         return list(self._specs)
+
+    @property
+    def current_ids(self) -> list[ArmID]:
+        """Ids of the models offered by default (not ``legacy``), in catalog order."""
+        return [m for m, spec in self._specs.items() if not spec.legacy]
 
     def get(self, model_id: ArmID) -> ModelSpec | None:
         """The spec of ``model_id``, or None when the catalog does not know it."""
@@ -183,6 +194,8 @@ def parse_catalog(raw: Any, *, source: str = "<catalog>") -> ModelCatalog:
                 output_per_mtok=prices[1],
                 price_source=source_kind,
                 parameters={**doc.defaults.parameters, **(entry.parameters or {})},
+                legacy=entry.legacy,
+                quality_tier=entry.quality_tier,
             )
         )
     if unpriced:

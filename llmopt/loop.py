@@ -116,9 +116,12 @@ class LearningLoop:
         event_log: EventLog | None = None,
         default_tradeoff: TradeOff | None = None,
         store_prompt_tenants: Collection[str] = (),
+        default_arms: Sequence[ArmID] | None = None,
     ) -> None:
         if not arms:
             raise ValueError("the loop needs at least one arm")
+        self.default_arms = frozenset(default_arms or ())
+        """Arms offered to a request that names none (empty: every arm); e.g. current models."""
         self.store_prompt_tenants = frozenset(store_prompt_tenants)
         """Tenants that opted in to their prompt text in the event log (others: its SHA-256)."""
         self.policy = policy
@@ -262,11 +265,15 @@ class LearningLoop:
         return out
 
     def candidates(self, ctx: RequestContext) -> list[ArmID]:
-        """The arms this request may get: all, or those of ``ctx.models`` this loop knows.
+        """The arms this request may get: the default ones (all, unless ``default_arms`` was
+        given), or those of ``ctx.models`` this loop knows.
 
         Raises :class:`NoCandidateError` when ``ctx.models`` names none of them.
         """
         if not ctx.models:
+            if self.default_arms:
+                offered = [a for a in self.arms if a in self.default_arms]
+                return offered or self.arms
             return self.arms
         wanted = set(ctx.models)
         arms = [a for a in self.arms if a in wanted]

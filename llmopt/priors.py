@@ -20,10 +20,11 @@ True
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from llmopt.catalog import ModelCatalog
 from llmopt.types import ArmID
 
 
@@ -49,3 +50,34 @@ def price_tier_prior(
         return float(np.mean(means))
     slope, intercept = np.polyfit([math.log(p) for p, _ in pts], means, 1)
     return float(np.clip(intercept + slope * math.log(price), min(means), max(means)))
+
+
+def apply_catalog_priors(
+    policy: object, catalog: ModelCatalog, arms: Sequence[ArmID], *, weight: float = 2.0
+) -> dict[ArmID, float]:
+    """Start each of ``arms`` whose catalog entry has a ``quality_tier`` at that quality.
+
+    For a fresh router (no registry version, no logs): a prior worth ``weight`` observations
+    (``policy.set_prior``), so the first decisions follow the catalog's tiers within each
+    request's cost bounds instead of a blind burn-in, and real feedback overrides it within a
+    few requests. Returns the priors set (nothing for a policy without ``set_prior``).
+
+    >>> from llmopt.catalog import load_catalog
+    >>> from models.registry import make_policy
+    >>> p = make_policy("cost_aware_cluster_thompson", seed=0)
+    >>> set_ = apply_catalog_priors(p, load_catalog(), ["gpt-4o", "gpt-4o-mini", "claude-2"])
+    >>> sorted(set_)  # claude-2 (legacy demo data) has no tier
+    ['gpt-4o', 'gpt-4o-mini']
+    >>> p.arm_mean("gpt-4o") > p.arm_mean("gpt-4o-mini")
+    True
+    """
+    set_prior = getattr(policy, "set_prior", None)
+    if set_prior is None:
+        return {}
+    out: dict[ArmID, float] = {}
+    for arm in arms:
+        spec = catalog.get(arm)
+        if spec is not None and spec.quality_tier is not None:
+            set_prior(arm, spec.quality_tier, weight)
+            out[arm] = spec.quality_tier
+    return out

@@ -60,7 +60,10 @@ import numpy as np
 
 from llmopt.types import ArmID
 from models.base import Policy
+from models.state import np_rng_state, set_np_rng_state
 
+PENDING_LIMIT = 10
+"""Observations kept before the cells exist, in multiples of ``fit_after``."""
 KMEANS_RESTARTS = 3
 KMEANS_ITERATIONS = 25
 
@@ -75,7 +78,7 @@ def kmeans(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     >>> np.round(np.sort(kmeans(pts, 2, np.random.default_rng(0))[:, 0]), 2).tolist()
     [0.05, 5.05]
     """
-    k = min(k, len(np.unique(x, axis=0)))
+    k = min(k, len(np.unique(x, axis=0)))  # a few distinct prompts: fewer cells
     best, best_inertia = x[:k].copy(), math.inf
     sq = (x * x).sum(axis=1)
     for _ in range(KMEANS_RESTARTS):
@@ -268,12 +271,31 @@ class ClusterThompson(Policy):
             if not self._seen or self._seen[-1] != vec:  # a warm start repeats each prompt
                 self._seen.append(vec)
             self._pending.append((vec, arm_id, reward))
-            if len(self._seen) >= self.fit_after:
+            # Fit once enough distinct prompts came, or, for traffic that repeats a few prompts,
+            # once PENDING_LIMIT x fit_after observations wait (state must not grow with it).
+            if (
+                len(self._seen) >= self.fit_after
+                or len(self._pending) >= PENDING_LIMIT * self.fit_after
+            ):
                 self._fit_cells()
             return
         c = self._cell(x)
         self._n[c, i] += 1.0
         self._s[c, i] += reward
+
+    def set_prior(self, arm_id: ArmID, mean: float, weight: float = 1.0) -> Self:
+        """Start ``arm_id`` at ``mean`` as if observed ``weight`` times (its global statistics).
+
+        Every cell then shrinks towards it until the arm's own observations outweigh it; the
+        pooled mean of all arms is not moved (it stays what was actually observed).
+        """
+        if not (math.isfinite(mean) and math.isfinite(weight)) or weight < 0:
+            raise ValueError("prior mean must be finite and weight a finite number >= 0")
+        self._grow([arm_id])
+        i = self._arms[arm_id]
+        self._gn[i] += weight
+        self._gs[i] += weight * mean
+        return self
 
     def arm_mean(self, arm_id: ArmID) -> float | None:
         i = self._arms.get(arm_id)
@@ -344,7 +366,7 @@ class ClusterThompson(Policy):
     def _get_state(self) -> dict[str, Any]:
         return {
             **super()._get_state(),
-            "np_rng": self._np_rng.bit_generator.state,
+            "np_rng": np_rng_state(self._np_rng),
             "arms": list(self._arms),
             "gn": self._gn,
             "gs": self._gs,
@@ -359,7 +381,7 @@ class ClusterThompson(Policy):
 
     def _set_state(self, state: dict[str, Any]) -> None:
         super()._set_state(state)
-        self._np_rng.bit_generator.state = state["np_rng"]
+        set_np_rng_state(self._np_rng, state["np_rng"])
         self._arms = {str(a): i for i, a in enumerate(state["arms"])}
         k = len(self._arms)
         self._gn = np.asarray(state["gn"], dtype=float).reshape(k)

@@ -24,18 +24,17 @@ from models.random_policy import UniformRandom
 from models.thompson import BetaThompson, GaussianThompson
 from models.ucb import UCB1
 
-RECOMMENDED = "cost_aware_linucb"
+RECOMMENDED = "cost_aware_cluster_thompson"
 """The policy the product uses when none is named."""
 
 _COST_AWARE = {"cost_aware": True, "max_reward": 1.0}
 """Learn quality, rank by quality minus predicted cost (and latency) in reward units."""
 
 POLICIES: dict[str, tuple[type[Policy], dict[str, Any]]] = {
-    # The recommended router. Cost-aware (cost is known before a call, quality is not, so the
-    # optimism goes on quality alone and is capped at 1), each arm's prior centred on the mean
-    # quality of all arms, and the request features used only while they predict better than
-    # per-arm means (progressive validation). Chosen on AlpacaEval, RouterBench and RouteLLM
-    # MMLU replays (bench/results/routing.json); one setting for every file.
+    # The previous recommendation (until issue 13). Cost-aware (cost is known before a call,
+    # quality is not, so the optimism goes on quality alone and is capped at 1), each arm's
+    # prior centred on the mean quality of all arms, and the request features used only while
+    # they predict better than per-arm means (progressive validation).
     "cost_aware_linucb": (
         LinUCB,
         {
@@ -48,8 +47,11 @@ POLICIES: dict[str, tuple[type[Policy], dict[str, Any]]] = {
             **_COST_AWARE,
         },
     ),
-    # Structure from the prompt's embedding: Thompson sampling per (embedding cluster, model),
-    # shrunk towards each model's global mean (models/cluster_thompson.py).
+    # The recommended router: structure from the prompt's embedding, Thompson sampling per
+    # (embedding cluster, model) shrunk towards each model's global mean, cost-aware like the
+    # rest (models/cluster_thompson.py). Chosen on 5-seed replays of every shared file
+    # (bench/results/protocol.json): it finds the mixed workload's task structure that the
+    # linear policies miss.
     "cost_aware_cluster_thompson": (
         ClusterThompson,
         {

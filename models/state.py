@@ -116,6 +116,28 @@ def set_rng_state(rng: random.Random, state: list[Any]) -> None:
     rng.setstate((int(version), tuple(int(x) for x in internal), gauss))
 
 
+def np_rng_state(gen: np.random.Generator) -> dict[str, Any]:
+    """A numpy generator's state, its 128-bit integers as strings (JSON stores beyond 64 bits
+    lose them or refuse them: ``orjson``, PostgreSQL's ``jsonb`` numbers)."""
+    state = gen.bit_generator.state
+    return {
+        "bit_generator": state["bit_generator"],
+        "state": {k: str(v) for k, v in state["state"].items()},
+        "has_uint32": int(state["has_uint32"]),
+        "uinteger": int(state["uinteger"]),
+    }
+
+
+def set_np_rng_state(gen: np.random.Generator, state: dict[str, Any]) -> None:
+    """Inverse of :func:`np_rng_state` (also reads the plain numeric form)."""
+    gen.bit_generator.state = {
+        "bit_generator": state["bit_generator"],
+        "state": {k: int(v) for k, v in state["state"].items()},
+        "has_uint32": int(state["has_uint32"]),
+        "uinteger": int(state["uinteger"]),
+    }
+
+
 def _plain(value: Any) -> Any:
     """numpy arrays and scalars to lists and floats, tuples to lists, recursively."""
     if isinstance(value, np.ndarray):

@@ -16,6 +16,7 @@ import numpy as np
 
 from llmopt.types import ArmID
 from models.arm_stats import ArmStatsPolicy
+from models.state import np_rng_state, set_np_rng_state
 
 
 class _Thompson(ArmStatsPolicy):
@@ -37,11 +38,11 @@ class _Thompson(ArmStatsPolicy):
         return self._win_shares(values), values[0], mean
 
     def _get_state(self) -> dict[str, Any]:
-        return {**super()._get_state(), "np_rng": self._np_rng.bit_generator.state}
+        return {**super()._get_state(), "np_rng": np_rng_state(self._np_rng)}
 
     def _set_state(self, state: dict[str, Any]) -> None:
         super()._set_state(state)
-        self._np_rng.bit_generator.state = state["np_rng"]
+        set_np_rng_state(self._np_rng, state["np_rng"])
 
 
 class BetaThompson(_Thompson):

@@ -39,6 +39,12 @@ SEARCH_SPACES: dict[str, Space] = {
         "decay": t.suggest_float("decay", 10.0, 2000.0, log=True),
     },
     "ucb1": lambda t: {"c": t.suggest_float("c", 0.05, 2.0, log=True)},
+    "cluster_thompson": lambda t: {
+        "sigma": t.suggest_float("sigma", 0.05, 0.5, log=True),
+        "prior_weight": t.suggest_float("prior_weight", 0.5, 20.0, log=True),
+        "n_clusters": t.suggest_int("n_clusters", 2, 24),
+        "explore_decay": t.suggest_float("explore_decay", 0.5, 30.0, log=True),
+    },
 }
 """Hyperparameters searched for each policy algorithm (``Policy.name``)."""
 

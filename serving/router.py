@@ -369,6 +369,9 @@ class Router:
         self._clock = clock
         self.event_log = event_log
         self.arms = list(arms or catalog.ids)
+        self.default_arms = list(arms) if arms else [a for a in self.arms if not catalog[a].legacy]
+        """Models a request that names none may get: the ``arms`` given, else the catalog's
+        current (non-legacy) ones."""
         self.default_tradeoff = default_tradeoff or TradeOff(willingness_to_pay=0.05)
         self.breaker = breaker or CircuitBreaker()
         self.ledger = ledger or BudgetLedger()
@@ -397,6 +400,7 @@ class Router:
             breaker=self.breaker,
             tuning=self.tuning,
             store_prompt_tenants=self.store_prompt_tenants,
+            default_arms=self.default_arms,
         )
         return Slot(role=role, label=label, loop=loop)
 

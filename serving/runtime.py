@@ -23,11 +23,13 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from llmopt.catalog import ModelCatalog, load_catalog
 from llmopt.event_log import EventLog
+from llmopt.priors import apply_catalog_priors
 from llmopt.reward import TradeOff
 from llmopt.settings import Settings
 from llmopt.spool import SpooledEventLog
@@ -57,11 +59,20 @@ class ReloadResult:
     notes: list[str] = field(default_factory=list)
 
 
-def fresh_policy(event_log: EventLog | None, *, seed: int = 0) -> tuple[Any, str]:
-    """The recommended policy, warmed on the event log's feedback; ``(policy, label)``."""
+def fresh_policy(
+    event_log: EventLog | None,
+    *,
+    seed: int = 0,
+    catalog: ModelCatalog | None = None,
+    arms: Sequence[str] = (),
+) -> tuple[Any, str]:
+    """The recommended policy, started at the catalog's quality tiers (if given) and warmed on
+    the event log's feedback; ``(policy, label)``."""
     from models.registry import RECOMMENDED, make_policy  # noqa: PLC0415
 
     policy = make_policy(RECOMMENDED, seed=seed)
+    if catalog is not None:
+        apply_catalog_priors(policy, catalog, arms or catalog.ids)
     n = 0
     if event_log is not None:
         cost_aware = getattr(policy, "cost_aware", False)
@@ -196,7 +207,9 @@ class ServingRuntime:
             log.info("champion %s from %s", champion.label, champion.source)
         else:
             try:
-                policy, label = fresh_policy(self.event_log)
+                policy, label = fresh_policy(
+                    self.event_log, catalog=self.router.catalog, arms=self.router.arms
+                )
                 self.router.swap((policy, label))
                 log.info("no champion in the model source: serving %s", label)
             except Exception:  # the static default answers; the response says so

@@ -11,7 +11,7 @@ import pytest
 from llmopt.event_log import EventLog
 from llmopt.schemas import Feedback, RequestContext
 from llmopt.settings import Settings
-from models.registry import make_policy
+from models.registry import RECOMMENDED, make_policy
 from serving.guards import BudgetLedger, CircuitBreaker
 from serving.http_guard import TokenBucket
 from serving.model_source import (
@@ -129,12 +129,12 @@ def runtime(tmp_path: Path, source: object | None) -> ServingRuntime:
 
 def test_runtime_starts_fresh_and_warm_starts_from_the_log(tmp_path: Path):
     rt = runtime(tmp_path, Fake())
-    assert rt.router.lineup.champion.label == "fresh/cost_aware_linucb+0"
+    assert rt.router.lineup.champion.label == f"fresh/{RECOMMENDED}+0"
     d = rt.router.decide(RequestContext(tenant="a", prompt="hi")).decision
     rt.router.feedback(Feedback(decision_id=d.decision_id, quality=0.8))
     rt.close()
     rt2 = runtime(tmp_path, Fake())
-    assert rt2.router.lineup.champion.label == "fresh/cost_aware_linucb+1"
+    assert rt2.router.lineup.champion.label == f"fresh/{RECOMMENDED}+1"
     rt2.close()
 
 

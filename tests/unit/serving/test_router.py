@@ -62,7 +62,7 @@ def test_no_policy_means_the_static_default_answers_and_says_so(catalog, log):
     router = make_router(catalog, log)
     routed = router.decide(ctx())
     assert routed.slot.fallback and routed.slot.label == STATIC_LABEL
-    assert routed.decision.model == "gemma-2b-it"  # the cheapest catalog model
+    assert routed.decision.model == "gpt-4.1-nano"  # the cheapest current catalog model
     assert any("static default" in n for n in routed.decision.notes)
     assert log.get_decision(routed.decision.decision_id) is not None
 
@@ -188,8 +188,8 @@ def test_request_caps_are_honoured(catalog, log):
     d = router.decide(ctx(max_cost_usd=0.0005)).decision
     assert d.model != "gpt-4o"
     assert any("max_cost_usd" in n for n in d.notes)
-    d = router.decide(ctx(max_latency_ms=1500)).decision
-    assert catalog[d.model].expected_latency_ms(256) <= 1500
+    d = router.decide(ctx(max_latency_ms=1700)).decision  # current models: 1,630 ms at best
+    assert catalog[d.model].expected_latency_ms(256) <= 1700
 
 
 def test_a_broken_champion_falls_back_to_the_static_default(catalog, log):
