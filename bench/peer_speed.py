@@ -1,6 +1,7 @@
 """Microseconds per pull + update: every registry policy against the peer libraries.
 
-A synthetic, seeded world with ``N_ARMS`` arms and dense random features (``f0`` .. ``f{d-1}``,
+A synthetic, seeded world with ``N_ARMS`` arms and dense random features (``emb_0`` .. ``emb_{d-1}``, named like the prompt embedding so the
+clustering policy clusters them;
 uniform in [0, 1), every feature present at every step) for each ``d`` in ``FEATURE_COUNTS``; the
 reward of arm ``a`` is a Bernoulli draw with probability ``w_a . x / sum(w_a)`` (so it is in [0, 1]
 and every policy accepts it), drawn once per step and shared by every policy. Each policy first
@@ -55,7 +56,7 @@ def _world(
     w = rng.random((N_ARMS, n_features))
     p = x @ w.T / w.sum(axis=1)
     rewards = (rng.random((steps, N_ARMS)) < p).astype(float)
-    keys = [f"f{j}" for j in range(n_features)]
+    keys = [f"emb_{j}" for j in range(n_features)]  # named like the prompt embedding
     contexts = [dict(zip(keys, row.tolist(), strict=True)) for row in x]
     return arms, contexts, rewards
 

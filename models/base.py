@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from llmopt.schemas import Decision, Explanation
+from llmopt.schemas import Decision, Explanation, new_decision_id, utc_now
 from llmopt.types import ArmID, Features
 from models.state import Stateful, rng_state, set_rng_state
 
@@ -152,13 +152,18 @@ class Policy(Stateful, ABC):
                 reason = "optimism"
             else:
                 reason = "random exploration"
-        return Decision(
+        # Built without validation (every value above is computed here, finite and in range):
+        # pydantic's checks were a third of a pull's time.
+        return Decision.model_construct(
+            decision_id=new_decision_id(),
             model=arms[i],
+            parameters={},
             propensity=min(max(float(probs[i]), 1e-12), 1.0),
             policy_name=self.name,
             policy_version=str(self._n_updates),
             scores=dict(zip(arms, sc, strict=True)),
-            explanation=Explanation(
+            notes=[],
+            explanation=Explanation.model_construct(
                 estimate=est[i],
                 uncertainty_bonus=sc[i] + pe[i] - est[i],
                 penalty=pe[i],
@@ -166,6 +171,7 @@ class Policy(Stateful, ABC):
                 explored=explored,
                 reason=reason,
             ),
+            created_at=utc_now(),
         )
 
     def update(self, arm_id: ArmID, context: Features | None, reward: float) -> Self:

@@ -54,6 +54,7 @@ score models per cluster).
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any, Self
 
 import numpy as np
@@ -131,7 +132,7 @@ class ClusterThompson(Policy):
     """
 
     name = "cluster_thompson"
-    n_propensity_draws = 128
+    n_propensity_draws = 48
 
     def __init__(
         self,
@@ -184,6 +185,8 @@ class ClusterThompson(Policy):
         self._seen: list[list[float]] = []  # distinct prompts before the fit
         self._pending: list[tuple[list[float], ArmID, float]] = []  # observations before the fit
         self._layout: tuple[tuple[str, ...], list[str]] = ((), [])
+        self._getter: Any = None  # itemgetter of the embedding's features, in order
+        self._last_cell: tuple[np.ndarray, int] | None = None
 
     # -- helpers ------------------------------------------------------------------------------
     @property
@@ -198,15 +201,22 @@ class ClusterThompson(Policy):
             if not self._dims and dims:
                 self._dims = tuple(sorted(dims, key=lambda k: (len(k), k)))
             self._layout = (keys, [k for k in self._dims if k in context])
-        names = self._layout[1]
-        if not names or len(names) != len(self._dims):
+            names = self._layout[1]
+            self._getter = operator.itemgetter(*names) if len(names) > 1 else None
+        names, getter = self._layout[1], self._getter
+        if not names or len(names) != len(self._dims) or getter is None:
             return None
-        return np.fromiter((context[k] for k in names), dtype=float, count=len(names))
+        return np.array(getter(context), dtype=float)
 
     def _cell(self, x: np.ndarray | None) -> int:
         if x is None or self._centroids is None:
             return -1
-        return int(np.argmin(self._c_sq - 2.0 * (self._centroids @ x)))
+        last = self._last_cell
+        if last is not None and np.array_equal(last[0], x):  # pull then update: one lookup
+            return last[1]
+        cell = int(np.argmin(self._c_sq - 2.0 * (self._centroids @ x)))
+        self._last_cell = (x, cell)
+        return cell
 
     def _grow(self, arm_ids: list[ArmID]) -> None:
         new = [a for a in arm_ids if a not in self._arms]
@@ -221,24 +231,30 @@ class ClusterThompson(Policy):
         self._n = np.hstack([self._n, pad])
         self._s = np.hstack([self._s, pad])
 
+    def _row_index(self, rows: list[int]) -> np.ndarray | slice:
+        """``rows`` as a slice when they are every arm in order (the common case), else an array."""
+        if len(rows) == len(self._arms) and rows == list(range(len(rows))):
+            return slice(None)
+        return np.asarray(rows, dtype=np.intp)
+
     def _posterior(self, rows: list[int], cell: int) -> tuple[np.ndarray, np.ndarray]:
         gn, gs = self._gn, self._gs
         pool = (self._pool[1] + 0.5) / (self._pool[0] + 1.0)
+        index = self._row_index(rows)
         m0 = self.global_prior_weight
-        gmu = (gs[rows] + m0 * pool) / (gn[rows] + m0)
+        gmu = (gs[index] + m0 * pool) / (gn[index] + m0)
         if cell < 0:
-            n, mu = gn[rows], gmu
-            sd = self.sigma / np.sqrt(n + m0)
-            return mu, sd
+            return gmu, self.sigma / np.sqrt(gn[index] + m0)
         m = self.prior_weight
-        n = self._n[cell, rows]
-        mu = (self._s[cell, rows] + m * gmu) / (n + m)
+        n = self._n[cell, index]
+        mu = (self._s[cell, index] + m * gmu) / (n + m)
         return mu, self.sigma / np.sqrt(n + m)
 
     def _fit_cells(self) -> None:
         x = np.array(self._seen)
         self._centroids = kmeans(x, self.n_clusters, self._np_rng)
         self._c_sq = (self._centroids * self._centroids).sum(axis=1)
+        self._last_cell = None
         for vec, arm, target in self._pending:
             i = self._arms[arm]
             c = self._cell(np.asarray(vec))
@@ -347,6 +363,7 @@ class ClusterThompson(Policy):
         self._pool = [a._pool[k] + b._pool[k] - base._pool[k] for k in range(2)]
         self._dims = a._dims or b._dims
         self._layout = ((), [])
+        self._last_cell = None
         if fitted:
             self._centroids = fitted[0].copy()
             self._c_sq = (self._centroids * self._centroids).sum(axis=1)
@@ -396,6 +413,7 @@ class ClusterThompson(Policy):
             self._centroids = self._centroids.reshape(-1, len(self._dims))
             self._c_sq = (self._centroids * self._centroids).sum(axis=1)
         self._seen = [[float(v) for v in vec] for vec in state["seen"]]
+        self._last_cell = None
         self._pending = [
             ([float(v) for v in vec], str(a), float(r)) for vec, a, r in state["pending"]
         ]
