@@ -1,7 +1,7 @@
 """Microseconds per pull + update: every registry policy against the peer libraries.
 
-A synthetic, seeded world with ``N_ARMS`` arms and dense random features (``emb_0`` .. ``emb_{d-1}``, named like the prompt embedding so the
-clustering policy clusters them;
+A synthetic, seeded world with ``N_ARMS`` arms and dense random features (``emb_0`` ..
+``emb_{d-1}``, named like the prompt embedding so that the clustering policy clusters them;
 uniform in [0, 1), every feature present at every step) for each ``d`` in ``FEATURE_COUNTS``; the
 reward of arm ``a`` is a Bernoulli draw with probability ``w_a . x / sum(w_a)`` (so it is in [0, 1]
 and every policy accepts it), drawn once per step and shared by every policy. Each policy first
