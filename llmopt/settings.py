@@ -200,6 +200,13 @@ class Settings(BaseSettings):
             "every other prompt is kept as its SHA-256 and its features only."
         ),
     )
+    warm_start_evals: Path | None = Field(
+        default=None,
+        description=(
+            "Routing-format evaluation file (every model answered each prompt) the nightly flow "
+            "warm-starts the policy on before the event log (unset: the event log only)."
+        ),
+    )
     alert_webhook_url: str | None = Field(
         default=None,
         description="URL that drift alerts are POSTed to as JSON (unset: structured logs only).",

@@ -6,6 +6,7 @@ parameters stay small, JSON-friendly config. Test task logic through ``task.fn(.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -14,6 +15,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from llmopt.catalog import ModelCatalog, load_catalog
+from llmopt.embeddings import embedding_version
 from llmopt.event_log import EventLog
 from llmopt.settings import Settings, get_settings
 from models.base import Policy
@@ -86,14 +88,27 @@ def registered_cursor(alias: str = "dev") -> int:
 def rebuild_from_history(
     policy_name: str, params: dict[str, Any], batch_size: int
 ) -> tuple[TrainingResult, QualityModel]:
-    """A fresh policy (and quality model) warm-started on every logged feedback."""
-    log = _log(get_settings())
-    try:
-        return rebuild(
-            log.engine, make_policy(policy_name, seed=0, **params), batch_size=batch_size
+    """A fresh policy (and quality model) warm-started on the evaluation file of
+    ``LLMOPT_WARM_START_EVALS`` (if set), then on every logged feedback."""
+    settings = get_settings()
+    policy = make_policy(policy_name, seed=0, **params)
+    if settings.warm_start_evals is not None:
+        from llmopt.routing_data import load_routing_data  # noqa: PLC0415
+        from pipelines.warm_start import learn_evals  # noqa: PLC0415
+
+        warm = learn_evals(
+            policy,
+            load_routing_data(settings.warm_start_evals),
+            willingness_to_pay=settings.default_willingness_to_pay,
         )
+    log = _log(settings)
+    try:
+        result, quality = rebuild(log.engine, policy, batch_size=batch_size)
     finally:
         log.close()
+    if settings.warm_start_evals is not None:
+        result = dataclasses.replace(result, warm_start=warm.tags())
+    return result, quality
 
 
 @task(name="reset-checkpoint", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
@@ -166,6 +181,8 @@ def log_model_version(
                 "n_events": str(result.n_total),
                 "feature_service_version": feature_service_version(),
                 "source_flow": flow_name,
+                "embedding": embedding_version(),
+                **result.warm_start,
                 **({"ope_snips": f"{report['snips']['value']:.6f}"} if report else {}),
             },
             aliases=[alias],

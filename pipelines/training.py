@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
 
@@ -61,6 +61,8 @@ class TrainingResult:
     n_batches: int
     learn_seconds: float
     """Time spent reading and learning events, checkpoints included (not the initial load)."""
+    warm_start: dict[str, str] = field(default_factory=dict)
+    """What the policy learnt before the events (an evaluation file), as registry tags."""
 
     @property
     def data_window(self) -> str:
