@@ -39,6 +39,7 @@ import importlib.util
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -213,17 +214,14 @@ class PromptEmbedder:
         """
         words = text.split(" ")
         cache = self._word_ids
-        missing = [w for w in set(words) if w not in cache]
+        missing = [w for w in dict.fromkeys(words) if w not in cache]
         if missing:
             if len(cache) > WORD_CACHE_SIZE:
                 cache.clear()
-            encoded = self._tokenizer.encode_batch(missing, add_special_tokens=False)
-            for w, enc in zip(missing, encoded, strict=True):
-                cache[w] = enc.ids
-        ids: list[int] = []
-        for w in words:
-            ids += cache[w]
-        return ids
+            encode = self._tokenizer.encode
+            for w in missing:  # one by one: encode_batch's thread pool costs more for a few
+                cache[w] = encode(w, add_special_tokens=False).ids
+        return list(chain.from_iterable(map(cache.__getitem__, words)))
 
     def features(self, text: str | None) -> dict[str, float]:
         """``emb_0`` .. ``emb_31`` of one prompt (cached; None or empty: all zeros)."""
