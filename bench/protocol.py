@@ -81,12 +81,14 @@ def run(*, quick: bool = False) -> list[dict[str, Any]]:
     seeds = 1 if quick else SEEDS
     wtps = QUICK_WTPS if quick else DEFAULT_WTP_SWEEP
     rows: list[dict[str, Any]] = []
-    for path in routing_files():
+    order = {MIXED_FILE: 0, COST_FILE: 1}  # the headline files first
+    for path in sorted(routing_files(), key=lambda p: (order.get(p.stem, 2), p.stem)):
         data = load_routing_data(path)
         if quick:
             data = _subsample(data, QUICK_PROMPTS)
         candidates = {n: _ours(n) for n in dict.fromkeys((RECOMMENDED, *OURS))}
-        candidates.update(peer_factories())
+        peers = peer_factories()  # the slowest (MABWiser, ~1 ms a step) last
+        candidates.update(sorted(peers.items(), key=lambda kv: kv[0].startswith("mabwiser")))
         for warm in WARM_STARTS:
             file_rows: list[dict[str, Any]] = []
             for name, factory in candidates.items():
@@ -94,7 +96,7 @@ def run(*, quick: bool = False) -> list[dict[str, Any]]:
                 result = run_replay(
                     data, {name: factory}, wtps=wtps, seeds=seeds, warm_start=warm, catalog=catalog
                 )
-                summary = result["policies"][name]["summary"]["protocol"]
+                proto = result["policies"][name]["summary"]["protocol"]
                 file_rows.append(
                     {
                         "file": path.stem,
@@ -107,10 +109,12 @@ def run(*, quick: bool = False) -> list[dict[str, Any]]:
                         "policy": name,
                         "kind": "peer" if name in PEERS else "ours",
                         "recommended": name == RECOMMENDED,
-                        **{k: summary[k] for k in FIGURES},
+                        **{k: proto[k] for k in FIGURES},
                         "elapsed_s": round(time.perf_counter() - started, 1),
                     }
                 )
+                print(summary([file_rows[-1]])[0], flush=True)  # noqa: T201 - progress
+                _save_partial(rows + file_rows)
             peers = [r for r in file_rows if r["kind"] == "peer"]
             for r in file_rows:
                 if r["recommended"]:
@@ -118,6 +122,13 @@ def run(*, quick: bool = False) -> list[dict[str, Any]]:
             rows.extend(file_rows)
     _plot(rows)
     return rows
+
+
+def _save_partial(rows: list[dict[str, Any]]) -> None:
+    """The rows so far, in case a long run is cut short (the final document replaces it)."""
+    import json  # noqa: PLC0415
+
+    (RESULTS_DIR / "protocol.partial.json").write_text(json.dumps(rows, indent=1))
 
 
 def _plot(rows: list[dict[str, Any]]) -> None:

@@ -68,7 +68,8 @@ class FeedbackOutcome:
 
     status: Literal["stored", "duplicate", "spooled"]
     decision_id: DecisionID
-    reward: float
+    reward: float | None
+    """None for feedback spooled before its decision could be looked up (learned at replay)."""
     feedback_id: int | None
 
 

@@ -8,8 +8,9 @@ killed, network down: SQLAlchemy's ``OperationalError`` / ``InterfaceError``):
   so feedback for it is still joined, rewarded and learned from at once;
 - ``record_feedback``: the row (with its reward) goes to the spool; the receipt says ``spooled``.
   The same feedback again is a ``duplicate``; a different one for the same decision is refused as
-  usual. Feedback whose decision the worker cannot see (made before the outage, not in memory)
-  is spooled unvalidated and checked when replayed;
+  usual. Feedback whose decision the worker cannot see (made before the outage, or by another
+  worker, and not in memory) is spooled unvalidated (:meth:`SpooledEventLog.
+  spool_unvalidated_feedback`) and checked when replayed, never refused;
 - every append is flushed and ``fsync``-ed before the call returns (the spool survives a crash
   of this process; ~0.1-2 ms per write on local disks, only while the database is down).
 
@@ -135,6 +136,8 @@ class SpooledEventLog(EventLog):
         self.dropped = 0
         self.replayed_feedback_ids: list[int] = []
         """Ids the replayed feedback got (a worker's own feedback: its log follower skips them)."""
+        self.replayed_unvalidated_ids: list[int] = []
+        """Feedback ids stored at replay that no worker has learned yet (spooled unvalidated)."""
 
     # -- writes ----------------------------------------------------------------------------------
     def _append(self, record: Mapping[str, Any]) -> None:
@@ -172,11 +175,33 @@ class SpooledEventLog(EventLog):
 
     def get_decision(self, decision_id: DecisionID) -> dict[str, Any] | None:
         """The decision row from the database, or from memory while it is down."""
+        return self.lookup_decision(decision_id)[0]
+
+    def lookup_decision(self, decision_id: DecisionID) -> tuple[dict[str, Any] | None, bool]:
+        """``(row, database_answered)``: None with False means "cannot tell now" (the database
+        is down and this process never saw the decision), not "no such decision"."""
         try:
             row = super().get_decision(decision_id)
         except UNAVAILABLE:
-            return self._recent.get(decision_id)
-        return row if row is not None else self._recent.get(decision_id)
+            return self._recent.get(decision_id), False
+        return (row if row is not None else self._recent.get(decision_id)), True
+
+    def spool_unvalidated_feedback(self, fb: Feedback) -> FeedbackReceipt:
+        """Accept feedback whose decision cannot be looked up while the database is down.
+
+        The decision may well exist (made before the outage, or by another worker or replica):
+        refusing it with a 404 would tell the client not to retry, and the feedback would be
+        lost. It is spooled as it came (no reward: the decision's trade-off is unknown here) and
+        checked at replay: stored if its decision exists (then every worker learns it from the
+        log, :meth:`replayed_unvalidated_ids`), dropped with a warning if not, refused if it
+        conflicts with stored feedback. The same feedback twice is a duplicate.
+        """
+        row = self.feedback_row(fb)
+        if fb.decision_id in self._spooled_feedback:
+            return self._spooled_duplicate(fb.decision_id, row["payload_sha256"])
+        self._append({"kind": "feedback", "row": row, "unvalidated": True})
+        self._spooled_feedback[fb.decision_id] = row["payload_sha256"]
+        return FeedbackReceipt("spooled", None, fb.decision_id)
 
     def record_feedback(
         self,
@@ -282,7 +307,10 @@ class SpooledEventLog(EventLog):
             receipt = self.insert_feedback(row)
             self._spooled_feedback.pop(row["decision_id"], None)
             if receipt.status == "stored" and receipt.feedback_id is not None:
-                self.replayed_feedback_ids.append(receipt.feedback_id)
+                if record.get("unvalidated"):  # never learned: whoever follows the log learns it
+                    self.replayed_unvalidated_ids.append(receipt.feedback_id)
+                else:  # learned when it was accepted
+                    self.replayed_feedback_ids.append(receipt.feedback_id)
         except (UnknownDecisionError, ConflictingFeedbackError) as exc:
             self.dropped += 1
             log.warning("spooled feedback dropped at replay: %s", exc)

@@ -311,6 +311,8 @@ class RouterEvents:
     champion_failures: int = 0
     log_learned: int = 0
     """Feedback learned from the shared event log (other workers' feedback)."""
+    unvalidated_feedback: int = 0
+    """Feedback accepted while its decision could not be looked up (checked at replay)."""
     notes: deque[str] = field(default_factory=lambda: deque(maxlen=100))
 
 
@@ -682,7 +684,17 @@ class Router:
     # -- feedback -----------------------------------------------------------------------------
     def feedback(self, fb: Feedback) -> FeedbackOutcome:
         """Store feedback and teach the policy that decided (see the module docstring)."""
-        row = self.event_log.get_decision(fb.decision_id)
+        lookup = getattr(self.event_log, "lookup_decision", None)
+        if lookup is not None:
+            row, answered = lookup(fb.decision_id)
+        else:
+            row, answered = self.event_log.get_decision(fb.decision_id), True
+        if row is None and not answered:
+            # The database is down and this worker never saw the decision: it may exist (made
+            # before the outage, or by a sibling). Accept it, checked when the spool replays.
+            receipt = self.event_log.spool_unvalidated_feedback(fb)  # type: ignore[attr-defined]
+            self.events.unvalidated_feedback += int(receipt.status == "spooled")
+            return FeedbackOutcome(receipt.status, fb.decision_id, None, None)
         if row is None:
             raise UnknownDecisionError(
                 f"unknown decision_id {fb.decision_id!r}: feedback must name a decision returned "
@@ -698,7 +710,7 @@ class Router:
             slot = lineup.champion
         with self._lock:
             outcome = slot.loop.feedback(fb)
-            if outcome.status != "duplicate":
+            if outcome.status != "duplicate" and outcome.reward is not None:
                 self._after_feedback(fb, row, slot, outcome.reward)
         return outcome
 

@@ -206,7 +206,14 @@ class FeedbackResponse(BaseModel):
         )
     )
     decision_id: str = Field(description="The decision the feedback is for.")
-    reward: float = Field(description="Reward computed from quality, cost and latency.")
+    reward: float | None = Field(
+        description=(
+            "Reward computed from quality, cost and latency; null when the feedback was spooled "
+            "before its decision could be looked up (the event log's database is down and this "
+            "worker never saw the decision): it is checked, stored and learned when the "
+            "database returns."
+        )
+    )
     feedback_id: int | None = Field(default=None, description="Row id in the event log.")
 
 
