@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +28,26 @@ def _unavailable(what: str, why: str) -> None:
     if _services_required():
         pytest.fail(message)
     pytest.skip(message)
+
+
+class SqliteOutage:
+    """Takes a SQLite event log's database away (its folder renamed) and back: a real outage."""
+
+    def __init__(self, folder: Path, log: Any) -> None:
+        self.folder, self.away, self.log = folder, folder.with_name("away"), log
+
+    def start(self) -> None:
+        self.log.engine.dispose()
+        self.folder.rename(self.away)
+
+    def end(self) -> None:
+        self.away.rename(self.folder)
+
+
+@pytest.fixture
+def sqlite_outage() -> type[SqliteOutage]:
+    """The :class:`SqliteOutage` class (``sqlite_outage(folder, log).start()``)."""
+    return SqliteOutage
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,30 +18,16 @@ def decision(model: str = "gpt-4o-mini") -> Decision:
     return Decision(model=model, propensity=0.5, policy_name="t")
 
 
-class Outage:
-    """Takes the SQLite database away (its folder renamed) and brings it back: a real outage."""
-
-    def __init__(self, folder: Path, log: SpooledEventLog) -> None:
-        self.folder, self.away, self.log = folder, folder.with_name("away"), log
-
-    def start(self) -> None:
-        self.log.engine.dispose()
-        self.folder.rename(self.away)
-
-    def end(self) -> None:
-        self.away.rename(self.folder)
-
-
 @pytest.fixture
-def setup(tmp_path: Path) -> tuple[SpooledEventLog, Outage]:
+def setup(tmp_path: Path, sqlite_outage: Any) -> tuple[SpooledEventLog, Any]:
     db = tmp_path / "db"
     db.mkdir()
     log = SpooledEventLog(f"sqlite:///{db / 'events.db'}", spool_dir=tmp_path / "spool")
-    return log, Outage(db, log)
+    return log, sqlite_outage(db, log)
 
 
 def test_writes_during_an_outage_are_spooled_then_stored_once(
-    setup: tuple[SpooledEventLog, Outage],
+    setup: tuple[SpooledEventLog, Any],
 ) -> None:
     log, outage = setup
     before = decision()
@@ -75,7 +62,7 @@ def test_writes_during_an_outage_are_spooled_then_stored_once(
 
 
 def test_replay_is_idempotent_after_an_interrupted_replay(
-    setup: tuple[SpooledEventLog, Outage],
+    setup: tuple[SpooledEventLog, Any],
 ) -> None:
     log, outage = setup
     outage.start()
@@ -91,7 +78,7 @@ def test_replay_is_idempotent_after_an_interrupted_replay(
 
 
 def test_spools_of_dead_workers_are_adopted(
-    setup: tuple[SpooledEventLog, Outage], tmp_path: Path
+    setup: tuple[SpooledEventLog, Any], tmp_path: Path
 ) -> None:
     log, outage = setup
     dead_pid = 2**22 + 12345  # above Linux's default pid_max: never alive

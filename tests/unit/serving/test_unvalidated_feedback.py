@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from llmopt.catalog import load_catalog
 from llmopt.event_log import EventLog
@@ -12,22 +13,8 @@ from models.registry import make_policy
 from serving.router import Router
 
 
-class Outage:
-    """Takes the SQLite database away (its folder renamed) and brings it back: a real outage."""
-
-    def __init__(self, folder: Path, log: SpooledEventLog) -> None:
-        self.folder, self.away, self.log = folder, folder.with_name("away"), log
-
-    def start(self) -> None:
-        self.log.engine.dispose()
-        self.folder.rename(self.away)
-
-    def end(self) -> None:
-        self.away.rename(self.folder)
-
-
 def test_feedback_for_a_decision_this_worker_never_saw_is_spooled_then_learned(
-    tmp_path: Path,
+    tmp_path: Path, sqlite_outage: Any
 ) -> None:
     db = tmp_path / "db"
     db.mkdir()
@@ -43,7 +30,7 @@ def test_feedback_for_a_decision_this_worker_never_saw_is_spooled_then_learned(
     worker = Router(catalog, log)
     policy = make_policy("cost_aware_cluster_thompson", seed=0)
     worker.swap((policy, "v1"))
-    outage = Outage(db, log)
+    outage = sqlite_outage(db, log)
     outage.start()
     try:
         outcomes = [worker.feedback(Feedback(decision_id=d.decision_id, quality=0.9)) for d in made]
