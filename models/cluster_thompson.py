@@ -66,6 +66,10 @@ from llmopt.types import ArmID
 from models.base import Policy
 from models.state import np_rng_state, set_np_rng_state
 
+EB_EVERY = 16
+"""Updates between two empirical-Bayes estimates of the shrinkage weight."""
+EB_BOUNDS = (0.5, 200.0)
+"""Range of the estimated shrinkage weight, in observations."""
 PENDING_LIMIT = 10
 """Observations kept before the cells exist, in multiples of ``fit_after``."""
 KMEANS_RESTARTS = 3
@@ -121,7 +125,8 @@ class ClusterThompson(Policy):
     n_clusters
         Cells of the embedding space (k of k-means).
     prior_weight
-        Weight, in observations, of a model's global mean in each cell's posterior (``m``).
+        Weight, in observations, of a model's global mean in each cell's posterior (``m``);
+        None: estimated from the data (:meth:`shrinkage_weight`, empirical Bayes).
     global_prior_weight
         Weight of the mean of all models in each model's global mean.
     sigma
@@ -141,7 +146,7 @@ class ClusterThompson(Policy):
         self,
         *,
         n_clusters: int = 8,
-        prior_weight: float = 3.0,
+        prior_weight: float | None = 3.0,
         global_prior_weight: float = 2.0,
         sigma: float = 0.25,
         fit_after: int = 300,
@@ -155,7 +160,9 @@ class ClusterThompson(Policy):
     ) -> None:
         if n_clusters < 1:
             raise ValueError(f"n_clusters must be >= 1, got {n_clusters}")
-        if not (prior_weight > 0 and global_prior_weight > 0 and sigma > 0):
+        if not (
+            (prior_weight is None or prior_weight > 0) and global_prior_weight > 0 and sigma > 0
+        ):
             raise ValueError("prior_weight, global_prior_weight and sigma must be > 0")
         if fit_after < n_clusters:
             raise ValueError(f"fit_after must be >= n_clusters, got {fit_after}")
@@ -182,6 +189,8 @@ class ClusterThompson(Policy):
         self._pool = [0.0, 0.0]  # every target ever learnt: count, sum (never discounted)
         self._n = np.zeros((n_clusters, 0))  # per (cell, arm)
         self._s = np.zeros((n_clusters, 0))
+        self._q = np.zeros((n_clusters, 0))  # per (cell, arm): sum of squared targets
+        self._m_cache: tuple[int, float] = (-1, 3.0)  # (n_updates when computed, weight)
         self._centroids: np.ndarray | None = None
         self._c_sq = np.zeros(0)
         self._dims: tuple[str, ...] = ()  # embedding feature names, in order
@@ -233,6 +242,7 @@ class ClusterThompson(Policy):
         pad = np.zeros((self.n_clusters, extra))
         self._n = np.hstack([self._n, pad])
         self._s = np.hstack([self._s, pad])
+        self._q = np.hstack([self._q, pad])
 
     def _row_index(self, rows: list[int]) -> np.ndarray | slice:
         """``rows`` as a slice when they are every arm in order (the common case), else an array."""
@@ -248,10 +258,49 @@ class ClusterThompson(Policy):
         gmu = (gs[index] + m0 * pool) / (gn[index] + m0)
         if cell < 0:
             return gmu, self.sigma / np.sqrt(gn[index] + m0)
-        m = self.prior_weight
+        m = self.shrinkage_weight()
         n = self._n[cell, index]
         mu = (self._s[cell, index] + m * gmu) / (n + m)
         return mu, self.sigma / np.sqrt(n + m)
+
+    def _add(self, cell: int, i: int, target: float) -> None:
+        self._n[cell, i] += 1.0
+        self._s[cell, i] += target
+        self._q[cell, i] += target * target
+
+    def shrinkage_weight(self) -> float:
+        """Weight, in observations, of a model's global mean in a cell's estimate (``m``).
+
+        ``prior_weight`` when set; else estimated from the data (empirical Bayes, the one-way
+        ANOVA method of moments pooled over models): ``m = sigma_within^2 / tau_between^2``,
+        large when cells differ little (a structure-free workload: back to per-model means),
+        small when they differ a lot. Recomputed every ``EB_EVERY`` updates, within
+        ``EB_BOUNDS``.
+        """
+        if self.prior_weight is not None:
+            return self.prior_weight
+        at, cached = self._m_cache
+        if at >= 0 and self._n_updates - at < EB_EVERY:
+            return cached
+        n, s, q = self._n, self._s, self._q
+        has = n > 0
+        n_arm = n.sum(axis=0)
+        cells = has.sum(axis=0)
+        use = cells >= 2  # noqa: PLR2004 - a between-cell variance needs two cells
+        m = EB_BOUNDS[1]
+        if use.any():
+            safe_n = np.where(has, n, 1.0)
+            within_ss = (q - s * s / safe_n)[:, use].sum()
+            within_df = float((n_arm[use] - cells[use]).sum())
+            sigma2 = max(within_ss / within_df, 1e-6) if within_df > 0 else 0.25
+            mean = s[:, use].sum(axis=0) / n_arm[use]
+            ssb = float((n[:, use] * (s[:, use] / safe_n[:, use] - mean) ** 2 * has[:, use]).sum())
+            denom = float((n_arm[use] - (n[:, use] ** 2).sum(axis=0) / n_arm[use]).sum())
+            tau2 = (ssb - float((cells[use] - 1).sum()) * sigma2) / denom if denom > 0 else 0.0
+            if tau2 > 0:
+                m = float(np.clip(sigma2 / tau2, *EB_BOUNDS))
+        self._m_cache = (self._n_updates, m)
+        return m
 
     def _fit_cells(self) -> None:
         x = np.array(self._seen)
@@ -259,10 +308,7 @@ class ClusterThompson(Policy):
         self._c_sq = (self._centroids * self._centroids).sum(axis=1)
         self._last_cell = None
         for vec, arm, target in self._pending:
-            i = self._arms[arm]
-            c = self._cell(np.asarray(vec))
-            self._n[c, i] += 1.0
-            self._s[c, i] += target
+            self._add(self._cell(np.asarray(vec)), self._arms[arm], target)
         self._seen, self._pending = [], []
 
     # -- policy hooks -------------------------------------------------------------------------
@@ -298,9 +344,7 @@ class ClusterThompson(Policy):
             ):
                 self._fit_cells()
             return
-        c = self._cell(x)
-        self._n[c, i] += 1.0
-        self._s[c, i] += reward
+        self._add(self._cell(x), i, reward)
 
     def set_prior(self, arm_id: ArmID, mean: float, weight: float = 1.0) -> Self:
         """Start ``arm_id`` at ``mean`` as if observed ``weight`` times (its global statistics).
@@ -337,6 +381,7 @@ class ClusterThompson(Policy):
             arr[i] *= factor
         self._n[:, i] *= factor
         self._s[:, i] *= factor
+        self._q[:, i] *= factor
 
     def _arm_weight(self, arm_id: ArmID) -> float:
         i = self._arms.get(arm_id)
@@ -354,7 +399,7 @@ class ClusterThompson(Policy):
         arms += [x for x in base._arms if x not in arms]
         self._arms = {}
         self._gn, self._gs = np.zeros(0), np.zeros(0)
-        self._n = self._s = np.zeros((self.n_clusters, 0))
+        self._n = self._s = self._q = np.zeros((self.n_clusters, 0))
         self._grow(arms)
         for src, sign in ((a, 1.0), (b, 1.0), (base, -1.0)):
             for arm, j in src._arms.items():
@@ -363,6 +408,7 @@ class ClusterThompson(Policy):
                 self._gs[i] += sign * src._gs[j]
                 self._n[:, i] += sign * src._n[:, j]
                 self._s[:, i] += sign * src._s[:, j]
+                self._q[:, i] += sign * src._q[:, j]
         self._pool = [a._pool[k] + b._pool[k] - base._pool[k] for k in range(2)]
         self._dims = a._dims or b._dims
         self._layout = ((), [])
@@ -374,9 +420,7 @@ class ClusterThompson(Policy):
             late = [p._pending[len(base._pending) :] for p in (a, b) if p._centroids is None]
             self._seen, self._pending = [], [obs for chunk in late for obs in chunk]
             for vec, arm, target in self._pending:
-                i, c = self._arms[arm], self._cell(np.asarray(vec))
-                self._n[c, i] += 1.0
-                self._s[c, i] += target
+                self._add(self._cell(np.asarray(vec)), self._arms[arm], target)
             self._pending = []
         else:
             self._centroids = None
@@ -393,6 +437,7 @@ class ClusterThompson(Policy):
             "pool": list(self._pool),
             "n": self._n,
             "s": self._s,
+            "q": self._q,
             "dims": list(self._dims),
             "centroids": self._centroids,
             "seen": self._seen,
@@ -409,6 +454,8 @@ class ClusterThompson(Policy):
         self._pool = [float(v) for v in state["pool"]]
         self._n = np.asarray(state["n"], dtype=float).reshape(self.n_clusters, k)
         self._s = np.asarray(state["s"], dtype=float).reshape(self.n_clusters, k)
+        self._q = np.asarray(state["q"], dtype=float).reshape(self.n_clusters, k)
+        self._m_cache = (-1, 3.0)
         self._dims = tuple(str(d) for d in state["dims"])
         cents = state["centroids"]
         self._centroids = None if cents is None else np.asarray(cents, dtype=float)

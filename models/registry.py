@@ -48,7 +48,8 @@ POLICIES: dict[str, tuple[type[Policy], dict[str, Any]]] = {
         },
     ),
     # The recommended router: structure from the prompt's embedding, Thompson sampling per
-    # (embedding cluster, model) shrunk towards each model's global mean, cost-aware like the
+    # (embedding cluster, model) shrunk towards each model's global mean by a weight estimated
+    # from the data (empirical Bayes), cost-aware like the
     # rest (models/cluster_thompson.py). Chosen on 5-seed replays of every shared file
     # (bench/results/protocol.json): it finds the mixed workload's task structure that the
     # linear policies miss.
@@ -56,7 +57,7 @@ POLICIES: dict[str, tuple[type[Policy], dict[str, Any]]] = {
         ClusterThompson,
         {
             "n_clusters": 8,
-            "prior_weight": 3.0,
+            "prior_weight": None,  # empirical Bayes: estimated from the data
             "sigma": 0.2,
             "explore_decay": 10.0,
             "fit_after": 300,

@@ -154,3 +154,15 @@ def test_kmeans_separates_well_separated_groups() -> None:
     centres = kmeans(pts, 3, rng)
     found = sorted(tuple(np.round(c).astype(int).tolist()) for c in centres)
     assert found == [(0, 0), (0, 3), (3, 0)]
+
+
+def test_empirical_bayes_shrinks_hard_without_structure_and_little_with_it() -> None:
+    rng = random.Random(14)
+    structured, flat = _policy(prior_weight=None), _policy(prior_weight=None)
+    for _ in range(900):
+        task, arm = rng.choice(ARMS), rng.choice(ARMS)
+        ctx = _prompt(rng, task)
+        structured.update(arm, ctx, _quality(rng, task, arm))
+        flat.update(arm, ctx, float(rng.random() < 0.5))  # every cell alike
+    assert structured.shrinkage_weight() < 5.0
+    assert flat.shrinkage_weight() >= 50.0
