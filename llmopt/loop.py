@@ -445,11 +445,12 @@ class LearningLoop:
         """
         return params, "catalog default" if params else "", {}
 
-    def _lookup(self, decision_id: DecisionID) -> _Pending:
+    def _lookup(self, decision_id: DecisionID, row: Mapping[str, Any] | None = None) -> _Pending:
         pending = self._pending.get(decision_id)
         if pending is not None:
             return pending
-        row = self.event_log.get_decision(decision_id) if self.event_log is not None else None
+        if row is None and self.event_log is not None:
+            row = self.event_log.get_decision(decision_id)
         if row is None:
             raise UnknownDecisionError(
                 f"unknown decision_id {decision_id!r}: feedback must name a decision returned by "
@@ -469,13 +470,19 @@ class LearningLoop:
             input_tokens=int(ctx.get("input_tokens") or 0),
         )
 
-    def feedback(self, fb: Feedback) -> FeedbackOutcome:
-        """Record feedback, compute its reward and, unless it is a duplicate, learn from it."""
+    def feedback(
+        self, fb: Feedback, *, decision_row: Mapping[str, Any] | None = None
+    ) -> FeedbackOutcome:
+        """Record feedback, compute its reward and, unless it is a duplicate, learn from it.
+
+        ``decision_row``: the decision's event-log row when the caller has just read it (the
+        router does), so it is not read twice (a second read could also fail mid-outage).
+        """
         if fb.decision_id in self._answered:  # in-memory mode only: the log tracks it otherwise
             return FeedbackOutcome(
                 "duplicate", fb.decision_id, self._answered[fb.decision_id], None
             )
-        pending = self._lookup(fb.decision_id)
+        pending = self._lookup(fb.decision_id, decision_row)
         spec = self.catalog.get(pending.model) if self.catalog is not None else None
         cost = realized_cost(fb, spec, pending.predicted_cost_usd)
         latency = fb.latency_ms

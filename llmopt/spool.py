@@ -50,7 +50,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 
 from llmopt.event_log import (
     ConflictingFeedbackError,
@@ -182,7 +182,9 @@ class SpooledEventLog(EventLog):
         is down and this process never saw the decision), not "no such decision"."""
         try:
             row = super().get_decision(decision_id)
-        except UNAVAILABLE:
+        except DBAPIError as exc:  # any driver error on this primary-key read: the database
+            # (e.g. psycopg's "can't change autocommit now" from a pool ping as the server dies)
+            log.warning("decision lookup failed (%s): treated as unavailable", type(exc).__name__)
             return self._recent.get(decision_id), False
         return (row if row is not None else self._recent.get(decision_id)), True
 

@@ -709,7 +709,7 @@ class Router:
         else:
             slot = lineup.champion
         with self._lock:
-            outcome = slot.loop.feedback(fb)
+            outcome = slot.loop.feedback(fb, decision_row=row)
             if outcome.status != "duplicate" and outcome.reward is not None:
                 self._after_feedback(fb, row, slot, outcome.reward)
         return outcome
