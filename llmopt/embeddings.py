@@ -169,11 +169,7 @@ class PromptEmbedder:
     @property
     def version(self) -> str:
         """Weights and projection, e.g. ``wordllama-l2_supercat_256+pca32-<digest>``."""
-        return (
-            embedding_version()
-            if self._projection is None
-            else (f"wordllama-l2_supercat_256+pca{N_DIMS}-{self._projection.digest}")
-        )
+        return _version(self.projection.digest)
 
     def raw(self, texts: Iterable[str]) -> np.ndarray:
         """WordLlama's own embedding (mean of token vectors) of each text: ``(n, 256)``."""
@@ -250,9 +246,13 @@ class PromptEmbedder:
         return feats
 
 
+def _version(digest: str) -> str:
+    return f"wordllama-l2_supercat_256+pca{N_DIMS}-{digest}"
+
+
 def embedding_version() -> str:
     """Version of the embedding features: weights and projection (reads only the projection)."""
-    return f"wordllama-l2_supercat_256+pca{N_DIMS}-{Projection.load().digest}"
+    return _version(Projection.load().digest)
 
 
 _default: PromptEmbedder | None = None

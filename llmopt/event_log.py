@@ -277,6 +277,11 @@ class EventLog:
             ).first()
         return dict(row._mapping) if row is not None else None
 
+    def lookup_decision(self, decision_id: DecisionID) -> tuple[dict[str, Any] | None, bool]:
+        """``(row, database_answered)``; here the database always answers (or raises).
+        :class:`llmopt.spool.SpooledEventLog` says False while its database is down."""
+        return self.get_decision(decision_id), True
+
     def record_feedback(
         self,
         fb: Feedback,

@@ -307,9 +307,13 @@ class ClusterThompson(Policy):
         self._centroids = kmeans(x, self.n_clusters, self._np_rng)
         self._c_sq = (self._centroids * self._centroids).sum(axis=1)
         self._last_cell = None
-        for vec, arm, target in self._pending:
-            self._add(self._cell(np.asarray(vec)), self._arms[arm], target)
+        self._assign(self._pending)
         self._seen, self._pending = [], []
+
+    def _assign(self, observations: list[tuple[list[float], ArmID, float]]) -> None:
+        """Add observations made before the cells existed to their cells."""
+        for vec, arm, target in observations:
+            self._add(self._cell(np.asarray(vec)), self._arms[arm], target)
 
     # -- policy hooks -------------------------------------------------------------------------
     def _pull(
@@ -418,10 +422,8 @@ class ClusterThompson(Policy):
             self._c_sq = (self._centroids * self._centroids).sum(axis=1)
             # What a replica learned before its cells existed goes to the cells now.
             late = [p._pending[len(base._pending) :] for p in (a, b) if p._centroids is None]
-            self._seen, self._pending = [], [obs for chunk in late for obs in chunk]
-            for vec, arm, target in self._pending:
-                self._add(self._cell(np.asarray(vec)), self._arms[arm], target)
-            self._pending = []
+            self._seen, self._pending = [], []
+            self._assign([obs for chunk in late for obs in chunk])
         else:
             self._centroids = None
             self._seen = a._seen + b._seen[len(base._seen) :]

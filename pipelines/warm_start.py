@@ -28,8 +28,9 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmopt.features import request_features
-from llmopt.reward import reward
+from llmopt.features import estimate_tokens, request_features
+from llmopt.loop import LearningLoop
+from llmopt.reward import TradeOff
 from llmopt.routing_data import RoutingData
 from models.base import Policy
 
@@ -73,17 +74,20 @@ def learn_evals(
     if willingness_to_pay <= 0:
         raise ValueError(f"willingness_to_pay must be > 0, got {willingness_to_pay}")
     n = data.n_prompts if limit is None else min(limit, data.n_prompts)
-    cost_aware = bool(getattr(policy, "cost_aware", False))
+    loop = LearningLoop(
+        policy, data.models, default_tradeoff=TradeOff(willingness_to_pay=willingness_to_pay)
+    )
     for i in range(n):
-        features = request_features(data.prompts[i])
+        prompt = data.prompts[i]
+        features, tokens = request_features(prompt), estimate_tokens(prompt)
         for j, model in enumerate(data.models):
-            q = float(data.quality[i, j])
-            target = (
-                q
-                if cost_aware
-                else reward(q, float(data.cost_usd[i, j]), willingness_to_pay=willingness_to_pay)
+            loop.learn_outcome(
+                model,
+                features,
+                input_tokens=tokens,
+                quality=float(data.quality[i, j]),
+                cost_usd=float(data.cost_usd[i, j]),
             )
-            policy.update(model, features, target)
     source = Path(data.source)
     digest = file_sha256(source) if source.is_file() else ""
     return WarmStart(

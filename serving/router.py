@@ -684,12 +684,8 @@ class Router:
     # -- feedback -----------------------------------------------------------------------------
     def feedback(self, fb: Feedback) -> FeedbackOutcome:
         """Store feedback and teach the policy that decided (see the module docstring)."""
-        lookup = getattr(self.event_log, "lookup_decision", None)
-        if lookup is not None:
-            row, answered = lookup(fb.decision_id)
-        else:
-            row, answered = self.event_log.get_decision(fb.decision_id), True
-        if row is None and not answered:
+        row, answered = self.event_log.lookup_decision(fb.decision_id)
+        if row is None and not answered:  # only a spooled log cannot tell
             # The database is down and this worker never saw the decision: it may exist (made
             # before the outage, or by a sibling). Accept it, checked when the spool replays.
             receipt = self.event_log.spool_unvalidated_feedback(fb)  # type: ignore[attr-defined]
