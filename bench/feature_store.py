@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from bench._common import SEED, gc_paused, ratio, stats_us
-from feature_store import catalog
+from feature_store import names
 from feature_store import store as fs_store
 from feature_store.aggregation import FeedbackAggregator, Observation
 from feature_store.reader import OnlineFeatureReader
@@ -66,7 +66,7 @@ def _events(n: int) -> list[Observation]:
 
 
 def _time_reads(store: Any, n: int, models: list[str]) -> np.ndarray:
-    features = store.get_feature_service(catalog.ROUTER_SERVICE)
+    features = store.get_feature_service(names.ROUTER_SERVICE)
     rows = [
         {"model": m, "task_type": "code", "tenant": "acme", "deployment": "default"} for m in models
     ]
@@ -89,7 +89,7 @@ def _read_result(backend: str, store: Any, n: int) -> dict[str, Any]:
     return {
         "case": f"online read router_v1, {N_MODELS} models, {backend}",
         "backend": backend,
-        "features_per_model": sum(len(v) for v in catalog.ROUTER_FEATURES.values()),
+        "features_per_model": sum(len(v) for v in names.ROUTER_FEATURES.values()),
         "read_11_models": s_many,
         "baseline_1_model": s_one,
         "ratio_p50": ratio(float(s_many["p50_us"]), float(s_one["p50_us"])),

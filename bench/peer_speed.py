@@ -33,7 +33,7 @@ import numpy as np
 from bench._common import SEED, gc_paused
 from bench.peers import PEERS, make_peer
 from llmopt.policy import Policy
-from models.registry import POLICIES, RECOMMENDED, make_policy
+from models.kinds import POLICIES, RECOMMENDED, make_policy
 
 NAME = "peer_speed"
 N_ARMS = 11

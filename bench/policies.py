@@ -20,8 +20,8 @@ from bench._common import SEED, display_path, gc_paused, ratio, routing_file, st
 from llmopt.features import request_features
 from llmopt.routing_data import load_routing_data
 from models.base import Policy
+from models.kinds import POLICIES, make_policy
 from models.random_policy import UniformRandom
-from models.registry import POLICIES, make_policy
 
 NAME = "policies"
 N_ARMS = 11

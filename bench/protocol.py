@@ -33,7 +33,7 @@ from llmopt.catalog import load_catalog
 from llmopt.policy import Policy
 from llmopt.replay import DEFAULT_WTP_SWEEP, PolicyFactory, run_replay
 from llmopt.routing_data import load_routing_data
-from models.registry import RECOMMENDED, make_policy
+from models.kinds import RECOMMENDED, make_policy
 
 NAME = "protocol"
 SEEDS = 5

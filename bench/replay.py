@@ -18,7 +18,7 @@ from llmopt.catalog import load_catalog
 from llmopt.replay import DEFAULT_WTP_SWEEP, PolicyFactory, run_replay
 from llmopt.routing_data import load_routing_data
 from models.base import Policy
-from models.registry import RECOMMENDED, make_policy
+from models.kinds import RECOMMENDED, make_policy
 
 NAME = "replay"
 BASELINE = "random"

@@ -37,7 +37,7 @@ from llmopt.frontier import cost_to_reach, lift_over_zero_router
 from llmopt.policy import Policy
 from llmopt.replay import DEFAULT_WTP_SWEEP, PolicyFactory, compute_features, run_replay
 from llmopt.routing_data import RoutingData, load_routing_data
-from models.registry import POLICIES, RECOMMENDED, make_policy
+from models.kinds import POLICIES, RECOMMENDED, make_policy
 
 NAME = "routing"
 QUICK_PROMPTS = 600

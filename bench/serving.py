@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 
 from bench import _common
-from llmopt.demo_service import free_port, stop_group
+from llmopt.app.processes import free_port, stop_group
 
 NAME = "serving"
 REPO = Path(__file__).resolve().parents[1]
@@ -122,7 +122,7 @@ def _swap_under_load(url: str, home: Path, seconds: float) -> dict[str, Any]:
     time.sleep(seconds / 3)
     state = home / "llmopt" / "policy.pkl"
     tmp = state.with_suffix(".tmp")
-    from models.registry import make_policy  # noqa: PLC0415
+    from models.kinds import make_policy  # noqa: PLC0415
 
     tmp.write_bytes(pickle.dumps(make_policy("cost_aware_linucb", seed=1)))
     changed = time.monotonic()

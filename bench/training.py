@@ -12,7 +12,7 @@ models with 64 dense request features (63 random + bias), bulk-inserted, and the
    the same events already in memory (the learning alone).
 2. Time to load ``models:/llm-router@prod`` for that policy (11 arms x 64 features): warm (the
    same process, repeated) and first load in a fresh process (imports included, and excluded),
-   through ``mlflow.pyfunc.load_model`` and through :func:`pipelines.registry.load_policy`
+   through ``mlflow.pyfunc.load_model`` and through :func:`registry.mlflow_registry.load_policy`
    (the state file read directly).
 """
 
@@ -98,7 +98,7 @@ import json, time
 t0 = time.perf_counter()
 import mlflow, mlflow.pyfunc
 from llmopt.settings import get_settings
-from pipelines import registry
+from registry import mlflow_registry as registry
 client = registry.configure(get_settings())
 t1 = time.perf_counter()
 if {kind!r} == "pyfunc":
@@ -145,7 +145,7 @@ def run(*, quick: bool = False) -> list[dict[str, Any]]:
 def _run(n: int, *, quick: bool) -> list[dict[str, Any]]:
     from llmopt.event_log import EventLog  # noqa: PLC0415
     from llmopt.settings import get_settings  # noqa: PLC0415
-    from models.registry import RECOMMENDED, make_policy  # noqa: PLC0415
+    from models.kinds import RECOMMENDED, make_policy  # noqa: PLC0415
     from pipelines.checkpoint import CheckpointStore  # noqa: PLC0415
     from pipelines.events import batches  # noqa: PLC0415
     from pipelines.training import incremental_update, training_target  # noqa: PLC0415
@@ -219,7 +219,7 @@ def _run(n: int, *, quick: bool) -> list[dict[str, Any]]:
     )
 
     # Load by alias: the version the flow registered, aliased prod.
-    from pipelines import registry  # noqa: PLC0415
+    from registry import mlflow_registry as registry  # noqa: PLC0415
 
     client = registry.configure(settings)
     registry.set_alias(client, str(out["version"]), "prod")

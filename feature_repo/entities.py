@@ -7,32 +7,32 @@ The model x task type entity of the design is the pair ``(model, task_type)``: t
 
 from feast import Entity, ValueType
 
-from feature_store import catalog
+from feature_store import names
 
 model = Entity(
     name="model",
-    join_keys=[catalog.MODEL_KEY],
+    join_keys=[names.MODEL_KEY],
     value_type=ValueType.STRING,
     description="An LLM the router can choose (a model id of the catalog).",
 )
 
 task_type = Entity(
     name="task_type",
-    join_keys=[catalog.TASK_TYPE_KEY],
+    join_keys=[names.TASK_TYPE_KEY],
     value_type=ValueType.STRING,
     description="A request's task type: its first known task hint, 'other' or 'general'.",
 )
 
 tenant = Entity(
     name="tenant",
-    join_keys=[catalog.TENANT_KEY],
+    join_keys=[names.TENANT_KEY],
     value_type=ValueType.STRING,
     description="A tenant (team, application) sending requests, with its budget and trade-off.",
 )
 
 deployment = Entity(
     name="deployment",
-    join_keys=[catalog.DEPLOYMENT_KEY],
+    join_keys=[names.DEPLOYMENT_KEY],
     value_type=ValueType.STRING,
     description="A serving fleet; its system features (load, queue depth, recent error rate).",
 )

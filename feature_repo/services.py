@@ -13,14 +13,14 @@ from views import (
     tenant_fv,
 )
 
-from feature_store import catalog
+from feature_store import names
 from llmopt.embeddings import embedding_version
 
 _STORED = (model_performance_fv, model_task_performance_fv, tenant_fv, system_fv)
 
 router_v1 = FeatureService(
-    name=catalog.ROUTER_SERVICE,
-    features=[fv[list(catalog.ROUTER_FEATURES[fv.name])] for fv in _STORED],
+    name=names.ROUTER_SERVICE,
+    features=[fv[list(names.ROUTER_FEATURES[fv.name])] for fv in _STORED],
     description=(
         "What the router reads per decision, for every candidate model in one call: recent "
         "errors, latency and quality per model, quality per model x task type, the tenant's "
@@ -31,7 +31,7 @@ router_v1 = FeatureService(
 )
 
 training_v1 = FeatureService(
-    name=catalog.TRAINING_SERVICE,
+    name=names.TRAINING_SERVICE,
     features=list(_STORED),
     description=(
         "Every stored feature, for point-in-time training sets and monitoring "
@@ -41,7 +41,7 @@ training_v1 = FeatureService(
 )
 
 request_v2 = FeatureService(
-    name=catalog.REQUEST_SERVICE,
+    name=names.REQUEST_SERVICE,
     features=[request_features],
     description=(
         "Request features computed by Feast on demand (for feast serve clients), the prompt "

@@ -14,7 +14,7 @@ from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source i
 )
 from feast.types import Array, String
 
-from feature_store import catalog
+from feature_store import names
 from feature_store.profile import offline_store_type
 
 
@@ -22,42 +22,42 @@ def _batch_source(view: str) -> DataSource:
     if offline_store_type() == "postgres":
         return PostgreSQLSource(
             name=f"{view}_source",
-            query=f"SELECT * FROM {catalog.OFFLINE_TABLES[view]}",
-            timestamp_field=catalog.TIMESTAMP,
-            created_timestamp_column=catalog.CREATED,
-            description=f"PostgreSQL table {catalog.OFFLINE_TABLES[view]}.",
+            query=f"SELECT * FROM {names.OFFLINE_TABLES[view]}",
+            timestamp_field=names.TIMESTAMP,
+            created_timestamp_column=names.CREATED,
+            description=f"PostgreSQL table {names.OFFLINE_TABLES[view]}.",
         )
     return FileSource(
         name=f"{view}_source",
-        path=catalog.OFFLINE_FILES[view],
-        timestamp_field=catalog.TIMESTAMP,
-        created_timestamp_column=catalog.CREATED,
-        description=f"Parquet parts under {catalog.OFFLINE_FILES[view]}/ (relative to the repo).",
+        path=names.OFFLINE_FILES[view],
+        timestamp_field=names.TIMESTAMP,
+        created_timestamp_column=names.CREATED,
+        description=f"Parquet parts under {names.OFFLINE_FILES[view]}/ (relative to the repo).",
     )
 
 
-model_performance_source = _batch_source(catalog.MODEL_PERF_VIEW)
-model_task_performance_source = _batch_source(catalog.MODEL_TASK_PERF_VIEW)
-tenant_source = _batch_source(catalog.TENANT_VIEW)
-system_source = _batch_source(catalog.SYSTEM_VIEW)
+model_performance_source = _batch_source(names.MODEL_PERF_VIEW)
+model_task_performance_source = _batch_source(names.MODEL_TASK_PERF_VIEW)
+tenant_source = _batch_source(names.TENANT_VIEW)
+system_source = _batch_source(names.SYSTEM_VIEW)
 
 model_performance_push_source = PushSource(
-    name=catalog.PUSH_SOURCES[catalog.MODEL_PERF_VIEW],
+    name=names.PUSH_SOURCES[names.MODEL_PERF_VIEW],
     batch_source=model_performance_source,
     description="Windowed performance per model, pushed as feedback arrives.",
 )
 model_task_performance_push_source = PushSource(
-    name=catalog.PUSH_SOURCES[catalog.MODEL_TASK_PERF_VIEW],
+    name=names.PUSH_SOURCES[names.MODEL_TASK_PERF_VIEW],
     batch_source=model_task_performance_source,
     description="Windowed performance per model and task type, pushed as feedback arrives.",
 )
 tenant_push_source = PushSource(
-    name=catalog.PUSH_SOURCES[catalog.TENANT_VIEW],
+    name=names.PUSH_SOURCES[names.TENANT_VIEW],
     batch_source=tenant_source,
     description="Tenant budget, spend and trade-off, pushed as feedback arrives.",
 )
 system_push_source = PushSource(
-    name=catalog.PUSH_SOURCES[catalog.SYSTEM_VIEW],
+    name=names.PUSH_SOURCES[names.SYSTEM_VIEW],
     batch_source=system_source,
     description="System load, queue depth and error rate, pushed as feedback arrives.",
 )

@@ -6,7 +6,7 @@
 - request features, computed on demand from the request by ``llmopt.features.request_features``
   (the one implementation the router, the replay and training use).
 
-Field names and descriptions come from ``feature_store.catalog``, which the aggregation that fills
+Field names and descriptions come from ``feature_store.names``, which the aggregation that fills
 these views reads too.
 """
 
@@ -26,7 +26,7 @@ from sources import (
     tenant_push_source,
 )
 
-from feature_store import catalog
+from feature_store import names
 from feature_store.request_view import REQUEST_FEATURE_DESCRIPTIONS, request_feature_columns
 
 
@@ -37,15 +37,15 @@ def _fields(view: str) -> list[Field]:
             dtype=Int64 if name.startswith("request_count") else Float64,
             description=desc,
         )
-        for name, desc in catalog.view_fields(view).items()
+        for name, desc in names.view_fields(view).items()
     ]
 
 
 model_performance_fv = FeatureView(
-    name=catalog.MODEL_PERF_VIEW,
+    name=names.MODEL_PERF_VIEW,
     entities=[model],
     ttl=timedelta(days=2),
-    schema=_fields(catalog.MODEL_PERF_VIEW),
+    schema=_fields(names.MODEL_PERF_VIEW),
     source=model_performance_push_source,
     online=True,
     description="How each model has been doing: quality, success, errors, latency, cost.",
@@ -53,10 +53,10 @@ model_performance_fv = FeatureView(
 )
 
 model_task_performance_fv = FeatureView(
-    name=catalog.MODEL_TASK_PERF_VIEW,
+    name=names.MODEL_TASK_PERF_VIEW,
     entities=[model, task_type],
     ttl=timedelta(days=2),
-    schema=_fields(catalog.MODEL_TASK_PERF_VIEW),
+    schema=_fields(names.MODEL_TASK_PERF_VIEW),
     source=model_task_performance_push_source,
     online=True,
     description="How each model has been doing on each task type (same metrics and windows).",
@@ -64,10 +64,10 @@ model_task_performance_fv = FeatureView(
 )
 
 tenant_fv = FeatureView(
-    name=catalog.TENANT_VIEW,
+    name=names.TENANT_VIEW,
     entities=[tenant],
     ttl=timedelta(days=2),
-    schema=_fields(catalog.TENANT_VIEW),
+    schema=_fields(names.TENANT_VIEW),
     source=tenant_push_source,
     online=True,
     description="Each tenant's budget left, spend rate and cost/quality trade-off.",
@@ -75,10 +75,10 @@ tenant_fv = FeatureView(
 )
 
 system_fv = FeatureView(
-    name=catalog.SYSTEM_VIEW,
+    name=names.SYSTEM_VIEW,
     entities=[deployment],
     ttl=timedelta(hours=1),
-    schema=_fields(catalog.SYSTEM_VIEW),
+    schema=_fields(names.SYSTEM_VIEW),
     source=system_push_source,
     online=True,
     description="Load, queue depth and recent error rate of a serving fleet.",
@@ -109,7 +109,7 @@ def _request_features(inputs: dict[str, Any]) -> dict[str, Any]:
 _request_features.__module__ = "__main__"  # as Feast's decorator does, for dill to serialise it
 
 request_features = _DescribedOnDemandFeatureView(
-    name=catalog.REQUEST_VIEW,
+    name=names.REQUEST_VIEW,
     sources=[request_source],
     schema=[
         Field(name=name, dtype=Float64, description=REQUEST_FEATURE_DESCRIPTIONS[name])

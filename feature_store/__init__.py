@@ -1,6 +1,6 @@
 """Runtime side of the Feast feature store (the definitions live in ``feature_repo/``).
 
-- :mod:`feature_store.catalog`: names, windows and descriptions (read by ``feature_repo/``);
+- :mod:`feature_store.names`: names, windows and descriptions (read by ``feature_repo/``);
 - :mod:`feature_store.aggregation`: windowed statistics fed by feedback events;
 - :mod:`feature_store.store`: open/apply a profile, push rows online and offline;
 - :mod:`feature_store.training`: point-in-time training sets, ``materialize_incremental``;

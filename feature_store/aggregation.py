@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Self
 
-from feature_store import catalog
+from feature_store import names
 from llmopt.event_log import LoggedEvent
 
 LATENCY_GAMMA = 1.02
@@ -102,7 +102,7 @@ class Observation:
         hints = ctx.get("task_hints") or []
         return cls(
             model=event.model,
-            task_type=catalog.task_type(hints if isinstance(hints, list) else []),
+            task_type=names.task_type(hints if isinstance(hints, list) else []),
             tenant=event.tenant,
             received_at=event.received_at,
             decided_at=event.decided_at,
@@ -136,7 +136,7 @@ class _Stats:
     def add(self, obs: Observation, sign: int = 1) -> None:
         self.n += sign
         self.n_error += sign * obs.error
-        self.n_success += sign * (not obs.error and obs.quality >= catalog.SUCCESS_QUALITY)
+        self.n_success += sign * (not obs.error and obs.quality >= names.SUCCESS_QUALITY)
         self.sum_quality += sign * obs.quality
         if obs.cost_usd is not None:
             self.n_cost += sign
@@ -190,7 +190,7 @@ def _bin_value(b: int) -> float:
 class _Ring:
     """One sliding window: buckets by index, and their running total."""
 
-    def __init__(self, window: catalog.Window) -> None:
+    def __init__(self, window: names.Window) -> None:
         self.window = window
         self.buckets: dict[int, _Stats] = {}
         self.total = _Stats()
@@ -249,16 +249,16 @@ class FeedbackAggregator:
         self,
         tenant_budgets: Mapping[str, float] | None = None,
         *,
-        deployment: str = catalog.DEFAULT_DEPLOYMENT,
+        deployment: str = names.DEFAULT_DEPLOYMENT,
     ) -> None:
         self.tenant_budgets = dict(tenant_budgets or {})
         self.deployment = deployment
         self._models: dict[str, list[_Ring]] = {}
         self._model_tasks: dict[tuple[str, str], list[_Ring]] = {}
         self._tenants: dict[str, _TenantState] = {}
-        self._system = [_Ring(w) for w in catalog.SYSTEM_WINDOWS]
+        self._system = [_Ring(w) for w in names.SYSTEM_WINDOWS]
         self._watermark = -math.inf
-        self._dirty: dict[str, set[Any]] = {view: set() for view in catalog.PUSH_SOURCES}
+        self._dirty: dict[str, set[Any]] = {view: set() for view in names.PUSH_SOURCES}
         self.n_seen = 0
 
     @property
@@ -280,14 +280,14 @@ class FeedbackAggregator:
         t = _ts(obs.received_at)
         self._watermark = max(self._watermark, t)
         now = self._watermark
-        for ring in self._models.setdefault(obs.model, [_Ring(w) for w in catalog.PERF_WINDOWS]):
+        for ring in self._models.setdefault(obs.model, [_Ring(w) for w in names.PERF_WINDOWS]):
             ring.add(obs, now)
         key = (obs.model, obs.task_type)
-        for ring in self._model_tasks.setdefault(key, [_Ring(w) for w in catalog.PERF_WINDOWS]):
+        for ring in self._model_tasks.setdefault(key, [_Ring(w) for w in names.PERF_WINDOWS]):
             ring.add(obs, now)
         tenant = self._tenants.get(obs.tenant)
         if tenant is None:
-            tenant = self._tenants[obs.tenant] = _TenantState(_Ring(catalog.TENANT_WINDOW))
+            tenant = self._tenants[obs.tenant] = _TenantState(_Ring(names.TENANT_WINDOW))
         tenant.ring.add(obs, now)
         day = int(t // 86_400)
         tenant.spend_by_day[day] = tenant.spend_by_day.get(day, 0.0) + (obs.cost_usd or 0.0)
@@ -299,43 +299,43 @@ class FeedbackAggregator:
                 tenant.latency_weight = obs.latency_weight
         for ring in self._system:
             ring.add(obs, now)
-        self._dirty[catalog.MODEL_PERF_VIEW].add(obs.model)
-        self._dirty[catalog.MODEL_TASK_PERF_VIEW].add(key)
-        self._dirty[catalog.TENANT_VIEW].add(obs.tenant)
-        self._dirty[catalog.SYSTEM_VIEW].add(self.deployment)
+        self._dirty[names.MODEL_PERF_VIEW].add(obs.model)
+        self._dirty[names.MODEL_TASK_PERF_VIEW].add(key)
+        self._dirty[names.TENANT_VIEW].add(obs.tenant)
+        self._dirty[names.SYSTEM_VIEW].add(self.deployment)
         self.n_seen += 1
         return self
 
     def emit(self, *, created: datetime | None = None) -> dict[str, list[dict[str, Any]]]:
         """Rows of every key updated since the last emit, at the watermark, per view."""
         if self._watermark == -math.inf:
-            return {view: [] for view in catalog.PUSH_SOURCES}
+            return {view: [] for view in names.PUSH_SOURCES}
         now = self._watermark
         stamp = {
-            catalog.TIMESTAMP: datetime.fromtimestamp(now, UTC),
-            catalog.CREATED: created or datetime.now(UTC),
+            names.TIMESTAMP: datetime.fromtimestamp(now, UTC),
+            names.CREATED: created or datetime.now(UTC),
         }
         out: dict[str, list[dict[str, Any]]] = {}
-        out[catalog.MODEL_PERF_VIEW] = [
-            {catalog.MODEL_KEY: m, **_perf_fields(self._models[m], now), **stamp}
-            for m in sorted(self._dirty[catalog.MODEL_PERF_VIEW])
+        out[names.MODEL_PERF_VIEW] = [
+            {names.MODEL_KEY: m, **_perf_fields(self._models[m], now), **stamp}
+            for m in sorted(self._dirty[names.MODEL_PERF_VIEW])
         ]
-        out[catalog.MODEL_TASK_PERF_VIEW] = [
+        out[names.MODEL_TASK_PERF_VIEW] = [
             {
-                catalog.MODEL_KEY: m,
-                catalog.TASK_TYPE_KEY: task,
+                names.MODEL_KEY: m,
+                names.TASK_TYPE_KEY: task,
                 **_perf_fields(self._model_tasks[(m, task)], now),
                 **stamp,
             }
-            for m, task in sorted(self._dirty[catalog.MODEL_TASK_PERF_VIEW])
+            for m, task in sorted(self._dirty[names.MODEL_TASK_PERF_VIEW])
         ]
-        out[catalog.TENANT_VIEW] = [
-            {catalog.TENANT_KEY: t, **self._tenant_fields(t, now), **stamp}
-            for t in sorted(self._dirty[catalog.TENANT_VIEW])
+        out[names.TENANT_VIEW] = [
+            {names.TENANT_KEY: t, **self._tenant_fields(t, now), **stamp}
+            for t in sorted(self._dirty[names.TENANT_VIEW])
         ]
-        out[catalog.SYSTEM_VIEW] = (
-            [{catalog.DEPLOYMENT_KEY: self.deployment, **self._system_fields(now), **stamp}]
-            if self._dirty[catalog.SYSTEM_VIEW]
+        out[names.SYSTEM_VIEW] = (
+            [{names.DEPLOYMENT_KEY: self.deployment, **self._system_fields(now), **stamp}]
+            if self._dirty[names.SYSTEM_VIEW]
             else []
         )
         for keys in self._dirty.values():
@@ -362,11 +362,11 @@ class FeedbackAggregator:
 
     def _system_fields(self, now: float) -> dict[str, Any]:
         one, five = (ring.advance(now) for ring in self._system)
-        rps_1m = one.n / catalog.SYSTEM_WINDOWS[0].seconds
+        rps_1m = one.n / names.SYSTEM_WINDOWS[0].seconds
         delay = five.sum_delay_s / five.n if five.n else 0.0
         return {
             "load_rps_1m": rps_1m,
-            "load_rps_5m": five.n / catalog.SYSTEM_WINDOWS[1].seconds,
+            "load_rps_5m": five.n / names.SYSTEM_WINDOWS[1].seconds,
             "feedback_delay_s_5m": delay,
             "queue_depth": rps_1m * delay,
             "error_rate_5m": five.n_error / five.n if five.n else 0.0,
@@ -382,7 +382,7 @@ def aggregate_rows(
     """Rows for a stream of events in feedback-time order, one emit per ``emit_every`` of event
     time (a backfill's rows then change as often as a live writer's would)."""
     agg = aggregator or FeedbackAggregator()
-    out: dict[str, list[dict[str, Any]]] = {view: [] for view in catalog.PUSH_SOURCES}
+    out: dict[str, list[dict[str, Any]]] = {view: [] for view in names.PUSH_SOURCES}
     step = emit_every.total_seconds()
     boundary = -math.inf
     for event in events:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from feature_store import catalog, training
+from feature_store import names, training
 from feature_store import store as fs_store
 from feature_store.reader import OnlineFeatureReader
 from feature_store.writer import FeatureWriter
@@ -43,7 +43,7 @@ def demo_roundtrip(
     push_s = time.perf_counter() - started
     models = list(models or sorted({e.model for e in events}))
     reader = OnlineFeatureReader(store, budget_ms=1000.0)  # not the decision path: show values
-    task = catalog.task_type((events[-1].context.get("task_hints") or []) if events else [])
+    task = names.task_type((events[-1].context.get("task_hints") or []) if events else [])
     tenant = events[-1].tenant if events else "demo"
     read = reader.read(models, tenant=tenant, task_type=task)
     reader.close()

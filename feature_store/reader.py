@@ -23,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from feature_store import catalog
+from feature_store import names
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -77,10 +77,10 @@ class OnlineFeatureReader:
         self,
         store: FeatureStore,
         *,
-        service: str = catalog.ROUTER_SERVICE,
+        service: str = names.ROUTER_SERVICE,
         budget_ms: float = DEFAULT_BUDGET_MS,
         defaults: Mapping[str, float] | None = None,
-        deployment: str = catalog.DEFAULT_DEPLOYMENT,
+        deployment: str = names.DEFAULT_DEPLOYMENT,
     ) -> None:
         self.store = store
         self.service = service
@@ -88,7 +88,7 @@ class OnlineFeatureReader:
         self.deployment = deployment
         self._features: Any = None
         self._names: list[str] = []
-        self.defaults = dict(defaults or default_values(catalog.ROUTER_FEATURES))
+        self.defaults = dict(defaults or default_values(names.ROUTER_FEATURES))
         self._last: dict[str, dict[str, float]] = {}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feature-reader")
         self._inflight: Future[dict[str, list[Any]]] | None = None
@@ -135,10 +135,10 @@ class OnlineFeatureReader:
         started = time.perf_counter()
         rows = [
             {
-                catalog.MODEL_KEY: m,
-                catalog.TASK_TYPE_KEY: task_type,
-                catalog.TENANT_KEY: tenant,
-                catalog.DEPLOYMENT_KEY: self.deployment,
+                names.MODEL_KEY: m,
+                names.TASK_TYPE_KEY: task_type,
+                names.TENANT_KEY: tenant,
+                names.DEPLOYMENT_KEY: self.deployment,
             }
             for m in models
         ]

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from feature_store import catalog
+from feature_store import names
 from feature_store.profile import building_for
 
 if TYPE_CHECKING:
@@ -165,7 +165,7 @@ def copy_repo(dest: Path, source: Path = REPO_PATH) -> Path:
             shutil.copy2(item, dest / item.name)
     (dest / "production").mkdir(exist_ok=True)
     shutil.copy2(source / "production" / "feature_store.yaml", dest / "production")
-    for view, folder in catalog.OFFLINE_FILES.items():
+    for view, folder in names.OFFLINE_FILES.items():
         write_seed(view, dest / folder)
     return dest
 
@@ -175,12 +175,12 @@ def copy_repo(dest: Path, source: Path = REPO_PATH) -> Path:
 
 def arrow_schema(view: str) -> pa.Schema:
     """The arrow schema of a view's offline rows (keys, fields, event and processing time)."""
-    fields: list[pa.Field] = [pa.field(k, pa.string()) for k in catalog.VIEW_KEYS[view]]
-    for name in catalog.view_fields(view):
+    fields: list[pa.Field] = [pa.field(k, pa.string()) for k in names.VIEW_KEYS[view]]
+    for name in names.view_fields(view):
         kind = pa.int64() if name.startswith("request_count") else pa.float64()
         fields.append(pa.field(name, kind))
-    fields.append(pa.field(catalog.TIMESTAMP, pa.timestamp("us", tz="UTC")))
-    fields.append(pa.field(catalog.CREATED, pa.timestamp("us", tz="UTC")))
+    fields.append(pa.field(names.TIMESTAMP, pa.timestamp("us", tz="UTC")))
+    fields.append(pa.field(names.CREATED, pa.timestamp("us", tz="UTC")))
     return pa.schema(fields)
 
 
@@ -212,15 +212,15 @@ def _pg_engine(store: FeatureStore) -> Any:
 
 
 def _pg_ddl(view: str) -> str:
-    cols = [f'"{k}" TEXT NOT NULL' for k in catalog.VIEW_KEYS[view]]
-    for name in catalog.view_fields(view):
+    cols = [f'"{k}" TEXT NOT NULL' for k in names.VIEW_KEYS[view]]
+    for name in names.view_fields(view):
         kind = "BIGINT" if name.startswith("request_count") else "DOUBLE PRECISION"
         cols.append(f'"{name}" {kind}')
-    cols += [f'"{catalog.TIMESTAMP}" TIMESTAMPTZ NOT NULL', f'"{catalog.CREATED}" TIMESTAMPTZ']
-    table = catalog.OFFLINE_TABLES[view]
+    cols += [f'"{names.TIMESTAMP}" TIMESTAMPTZ NOT NULL', f'"{names.CREATED}" TIMESTAMPTZ']
+    table = names.OFFLINE_TABLES[view]
     return (
         f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(cols)}); "
-        f"CREATE INDEX IF NOT EXISTS {table}_ts ON {table} ({catalog.TIMESTAMP})"
+        f"CREATE INDEX IF NOT EXISTS {table}_ts ON {table} ({names.TIMESTAMP})"
     )
 
 
@@ -230,12 +230,12 @@ def ensure_offline(store: FeatureStore) -> None:
         import sqlalchemy as sa  # noqa: PLC0415
 
         with _pg_engine(store).begin() as conn:
-            for view in catalog.OFFLINE_TABLES:
+            for view in names.OFFLINE_TABLES:
                 for stmt in _pg_ddl(view).split("; "):
                     conn.execute(sa.text(stmt))
         return
     repo = Path(str(store.config.repo_path))
-    for view, folder in catalog.OFFLINE_FILES.items():
+    for view, folder in names.OFFLINE_FILES.items():
         write_seed(view, repo / folder)
 
 
@@ -254,13 +254,13 @@ def write_offline(store: FeatureStore, view: str, rows: list[dict[str, Any]]) ->
         import sqlalchemy as sa  # noqa: PLC0415
 
         cols = table.column_names
-        names = ", ".join(f'"{c}"' for c in cols)
+        columns = ", ".join(f'"{c}"' for c in cols)
         values = ", ".join(f":{c}" for c in cols)
-        stmt = sa.text(f"INSERT INTO {catalog.OFFLINE_TABLES[view]} ({names}) VALUES ({values})")
+        stmt = sa.text(f"INSERT INTO {names.OFFLINE_TABLES[view]} ({columns}) VALUES ({values})")
         with _pg_engine(store).begin() as conn:
             conn.execute(stmt, table.to_pylist())
         return int(table.num_rows)
-    folder = Path(str(store.config.repo_path)) / catalog.OFFLINE_FILES[view]
+    folder = Path(str(store.config.repo_path)) / names.OFFLINE_FILES[view]
     folder.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, folder / f"part-{uuid.uuid4().hex}.parquet")
     return int(table.num_rows)
@@ -290,5 +290,5 @@ def push_online(
         return len(rows)
     from feast.data_source import PushMode  # noqa: PLC0415
 
-    store.push(catalog.PUSH_SOURCES[view], frame, to=PushMode.ONLINE)
+    store.push(names.PUSH_SOURCES[view], frame, to=PushMode.ONLINE)
     return len(rows)

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from feature_store import catalog
+from feature_store import names
 from feature_store import store as fs_store
 from feature_store.aggregation import Observation, aggregate_rows
 from llmopt.event_log import LoggedEvent
@@ -38,11 +38,11 @@ def decisions_frame(events: Iterable[LoggedEvent]) -> pd.DataFrame:
         obs = Observation.from_logged(e)
         rows.append(
             {
-                catalog.MODEL_KEY: e.model,
-                catalog.TASK_TYPE_KEY: obs.task_type,
-                catalog.TENANT_KEY: e.tenant,
-                catalog.DEPLOYMENT_KEY: catalog.DEFAULT_DEPLOYMENT,
-                catalog.TIMESTAMP: e.decided_at,
+                names.MODEL_KEY: e.model,
+                names.TASK_TYPE_KEY: obs.task_type,
+                names.TENANT_KEY: e.tenant,
+                names.DEPLOYMENT_KEY: names.DEFAULT_DEPLOYMENT,
+                names.TIMESTAMP: e.decided_at,
                 **{k: getattr(e, k) for k in LABELS},
             }
         )
@@ -53,7 +53,7 @@ def training_set(
     store: FeatureStore,
     entity_df: pd.DataFrame,
     *,
-    service: str = catalog.TRAINING_SERVICE,
+    service: str = names.TRAINING_SERVICE,
 ) -> pd.DataFrame:
     """Point-in-time join of ``entity_df`` (keys + ``event_timestamp``) with a feature service.
 
@@ -72,7 +72,7 @@ def training_set(
     if "decision_id" in entity_df.columns and len(frame) < len(entity_df):
         lost = entity_df[~entity_df["decision_id"].isin(frame["decision_id"])]
         frame = pd.concat([frame, lost], ignore_index=True)
-    return frame.sort_values(catalog.TIMESTAMP, kind="stable").reset_index(drop=True)
+    return frame.sort_values(names.TIMESTAMP, kind="stable").reset_index(drop=True)
 
 
 def backfill(

@@ -86,7 +86,7 @@ CONTEXT_RESERVE_TOKENS = DEFAULT_OUTPUT_TOKENS
 
 Not the request's ``max_tokens``: a large default ``max_tokens`` should not rule out a model
 the prompt fits; instead the served ``max_tokens`` is capped at what the window leaves (see
-``serving.tuning``). The reserve is the answer length the cost and latency predictions assume.
+``serving.parameters``). The reserve is the answer length the cost and latency predictions assume.
 """
 
 
@@ -441,7 +441,7 @@ class LearningLoop:
         """The parameters to serve ``model`` with, their reason, and extras for the event log.
 
         Here: the catalog's parameters (``params``) as they are. Serving overrides it with
-        the tuned ones (:mod:`serving.tuning`).
+        the tuned ones (:mod:`serving.parameters`).
         """
         return params, "catalog default" if params else "", {}
 

@@ -63,7 +63,7 @@ def apply_catalog_priors(
     few requests. Returns the priors set (nothing for a policy without ``set_prior``).
 
     >>> from llmopt.catalog import load_catalog
-    >>> from models.registry import make_policy
+    >>> from models.kinds import make_policy
     >>> p = make_policy("cost_aware_cluster_thompson", seed=0)
     >>> set_ = apply_catalog_priors(p, load_catalog(), ["gpt-4o", "gpt-4o-mini", "claude-2"])
     >>> sorted(set_)  # claude-2 (legacy demo data) has no tier

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from models.base import Policy
 from models.epsilon_greedy import EpsilonGreedy
+from models.kinds import POLICIES, RECOMMENDED, make_policy
 from models.lin_thompson import LinThompson
 from models.linucb import LinUCB
 from models.random_policy import UniformRandom
-from models.registry import POLICIES, RECOMMENDED, make_policy
 from models.state import StateError, Stateful
 from models.thompson import BetaThompson, GaussianThompson
 from models.ucb import UCB1

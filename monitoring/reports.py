@@ -65,14 +65,11 @@ import sqlalchemy as sa
 
 from llmopt.event_log import EventLog, LoggedEvent, feedback
 from llmopt.settings import Settings
+from registry import CHAMPION_ALIAS, MODEL_NAME, registry_exists
 
 if TYPE_CHECKING:
     import pandas as pd
 
-REGISTERED_MODEL = "llm-router"
-"""The registered model whose ``prod`` version is the champion (``pipelines.registry`` owns it;
-monitoring sits below pipelines in the layering, so it reads the registry through MLflow)."""
-CHAMPION_ALIAS = "prod"
 
 REQUEST_NUMERIC: tuple[str, ...] = (
     "input_tokens",
@@ -156,22 +153,21 @@ def champion_window_from_tags(version: str, tags: Mapping[str, str]) -> Champion
 
 def find_champion_window(settings: Settings) -> tuple[ChampionWindow | None, str]:
     """The champion's training window from the MLflow registry, or None and why not."""
-    if not settings.mlflow_tracking_uri and not (settings.home / "mlflow.db").exists():
+    if not registry_exists(settings):
         return None, "no MLflow registry (nothing registered yet)"
     try:
-        from mlflow import MlflowClient  # noqa: PLC0415 - heavy, only when a registry exists
+        from registry import mlflow_registry  # noqa: PLC0415 - heavy, only when a registry exists
 
-        uri = settings.mlflow_uri
-        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        mv = client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS)
+        client = mlflow_registry.configure(settings)
+        mv = client.get_model_version_by_alias(MODEL_NAME, CHAMPION_ALIAS)
     except Exception as exc:  # MlflowException (no such model/alias) or an unreachable store
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return None, f"no {REGISTERED_MODEL}@{CHAMPION_ALIAS} in the registry ({first[:200]})"
+        return None, f"no {MODEL_NAME}@{CHAMPION_ALIAS} in the registry ({first[:200]})"
     tags = dict(mv.tags or {})
     window = champion_window_from_tags(str(mv.version), tags)
     if window is None:
         return None, (
-            f"champion {REGISTERED_MODEL} version {mv.version} has no feedback-id window in its "
+            f"champion {MODEL_NAME} version {mv.version} has no feedback-id window in its "
             f"tags (data_window={tags.get('data_window')!r})"
         )
     return window, ""
@@ -256,14 +252,14 @@ def select_windows(
             after = max(champion.after_id, _id_after_latest(log, window, until=until))
             ref = Reference(
                 "champion",
-                f"training window of champion {REGISTERED_MODEL} version {champion.version} "
+                f"training window of champion {MODEL_NAME} version {champion.version} "
                 f"({champion.source}): feedback ({champion.after_id}, {champion.until_id}], "
                 f"restricted to the events before the current window and the latest {window}",
                 champion.version,
             )
             return ref, (after, until), (cur_after, last)
         why = (
-            f"champion {REGISTERED_MODEL} version {champion.version} learned only {n_ref} "
+            f"champion {MODEL_NAME} version {champion.version} learned only {n_ref} "
             f"events before the current window (feedback ({champion.after_id}, "
             f"{champion.until_id}]), fewer than {min_rows}"
         )

@@ -6,6 +6,6 @@ Flows, one per module: :mod:`~pipelines.incremental_training`, :mod:`~pipelines.
 :mod:`~pipelines.deployments`. Tasks (:mod:`~pipelines.tasks`) wrap plain Python:
 :mod:`~pipelines.events` (reads of the event log), :mod:`~pipelines.checkpoint`,
 :mod:`~pipelines.training`, :mod:`~pipelines.evaluation` (OPE, Welch's test, gates),
-:mod:`~pipelines.promotion`, :mod:`~pipelines.tuning` (Optuna) and :mod:`~pipelines.registry`
-(MLflow). Importing this package imports neither Prefect nor MLflow.
+:mod:`~pipelines.promotion` and :mod:`~pipelines.search_spaces` (Optuna); the MLflow registry is
+the :mod:`registry` package. Importing this package imports neither Prefect nor MLflow.
 """

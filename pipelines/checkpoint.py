@@ -29,9 +29,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from llmopt import fast_json
 from llmopt.event_log import create_engine
 from llmopt.schemas import utc_now
-from pipelines import _json as fast_json
 
 _metadata = sa.MetaData()
 

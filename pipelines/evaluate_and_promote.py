@@ -14,9 +14,9 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from llmopt.settings import get_settings
-from pipelines import registry
 from pipelines.promotion import PromotionPolicy
 from pipelines.tasks import promote_version
+from registry import mlflow_registry as registry
 
 NAME = "evaluate-and-promote"
 

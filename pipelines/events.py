@@ -29,8 +29,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from llmopt import fast_json
 from llmopt.event_log import decisions, feedback
-from pipelines import _json as fast_json
 
 
 def _decode(value: Any) -> Any:

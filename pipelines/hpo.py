@@ -1,7 +1,8 @@
 """Flow ``hpo`` (weekly): Optuna study over the router policy's hyperparameters.
 
 Trials are scored by off-policy evaluation (SNIPS) on a temporal holdout of the logged
-decisions (:mod:`pipelines.tuning`); the study is stored in the Optuna storage of the settings
+decisions (:mod:`pipelines.search_spaces`);
+the study is stored in the Optuna storage of the settings
 (``optuna-dashboard <LLMOPT_OPTUNA_STORAGE_URL>`` shows it); the best trial is logged to
 MLflow's ``hpo`` experiment, and ``nightly-training`` builds the next policy with it.
 """
@@ -17,9 +18,9 @@ from prefect.cache_policies import NO_CACHE
 from llmopt.catalog import load_catalog
 from llmopt.event_log import EventLog
 from llmopt.settings import get_settings
-from models.registry import RECOMMENDED
-from pipelines import registry
+from models.kinds import RECOMMENDED
 from pipelines.events import TrainingEvent, batches
+from registry import mlflow_registry as registry
 
 NAME = "hpo"
 
@@ -44,8 +45,8 @@ def run_study(
     events: list[TrainingEvent], policy: str, n_trials: int, holdout: float, seed: int
 ) -> dict[str, Any]:
     """Run the trials; return the study's best value and parameters."""
-    from pipelines.tuning import run_study as study_run  # noqa: PLC0415
-    from pipelines.tuning import study_name  # noqa: PLC0415
+    from pipelines.search_spaces import run_study as study_run  # noqa: PLC0415
+    from pipelines.search_spaces import study_name  # noqa: PLC0415
 
     settings = get_settings()
     study = study_run(

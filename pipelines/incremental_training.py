@@ -11,7 +11,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from models.registry import RECOMMENDED
+from models.kinds import RECOMMENDED
 from pipelines.tasks import log_model_version, registered_cursor, train_incremental
 from pipelines.training import DEFAULT_BATCH_SIZE
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 FEATURE_STORE_MATERIALIZE = ("feature_store.training", "materialize_incremental")
-FEATURE_SERVICE = ("feature_store.catalog", "ROUTER_SERVICE")
+FEATURE_SERVICE = ("feature_store.names", "ROUTER_SERVICE")
 DRIFT_REPORT = (
     ("monitoring.reports", "drift_report"),
     ("monitoring.drift", "drift_report"),

@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from llmopt.settings import get_settings
-from models.registry import RECOMMENDED
+from models.kinds import RECOMMENDED
 from pipelines.tasks import (
     evaluate_offline,
     log_model_version,
@@ -29,7 +29,7 @@ NAME = "nightly-training"
 @task(name="best-hyperparameters", cache_policy=NO_CACHE, retries=1)
 def best_hyperparameters(policy: str) -> dict[str, Any]:
     """Best parameters of the policy's HPO study ({} when there is none)."""
-    from pipelines.tuning import best_params  # noqa: PLC0415 - Optuna only when asked
+    from pipelines.search_spaces import best_params  # noqa: PLC0415 - Optuna only when asked
 
     return best_params(policy, get_settings().optuna_storage)
 

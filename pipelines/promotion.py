@@ -5,7 +5,7 @@
   than ``margin`` (:func:`pipelines.evaluation.ope_gate`).
 - ``prod``: the online A/B comparison must favour the challenger with significance: rewards
   of decisions stamped ``llm-router/<challenger>`` vs ``llm-router/<champion>``
-  (:func:`pipelines.registry.version_label`) by Welch's t-test. With no prod version yet, a
+  (:func:`registry.mlflow_registry.version_label`) by Welch's t-test. With no prod version yet, a
   version that passed the staging gate goes to prod.
 - ``force`` skips the gates (the version is tagged ``validation_status=forced``).
 
@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 from llmopt.catalog import ModelCatalog
 from pipelines.evaluation import GateResult, ab_gate, estimate_of, ope_gate, ope_report
 from pipelines.events import TrainingEvent, recent, rewards_by_policy_version
-from pipelines.registry import (
+from registry.mlflow_registry import (
     MODEL_NAME,
     RegistryError,
     client_model_version,

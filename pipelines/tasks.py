@@ -19,15 +19,15 @@ from llmopt.embeddings import embedding_version
 from llmopt.event_log import EventLog
 from llmopt.settings import Settings, get_settings
 from models.base import Policy
+from models.kinds import make_policy
 from models.quality import QualityModel
-from models.registry import make_policy
-from pipelines import registry
 from pipelines.checkpoint import CheckpointStore
 from pipelines.evaluation import ope_report
 from pipelines.events import recent
 from pipelines.integrations import feature_service_version
 from pipelines.promotion import PromotionOutcome, PromotionPolicy, promote
 from pipelines.training import TrainingResult, incremental_update, rebuild
+from registry import mlflow_registry as registry
 
 INCREMENTAL_CHECKPOINT = "incremental"
 

@@ -3,7 +3,7 @@
 One small interface, :class:`ModelSource`: ``version(alias)`` is the cheap check the poller
 runs (which version does ``prod`` point at now?), ``load(alias)`` returns the policy and its
 label. :class:`RegistrySource` reads ``models:/llm-router@<alias>`` through
-:mod:`pipelines.registry` (imported lazily: MLflow costs seconds at import);
+:mod:`registry.mlflow_registry` (imported lazily: MLflow costs seconds at import);
 :class:`LocalFileSource` reads the embedded profile's state file (the CLI's ``policy.pkl``, or
 a ``to_dict`` JSON file); :class:`ChainSource` tries several in order. A source that fails
 raises :class:`SourceError`; the service then keeps the models it has.
@@ -11,7 +11,7 @@ raises :class:`SourceError`; the service then keeps the models it has.
 Examples
 --------
 >>> import tempfile, pathlib
->>> from models.registry import make_policy
+>>> from models.kinds import make_policy
 >>> path = pathlib.Path(tempfile.mkdtemp()) / "policy.json"
 >>> save_policy_file(make_policy("ucb1", seed=0), path)
 >>> src = LocalFileSource(path)
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from llmopt.settings import Settings
+from registry import registry_exists
 
 
 class SourceError(RuntimeError):
@@ -136,7 +137,7 @@ class RegistrySource:
 
     def _registry(self) -> tuple[Any, Any]:
         try:
-            from pipelines import registry  # noqa: PLC0415
+            from registry import mlflow_registry as registry  # noqa: PLC0415
 
             if self._client is None:
                 self._client = registry.configure(self.settings)
@@ -146,8 +147,7 @@ class RegistrySource:
 
     def _absent(self) -> bool:
         """The embedded registry was never created: nothing to load (and nothing to create)."""
-        s = self.settings
-        return not s.mlflow_tracking_uri and not (s.home / "mlflow.db").exists()
+        return not registry_exists(self.settings)
 
     def version(self, alias: str) -> str | None:
         if self._absent():

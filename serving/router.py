@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from feature_store.catalog import task_type
+from feature_store.names import task_type
 from feature_store.reader import RouterFeatures
 from llmopt.catalog import ModelCatalog
 from llmopt.event_log import EventLog, UnknownDecisionError
@@ -57,7 +57,7 @@ from serving.cascade import PlannedStep, ServedCascades
 from serving.drift import DriftWatch
 from serving.guards import BudgetExceededError, BudgetLedger, CircuitBreaker
 from serving.live_features import LiveFeatures, live_exclusions
-from serving.tuning import ServedTuning
+from serving.parameters import ServedTuning
 
 log = logging.getLogger("llmopt.serving")
 
@@ -159,7 +159,7 @@ class ServingLoop(LearningLoop):
         params: dict[str, float | int | str],
         input_tokens: int,
     ) -> tuple[dict[str, float | int | str], str, dict[str, Any]]:
-        """Tuned parameters per (task type x model) (:mod:`serving.tuning`)."""
+        """Tuned parameters per (task type x model) (:mod:`serving.parameters`)."""
         if self.tuning is None:
             return super().generation_parameters(ctx, model, params, input_tokens)
         spec = self.catalog.get(model) if self.catalog is not None else None
@@ -337,7 +337,7 @@ class Router:
         When to roll back a canary automatically (None: never).
     tuning
         Generation parameters per (task type x model) (default: a fresh
-        :class:`serving.tuning.ServedTuning`; not yet versioned in the registry).
+        :class:`serving.parameters.ServedTuning`; not yet versioned in the registry).
     clock
         Monotonic time source of the canary schedule.
     store_prompt_tenants

@@ -68,7 +68,7 @@ def fresh_policy(
 ) -> tuple[Any, str]:
     """The recommended policy, started at the catalog's quality tiers (if given) and warmed on
     the event log's feedback; ``(policy, label)``."""
-    from models.registry import RECOMMENDED, make_policy  # noqa: PLC0415
+    from models.kinds import RECOMMENDED, make_policy  # noqa: PLC0415
 
     policy = make_policy(RECOMMENDED, seed=seed)
     if catalog is not None:

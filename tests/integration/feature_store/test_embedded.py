@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from feature_store import catalog, training
+from feature_store import names, training
 from feature_store import store as fs_store
 from feature_store.aggregation import Observation
 from feature_store.reader import OnlineFeatureReader
@@ -44,12 +44,12 @@ def obs(at: datetime, model: str, quality: float, **kw: Any) -> Observation:
 def test_apply_registers_views_and_services(store: Any) -> None:
     views = {v.name for v in store.list_feature_views()}
     assert views == {
-        catalog.MODEL_PERF_VIEW, catalog.MODEL_TASK_PERF_VIEW, catalog.TENANT_VIEW,
-        catalog.SYSTEM_VIEW,
+        names.MODEL_PERF_VIEW, names.MODEL_TASK_PERF_VIEW, names.TENANT_VIEW,
+        names.SYSTEM_VIEW,
     }  # fmt: skip
-    assert [v.name for v in store.list_on_demand_feature_views()] == [catalog.REQUEST_VIEW]
+    assert [v.name for v in store.list_on_demand_feature_views()] == [names.REQUEST_VIEW]
     services = {s.name for s in store.list_feature_services()}
-    assert {catalog.ROUTER_SERVICE, catalog.TRAINING_SERVICE, catalog.REQUEST_SERVICE} <= services
+    assert {names.ROUTER_SERVICE, names.TRAINING_SERVICE, names.REQUEST_SERVICE} <= services
     for view in store.list_feature_views():
         assert all(f.description for f in view.features), view.name
 
@@ -65,7 +65,7 @@ def test_push_then_online_read(store: Any) -> None:
     assert result.accepted == 30
     assert len(result.rejected) == 1 and "quality must be" in result.rejected[0]
     rows = writer.flush()
-    assert rows[catalog.MODEL_PERF_VIEW] == 3
+    assert rows[names.MODEL_PERF_VIEW] == 3
     reader = OnlineFeatureReader(store, budget_ms=1000)
     got = reader.read(MODELS[:3], tenant="acme", task_type="code")
     assert not got.degraded and not got.defaulted
@@ -104,7 +104,7 @@ def test_point_in_time_training_set_has_no_leakage(store: Any) -> None:
     assert sorted(frame["decision_id"]) == sorted(e.decision_id for e in events)
     received = sorted(e.received_at for e in [*events, *future])
     for _, row in frame.iterrows():
-        decided = row[catalog.TIMESTAMP].to_pydatetime()
+        decided = row[names.TIMESTAMP].to_pydatetime()
         known = [t for t in received if t <= decided]
         count = row["model_performance__request_count_24h"]
         assert (0 if pd.isna(count) else count) == len(known), decided  # NaN: nothing known yet

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from feature_store import catalog, training
+from feature_store import names, training
 from feature_store import store as fs_store
 from feature_store.aggregation import Observation
 from feature_store.reader import OnlineFeatureReader
@@ -62,7 +62,7 @@ def obs(at: datetime, model: str, quality: float) -> Observation:
 
 def test_production_apply_push_and_read(store: Any) -> None:
     assert store.config.online_store.type == "redis"
-    assert {v.name for v in store.list_feature_views()} >= {catalog.MODEL_PERF_VIEW}
+    assert {v.name for v in store.list_feature_views()} >= {names.MODEL_PERF_VIEW}
     now = datetime.now(UTC)
     writer = FeatureWriter(store)
     writer.add([obs(now - timedelta(seconds=30 - k), MODELS[k % 11], 0.6) for k in range(22)])
@@ -84,9 +84,9 @@ def test_production_point_in_time_from_postgres(store: Any) -> None:
     entity = pd.DataFrame(
         {
             "decision_id": [f"d{k}" for k in range(10)],
-            catalog.MODEL_KEY: "pg-model", catalog.TASK_TYPE_KEY: "code",
-            catalog.TENANT_KEY: "acme", catalog.DEPLOYMENT_KEY: catalog.DEFAULT_DEPLOYMENT,
-            catalog.TIMESTAMP: [e.received_at + timedelta(seconds=30) for e in events],
+            names.MODEL_KEY: "pg-model", names.TASK_TYPE_KEY: "code",
+            names.TENANT_KEY: "acme", names.DEPLOYMENT_KEY: names.DEFAULT_DEPLOYMENT,
+            names.TIMESTAMP: [e.received_at + timedelta(seconds=30) for e in events],
         }
     )  # fmt: skip
     frame = training.training_set(store, entity)

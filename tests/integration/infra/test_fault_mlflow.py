@@ -67,8 +67,8 @@ def restart_mlflow(stack: Stack, argv: list[str]) -> None:
 
 @pytest.mark.timeout(600)
 def test_mlflow_killed_under_load(stack: Stack, tmp_path: Path) -> None:
-    from models.registry import RECOMMENDED, make_policy  # noqa: PLC0415
-    from pipelines import registry  # noqa: PLC0415 - MLflow imports take seconds
+    from models.kinds import RECOMMENDED, make_policy  # noqa: PLC0415
+    from registry import mlflow_registry as registry  # noqa: PLC0415 - MLflow imports take seconds
 
     print(f"\nmake up: {stack.up_seconds:.0f} s")
     settings = stack.settings(tmp_path / "client")

@@ -21,8 +21,8 @@ import sqlalchemy as sa
 
 from feature_store.reader import OnlineFeatureReader
 from feature_store.store import open_store
+from llmopt.app.processes import drive_service
 from llmopt.catalog import load_catalog
-from llmopt.demo_service import drive_service
 from llmopt.routing_data import load_routing_data
 from llmopt.settings import Settings
 
@@ -126,8 +126,8 @@ def test_feedback_features_training_registry_swap_and_drift(stack: Stack, tmp_pa
     assert set(tasks.values()) == {"COMPLETED"}
 
     # 4. the new version in the PostgreSQL-backed registry, through the MLflow server
-    from pipelines import registry  # noqa: PLC0415 - MLflow imports take seconds
     from pipelines.promotion import promote  # noqa: PLC0415
+    from registry import mlflow_registry as registry  # noqa: PLC0415 - MLflow imports take seconds
 
     settings = stack.settings(tmp_path / "client")
     client = registry.configure(settings)

@@ -16,7 +16,7 @@ from llmopt.reward import reward
 from llmopt.routing_data import RoutingData, load_routing_data, routing_data_from_frame
 from llmopt.schemas import Decision
 from llmopt.types import ArmID, Features
-from models.registry import RECOMMENDED, make_policy
+from models.kinds import RECOMMENDED, make_policy
 
 pytestmark = pytest.mark.integration
 

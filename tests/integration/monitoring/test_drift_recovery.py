@@ -37,7 +37,7 @@ from llmopt.loop import LearningLoop
 from llmopt.reward import TradeOff
 from llmopt.routing_data import RoutingData, load_routing_data
 from llmopt.schemas import Feedback, RequestContext
-from models.registry import make_policy
+from models.kinds import make_policy
 from monitoring.detectors import DriftEvent, StreamMonitor
 from monitoring.drift_response import DriftResponder
 

@@ -89,11 +89,11 @@ def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UI]:
 @pytest.fixture(scope="module")
 def logs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """SQLite event logs ``steady`` and ``drifted`` (see the module docstring)."""
+    from llmopt.app.cli import DEMO_DATA  # noqa: PLC0415
     from llmopt.catalog import load_catalog  # noqa: PLC0415
-    from llmopt.cli import DEMO_DATA  # noqa: PLC0415
     from llmopt.replay import compute_features, replay_policy  # noqa: PLC0415
     from llmopt.routing_data import load_routing_data  # noqa: PLC0415
-    from models.registry import RECOMMENDED, make_policy  # noqa: PLC0415
+    from models.kinds import RECOMMENDED, make_policy  # noqa: PLC0415
 
     root = tmp_path_factory.mktemp("drift-logs")
     routing = load_routing_data(DEMO_DATA)
@@ -201,7 +201,7 @@ def test_cli_writes_reports_and_explains_an_empty_log(
 ) -> None:
     from typer.testing import CliRunner  # noqa: PLC0415
 
-    from llmopt.cli import app  # noqa: PLC0415
+    from llmopt.app.cli import app  # noqa: PLC0415
     from llmopt.settings import get_settings  # noqa: PLC0415
 
     for var in ("LLMOPT_DATABASE_URL", "LLMOPT_MLFLOW_TRACKING_URI"):

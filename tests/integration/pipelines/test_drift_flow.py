@@ -8,9 +8,9 @@ from collections.abc import Callable
 import pytest
 
 from llmopt.settings import Settings
-from pipelines import registry
 from pipelines.deployments import get_spec
 from pipelines.drift_report import drift_report
+from registry import mlflow_registry as registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_harness")]
 

@@ -32,13 +32,13 @@ import sqlalchemy as sa
 
 from llmopt.event_log import EventLog, decisions, feedback
 from llmopt.settings import Settings, get_settings
-from models.registry import RECOMMENDED, make_policy
+from models.kinds import RECOMMENDED, make_policy
 from models.state import Stateful
-from pipelines import registry
 from pipelines.checkpoint import Checkpoint, CheckpointStore
 from pipelines.incremental_training import incremental_training
 from pipelines.tasks import INCREMENTAL_CHECKPOINT
 from pipelines.training import incremental_update
+from registry import mlflow_registry as registry
 
 from .conftest import ARMS, QUALITY
 
@@ -63,7 +63,7 @@ incremental_training(batch_size=int(sys.argv[1]))
 RUN_FLOW_STALL_AT_REGISTRATION = """
 import sys, time
 from pathlib import Path
-from pipelines import registry
+from registry import mlflow_registry as registry
 
 def stall(*args, **kwargs):
     Path(sys.argv[2]).write_text("registering")

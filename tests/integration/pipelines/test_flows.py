@@ -12,8 +12,7 @@ import pytest
 
 from llmopt.event_log import EventLog
 from llmopt.settings import Settings
-from models.registry import RECOMMENDED, make_policy
-from pipelines import registry
+from models.kinds import RECOMMENDED, make_policy
 from pipelines.checkpoint import CheckpointStore
 from pipelines.deployments import FLOWS, get_spec
 from pipelines.drift_report import drift_report
@@ -22,9 +21,10 @@ from pipelines.hpo import hpo
 from pipelines.incremental_training import incremental_training
 from pipelines.materialize_features import materialize_features
 from pipelines.nightly_training import nightly_training
+from pipelines.search_spaces import best_params
 from pipelines.tasks import INCREMENTAL_CHECKPOINT, train_incremental
 from pipelines.training import incremental_update
-from pipelines.tuning import best_params
+from registry import mlflow_registry as registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_harness")]
 
@@ -158,7 +158,7 @@ def test_prefect_yaml_lists_the_same_deployments_and_schedules() -> None:
 def test_cli_runs_one_flow_once_and_lists_them(env: Settings, filled: Callable[..., int]) -> None:
     from typer.testing import CliRunner  # noqa: PLC0415
 
-    from llmopt.cli import app  # noqa: PLC0415
+    from llmopt.app.cli import app  # noqa: PLC0415
 
     filled(40)
     runner = CliRunner()

@@ -8,7 +8,7 @@ import pytest
 
 from llmopt.event_log import EventLog
 from llmopt.settings import Settings
-from models.registry import RECOMMENDED, make_policy
+from models.kinds import RECOMMENDED, make_policy
 from pipelines.checkpoint import CheckpointStore
 from pipelines.events import batches, high_water_mark
 from pipelines.training import incremental_update, rebuild

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from bench.traffic import spawn
-from llmopt.demo_service import running_service
+from llmopt.app.processes import running_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bench.traffic import spawn
-from llmopt.demo_service import running_service
+from llmopt.app.processes import running_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.services]
 

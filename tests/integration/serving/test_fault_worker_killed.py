@@ -1,7 +1,7 @@
 """One of two serving workers killed under load: the other answers, BentoML restarts it.
 
 ``llmopt serve --workers 2`` with the champion from the MLflow registry (a version registered
-with :func:`pipelines.registry.register_policy`, alias ``prod``); decide + feedback traffic
+with :func:`registry.mlflow_registry.register_policy`, alias ``prod``); decide + feedback traffic
 from a second process (``bench/traffic.py``) and a probe in this process that timestamps
 every answer. One worker is killed with SIGKILL; the test measures the answers during the
 fault (kill -> the new worker initialized), the errors (only requests in flight on the killed
@@ -28,7 +28,7 @@ import psutil
 import pytest
 import sqlalchemy as sa
 
-from llmopt.demo_service import free_port
+from llmopt.app.processes import free_port
 from llmopt.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -56,7 +56,7 @@ class Server:
         )
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "llmopt.cli", "serve", "--port", str(port)]
+                [sys.executable, "-m", "llmopt.app.cli", "serve", "--port", str(port)]
                 + ["--workers", "2"],
                 cwd=REPO,
                 env=env,
@@ -119,8 +119,8 @@ class Server:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
     """A started two-worker service whose champion is registry version 1 (alias ``prod``)."""
-    from models.registry import RECOMMENDED, make_policy  # noqa: PLC0415
-    from pipelines.registry import register_policy  # noqa: PLC0415
+    from models.kinds import RECOMMENDED, make_policy  # noqa: PLC0415
+    from registry.mlflow_registry import register_policy  # noqa: PLC0415
 
     home = (tmp_path / "home").resolve()
     settings = Settings(home=home, database_url=None, mlflow_tracking_uri=None)

@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from llmopt.app.processes import free_port
 from llmopt.client import DecisionClient, DecisionServiceError
-from llmopt.demo_service import free_port
-from models.registry import make_policy
+from models.kinds import make_policy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

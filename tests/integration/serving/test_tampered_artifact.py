@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from llmopt.settings import Settings
-from models.registry import make_policy
-from pipelines import registry
+from models.kinds import make_policy
+from registry import mlflow_registry as registry
 from serving.metrics import get_metrics
 from serving.runtime import ServingRuntime
 

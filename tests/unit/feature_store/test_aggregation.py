@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from feature_store import catalog
+from feature_store import names
 from feature_store.aggregation import (
     FeedbackAggregator,
     MalformedEventError,
@@ -40,7 +40,7 @@ def obs(seconds: float, **kw: object) -> Observation:
 
 
 def model_row(agg: FeedbackAggregator) -> dict[str, object]:
-    return agg.emit()[catalog.MODEL_PERF_VIEW][0]
+    return agg.emit()[names.MODEL_PERF_VIEW][0]
 
 
 def test_windows_expire_old_events() -> None:
@@ -117,12 +117,12 @@ def test_tenant_and_system_features() -> None:
     for k in range(60):
         agg.update(obs(k, cost_usd=0.01, willingness_to_pay=0.2, error=k % 10 == 0))
     rows = agg.emit()
-    tenant = rows[catalog.TENANT_VIEW][0]
+    tenant = rows[names.TENANT_VIEW][0]
     assert tenant["has_budget"] == 1.0
     assert tenant["spend_today_usd"] == pytest.approx(0.6)
     assert tenant["budget_left_usd"] == pytest.approx(0.4)
     assert tenant["willingness_to_pay"] == 0.2
-    system = rows[catalog.SYSTEM_VIEW][0]
+    system = rows[names.SYSTEM_VIEW][0]
     assert system["load_rps_1m"] == pytest.approx(1.0)
     assert system["feedback_delay_s_5m"] == pytest.approx(2.0)
     assert system["queue_depth"] == pytest.approx(2.0)  # Little's law: 1 req/s x 2 s
@@ -136,14 +136,14 @@ def test_emit_only_dirty_keys_and_columns_match_catalog() -> None:
     rows = agg.emit()
     for view, view_rows in rows.items():
         for row in view_rows:
-            assert list(row) == catalog.view_columns(view)
+            assert list(row) == names.view_columns(view)
     agg.update(obs(3, model="a"))
-    assert [r["model"] for r in agg.emit()[catalog.MODEL_PERF_VIEW]] == ["a"]
+    assert [r["model"] for r in agg.emit()[names.MODEL_PERF_VIEW]] == ["a"]
 
 
 def test_aggregate_rows_emits_per_interval_and_is_point_in_time() -> None:
     events = [obs(k * 3.0, quality=random.Random(k).random()) for k in range(40)]
-    rows = aggregate_rows(events, emit_every=timedelta(seconds=30))[catalog.MODEL_PERF_VIEW]
+    rows = aggregate_rows(events, emit_every=timedelta(seconds=30))[names.MODEL_PERF_VIEW]
     assert len(rows) == 4
     for row in rows:
         seen = [e for e in events if e.received_at <= row["event_timestamp"]]

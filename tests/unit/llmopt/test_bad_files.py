@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner, Result
 
+from llmopt.app.cli import app
 from llmopt.catalog import CatalogError, load_catalog
-from llmopt.cli import app
 from llmopt.routing_data import RoutingDataError, load_routing_data
 from llmopt.settings import get_settings
 

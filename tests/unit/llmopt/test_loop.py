@@ -160,7 +160,7 @@ def test_cost_caps_use_the_costs_feedback_reported() -> None:
 
 
 def test_a_new_model_joins_with_its_price_tier_prior_and_an_old_one_leaves() -> None:
-    from models.registry import make_policy  # noqa: PLC0415
+    from models.kinds import make_policy  # noqa: PLC0415
 
     policy = make_policy("cost_aware_linucb", seed=0)
     loop = LearningLoop(policy, ["gpt-4.1", "gpt-4.1-nano"], catalog=CATALOG)

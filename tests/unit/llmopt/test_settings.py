@@ -35,7 +35,9 @@ def test_bad_environment_value_is_a_clear_error(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_importing_creates_nothing(tmp_path: Path) -> None:
-    code = "import llmopt.settings, llmopt.event_log, llmopt.cli; llmopt.settings.get_settings()"
+    code = (
+        "import llmopt.settings, llmopt.event_log, llmopt.app.cli; llmopt.settings.get_settings()"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
     assert list(tmp_path.iterdir()) == []
 

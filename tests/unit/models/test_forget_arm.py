@@ -10,8 +10,8 @@ import pytest
 from llmopt.catalog import load_catalog
 from llmopt.loop import LearningLoop
 from models.base import Policy
+from models.kinds import POLICIES, make_policy
 from models.linucb import LinUCB
-from models.registry import POLICIES, make_policy
 from models.ucb import UCB1
 
 ARMS = ["a", "b", "c"]

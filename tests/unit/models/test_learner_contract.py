@@ -19,7 +19,7 @@ import models.pacer
 import models.pareto
 import models.quality
 import models.tuning
-from models.registry import POLICIES, make_policy
+from models.kinds import POLICIES, make_policy
 from models.state import _KINDS, StateError, Stateful
 
 

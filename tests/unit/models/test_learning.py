@@ -7,7 +7,7 @@ import random
 import pytest
 
 from models.base import Policy
-from models.registry import make_policy
+from models.kinds import make_policy
 
 ARMS = ["cheap", "coder", "writer"]
 CONTEXTUAL = ["linucb", "lin_thompson", "cost_aware_linucb", "cost_aware_lin_thompson"]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from models.base import Policy
-from models.registry import POLICIES, make_policy
+from models.kinds import POLICIES, make_policy
 from models.state import StateError, Stateful
 
 ARMS = ["a", "b", "c", "d"]

@@ -9,7 +9,7 @@ from typing import Any
 from llmopt.features import N_CLIENT_BUCKETS
 from llmopt.schemas import Feedback, RequestContext
 from llmopt.settings import Settings
-from models.registry import make_policy
+from models.kinds import make_policy
 from serving.runtime import ServingRuntime
 
 

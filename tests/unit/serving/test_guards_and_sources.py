@@ -11,7 +11,7 @@ import pytest
 from llmopt.event_log import EventLog
 from llmopt.schemas import Feedback, RequestContext
 from llmopt.settings import Settings
-from models.registry import RECOMMENDED, make_policy
+from models.kinds import RECOMMENDED, make_policy
 from serving.guards import BudgetLedger, CircuitBreaker
 from serving.http_guard import TokenBucket
 from serving.model_source import (

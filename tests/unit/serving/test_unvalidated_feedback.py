@@ -9,7 +9,7 @@ from llmopt.catalog import load_catalog
 from llmopt.event_log import EventLog
 from llmopt.schemas import Feedback, RequestContext
 from llmopt.spool import SpooledEventLog
-from models.registry import make_policy
+from models.kinds import make_policy
 from serving.router import Router
 
 

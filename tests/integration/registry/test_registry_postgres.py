@@ -10,8 +10,8 @@ import pytest
 import sqlalchemy as sa
 
 from llmopt.settings import Settings
-from models.registry import RECOMMENDED, make_policy
-from pipelines import registry
+from models.kinds import RECOMMENDED, make_policy
+from registry import mlflow_registry as registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.services]
 

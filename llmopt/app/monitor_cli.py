@@ -1,6 +1,6 @@
 """``llmopt monitor``: drift reports of the event log and the Evidently UI.
 
-Registered in ``llmopt/cli.py`` as ``app.add_typer(monitor_app, name="monitor")``; settings
+Registered in ``llmopt/app/cli.py`` as ``app.add_typer(monitor_app, name="monitor")``; settings
 come from :func:`llmopt.settings.get_settings` (``LLMOPT_HOME``, ``LLMOPT_DATABASE_URL``, ...).
 """
 

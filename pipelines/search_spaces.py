@@ -16,7 +16,7 @@ import optuna
 
 from llmopt.catalog import ModelCatalog
 from models.base import Policy
-from models.registry import POLICIES, make_policy
+from models.kinds import POLICIES, make_policy
 from pipelines.evaluation import ope_report
 from pipelines.events import TrainingEvent
 from pipelines.training import training_target

@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from llmopt.app.cli import app
 from llmopt.catalog import load_catalog
-from llmopt.cli import app
 from llmopt.event_log import EventLog
 from llmopt.schemas import Decision, Feedback, RequestContext
 from llmopt.settings import Settings
 from models.base import Policy
-from models.registry import RECOMMENDED, make_policy
-from pipelines import registry
+from models.kinds import RECOMMENDED, make_policy
 from pipelines.events import batches
 from pipelines.promotion import PromotionPolicy, promote
 from pipelines.training import training_target
+from registry import mlflow_registry as registry
 
 pytestmark = pytest.mark.integration
 

@@ -41,16 +41,19 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc.model import PythonModel
 
+from llmopt import fast_json
 from llmopt.settings import Settings
 from models.base import Policy
 from models.state import Stateful
-from pipelines import _json as fast_json
+
+# Re-exported (``X as X``) for callers that hold only this module; the package owns the names.
+from registry import ALIASES as ALIASES  # noqa: PLC0414
+from registry import CHAMPION_ALIAS as CHAMPION_ALIAS  # noqa: PLC0414
+from registry import MODEL_NAME as MODEL_NAME  # noqa: PLC0414
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
-MODEL_NAME = "llm-router"
-ALIASES = ("dev", "staging", "prod")
 STATE_FILE = "policy_state.json"
 PROD_HISTORY_TAG = "prod_history"
 _REPO = Path(__file__).resolve().parents[1]
@@ -312,8 +315,8 @@ def set_alias(client: MlflowClient, version: str, alias: str, *, name: str = MOD
     if alias not in ALIASES:
         raise RegistryError(f"unknown alias {alias!r}; choose one of: {', '.join(ALIASES)}")
     client_model_version(client, version, name)
-    if alias == "prod":
-        previous = version_for_alias(client, "prod", name)
+    if alias == CHAMPION_ALIAS:
+        previous = version_for_alias(client, CHAMPION_ALIAS, name)
         if previous is not None and previous != str(version):
             history = prod_history(client, name) + [previous]
             client.set_registered_model_tag(name, PROD_HISTORY_TAG, json.dumps(history[-50:]))
@@ -332,7 +335,7 @@ def rollback(client: MlflowClient, name: str = MODEL_NAME) -> tuple[str, str]:
 
     The version rolled back from is tagged ``validation_status=rolled_back``.
     """
-    current = version_for_alias(client, "prod", name)
+    current = version_for_alias(client, CHAMPION_ALIAS, name)
     if current is None:
         raise RegistryError(f"model {name!r} has no prod version to roll back")
     history = prod_history(client, name)
@@ -341,7 +344,7 @@ def rollback(client: MlflowClient, name: str = MODEL_NAME) -> tuple[str, str]:
     if not history:
         raise RegistryError(f"no previous prod version of {name!r} to roll back to")
     target = history.pop()
-    client.set_registered_model_alias(name, "prod", target)
+    client.set_registered_model_alias(name, CHAMPION_ALIAS, target)
     client.set_registered_model_tag(name, PROD_HISTORY_TAG, json.dumps(history))
     client.set_model_version_tag(name, current, "validation_status", "rolled_back")
     return current, target
@@ -389,7 +392,7 @@ def load_state(
     if not expected:
         raise ArtifactIntegrityError(
             f"version {mv.version}: no artifact_sha256 tag; refused (register with "
-            "pipelines.registry.register_policy)"
+            "registry.mlflow_registry.register_policy)"
         )
     actual = hashlib.sha256(payload).hexdigest()
     if actual != expected:
@@ -401,7 +404,7 @@ def load_state(
 
 
 def load_policy(
-    client: MlflowClient, ref: str = "prod", name: str = MODEL_NAME
+    client: MlflowClient, ref: str = CHAMPION_ALIAS, name: str = MODEL_NAME
 ) -> tuple[str, Policy]:
     """``(version, policy)`` for a version number or alias, e.g. ``load_policy(client, "prod")``."""
     version, state = load_state(client, ref, name)
@@ -450,12 +453,12 @@ def register_policy(
 
     The one call the demo needs to leave a version aliased ``prod`` in the embedded registry::
 
-        from pipelines.registry import register_policy
+        from registry.mlflow_registry import register_policy
         register_policy(policy, settings=settings, tags={"data_window": "demo"})
     """
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = configure(settings)
-    if "prod" in aliases:  # straight to prod, past the gates: say so on the version
+    if CHAMPION_ALIAS in aliases:  # straight to prod, past the gates: say so on the version
         tags = {"validation_status": "bootstrap", **dict(tags or {})}
     exp = experiment_id(client, settings, experiment)
     with mlflow.start_run(experiment_id=exp, run_name=run_name):
@@ -466,8 +469,8 @@ def register_policy(
             client,
             policy,
             tags={"source_flow": experiment, **dict(tags or {})},
-            aliases=[a for a in aliases if a != "prod"],
+            aliases=[a for a in aliases if a != CHAMPION_ALIAS],
         )
-    if "prod" in aliases:
-        set_alias(client, version, "prod")
+    if CHAMPION_ALIAS in aliases:
+        set_alias(client, version, CHAMPION_ALIAS)
     return version

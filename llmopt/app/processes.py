@@ -53,7 +53,7 @@ def running_service(
     environ = {**os.environ, "LLMOPT_HOME": str(home), **env}
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "llmopt.cli", "serve", "--port", str(port)],
+            [sys.executable, "-m", "llmopt.app.cli", "serve", "--port", str(port)],
             cwd=REPO,
             env=environ,
             stdout=out,

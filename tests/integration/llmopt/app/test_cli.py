@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from llmopt.cli import app
-from models.registry import RECOMMENDED
+from llmopt.app.cli import app
+from models.kinds import RECOMMENDED
 
 pytestmark = pytest.mark.integration
 DEMO = Path(__file__).resolve().parents[3] / "llmopt" / "data" / "alpaca_eval.parquet"
@@ -239,7 +239,7 @@ def test_train_from_evals_registers_a_warm_started_version(
     assert "learnt 1800 outcomes of 120 prompts x 15 models" in res.output
     assert "registered llm-router version 1 as dev, staging and prod" in res.output
     from llmopt.settings import get_settings  # noqa: PLC0415
-    from pipelines import registry  # noqa: PLC0415
+    from registry import mlflow_registry as registry  # noqa: PLC0415
 
     client = registry.configure(get_settings())
     version, policy = registry.load_policy(client, "prod")

@@ -8,8 +8,8 @@ import pytest
 from mlflow import MlflowClient
 
 from llmopt.settings import Settings
-from models.registry import make_policy
-from pipelines import registry
+from models.kinds import make_policy
+from registry import mlflow_registry as registry
 from serving.model_source import RegistrySource, SourceError
 
 pytestmark = pytest.mark.integration

@@ -33,7 +33,7 @@ registry_app = typer.Typer(
 )
 app.add_typer(flows_app, name="flows")
 app.add_typer(registry_app, name="registry")
-from monitoring.cli import app as monitor_app  # noqa: E402 - typer only; commands import lazily
+from llmopt.app.monitor_cli import app as monitor_app  # noqa: E402 - typer only; commands import lazily
 
 app.add_typer(monitor_app, name="monitor")
 
@@ -87,7 +87,7 @@ def _settings_first() -> None:
 
 
 def _policy_factories(names: list[str]) -> dict[str, Callable[[int], Policy]]:
-    from models.registry import make_policy  # noqa: PLC0415
+    from models.kinds import make_policy  # noqa: PLC0415
 
     def factory(name: str) -> Callable[[int], Policy]:
         make_policy(name)  # validates the name with a clear message
@@ -142,7 +142,7 @@ def bench_replay(
     from llmopt.plot import plot_frontier  # noqa: PLC0415
     from llmopt.replay import DEFAULT_WTP_SWEEP, run_replay  # noqa: PLC0415
     from llmopt.routing_data import load_routing_data  # noqa: PLC0415
-    from models.registry import RECOMMENDED  # noqa: PLC0415
+    from models.kinds import RECOMMENDED  # noqa: PLC0415
 
     with _clear_errors():
         routing = load_routing_data(data)
@@ -280,7 +280,7 @@ def demo(
     from llmopt.replay import compute_features, replay_policy, run_replay  # noqa: PLC0415
     from llmopt.routing_data import load_routing_data  # noqa: PLC0415
     from llmopt.settings import get_settings  # noqa: PLC0415
-    from models.registry import RECOMMENDED, make_policy  # noqa: PLC0415
+    from models.kinds import RECOMMENDED, make_policy  # noqa: PLC0415
 
     settings = get_settings()
     with _clear_errors():
@@ -331,7 +331,7 @@ def demo(
             f"{(fs['training_set'] or {}).get('rows', 0)} rows"
         )
         # The trained policy becomes a registry version aliased dev, staging and prod.
-        from pipelines.registry import register_policy  # noqa: PLC0415
+        from registry.mlflow_registry import register_policy  # noqa: PLC0415
 
         with _quiet():
             version = register_policy(
@@ -348,7 +348,7 @@ def demo(
             "dev, staging, prod"
         )
         # The service loads that version (alias prod) and serves real prompts over HTTP.
-        from llmopt.demo_service import drive_service, running_service  # noqa: PLC0415
+        from llmopt.app.processes import drive_service, running_service  # noqa: PLC0415
 
         typer.echo(f"decision service: starting `llmopt serve` ({served} prompts over HTTP) ...")
         with running_service(home) as url:
@@ -409,7 +409,7 @@ def train(
     from llmopt.event_log import EventLog  # noqa: PLC0415
     from llmopt.routing_data import load_routing_data  # noqa: PLC0415
     from llmopt.settings import get_settings  # noqa: PLC0415
-    from models.registry import RECOMMENDED, make_policy  # noqa: PLC0415
+    from models.kinds import RECOMMENDED, make_policy  # noqa: PLC0415
     from pipelines.warm_start import learn_evals  # noqa: PLC0415
 
     settings = get_settings()
@@ -441,7 +441,7 @@ def train(
         return
     with _clear_errors(), _quiet():
         from llmopt.embeddings import embedding_version  # noqa: PLC0415
-        from pipelines import registry  # noqa: PLC0415
+        from registry import mlflow_registry as registry  # noqa: PLC0415
 
         client = registry.configure(settings)
         first = registry.version_for_alias(client, "prod") is None
@@ -548,7 +548,7 @@ def _local_loop() -> Any:
     from llmopt.loop import LearningLoop  # noqa: PLC0415
     from llmopt.reward import TradeOff  # noqa: PLC0415
     from llmopt.settings import get_settings  # noqa: PLC0415
-    from models.registry import RECOMMENDED, make_policy  # noqa: PLC0415
+    from models.kinds import RECOMMENDED, make_policy  # noqa: PLC0415
 
     settings = get_settings()
     settings.ensure_home()
@@ -714,7 +714,7 @@ def _registry_client() -> Iterator[Any]:
     settings = _pipeline_settings()
     from mlflow.exceptions import MlflowException  # noqa: PLC0415
 
-    from pipelines.registry import configure  # noqa: PLC0415
+    from registry.mlflow_registry import configure  # noqa: PLC0415
 
     with _clear_errors():
         try:
@@ -730,7 +730,7 @@ def registry_list(
     """Every version of llm-router, newest first, with its aliases and tags."""
     from dataclasses import asdict  # noqa: PLC0415
 
-    from pipelines.registry import MODEL_NAME, list_versions  # noqa: PLC0415
+    from registry.mlflow_registry import MODEL_NAME, list_versions  # noqa: PLC0415
 
     with _registry_client() as client:
         versions = list_versions(client)
@@ -793,7 +793,7 @@ def registry_promote(
 @registry_app.command("rollback")
 def registry_rollback() -> None:
     """Point prod back at the previous prod version (instant: an alias move)."""
-    from pipelines.registry import rollback  # noqa: PLC0415
+    from registry.mlflow_registry import rollback  # noqa: PLC0415
 
     with _registry_client() as client:
         old, new = rollback(client)

@@ -10,8 +10,8 @@ from llmopt.catalog import load_catalog
 from llmopt.event_log import EventLog
 from llmopt.schemas import Feedback, RequestContext
 from models.tuning import ParameterTuner
+from serving.parameters import SERVING_SPACE, ServedTuning
 from serving.router import Router
-from serving.tuning import SERVING_SPACE, ServedTuning
 
 CATALOG_PARAMS = {"temperature": 0.7, "max_tokens": 1024}
 

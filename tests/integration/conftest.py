@@ -1,4 +1,4 @@
-"""Fixtures of the pipeline tests: isolated LLMOPT_HOME / MLflow / Prefect, a synthetic log."""
+"""Fixtures of pipeline and registry tests: isolated home, MLflow and Prefect; a synthetic log."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def fill_log(settings: Settings, n: int, *, seed: int = 0, floor: float = 0.6) -
     from llmopt.event_log import EventLog  # noqa: PLC0415
     from llmopt.loop import LearningLoop  # noqa: PLC0415
     from llmopt.schemas import Feedback, RequestContext  # noqa: PLC0415
-    from models.registry import RECOMMENDED, make_policy  # noqa: PLC0415
+    from models.kinds import RECOMMENDED, make_policy  # noqa: PLC0415
 
     catalog = load_catalog(settings.catalog_path)
     log = EventLog(settings.event_log_url)
