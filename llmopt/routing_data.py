@@ -25,6 +25,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+DEMO_DATA = Path(__file__).resolve().parent / "data" / "alpaca_eval.parquet"
+"""The routing file the demo replays (AlpacaEval, Apache-2.0; ``llmopt/data/README.md``)."""
+
 REQUIRED_COLUMNS = {
     "dataset": "string",
     "split": "string",

@@ -14,7 +14,7 @@ The registered version records both (:func:`WarmStart.tags`).
 Examples
 --------
 >>> from llmopt.routing_data import load_routing_data
->>> from llmopt.app.cli import DEMO_DATA
+>>> from llmopt.routing_data import DEMO_DATA
 >>> from models.kinds import make_policy
 >>> policy = make_policy("cost_aware_cluster_thompson", seed=0)
 >>> ws = learn_evals(policy, load_routing_data(DEMO_DATA), limit=40)

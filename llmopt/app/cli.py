@@ -37,8 +37,6 @@ from llmopt.app.monitor_cli import app as monitor_app  # noqa: E402 - typer only
 
 app.add_typer(monitor_app, name="monitor")
 
-DEMO_DATA = Path(__file__).resolve().parent / "data" / "alpaca_eval.parquet"
-
 
 def _fail(message: str) -> typer.Exit:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
@@ -278,7 +276,7 @@ def demo(
     from llmopt.event_log import EventLog  # noqa: PLC0415
     from llmopt.plot import plot_frontier  # noqa: PLC0415
     from llmopt.replay import compute_features, replay_policy, run_replay  # noqa: PLC0415
-    from llmopt.routing_data import load_routing_data  # noqa: PLC0415
+    from llmopt.routing_data import DEMO_DATA, load_routing_data  # noqa: PLC0415
     from llmopt.settings import get_settings  # noqa: PLC0415
     from models.kinds import RECOMMENDED, make_policy  # noqa: PLC0415
 
@@ -832,7 +830,7 @@ def serve(
         )
     import bentoml  # noqa: PLC0415
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     typer.echo(f"llmopt decision service on http://{host}:{port} (docs: /docs.json)")
     bentoml.serve(
         "serving.service:DecisionService",

@@ -26,7 +26,7 @@ import numpy as np
 from llmopt.client import DecisionClient, DecisionServiceError
 from llmopt.routing_data import RoutingData
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class ServiceStartError(RuntimeError):

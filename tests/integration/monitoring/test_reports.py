@@ -89,10 +89,9 @@ def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UI]:
 @pytest.fixture(scope="module")
 def logs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """SQLite event logs ``steady`` and ``drifted`` (see the module docstring)."""
-    from llmopt.app.cli import DEMO_DATA  # noqa: PLC0415
     from llmopt.catalog import load_catalog  # noqa: PLC0415
     from llmopt.replay import compute_features, replay_policy  # noqa: PLC0415
-    from llmopt.routing_data import load_routing_data  # noqa: PLC0415
+    from llmopt.routing_data import DEMO_DATA, load_routing_data  # noqa: PLC0415
     from models.kinds import RECOMMENDED, make_policy  # noqa: PLC0415
 
     root = tmp_path_factory.mktemp("drift-logs")

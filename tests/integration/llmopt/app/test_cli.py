@@ -13,7 +13,7 @@ from llmopt.app.cli import app
 from models.kinds import RECOMMENDED
 
 pytestmark = pytest.mark.integration
-DEMO = Path(__file__).resolve().parents[3] / "llmopt" / "data" / "alpaca_eval.parquet"
+DEMO = Path(__file__).resolve().parents[4] / "llmopt" / "data" / "alpaca_eval.parquet"
 
 
 @pytest.fixture
