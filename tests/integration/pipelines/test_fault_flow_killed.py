@@ -40,7 +40,7 @@ from pipelines.tasks import INCREMENTAL_CHECKPOINT
 from pipelines.training import incremental_update
 from registry import mlflow_registry as registry
 
-from .conftest import ARMS, QUALITY
+from ..conftest import ARMS, QUALITY
 
 pytestmark = [
     pytest.mark.integration,

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from llmopt.settings import Settings
 
-from .conftest import fill_log
+from ..conftest import fill_log
 
 pytestmark = [pytest.mark.integration, pytest.mark.services, pytest.mark.slow]
 BIN = Path(sys.executable).parent
