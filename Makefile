@@ -30,10 +30,11 @@ demo: setup  ## Run the whole learning loop on real data shipped in the repo
 test: setup  ## Run the test suite (services tests skip unless PostgreSQL/Redis answer)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-lint: setup  ## Ruff (lint + format check) and mypy strict
+lint: setup  ## Ruff (lint + format check), mypy strict, import-linter layers (pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 bench: setup  ## Benchmarks; results in bench/results/*.json
 	$(BIN)/python -m bench
