@@ -1,5 +1,8 @@
 """Workload forecasting: request volume per (model, task type) for the next hours.
 
+**Not wired yet:** library code with tests, called by no served decision or flow today. Issue 16
+(budget pacing) wires it in as the pacer's traffic curve.
+
 Each key (a ``(model, task_type)`` pair or a plain string) gets its own River forecaster, fed one
 count per time bucket (e.g. per hour). Forecasts feed capacity planning and the budget pacer's
 expected traffic profile (:mod:`models.pacer`).

@@ -1,5 +1,8 @@
 """Budget pacing: spend a tenant's daily budget evenly by steering its willingness to pay.
 
+**Not wired yet:** library code with tests; serving still enforces a budget only as a hard cap.
+Issue 16 (budget pacing) wires it into every ``/decide``.
+
 The router picks, per request, the configuration maximising ``quality - cost / w``
 (:mod:`llmopt.reward`), so the willingness to pay ``w`` is the knob that sets the spend rate: a
 lower ``w`` makes every dollar weigh more and pushes traffic to cheaper models. The pacer compares

@@ -1,5 +1,8 @@
 """Pareto fronts of configurations over (quality up, cost down, latency down), offline and online.
 
+**Not wired yet:** library code with tests, called by no served decision or flow today. Issue 16
+(the full decision) wires it in as ``/pareto``; until then it is used only from Python.
+
 A *configuration* is a model plus its call parameters (temperature, max_tokens, prompt template):
 the unit a router actually chooses. A configuration is *dominated* when another is at least as
 good on all three objectives and strictly better on one; no tenant, whatever its willingness to

@@ -7,7 +7,8 @@ The flows only orchestrate; what they run is here, testable without Prefect or M
   batch (see :mod:`pipelines.checkpoint` for why a crash then loses and double-counts nothing).
 - :func:`rebuild` warm-starts a fresh policy from the whole history with ``learn_many``.
 - :func:`fit_quality_model` refits the per-model quality regression (the reward model of
-  doubly robust evaluation).
+  doubly robust evaluation). The nightly flow logs it to MLflow as ``quality_model.json``;
+  **not wired yet:** nothing loads that artifact (issue 16 decides whether serving uses it).
 
 What a policy learns from one event is decided once, in :func:`training_target`: the quality
 for cost-aware policies (cost is known before a call; the learning loop does the same), the

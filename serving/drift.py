@@ -9,8 +9,9 @@ reward, quality, latency and cost. When a detector fires:
 - ``on_drift`` (the service counts it in Prometheus: ``llmopt_drift_detections_total``);
 - :class:`monitoring.drift_response.DriftResponder` discounts the drifted model in the policy that
   served it (its statistics keep the weight of at most 20 observations) and appends a retraining
-  request to ``retrain_log`` (``$LLMOPT_HOME/monitoring/retrain_requests.jsonl``), which the
-  training flows and operators read.
+  request to ``retrain_log`` (``$LLMOPT_HOME/monitoring/retrain_requests.jsonl``). **Not wired
+  yet:** no flow reads that file today; operators can. Issue 15 (autopilot) makes a drift
+  request trigger retraining.
 
 Detector state is per worker process: each worker watches the feedback it receives (with N
 workers, each sees ~1/N of the stream, so detection takes ~N times as many events; the drift

@@ -228,29 +228,6 @@ def _print_table(result: dict[str, Any], policies: list[str] | None = None) -> N
     Console(width=140).print(table)
 
 
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence the libraries' own chatter (Feast, MLflow, dask warnings) around a block."""
-    import contextlib  # noqa: PLC0415
-    import io  # noqa: PLC0415
-    import logging  # noqa: PLC0415
-    import warnings  # noqa: PLC0415
-
-    buffer = io.StringIO()
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with (
-            warnings.catch_warnings(),
-            contextlib.redirect_stdout(buffer),
-            contextlib.redirect_stderr(buffer),
-        ):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(previous)
-
-
 @app.command()
 def demo(
     out_dir: Annotated[Path | None, typer.Option(help="Where to write the plot and JSON.")] = None,
@@ -272,112 +249,21 @@ def demo(
     2. sweeps the willingness to pay and compares the learned router with every single model,
     uniform random, the zero router and the oracle; writes a plot and a JSON report.
     """
-    from llmopt.catalog import load_catalog  # noqa: PLC0415
-    from llmopt.event_log import EventLog  # noqa: PLC0415
-    from llmopt.plot import plot_frontier  # noqa: PLC0415
-    from llmopt.replay import compute_features, replay_policy, run_replay  # noqa: PLC0415
-    from llmopt.routing_data import DEMO_DATA, load_routing_data  # noqa: PLC0415
+    from llmopt.app.demo import run_demo  # noqa: PLC0415
     from llmopt.settings import get_settings  # noqa: PLC0415
-    from models.kinds import RECOMMENDED, make_policy  # noqa: PLC0415
 
     settings = get_settings()
     with _clear_errors():
-        home = settings.ensure_home()
-        out = out_dir or home / "demo"
-        catalog = load_catalog(settings.catalog_path)
-        routing = load_routing_data(DEMO_DATA)
-        typer.echo(
-            f"data: {DEMO_DATA.name}: {routing.n_prompts} prompts x {len(routing.models)} models "
-            f"({routing.dropped_prompts} prompts dropped: not every model's outcome present)"
-        )
-        log = EventLog(settings.event_log_url)
-        before = log.counts()
-        first_id = log.last_feedback_id()
-        import numpy as np  # noqa: PLC0415
-
-        order = np.random.default_rng(seed).permutation(routing.n_prompts).tolist()
-        live_policy = make_policy(RECOMMENDED, seed=seed)
-        point = replay_policy(
-            routing,
-            live_policy,
-            settings.default_willingness_to_pay,
-            order=order,
-            features=compute_features(routing),
-            catalog=catalog,
-            event_log=log,
-        )
-        after = log.counts()
-        typer.echo(
-            f"event log ({settings.event_log_url}): +{after['decisions'] - before['decisions']} "
-            f"decisions, +{after['feedback'] - before['feedback']} feedback; live loop at "
-            f"willingness to pay {point.willingness_to_pay:g} USD/quality: quality "
-            f"{point.avg_quality:.4f}, cost {point.avg_cost_usd:.6f} USD/prompt, modelled latency "
-            f"{point.avg_latency_ms_modelled or float('nan'):.0f} ms"
-        )
-        # The feedback goes through the feature store: windowed model statistics pushed to the
-        # online and offline stores, read back for every model, and a point-in-time training set.
-        from feature_store.demo import demo_roundtrip  # noqa: PLC0415
-
-        with _quiet():
-            fs = demo_roundtrip(log.feedback_since(0), settings=settings)
-        last_id = log.last_feedback_id()
-        log.close()
-        typer.echo(
-            f"feature store ({fs['repo']}): {fs['accepted']} feedback events pushed "
-            f"({fs['push_events_per_s']:.0f}/s), online read of {len(fs['online'])} models in "
-            f"{fs['read_ms']:.1f} ms, point-in-time training set of "
-            f"{(fs['training_set'] or {}).get('rows', 0)} rows"
-        )
-        # The trained policy becomes a registry version aliased dev, staging and prod.
-        from registry.mlflow_registry import register_policy  # noqa: PLC0415
-
-        with _quiet():
-            version = register_policy(
-                live_policy,
-                settings=settings,
-                tags={  # the events it learned from: the drift report's reference window
-                    "data_window": f"feedback ({first_id}, {last_id}]",
-                    "last_feedback_id": str(last_id),
-                    "n_events": str(last_id - first_id),
-                },
-            )
-        typer.echo(
-            f"registry ({settings.mlflow_uri}): llm-router version {version} aliased "
-            "dev, staging, prod"
-        )
-        # The service loads that version (alias prod) and serves real prompts over HTTP.
-        from llmopt.app.processes import drive_service, running_service  # noqa: PLC0415
-
-        typer.echo(f"decision service: starting `llmopt serve` ({served} prompts over HTTP) ...")
-        with running_service(home) as url:
-            http = drive_service(url, routing, n=served, seed=seed + 1)
-        top = ", ".join(f"{m} {n}" for m, n in http["top_models"])
-        typer.echo(
-            f"decision service ({url}, {', '.join(http['policy_versions'])}): "
-            f"{http['requests']} decide+feedback round trips, {http['failed']} failed; "
-            f"quality {http['avg_quality']:.4f}, cost {http['avg_cost_usd']:.6f} USD/prompt; "
-            f"round trip p50 {http['round_trip_p50_ms']:.1f} ms, "
-            f"p99 {http['round_trip_p99_ms']:.1f} ms; online features {http['features']}; "
-            f"top models: {top}"
-        )
-        # Drift of the served traffic against what the champion learned from (Evidently).
-        from monitoring.reports import drift_report  # noqa: PLC0415
-
-        with _quiet():
-            drift = drift_report(settings=settings, window=served)
-        typer.echo(drift.describe())
-        result = run_replay(
-            routing,
-            _policy_factories([RECOMMENDED, "epsilon_greedy"]),
+        result = run_demo(
+            settings,
+            out_dir=out_dir,
             seed=seed,
-            catalog=catalog,
+            served=served,
             progress=sys.stderr.isatty(),
+            echo=typer.echo,
         )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "result.json").write_text(json.dumps(result, indent=2))
-    plot_frontier(result, out / "frontier.png", title="Demo: AlpacaEval, 15 LLMs, bandit feedback")
-    _print_table(result, [RECOMMENDED])
-    typer.echo(f"wrote {out / 'frontier.png'} and {out / 'result.json'} (all policies)")
+    _print_table(result.sweep, [result.recommended])
+    typer.echo(f"wrote {result.plot} and {result.report} (all policies)")
 
 
 @app.command()
@@ -437,7 +323,9 @@ def train(
             typer.echo(f"then {n_logged} logged feedback events from the event log")
     if not register:
         return
-    with _clear_errors(), _quiet():
+    from llmopt.app.demo import quiet  # noqa: PLC0415
+
+    with _clear_errors(), quiet():
         from llmopt.embeddings import embedding_version  # noqa: PLC0415
         from registry import mlflow_registry as registry  # noqa: PLC0415
 

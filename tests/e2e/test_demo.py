@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -30,55 +29,66 @@ def run_demo(cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_demo_on_embedded_defaults(tmp_path: Path) -> None:
-    proc = run_demo(tmp_path, **{"LLMOPT_DATABASE_URL": ""})
-    assert proc.returncode == 0, proc.stderr
-    assert "best model (claude-2)" in proc.stdout and "oracle" in proc.stdout
-    assert "+802 decisions, +802 feedback" in proc.stdout
+def test_demo_on_embedded_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo as a function, on the embedded defaults: every leg's figures, typed."""
+    from llmopt.app.demo import run_demo  # noqa: PLC0415
+    from llmopt.event_log import EventLog  # noqa: PLC0415
+    from llmopt.settings import get_settings  # noqa: PLC0415
+    from registry import mlflow_registry  # noqa: PLC0415
+
     home = tmp_path / ".llmopt"
-    result = json.loads((home / "demo" / "result.json").read_text())
-    assert (
-        result["data"]["n_prompts"] == 802 and result["data"]["dropped_prompts_missing_models"] == 3
+    monkeypatch.setenv("LLMOPT_HOME", str(home))
+    monkeypatch.setenv("LLMOPT_DATABASE_URL", "")
+    monkeypatch.delenv("LLMOPT_SERVING_FEATURES", raising=False)  # online features on
+    monkeypatch.delenv("LLMOPT_MLFLOW_TRACKING_URI", raising=False)
+    get_settings.cache_clear()
+    settings = get_settings()
+    lines: list[str] = []
+    result = run_demo(settings, echo=lines.append)
+    get_settings.cache_clear()
+
+    assert result.data.n_prompts == 802 and result.data.dropped_prompts == 3
+    assert result.data.n_models == 15
+    assert result.live.decisions_added == 802 and result.live.feedback_added == 802
+    assert result.sweep["data"]["n_prompts"] == 802
+    assert result.sweep["data"]["dropped_prompts_missing_models"] == 3
+    assert result.plot.stat().st_size > 10_000 and result.report.is_file()
+    # The feedback went through the feature store, read back for every model.
+    assert result.feature_store.accepted == 802 and result.feature_store.online_models == 15
+    # The policy went into the registry as dev, staging and prod (read back through the adapter).
+    assert result.registry.version == "1"
+    assert result.registry.aliases == ("dev", "staging", "prod")
+    client = mlflow_registry.configure(settings)
+    assert mlflow_registry.version_for_alias(client, "prod") == "1"
+    # The service loaded that version and served real prompts over HTTP, with online features.
+    assert result.service.url.startswith("http://127.0.0.1:")
+    assert result.service.requests == 300 and result.service.failed == 0
+    assert set(result.service.policy_versions) == {"llm-router/1"}
+    assert result.service.features == {"open": 300}
+    # The replay, then the served prompts, all with their reward in the event log.
+    log = EventLog(settings.event_log_url)
+    assert log.counts()["feedback"] == 802 + 300
+    log.close()
+    # ... and the run ends with a drift report of the served traffic against the champion's data.
+    assert result.drift.reference_kind == "champion"
+    assert any(result.drift.folder.glob("*.html")) and any(result.drift.folder.glob("*.json"))
+    assert (home / "monitoring" / "reports" / "index.html").exists()
+    # The CLI prints exactly these lines; each leg's line went out as the leg ended.
+    assert [line for line in lines if not line.startswith("decision service: starting")] == (
+        result.lines()
     )
-    assert (home / "demo" / "frontier.png").stat().st_size > 10_000
-    engine = sa.create_engine(f"sqlite:///{home / 'events.db'}")
-    with engine.connect() as conn:
-        n = conn.execute(
-            sa.text(
-                "SELECT count(*) FROM feedback f JOIN decisions d "
-                "USING (decision_id) WHERE f.reward IS NOT NULL"
-            )
-        ).scalar()
-    assert n == 802 + 300  # the replay, then 300 prompts through the running service
-    # The service loaded the registered version and served real prompts over HTTP.
-    assert "300 decide+feedback round trips, 0 failed" in proc.stdout
-    assert "decision service (http://127.0.0.1:" in proc.stdout
-    assert "llm-router/1)" in proc.stdout
-    assert "online features {'open': 300}" in proc.stdout
-    # ... and its run ends with a drift report of the served traffic
-    assert "drift report " in proc.stdout and "reference = champion" in proc.stdout
-    reports = home / "monitoring" / "reports"
-    assert (reports / "index.html").exists()
-    assert list(reports.glob("*/*.html")) and list(reports.glob("*/*.json"))
-    # The feedback went through the feature store and the policy into the registry as prod.
-    assert "802 feedback events pushed" in proc.stdout
-    assert "online read of 15 models" in proc.stdout
-    mlflow_db = sa.create_engine(f"sqlite:///{home / 'mlflow.db'}")
-    with mlflow_db.connect() as conn:
-        aliases = dict(
-            conn.execute(
-                sa.text(
-                    "SELECT alias, version FROM registered_model_aliases WHERE name = 'llm-router'"
-                )
-            ).all()
-        )
-    assert set(aliases) == {"dev", "staging", "prod"}
 
 
 @pytest.mark.services
 def test_demo_with_the_event_log_in_postgresql(tmp_path: Path, postgres_url: str) -> None:
+    """`llmopt demo` as a user runs it (the installed entry point), events in PostgreSQL."""
     proc = run_demo(tmp_path, LLMOPT_DATABASE_URL=postgres_url)
     assert proc.returncode == 0, proc.stderr
+    # Every leg's line, then the sweep's table.
+    assert "+802 decisions, +802 feedback" in proc.stdout
+    assert "300 decide+feedback round trips, 0 failed" in proc.stdout
+    assert "reference = champion" in proc.stdout
+    assert "best model (claude-2)" in proc.stdout and "oracle" in proc.stdout
     engine = sa.create_engine(postgres_url)
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM feedback")).scalar() >= 802
