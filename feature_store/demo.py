@@ -61,9 +61,8 @@ def demo_roundtrip(
         "read_degraded": read.degraded,
         "online": {
             m: {
-                "quality_mean_1h": read.values[m]["model_performance__quality_mean_1h"],
-                "request_count_1h": read.values[m]["model_performance__request_count_1h"],
-                "error_rate_5m": read.values[m]["model_performance__error_rate_5m"],
+                field: read.values[m][names.feature_ref(names.MODEL_PERF_VIEW, field)]
+                for field in ("quality_mean_1h", "request_count_1h", "error_rate_5m")
             }
             for m in models
         },

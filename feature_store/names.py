@@ -165,6 +165,23 @@ def view_fields(view: str) -> dict[str, str]:
     return {TENANT_VIEW: TENANT_FIELDS, SYSTEM_VIEW: SYSTEM_FIELDS}[view]
 
 
+def feature_ref(view: str, field: str) -> str:
+    """Feast's full name of ``field`` of ``view`` (``<view>__<field>``), the key of every read.
+
+    A stored view's field is checked against this catalogue.
+
+    >>> feature_ref(MODEL_PERF_VIEW, "error_rate_5m")
+    'model_performance__error_rate_5m'
+    >>> feature_ref(MODEL_PERF_VIEW, "no_such_field")
+    Traceback (most recent call last):
+    ...
+    ValueError: view 'model_performance' has no field 'no_such_field'
+    """
+    if view in VIEW_KEYS and field not in view_fields(view):
+        raise ValueError(f"view {view!r} has no field {field!r}")
+    return f"{view}__{field}"
+
+
 def view_columns(view: str) -> list[str]:
     """Columns of a view's rows in order: join keys, fields, event and processing time."""
     return [*VIEW_KEYS[view], *view_fields(view), TIMESTAMP, CREATED]

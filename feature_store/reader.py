@@ -36,7 +36,11 @@ this much before the budget so that the whole read stays within it."""
 
 def default_values(service_features: Mapping[str, Sequence[str]]) -> dict[str, float]:
     """Default of every feature: 0, meaning "nothing known" (counts say how much is known)."""
-    return {f"{view}__{name}": 0.0 for view, names in service_features.items() for name in names}
+    return {
+        names.feature_ref(view, field): 0.0
+        for view, fields in service_features.items()
+        for field in fields
+    }
 
 
 @dataclass(frozen=True)

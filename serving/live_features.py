@@ -26,7 +26,9 @@ Example
 >>> class Reader:  # any object with ``read`` works (the real one wraps Feast)
 ...     calls = 0
 ...     def read(self, models, *, tenant, task_type):
-...         from feature_store.reader import RouterFeatures
+...         from feature_store import names
+from feature_store import names
+from feature_store.reader import RouterFeatures
 ...         Reader.calls += 1
 ...         return RouterFeatures(values={m: {"x": 1.0} for m in models})
 >>> live = LiveFeatures(Reader(), ttl_s=60)
@@ -49,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from feature_store import names
 from feature_store.reader import RouterFeatures
 
 if TYPE_CHECKING:
@@ -57,10 +60,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("llmopt.serving")
 
-ERROR_RATE = "model_performance__error_rate_5m"
-LATENCY_P95 = "model_performance__latency_p95_ms_5m"
-REQUESTS_1H = "model_performance__request_count_1h"
-QUALITY_1H = "model_performance__quality_mean_1h"
+ERROR_RATE = names.feature_ref(names.MODEL_PERF_VIEW, "error_rate_5m")
+LATENCY_P95 = names.feature_ref(names.MODEL_PERF_VIEW, "latency_p95_ms_5m")
+REQUESTS_1H = names.feature_ref(names.MODEL_PERF_VIEW, "request_count_1h")
+QUALITY_1H = names.feature_ref(names.MODEL_PERF_VIEW, "quality_mean_1h")
 
 LIVE_ERROR_EXCLUDE = 0.5
 """A model whose fleet-wide error rate over the last 5 minutes reaches this is left out."""
