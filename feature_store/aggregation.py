@@ -43,6 +43,7 @@ from typing import Any, Self
 
 from feature_store import names
 from llmopt.event_log import LoggedEvent
+from llmopt.tasks import task_type
 
 LATENCY_GAMMA = 1.02
 """Ratio between consecutive latency histogram bins: quantiles within 1% relative error."""
@@ -102,7 +103,7 @@ class Observation:
         hints = ctx.get("task_hints") or []
         return cls(
             model=event.model,
-            task_type=names.task_type(hints if isinstance(hints, list) else []),
+            task_type=task_type(hints if isinstance(hints, list) else []),
             tenant=event.tenant,
             received_at=event.received_at,
             decided_at=event.decided_at,

@@ -20,6 +20,7 @@ from feature_store.reader import OnlineFeatureReader
 from feature_store.writer import FeatureWriter
 from llmopt.event_log import LoggedEvent
 from llmopt.settings import Settings, get_settings
+from llmopt.tasks import task_type
 
 
 def demo_roundtrip(
@@ -43,7 +44,7 @@ def demo_roundtrip(
     push_s = time.perf_counter() - started
     models = list(models or sorted({e.model for e in events}))
     reader = OnlineFeatureReader(store, budget_ms=1000.0)  # not the decision path: show values
-    task = names.task_type((events[-1].context.get("task_hints") or []) if events else [])
+    task = task_type((events[-1].context.get("task_hints") or []) if events else [])
     tenant = events[-1].tenant if events else "demo"
     read = reader.read(models, tenant=tenant, task_type=task)
     reader.close()

@@ -8,16 +8,11 @@ Examples
 --------
 >>> perf_field_names()[:3]
 ['quality_mean_5m', 'success_rate_5m', 'error_rate_5m']
->>> task_type(["Code", "math"]), task_type([]), task_type(["poetry"])
-('code', 'general', 'other')
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-
-from llmopt.features import KNOWN_HINTS
 
 PROJECT = "llmopt"
 
@@ -33,20 +28,6 @@ TIMESTAMP = "event_timestamp"
 """Event time of a feature row: the time of the newest feedback it includes (see aggregation)."""
 CREATED = "created"
 """Processing time of a feature row (Feast's tie-breaker between rows of equal event time)."""
-
-GENERAL_TASK = "general"
-"""Task type of a request without hints."""
-OTHER_TASK = "other"
-"""Task type of a request whose hints are all unknown."""
-
-
-def task_type(hints: Sequence[str]) -> str:
-    """The task type of a request: its first known hint, else ``other`` / ``general``."""
-    cleaned = [h.strip().lower() for h in hints if h.strip()]
-    for hint in cleaned:
-        if hint in KNOWN_HINTS:
-            return hint
-    return OTHER_TASK if cleaned else GENERAL_TASK
 
 
 @dataclass(frozen=True)

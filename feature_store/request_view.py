@@ -17,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from llmopt.features import KNOWN_HINTS, request_features
+from llmopt.features import request_features
+from llmopt.tasks import KNOWN_HINTS
 
 
 def request_feature_columns() -> list[str]:

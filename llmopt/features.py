@@ -22,6 +22,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 
 from llmopt.embeddings import get_embedder
+from llmopt.tasks import KNOWN_HINTS, clean_hints
 
 MAX_SCAN_CHARS = 2000
 """Characters scanned for markers and hashed words (lengths always use the full text)."""
@@ -37,18 +38,6 @@ N_PREFIX_BUCKETS = 8
 
 PREFIX_CHARS = 48
 """Characters of the prompt's opening that identify its template."""
-
-KNOWN_HINTS = (
-    "code",
-    "math",
-    "reasoning",
-    "summarize",
-    "translate",
-    "extraction",
-    "classification",
-    "creative",
-    "chat",
-)
 
 _WORD = re.compile(r"[^\W\d_]{2,}", re.UNICODE)
 # Patterns are kept to symbols (C-speed scans); keywords are looked up in the word set instead of
@@ -192,7 +181,7 @@ def request_features(
     feats["lang_en"] = min(feats["lang_en"], 1.0)
     feats.update(_script_shares(sample))
     feats.update(_question_type(words, sample))
-    hints = {h.strip().lower() for h in task_hints}
+    hints = set(clean_hints(task_hints))
     for hint in KNOWN_HINTS:
         feats[f"hint_{hint}"] = float(hint in hints)
     feats["hint_other"] = float(bool(hints - set(KNOWN_HINTS)))

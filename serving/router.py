@@ -38,7 +38,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from feature_store.names import task_type
 from feature_store.reader import RouterFeatures
 from llmopt.catalog import ModelCatalog
 from llmopt.event_log import EventLog, UnknownDecisionError
@@ -52,6 +51,7 @@ from llmopt.loop import (
 from llmopt.policy import Policy
 from llmopt.reward import TradeOff
 from llmopt.schemas import Decision, Feedback, RequestContext
+from llmopt.tasks import task_type
 from llmopt.types import ArmID, Features
 from serving.cascade import PlannedStep, ServedCascades
 from serving.drift import DriftWatch

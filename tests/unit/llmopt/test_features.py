@@ -5,12 +5,12 @@ import math
 import pytest
 
 from llmopt.features import (
-    KNOWN_HINTS,
     N_CLIENT_BUCKETS,
     N_HASH_BUCKETS,
     estimate_tokens,
     request_features,
 )
+from llmopt.tasks import KNOWN_HINTS
 
 PROMPTS = [
     None,
