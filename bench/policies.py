@@ -19,7 +19,7 @@ import numpy as np
 from bench._common import SEED, display_path, gc_paused, ratio, routing_file, stats_us
 from llmopt.features import request_features
 from llmopt.routing_data import load_routing_data
-from models.base import Policy
+from models.base import BasePolicy
 from models.kinds import POLICIES, make_policy
 from models.random_policy import UniformRandom
 
@@ -43,14 +43,14 @@ def run(*, quick: bool = False) -> list[dict[str, Any]]:
     rows = [int(order[s % data.n_prompts]) for s in range(WARMUP_STEPS + steps)]
     contexts = {i: request_features(data.prompts[i]) for i in set(rows)}
 
-    policies: dict[str, Policy] = {BASELINE: UniformRandom(seed=SEED)}
+    policies: dict[str, BasePolicy] = {BASELINE: UniformRandom(seed=SEED)}
     policies.update({name: make_policy(name, seed=SEED) for name in POLICIES})
     names = list(policies)
     pull_ns = {n: np.empty(steps, dtype=np.int64) for n in names}
     update_ns = {n: np.empty(steps, dtype=np.int64) for n in names}
     clock = perf_counter_ns
 
-    def step(policy: Policy, i: int) -> tuple[int, int]:
+    def step(policy: BasePolicy, i: int) -> tuple[int, int]:
         ctx = contexts[i]
         t0 = clock()
         decision = policy.pull(arms, ctx)

@@ -17,7 +17,7 @@ from bench._common import SEED, display_path, ratio, routing_file
 from llmopt.catalog import load_catalog
 from llmopt.replay import DEFAULT_WTP_SWEEP, PolicyFactory, run_replay
 from llmopt.routing_data import load_routing_data
-from models.base import Policy
+from models.base import BasePolicy
 from models.kinds import RECOMMENDED, make_policy
 
 NAME = "replay"
@@ -27,7 +27,7 @@ FULL_REPEATS, QUICK_REPEATS = 3, 1
 
 
 def _factories(name: str) -> dict[str, PolicyFactory]:
-    def factory(seed: int) -> Policy:
+    def factory(seed: int) -> BasePolicy:
         return make_policy(name, seed=seed)
 
     return {name: factory}

@@ -11,7 +11,7 @@ round-trips through ``to_dict`` / ``Stateful.from_dict`` (:mod:`models.state`).
 
 from __future__ import annotations
 
-from models.base import Policy
+from models.base import BasePolicy
 from models.epsilon_greedy import EpsilonGreedy
 from models.kinds import POLICIES, RECOMMENDED, make_policy
 from models.lin_thompson import LinThompson
@@ -30,7 +30,7 @@ __all__ = [
     "GaussianThompson",
     "LinThompson",
     "LinUCB",
-    "Policy",
+    "BasePolicy",
     "StateError",
     "Stateful",
     "UniformRandom",

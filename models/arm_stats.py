@@ -21,10 +21,10 @@ from typing import Any, Self
 import numpy as np
 
 from llmopt.types import ArmID
-from models.base import Policy
+from models.base import BasePolicy
 
 
-class ArmStatsPolicy(Policy):
+class ArmStatsPolicy(BasePolicy):
     """Base of the non-contextual policies: per-arm discounted or windowed statistics.
 
     Parameters
@@ -37,7 +37,7 @@ class ArmStatsPolicy(Policy):
         Weight, in observations, of a prior at the mean reward of all arms so far (empirical
         Bayes; 0 disables it). Arms with an explicit ``set_prior`` keep theirs.
     burn_in, max_reward, exploration_floor, explore_decay, cost_aware, seed
-        See :class:`models.base.Policy`.
+        See :class:`models.base.BasePolicy`.
     """
 
     def __init__(

@@ -29,7 +29,7 @@ from llmopt.types import ArmID, Features
 from models.state import Stateful, rng_state, set_rng_state
 
 
-class Policy(Stateful, ABC):
+class BasePolicy(Stateful, ABC):
     """A bandit policy with River's shape: ``pull`` then ``update``.
 
     Parameters

@@ -63,7 +63,7 @@ from typing import Any, Self
 import numpy as np
 
 from llmopt.types import ArmID
-from models.base import Policy
+from models.base import BasePolicy
 from models.state import np_rng_state, set_np_rng_state
 
 EB_EVERY = 16
@@ -117,7 +117,7 @@ def kmeans(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     return best
 
 
-class ClusterThompson(Policy):
+class ClusterThompson(BasePolicy):
     """Thompson sampling per (embedding cluster, model), shrunk towards each model's global mean.
 
     Parameters
@@ -136,7 +136,7 @@ class ClusterThompson(Policy):
     feature_prefix
         Context features whose names start with this are the embedding (``emb_``).
     burn_in, max_reward, exploration_floor, explore_decay, cost_aware, seed
-        See :class:`models.base.Policy`.
+        See :class:`models.base.BasePolicy`.
     """
 
     name = "cluster_thompson"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from models.base import Policy
+from models.base import BasePolicy
 from models.cluster_thompson import ClusterThompson
 from models.epsilon_greedy import EpsilonGreedy
 from models.lin_thompson import LinThompson
@@ -30,7 +30,7 @@ RECOMMENDED = "cost_aware_cluster_thompson"
 _COST_AWARE = {"cost_aware": True, "max_reward": 1.0}
 """Learn quality, rank by quality minus predicted cost (and latency) in reward units."""
 
-POLICIES: dict[str, tuple[type[Policy], dict[str, Any]]] = {
+POLICIES: dict[str, tuple[type[BasePolicy], dict[str, Any]]] = {
     # The previous recommendation (until issue 13). Cost-aware (cost is known before a call,
     # quality is not, so the optimism goes on quality alone and is capped at 1), each arm's
     # prior centred on the mean quality of all arms, and the request features used only while
@@ -85,10 +85,10 @@ POLICIES: dict[str, tuple[type[Policy], dict[str, Any]]] = {
     "thompson_gaussian": (GaussianThompson, {}),
     "ucb1": (UCB1, {"c": 0.5}),
 }
-"""Policy class and the project's default hyperparameters, by name."""
+"""The policy kinds: each policy class and the project's default hyperparameters, by name."""
 
 
-def make_policy(name: str, *, seed: int | None = None, **params: Any) -> Policy:
+def make_policy(name: str, *, seed: int | None = None, **params: Any) -> BasePolicy:
     """A fresh policy by name, with the project's default hyperparameters unless overridden."""
     try:
         cls, defaults = POLICIES[name]

@@ -23,10 +23,10 @@ from typing import Any, Self
 import numpy as np
 
 from llmopt.types import ArmID
-from models.base import Policy
+from models.base import BasePolicy
 
 
-class LinearPolicy(Policy):
+class LinearPolicy(BasePolicy):
     """Base of the contextual policies: stacked per-arm ridge regressions.
 
     Parameters
@@ -54,7 +54,7 @@ class LinearPolicy(Policy):
         (few samples, noisy quality) the policy behaves like a cost-aware UCB on per-arm
         means instead of paying for a noisy regression; where they do, it routes on them.
     burn_in, max_reward, exploration_floor, explore_decay, cost_aware, seed
-        See :class:`models.base.Policy`.
+        See :class:`models.base.BasePolicy`.
     """
 
     refresh_every = 64

@@ -13,13 +13,13 @@ from typing import Any, Self
 import numpy as np
 
 from llmopt.types import ArmID
-from models.base import Policy
+from models.base import BasePolicy
 from models.epsilon_greedy import decayed_epsilon
 from models.quality import QualityModel
 from models.state import Stateful
 
 
-class OGDGreedy(Policy):
+class OGDGreedy(BasePolicy):
     """Greedy on online-gradient-descent quality models, with decaying epsilon exploration.
 
     Parameters
@@ -31,7 +31,7 @@ class OGDGreedy(Policy):
     decay
         Number of updates after which epsilon has halved (0 keeps it constant).
     burn_in, max_reward, exploration_floor, explore_decay, cost_aware, seed
-        See :class:`models.base.Policy`.
+        See :class:`models.base.BasePolicy`.
 
     Examples
     --------

@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 from llmopt.types import ArmID
-from models.base import Policy
+from models.base import BasePolicy
 
 
-class UniformRandom(Policy):
+class UniformRandom(BasePolicy):
     """Pick each arm with the same probability.
 
     Parameters
     ----------
     burn_in, max_reward, exploration_floor, seed
-        See :class:`models.base.Policy` (only ``seed`` matters here).
+        See :class:`models.base.BasePolicy` (only ``seed`` matters here).
 
     Examples
     --------

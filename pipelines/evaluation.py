@@ -33,7 +33,7 @@ import numpy as np
 from llmopt.catalog import ModelCatalog
 from llmopt.loop import LearningLoop
 from llmopt.reward import TradeOff
-from models.base import Policy
+from models.base import BasePolicy
 from models.ope import Estimate, LoggedBandit, ips, snips
 from monitoring.ab_test import MixtureSPRT, WelchResult, student_t_sf, welch_test
 from pipelines.events import TrainingEvent
@@ -52,7 +52,7 @@ __all__ = [  # Welch's test lives in monitoring.ab_test now; still importable fr
 
 
 def _penalty_loop(
-    policy: Policy, events: Sequence[TrainingEvent], catalog: ModelCatalog | None
+    policy: BasePolicy, events: Sequence[TrainingEvent], catalog: ModelCatalog | None
 ) -> LearningLoop:
     """A loop used only for its penalties, its cost model taught the logged costs."""
     arms = sorted({a for e in events for a in e.arms})
@@ -64,7 +64,7 @@ def _penalty_loop(
 
 
 def target_choices(
-    policy: Policy, events: Sequence[TrainingEvent], catalog: ModelCatalog | None = None
+    policy: BasePolicy, events: Sequence[TrainingEvent], catalog: ModelCatalog | None = None
 ) -> list[str]:
     """The model a frozen copy of ``policy`` would choose for each logged decision."""
     frozen = copy.deepcopy(policy)
@@ -85,7 +85,7 @@ def target_choices(
 
 
 def ope_report(
-    policy: Policy,
+    policy: BasePolicy,
     events: Sequence[TrainingEvent],
     *,
     catalog: ModelCatalog | None = None,

@@ -15,7 +15,7 @@ from typing import Any
 import optuna
 
 from llmopt.catalog import ModelCatalog
-from models.base import Policy
+from models.base import BasePolicy
 from models.kinds import POLICIES, make_policy
 from pipelines.evaluation import ope_report
 from pipelines.events import TrainingEvent
@@ -46,7 +46,7 @@ SEARCH_SPACES: dict[str, Space] = {
         "explore_decay": t.suggest_float("explore_decay", 0.5, 30.0, log=True),
     },
 }
-"""Hyperparameters searched for each policy algorithm (``Policy.name``)."""
+"""Hyperparameters searched for each policy algorithm (``BasePolicy.name``)."""
 
 
 def study_name(policy: str) -> str:
@@ -66,7 +66,7 @@ def search_space(policy: str) -> Space:
 
 
 def score(
-    policy: Policy,
+    policy: BasePolicy,
     train: Sequence[TrainingEvent],
     holdout: Sequence[TrainingEvent],
     *,

@@ -14,17 +14,17 @@ import mlflow
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from feature_store.names import ROUTER_SERVICE
 from llmopt.catalog import ModelCatalog, load_catalog
 from llmopt.embeddings import embedding_version
 from llmopt.event_log import EventLog
 from llmopt.settings import Settings, get_settings
-from models.base import Policy
+from models.base import BasePolicy
 from models.kinds import make_policy
 from models.quality import QualityModel
 from pipelines.checkpoint import CheckpointStore
 from pipelines.evaluation import ope_report
 from pipelines.events import recent
-from pipelines.integrations import feature_service_version
 from pipelines.promotion import PromotionOutcome, PromotionPolicy, promote
 from pipelines.training import TrainingResult, incremental_update, rebuild
 from registry import mlflow_registry as registry
@@ -42,7 +42,7 @@ def _catalog(settings: Settings) -> ModelCatalog:
     return load_catalog(settings.catalog_path)
 
 
-def _initial_policy(settings: Settings, policy_name: str) -> tuple[Policy, int, int]:
+def _initial_policy(settings: Settings, policy_name: str) -> tuple[BasePolicy, int, int]:
     """Where incremental training starts without a checkpoint: the ``dev`` version, else fresh."""
     client = registry.configure(settings)
     if registry.version_for_alias(client, "dev") is not None:
@@ -127,7 +127,7 @@ def reset_checkpoint(result: TrainingResult, checkpoint: str = INCREMENTAL_CHECK
 
 
 @task(name="evaluate-offline", cache_policy=NO_CACHE, retries=1)
-def evaluate_offline(policy: Policy, window: int) -> dict[str, Any] | None:
+def evaluate_offline(policy: BasePolicy, window: int) -> dict[str, Any] | None:
     """SNIPS/IPS report of ``policy`` on the last ``window`` logged decisions (None if none)."""
     settings = get_settings()
     log = _log(settings)
@@ -179,7 +179,7 @@ def log_model_version(
                 "data_window": result.data_window,
                 "last_feedback_id": str(result.last_feedback_id),
                 "n_events": str(result.n_total),
-                "feature_service_version": feature_service_version(),
+                "feature_service_version": ROUTER_SERVICE,
                 "source_flow": flow_name,
                 "embedding": embedding_version(),
                 **result.warm_start,

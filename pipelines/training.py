@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
 
-from models.base import Policy
+from models.base import BasePolicy
 from models.quality import QualityModel
 from models.state import Stateful
 from pipelines.checkpoint import CheckpointStore
@@ -32,7 +32,7 @@ from pipelines.events import TrainingEvent, batches, high_water_mark
 DEFAULT_BATCH_SIZE = 5000
 
 
-def training_target(policy: Policy, event: TrainingEvent) -> float:
+def training_target(policy: BasePolicy, event: TrainingEvent) -> float:
     """What ``policy`` learns from ``event``: quality if it is cost-aware, else the reward."""
     if policy.cost_aware or event.reward is None:
         return event.quality
@@ -40,7 +40,7 @@ def training_target(policy: Policy, event: TrainingEvent) -> float:
 
 
 def _examples(
-    policy: Policy, events: Iterable[TrainingEvent]
+    policy: BasePolicy, events: Iterable[TrainingEvent]
 ) -> Iterator[tuple[str, dict[str, float], float]]:
     for e in events:
         yield e.model, e.features, training_target(policy, e)
@@ -50,7 +50,7 @@ def _examples(
 class TrainingResult:
     """What one training run learned: the data window, counts and timings."""
 
-    policy: Policy
+    policy: BasePolicy
     after_id: int
     """Cursor the run started from (exclusive)."""
     last_feedback_id: int
@@ -76,7 +76,7 @@ def incremental_update(
     store: CheckpointStore,
     *,
     name: str,
-    initial: Callable[[], tuple[Policy, int, int]],
+    initial: Callable[[], tuple[BasePolicy, int, int]],
     batch_size: int = DEFAULT_BATCH_SIZE,
     until_id: int | None = None,
     on_batch: Callable[[int, int], None] | None = None,
@@ -132,7 +132,7 @@ def incremental_update(
 
 def rebuild(
     engine: Engine,
-    policy: Policy,
+    policy: BasePolicy,
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     until_id: int | None = None,

@@ -32,7 +32,7 @@ from llmopt.features import estimate_tokens, request_features
 from llmopt.loop import LearningLoop
 from llmopt.reward import TradeOff
 from llmopt.routing_data import RoutingData
-from models.base import Policy
+from models.base import BasePolicy
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def file_sha256(path: Path) -> str:
 
 
 def learn_evals(
-    policy: Policy,
+    policy: BasePolicy,
     data: RoutingData,
     *,
     willingness_to_pay: float = 0.05,

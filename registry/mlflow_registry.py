@@ -43,7 +43,7 @@ from mlflow.pyfunc.model import PythonModel
 
 from llmopt import fast_json
 from llmopt.settings import Settings
-from models.base import Policy
+from models.base import BasePolicy
 from models.state import Stateful
 
 # Re-exported (``X as X``) for callers that hold only this module; the package owns the names.
@@ -142,7 +142,7 @@ class RouterModel(PythonModel):
 
     def load_context(self, context: Any) -> None:
         state = json.loads(Path(context.artifacts["policy_state"]).read_text())
-        self.policy: Policy = Stateful.from_dict(state)
+        self.policy: BasePolicy = Stateful.from_dict(state)
         self.arms: list[str] = known_arms(state)
 
     def predict(
@@ -211,7 +211,7 @@ class VersionInfo:
 
 def log_policy_version(
     client: MlflowClient,
-    policy: Policy,
+    policy: BasePolicy,
     *,
     tags: Mapping[str, str] | None = None,
     aliases: Iterable[str] = ("dev",),
@@ -405,10 +405,10 @@ def load_state(
 
 def load_policy(
     client: MlflowClient, ref: str = CHAMPION_ALIAS, name: str = MODEL_NAME
-) -> tuple[str, Policy]:
+) -> tuple[str, BasePolicy]:
     """``(version, policy)`` for a version number or alias, e.g. ``load_policy(client, "prod")``."""
     version, state = load_state(client, ref, name)
-    policy: Policy = Stateful.from_dict(state)
+    policy: BasePolicy = Stateful.from_dict(state)
     return version, policy
 
 
@@ -424,7 +424,7 @@ def _resolve(client: MlflowClient, ref: str, name: str) -> ModelVersion:
 def log_version_in_run(
     client: MlflowClient,
     settings: Settings,
-    policy: Policy,
+    policy: BasePolicy,
     *,
     experiment: str = "manual",
     aliases: Iterable[str] = (),
@@ -439,7 +439,7 @@ def log_version_in_run(
 
 
 def register_policy(
-    policy: Policy,
+    policy: BasePolicy,
     *,
     settings: Settings,
     aliases: Sequence[str] = ALIASES,

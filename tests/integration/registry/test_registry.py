@@ -15,7 +15,7 @@ from llmopt.catalog import load_catalog
 from llmopt.event_log import EventLog
 from llmopt.schemas import Decision, Feedback, RequestContext
 from llmopt.settings import Settings
-from models.base import Policy
+from models.base import BasePolicy
 from models.kinds import RECOMMENDED, make_policy
 from pipelines.events import batches
 from pipelines.promotion import PromotionPolicy, promote
@@ -25,7 +25,7 @@ from registry import mlflow_registry as registry
 pytestmark = pytest.mark.integration
 
 
-def _trained(settings: Settings, target: Callable[[Any], float] | None = None) -> Policy:
+def _trained(settings: Settings, target: Callable[[Any], float] | None = None) -> BasePolicy:
     """A policy trained on the whole log (optionally on a distorted target)."""
     policy = make_policy(RECOMMENDED, seed=0)
     log = EventLog(settings.event_log_url)

@@ -1,4 +1,4 @@
-"""Discounting one arm (``Policy.discount_arm``) and the loop's ``reset_arm`` (drift response)."""
+"""Discounting one arm (``BasePolicy.discount_arm``) and the loop's ``reset_arm`` (drift)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from llmopt.catalog import load_catalog
 from llmopt.loop import LearningLoop
-from models.base import Policy
+from models.base import BasePolicy
 from models.kinds import POLICIES, make_policy
 from models.linucb import LinUCB
 from models.ucb import UCB1
@@ -19,7 +19,7 @@ CANNOT = {"ogd_greedy", "random"}
 """Policies without per-arm statistics to discount (River models; nothing learned)."""
 
 
-def trained(policy: Policy, steps: int = 300, seed: int = 0) -> Policy:
+def trained(policy: BasePolicy, steps: int = 300, seed: int = 0) -> BasePolicy:
     rng = random.Random(seed)
     for t in range(steps):
         arm = ARMS[t % 3]

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from models.base import Policy
+from models.base import BasePolicy
 from models.kinds import make_policy
 
 ARMS = ["cheap", "coder", "writer"]
@@ -24,7 +24,7 @@ def contextual_world(ctx: dict[str, float], arm: str, rng: random.Random) -> flo
     return float(rng.random() < p)
 
 
-def average_reward(policy: Policy, steps: int = 2000, seed: int = 0) -> float:
+def average_reward(policy: BasePolicy, steps: int = 2000, seed: int = 0) -> float:
     rng = random.Random(seed + 1000)
     total = 0.0
     for _ in range(steps):

@@ -11,13 +11,13 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from models.base import Policy
+from models.base import BasePolicy
 from models.kinds import POLICIES, make_policy
 from models.state import StateError, Stateful
 
 ARMS = ["a", "b", "c", "d"]
 
-VARIANTS: dict[str, Callable[[int | None], Policy]] = {
+VARIANTS: dict[str, Callable[[int | None], BasePolicy]] = {
     name: (lambda seed, name=name: make_policy(name, seed=seed)) for name in sorted(POLICIES)
 }
 VARIANTS.update(
@@ -38,7 +38,7 @@ def _ctx(rng: random.Random) -> dict[str, float]:
     return {"bias": 1.0, "x": rng.random(), "y": rng.random()}
 
 
-def _drive(policy: Policy, steps: int, seed: int = 0) -> list[str]:
+def _drive(policy: BasePolicy, steps: int, seed: int = 0) -> list[str]:
     """Pull and learn ``steps`` times; rewards in [0, 1], arm c is best."""
     rng = random.Random(seed)
     chosen = []
@@ -51,11 +51,11 @@ def _drive(policy: Policy, steps: int, seed: int = 0) -> list[str]:
 
 
 @pytest.fixture(params=sorted(VARIANTS))
-def make(request: pytest.FixtureRequest) -> Callable[[int | None], Policy]:
+def make(request: pytest.FixtureRequest) -> Callable[[int | None], BasePolicy]:
     return VARIANTS[str(request.param)]
 
 
-def test_decisions_are_well_formed(make: Callable[[int | None], Policy]) -> None:
+def test_decisions_are_well_formed(make: Callable[[int | None], BasePolicy]) -> None:
     policy = make(1)
     _drive(policy, 30)
     d = policy.pull(ARMS, {"bias": 1.0, "x": 0.2, "y": 0.1})
@@ -69,11 +69,11 @@ def test_decisions_are_well_formed(make: Callable[[int | None], Policy]) -> None
     assert e.explored == (e.reason in {"optimism", "random exploration"}) or e.reason == "burn-in"
 
 
-def test_seeded_runs_are_identical(make: Callable[[int | None], Policy]) -> None:
+def test_seeded_runs_are_identical(make: Callable[[int | None], BasePolicy]) -> None:
     assert _drive(make(7), 60) == _drive(make(7), 60)
 
 
-def test_pickle_round_trip_continues_identically(make: Callable[[int | None], Policy]) -> None:
+def test_pickle_round_trip_continues_identically(make: Callable[[int | None], BasePolicy]) -> None:
     policy = make(3)
     _drive(policy, 40)
     copy = pickle.loads(pickle.dumps(policy))
@@ -81,7 +81,7 @@ def test_pickle_round_trip_continues_identically(make: Callable[[int | None], Po
 
 
 def test_dict_round_trip_is_json_and_continues_identically(
-    make: Callable[[int | None], Policy],
+    make: Callable[[int | None], BasePolicy],
 ) -> None:
     policy = make(3)
     _drive(policy, 40)
@@ -92,14 +92,16 @@ def test_dict_round_trip_is_json_and_continues_identically(
     assert _drive(policy, 40, seed=9) == _drive(copy, 40, seed=9)
 
 
-def test_clone_is_unfitted_with_same_hyperparameters(make: Callable[[int | None], Policy]) -> None:
+def test_clone_is_unfitted_with_same_hyperparameters(
+    make: Callable[[int | None], BasePolicy],
+) -> None:
     policy = make(3)
     _drive(policy, 40)
     fresh = policy.clone()
     assert repr(fresh) == repr(policy) and fresh.n_updates == 0
 
 
-def test_update_after_pull_changes_the_estimate(make: Callable[[int | None], Policy]) -> None:
+def test_update_after_pull_changes_the_estimate(make: Callable[[int | None], BasePolicy]) -> None:
     policy = make(0)
     ctx = {"bias": 1.0, "x": 0.5, "y": 0.5}
     before = policy.pull(ARMS, ctx)
@@ -163,7 +165,7 @@ def test_merge_refuses_different_policies() -> None:
         make_policy("linucb").merge(make_policy("linucb", alpha=2.0))
 
 
-def test_arms_can_come_and_go(make: Callable[[int | None], Policy]) -> None:
+def test_arms_can_come_and_go(make: Callable[[int | None], BasePolicy]) -> None:
     policy = make(0)
     _drive(policy, 30)
     rng = random.Random(1)
@@ -176,7 +178,7 @@ def test_arms_can_come_and_go(make: Callable[[int | None], Policy]) -> None:
     assert d.model == "a"
 
 
-def test_a_prohibitive_penalty_is_never_exploited(make: Callable[[int | None], Policy]) -> None:
+def test_a_prohibitive_penalty_is_never_exploited(make: Callable[[int | None], BasePolicy]) -> None:
     policy = make(0)
     _drive(policy, 60)
     chosen = set()
@@ -208,7 +210,7 @@ def test_a_prohibitive_penalty_is_never_exploited(make: Callable[[int | None], P
     ],
 )
 def test_bad_pulls_are_refused(
-    make: Callable[[int | None], Policy],
+    make: Callable[[int | None], BasePolicy],
     arms: list[str],
     context: dict[str, float] | None,
     penalties: dict[str, float] | None,
@@ -218,7 +220,9 @@ def test_bad_pulls_are_refused(
         make(0).pull(arms, context, penalties=penalties)
 
 
-def test_bad_updates_are_refused_and_change_nothing(make: Callable[[int | None], Policy]) -> None:
+def test_bad_updates_are_refused_and_change_nothing(
+    make: Callable[[int | None], BasePolicy],
+) -> None:
     policy = make(0)
     _drive(policy, 10)
     before = pickle.dumps(policy)
