@@ -25,7 +25,7 @@ policy, guards, one event-log write) runs on the event loop, as in the bare base
 measured faster than BentoML's hop to a thread pool (bench/serving.py); batch and admin
 endpoints, which may take longer (MLflow), run in the pool. The access log and BentoML's own
 request metrics are off and the start-up heap is frozen out of the garbage collector at the
-end of ``__init__`` (``../shared/STACK_NOTES.md``: without it BentoML's p99 exceeds 100 ms);
+end of ``__init__`` (``docs/stack_notes.md``: without it BentoML's p99 exceeds 100 ms);
 OpenTelemetry spans are skipped for ``/decide`` and ``/feedback``.
 """
 
