@@ -1,6 +1,6 @@
 """The policy protocol the core depends on; ``models/`` implements it.
 
-The core never imports ``models/`` (STYLE.md layers): the learning loop and the replay take any
+The core never imports ``models/`` (docs/style.md layers): the learning loop and the replay take any
 object with this shape.
 """
 

@@ -1,6 +1,6 @@
 """The one reward function: quality minus cost and latency penalties.
 
-Every learner maximises this number ("higher is better", STYLE.md #11). The tenant's
+Every learner maximises this number ("higher is better", docs/style.md #11). The tenant's
 **willingness to pay** ``w`` (USD per unit of quality) converts cost into quality units: paying
 ``w`` dollars is worth exactly one unit of quality (the gap between a useless and a perfect answer).
 The **latency weight** ``lam`` is the quality lost per second of waiting::

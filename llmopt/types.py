@@ -1,4 +1,4 @@
-"""Domain type aliases shared by every package (one place, STYLE.md #13)."""
+"""Domain type aliases shared by every package (one place, docs/style.md #13)."""
 
 from __future__ import annotations
 

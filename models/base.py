@@ -1,7 +1,7 @@
 """Base class of every policy: validation, burn-in, penalties, explanations, state and merging.
 
 Each algorithm implements only ``_pull`` (probability, penalised score and estimate per arm),
-``_update`` and its state hooks (STYLE.md #8). River's bandit policies return a bare arm id; we
+``_update`` and its state hooks (docs/style.md #8). River's bandit policies return a bare arm id; we
 need the propensity of every choice for off-policy evaluation and per-arm scores for
 explanations, hence our own base class.
 

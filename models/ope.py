@@ -1,7 +1,7 @@
 """Off-policy evaluation: the value of a target policy, estimated from another policy's logs.
 
 Logged bandit feedback is one row per decision: the action taken, its reward, and the
-probability (propensity) with which the logging policy took it (STYLE.md #10). A target policy
+probability (propensity) with which the logging policy took it (docs/style.md #10). A target policy
 is given by the probability it would give every action in every logged context, an
 ``(n, n_actions)`` matrix. Estimators, each with a percentile bootstrap confidence interval:
 

@@ -237,7 +237,7 @@ class ParetoTracker(Stateful):
     """Running means of quality, cost and latency per configuration, and their Pareto front.
 
     Keeps additive sufficient statistics (count and sums) per configuration, so replicas that
-    each observe their own traffic merge exactly (STYLE.md #12). A configuration joins the
+    each observe their own traffic merge exactly (docs/style.md #12). A configuration joins the
     front only after ``min_samples`` observations: one lucky answer must not evict a proven model.
 
     Parameters

@@ -4,7 +4,8 @@ Pickle is the fast path inside one Python version; the dict form is the stable o
 MLflow artifacts, Redis snapshots and other languages read, and it is versioned (``format``) so a
 later release can still load it. Every learner in ``models/`` derives from :class:`Stateful` and
 implements two hooks, ``_get_state`` (JSON-friendly values: numbers, strings, lists, dicts) and
-``_set_state``; constructor arguments are saved as ``params`` under their own names (STYLE.md #9).
+``_set_state``; constructor arguments are saved as ``params`` under their own names
+(docs/style.md #9).
 
 Examples
 --------

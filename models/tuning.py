@@ -19,7 +19,7 @@ pseudo-observation.
 
 Several suggestions may be pending at once (TPE's constant liar, on by default in Optuna 5, keeps
 them apart). With ``storage`` (an SQLAlchemy URL, e.g. PostgreSQL in the production profile) the
-studies live in the database, so every serving worker shares one set of trials (STYLE.md #12).
+studies live in the database, so every serving worker shares one set of trials (docs/style.md #12).
 """
 
 from __future__ import annotations
@@ -298,7 +298,7 @@ class ParameterTuner(Stateful):
         self._studies: dict[str, optuna.Study] = {}
         self._rdb: optuna.storages.BaseStorage | None = None
         # Optuna logs every finished trial at INFO: one line per request is noise here. Set when
-        # a tuner is made, not on import (STYLE.md #16); it is Optuna's process-wide setting.
+        # a tuner is made, not on import (docs/style.md #16); it is Optuna's process-wide setting.
         optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     # -- public API -------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""One contract test over every policy (River's check_estimator, STYLE.md #19)."""
+"""One contract test over every policy (River's check_estimator, docs/style.md #19)."""
 
 from __future__ import annotations
 
