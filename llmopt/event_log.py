@@ -11,6 +11,13 @@ Guarantees:
 - every accepted write is committed before the call returns; feedback rows get increasing ids,
   the cursor incremental training resumes from.
 
+Every query on the two tables is a method of :class:`EventLog`: the writes, the joined events
+(:meth:`EventLog.iter_events`), the five-column training reads by keyset pagination
+(:meth:`EventLog.training_batches`, :meth:`EventLog.latest_training_events`), the cursors and
+counts that fix a data window ``(after_id, until_id]`` (:meth:`EventLog.last_feedback_id`,
+:meth:`EventLog.count_feedback`, :meth:`EventLog.cursor_before_latest`) and the A/B test's
+rewards (:meth:`EventLog.rewards_by_policy_version`).
+
 Examples
 --------
 >>> from llmopt.schemas import Decision, Feedback, RequestContext
@@ -23,6 +30,10 @@ Examples
 'duplicate'
 >>> [e.reward for e in log.feedback_since(0)]
 [0.7]
+>>> log.last_feedback_id(), log.count_feedback(0, 1)
+(1, 1)
+>>> [(e.model, e.quality) for b in log.training_batches(0, 10) for e in b]
+[('gpt-4o-mini', 0.8)]
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
+from llmopt import fast_json
 from llmopt.schemas import Decision, Feedback, RequestContext, utc_now
 from llmopt.types import DecisionID
 
@@ -132,6 +144,28 @@ class LoggedEvent:
     error_kind: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class TrainingEvent:
+    """One feedback joined with its decision, five columns of it: what training and off-policy
+    evaluation read (:meth:`EventLog.training_batches`)."""
+
+    feedback_id: int
+    model: str
+    features: dict[str, float]
+    quality: float
+    reward: float | None
+    cost_usd: float | None
+    propensity: float
+    policy_version: str
+    arms: tuple[str, ...]
+    """Models the decision chose among (the keys of its logged scores; read ``with_context``)."""
+    context: dict[str, Any]
+
+
+def _decode(value: Any) -> Any:
+    return fast_json.loads(value) if isinstance(value, str | bytes) else value
+
+
 def _aware(ts: datetime) -> datetime:
     """SQLite returns naive datetimes; everything we store is UTC."""
     return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
@@ -188,20 +222,26 @@ class EventLog:
     Parameters
     ----------
     url
-        SQLAlchemy URL (``sqlite:///path.db``, ``postgresql+psycopg://user@host/db``).
+        SQLAlchemy URL (``sqlite:///path.db``, ``postgresql+psycopg://user@host/db``), or the
+        engine of a log already open (code that shares it, e.g. with the training checkpoints).
     migrate
         Upgrade the schema to the latest revision on open.
     """
 
-    def __init__(self, url: str, *, migrate: bool = True) -> None:
-        self.url = url
-        self._engine = create_engine(url)
+    def __init__(self, url: str | Engine, *, migrate: bool = True) -> None:
+        if isinstance(url, Engine):
+            self._engine = url
+            self.url = url.url.render_as_string(hide_password=False)
+        else:
+            self.url = url
+            self._engine = create_engine(url)
         if migrate:
             upgrade_schema(self._engine)
 
     @property
     def engine(self) -> Engine:
-        """The SQLAlchemy engine (for pipelines that read the log in bulk)."""
+        """The SQLAlchemy engine (the training checkpoints share it; the queries on the event
+        tables are this class's methods)."""
         return self._engine
 
     def close(self) -> None:
@@ -355,11 +395,16 @@ class EventLog:
             )
         return FeedbackReceipt("duplicate", int(existing.feedback_id), decision_id)
 
-    def feedback_since(self, after_id: int = 0, *, limit: int | None = None) -> list[LoggedEvent]:
-        """Feedback joined with its decision, with ``feedback_id > after_id``, oldest first."""
-        return list(self.iter_events(after_id, limit=limit))
+    def feedback_since(
+        self, after_id: int = 0, *, limit: int | None = None, until_id: int | None = None
+    ) -> list[LoggedEvent]:
+        """Feedback joined with its decision, with ``after_id < feedback_id <= until_id`` (no
+        upper bound when ``until_id`` is None), oldest first."""
+        return list(self.iter_events(after_id, limit=limit, until_id=until_id))
 
-    def iter_events(self, after_id: int = 0, *, limit: int | None = None) -> Iterator[LoggedEvent]:
+    def iter_events(
+        self, after_id: int = 0, *, limit: int | None = None, until_id: int | None = None
+    ) -> Iterator[LoggedEvent]:
         """Like :meth:`feedback_since`, streamed."""
         query = (
             sa.select(
@@ -384,6 +429,8 @@ class EventLog:
             .where(feedback.c.feedback_id > after_id)
             .order_by(feedback.c.feedback_id)
         )
+        if until_id is not None:
+            query = query.where(feedback.c.feedback_id <= until_id)
         if limit is not None:
             query = query.limit(limit)
         with self._engine.connect() as conn:
@@ -407,11 +454,122 @@ class EventLog:
                     error_kind=r.error_kind,
                 )
 
+    def training_batches(
+        self,
+        after_id: int,
+        batch_size: int,
+        *,
+        until_id: int | None = None,
+        with_context: bool = False,
+    ) -> Iterator[list[TrainingEvent]]:
+        """Events with ``after_id < feedback_id <= until_id``, oldest first, ``batch_size`` at
+        a time, as :class:`TrainingEvent` (the columns training needs, not a full
+        :class:`LoggedEvent`; ``with_context`` adds the offered models and the request context).
+
+        Each batch is one short query (keyset pagination on ``feedback_id``), so a long backlog
+        never holds a transaction or a cursor open while the policy learns.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        cols = [
+            feedback.c.feedback_id,
+            decisions.c.model,
+            # Raw JSON text, decoded below with the fastest decoder available (most of a read's
+            # cost); PostgreSQL's driver may already return a dict.
+            sa.type_coerce(decisions.c.features, sa.Text).label("features"),
+            feedback.c.quality,
+            feedback.c.reward,
+            feedback.c.cost_usd,
+            decisions.c.propensity,
+            decisions.c.policy_version,
+        ]
+        if with_context:  # evaluation needs the offered models and the request's trade-off
+            cols += [decisions.c.scores, decisions.c.context]
+        cursor = after_id
+        while True:
+            query = (
+                sa.select(*cols)
+                .join(decisions, decisions.c.decision_id == feedback.c.decision_id)
+                .where(feedback.c.feedback_id > cursor)
+                .order_by(feedback.c.feedback_id)
+                .limit(batch_size)
+            )
+            if until_id is not None:
+                query = query.where(feedback.c.feedback_id <= until_id)
+            with self._engine.connect() as conn:
+                rows = conn.execute(query).all()
+            if not rows:
+                return
+            yield [
+                TrainingEvent(
+                    feedback_id=r.feedback_id,
+                    model=r.model,
+                    features=_decode(r.features),
+                    quality=r.quality,
+                    reward=r.reward,
+                    cost_usd=r.cost_usd,
+                    propensity=r.propensity,
+                    policy_version=r.policy_version,
+                    arms=(tuple(r.scores) or (r.model,)) if with_context else (r.model,),
+                    context=r.context if with_context else {},
+                )
+                for r in rows
+            ]
+            cursor = rows[-1].feedback_id
+            if len(rows) < batch_size:
+                return
+
+    def latest_training_events(self, n: int, *, with_context: bool = True) -> list[TrainingEvent]:
+        """The last ``n`` events of the log (at least the last one), oldest first, as
+        :class:`TrainingEvent`: the evaluation window of promotion."""
+        top = self.last_feedback_id()
+        after = self.cursor_before_latest(max(n, 1), until_id=top)
+        return [
+            e
+            for b in self.training_batches(after, 5000, until_id=top, with_context=with_context)
+            for e in b
+        ]
+
+    def rewards_by_policy_version(self, versions: list[str]) -> dict[str, list[float]]:
+        """Per-decision rewards of the decisions stamped with each ``policy_version`` (the
+        online A/B test of promotion); decisions without a reward are left out."""
+        out: dict[str, list[float]] = {v: [] for v in versions}
+        query = (
+            sa.select(decisions.c.policy_version, feedback.c.reward)
+            .join(feedback, decisions.c.decision_id == feedback.c.decision_id)
+            .where(decisions.c.policy_version.in_(versions), feedback.c.reward.is_not(None))
+        )
+        with self._engine.connect() as conn:
+            for version, reward in conn.execute(query):
+                out[version].append(float(reward))
+        return out
+
     def last_feedback_id(self) -> int:
-        """The highest feedback id (0 for an empty log): the cursor of "everything so far"."""
+        """The highest feedback id (0 for an empty log): the cursor of "everything so far", the
+        high-water mark that fixes a run's data window."""
         with self._engine.connect() as conn:
             value = conn.execute(sa.select(sa.func.max(feedback.c.feedback_id))).scalar()
         return int(value or 0)
+
+    def count_feedback(self, after_id: int = 0, until_id: int | None = None) -> int:
+        """Number of feedback rows with ``after_id < feedback_id <= until_id`` (no upper bound
+        when ``until_id`` is None)."""
+        query = sa.select(sa.func.count()).select_from(feedback)
+        query = query.where(feedback.c.feedback_id > after_id)
+        if until_id is not None:
+            query = query.where(feedback.c.feedback_id <= until_id)
+        with self._engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def cursor_before_latest(self, n: int, *, until_id: int | None = None) -> int:
+        """The feedback id after which the latest ``n`` feedback rows up to ``until_id`` lie (0
+        when there are no more than ``n``): ``(cursor, until_id]`` is a window of the last ``n``."""
+        query = sa.select(feedback.c.feedback_id).order_by(feedback.c.feedback_id.desc())
+        if until_id is not None:
+            query = query.where(feedback.c.feedback_id <= until_id)
+        with self._engine.connect() as conn:
+            row = conn.execute(query.offset(n).limit(1)).first()
+        return int(row[0]) if row is not None else 0
 
     def counts(self) -> dict[str, int]:
         """Number of decisions and feedback rows."""

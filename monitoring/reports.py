@@ -16,27 +16,17 @@ Three reports compare the *current* window (the latest ``window`` feedback event
 ``decisions``
     Which model the router chose, and with what propensity. Flags drift when any column drifts.
 
-The reference is the champion's training window: the feedback ids the registry version aliased
-``prod`` learned from, read from its tags (``data_window`` ``feedback (a, b]``,
-``last_feedback_id``, ``n_events``; see :func:`champion_window_from_tags`), without the
-current window's events and capped to the latest ``window`` of them. Without a champion, or
-when fewer than ``min_rows`` of its events lie before the current window, the last
-``2 * window`` events are split in half: the older half is the reference, the newer half the
-current window. The summary says which reference was used and why.
-
-Each column's drift test is Evidently's default for its type and size: up to 1000 rows, K-S
-(numerical), chi-square or Z-test (categorical, or numerical with at most 5 values), drifted at
-p < 0.05; above, the normed Wasserstein distance (numerical) or the Jensen-Shannon distance
-(categorical), drifted at >= 0.1. One exception: Evidently's chi-square is a goodness-of-fit
-test against the reference counts, so a single event of a category the reference lacks (a
-rarely explored model, a new template) gives p = 0; it is replaced by a chi-square test of
-homogeneity of the two windows (``chi2_homogeneity``, categories seen fewer than 5 times pooled).
-Columns that are empty in one window, or hold the same single value in both, are left out and
-listed in the summary.
+The reference and current windows are chosen by :mod:`monitoring.windows` (the champion's
+training window, or a split of the recent events); the summary says which reference was used
+and why. The rows come from :mod:`monitoring.frames`; each column's drift test is Evidently's
+default for its type and size, except the chi-square of categorical columns, replaced by a test
+of homogeneity (:mod:`monitoring.stattests`). Columns that are empty in one window, or hold the
+same single value in both, are left out and listed in the summary.
 
 Each run writes a folder named by its UTC time under ``out_dir`` holding, per report, a
 self-contained HTML dashboard (``<name>.html``) and Evidently's snapshot (``<name>.json``),
-plus ``summary.json``; ``out_dir/index.html`` lists every run, newest first.
+plus ``summary.json``; ``out_dir/index.html`` lists every run, newest first
+(:mod:`monitoring.report_index`).
 
 Examples
 --------
@@ -52,412 +42,40 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from llmopt.event_log import EventLog, LoggedEvent, feedback
+from llmopt.event_log import EventLog
 from llmopt.settings import Settings
-from registry import CHAMPION_ALIAS, MODEL_NAME, registry_exists
+from monitoring.frames import (
+    OUTCOME_NUMERIC,
+    REQUEST_CATEGORICAL,
+    REQUEST_NUMERIC,
+    comparable_models,
+    events_frame,
+    per_model_frame,
+    usable_columns,
+)
+from monitoring.report_index import write_index
+from monitoring.stattests import HOMOGENEITY_TEST, homogeneity_columns, register_homogeneity_test
+from monitoring.windows import (
+    ChampionWindow,
+    NotEnoughEventsError,
+    Reference,
+    Window,
+    find_champion_window,
+    select_windows,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
-
-
-REQUEST_NUMERIC: tuple[str, ...] = (
-    "input_tokens",
-    "len_chars",
-    "len_words",
-    "n_lines",
-    "digits",
-    "code",
-    "math",
-    "choices",
-    "lang_en",
-    "script_latin",
-    "script_cyrillic",
-    "script_cjk",
-    "script_arabic",
-    "script_other",
-    "q_mark",
-    "willingness_to_pay",
-)
-"""Numerical request features compared by the ``features`` report (see ``llmopt.features``)."""
-REQUEST_CATEGORICAL: tuple[str, ...] = ("question_type", "task_hint", "prompt_template", "tenant")
-"""Categorical request features: one column each instead of a block of one-hot features."""
-OUTCOME_NUMERIC: tuple[str, ...] = ("quality", "reward", "cost_usd", "latency_ms")
-OUTCOME_COLUMNS: tuple[str, ...] = (*OUTCOME_NUMERIC, "error_kind")
-PER_MODEL_OUTCOMES: tuple[str, ...] = ("quality", "reward")
-
-_FROM_CONTEXT = frozenset({"input_tokens", "willingness_to_pay"})
-"""Request columns read from the logged context, not from the policy's features."""
-_DATA_WINDOW = re.compile(r"\(\s*(\d+)\s*,\s*(\d+)\s*\]")
-
-
-class NotEnoughEventsError(ValueError):
-    """The event log holds too few feedback events for a drift report; the message says how many."""
-
-
-# -- windows -------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ChampionWindow:
-    """The feedback ids ``(after_id, until_id]`` the champion version learned from."""
-
-    version: str
-    after_id: int
-    until_id: int
-    source: str
-    """The tags the window was read from."""
-
-
-def champion_window_from_tags(version: str, tags: Mapping[str, str]) -> ChampionWindow | None:
-    """The training window of a registry version from its tags, or None if they name none.
-
-    ``data_window`` (``feedback (a, b]``) is the last training increment; ``last_feedback_id``
-    and ``n_events`` (events learned since the policy was created) widen it to everything the
-    version learned.
-
-    >>> w = champion_window_from_tags("3", {"data_window": "feedback (100, 400]"})
-    >>> (w.version, w.after_id, w.until_id, w.source)
-    ('3', 100, 400, "data_window='feedback (100, 400]'")
-    >>> w = champion_window_from_tags("4", {"data_window": "feedback (380, 400]",
-    ...                                     "last_feedback_id": "400", "n_events": "400"})
-    >>> (w.after_id, w.until_id)
-    (0, 400)
-    >>> champion_window_from_tags("1", {"data_window": "demo"}) is None
-    True
-    """
-    found = _DATA_WINDOW.search(tags.get("data_window", ""))
-    after, until = (int(found[1]), int(found[2])) if found else (None, None)
-    last = tags.get("last_feedback_id", "")
-    n_events = tags.get("n_events", "")
-    if last.isdigit():
-        until = int(last)
-        if n_events.isdigit():
-            start = max(int(last) - int(n_events), 0)
-            after = start if after is None else min(after, start)
-    if after is None or until is None or until <= after:
-        return None
-    used = {k: tags[k] for k in ("data_window", "last_feedback_id", "n_events") if k in tags}
-    return ChampionWindow(
-        str(version), after, until, ", ".join(f"{k}={v!r}" for k, v in used.items())
-    )
-
-
-def find_champion_window(settings: Settings) -> tuple[ChampionWindow | None, str]:
-    """The champion's training window from the MLflow registry, or None and why not."""
-    if not registry_exists(settings):
-        return None, "no MLflow registry (nothing registered yet)"
-    try:
-        from registry import mlflow_registry  # noqa: PLC0415 - heavy, only when a registry exists
-
-        client = mlflow_registry.configure(settings)
-        mv = client.get_model_version_by_alias(MODEL_NAME, CHAMPION_ALIAS)
-    except Exception as exc:  # MlflowException (no such model/alias) or an unreachable store
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return None, f"no {MODEL_NAME}@{CHAMPION_ALIAS} in the registry ({first[:200]})"
-    tags = dict(mv.tags or {})
-    window = champion_window_from_tags(str(mv.version), tags)
-    if window is None:
-        return None, (
-            f"champion {MODEL_NAME} version {mv.version} has no feedback-id window in its "
-            f"tags (data_window={tags.get('data_window')!r})"
-        )
-    return window, ""
-
-
-@dataclass(frozen=True)
-class Window:
-    """Feedback ids ``(after_id, until_id]`` and what they hold."""
-
-    after_id: int
-    until_id: int
-    n_rows: int
-    first_at: datetime | None = None
-    last_at: datetime | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields."""
-        return {
-            "feedback_ids": f"({self.after_id}, {self.until_id}]",
-            "after_id": self.after_id,
-            "until_id": self.until_id,
-            "n_rows": self.n_rows,
-            "first_received_at": self.first_at.isoformat() if self.first_at else None,
-            "last_received_at": self.last_at.isoformat() if self.last_at else None,
-        }
-
-
-@dataclass(frozen=True)
-class Reference:
-    """Which reference a report used: the champion's training window or a split of recent events."""
-
-    kind: Literal["champion", "split"]
-    description: str
-    champion_version: str | None = None
-
-
-def _id_after_latest(log: EventLog, n: int, *, until: int | None = None) -> int:
-    """The feedback id after which the latest ``n`` events (up to ``until``) lie; 0 if fewer."""
-    query = sa.select(feedback.c.feedback_id).order_by(feedback.c.feedback_id.desc())
-    if until is not None:
-        query = query.where(feedback.c.feedback_id <= until)
-    with log.engine.connect() as conn:
-        row = conn.execute(query.offset(n).limit(1)).first()
-    return int(row[0]) if row is not None else 0
-
-
-def _count(log: EventLog, after: int, until: int | None = None) -> int:
-    query = sa.select(sa.func.count()).select_from(feedback).where(feedback.c.feedback_id > after)
-    if until is not None:
-        query = query.where(feedback.c.feedback_id <= until)
-    with log.engine.connect() as conn:
-        return int(conn.execute(query).scalar_one())
-
-
-def _last_id(log: EventLog) -> int:
-    with log.engine.connect() as conn:
-        return int(conn.execute(sa.select(sa.func.max(feedback.c.feedback_id))).scalar() or 0)
-
-
-def select_windows(
-    log: EventLog, window: int, *, champion: ChampionWindow | None, min_rows: int, why: str = ""
-) -> tuple[Reference, tuple[int, int], tuple[int, int]]:
-    """The reference, its id range and the current id range (see the module docstring).
-
-    Raises :class:`NotEnoughEventsError` when the log cannot fill two windows of ``min_rows``.
-    """
-    if window < min_rows:
-        raise ValueError(f"window ({window}) must be at least min_rows ({min_rows})")
-    last = _last_id(log)  # one snapshot: events logged meanwhile wait for the next report
-    total = _count(log, 0, last)
-    if total < 2 * min_rows:
-        raise NotEnoughEventsError(
-            f"the event log has {total} feedback events; a drift report needs at least "
-            f"{2 * min_rows} ({min_rows} in each of the reference and current windows). "
-            "Route traffic and send feedback first (or run `llmopt demo`)."
-        )
-    cur_after = _id_after_latest(log, window, until=last)
-    if champion is not None:
-        until = min(champion.until_id, cur_after)
-        n_ref = _count(log, champion.after_id, until)
-        if n_ref >= min_rows:
-            after = max(champion.after_id, _id_after_latest(log, window, until=until))
-            ref = Reference(
-                "champion",
-                f"training window of champion {MODEL_NAME} version {champion.version} "
-                f"({champion.source}): feedback ({champion.after_id}, {champion.until_id}], "
-                f"restricted to the events before the current window and the latest {window}",
-                champion.version,
-            )
-            return ref, (after, until), (cur_after, last)
-        why = (
-            f"champion {MODEL_NAME} version {champion.version} learned only {n_ref} "
-            f"events before the current window (feedback ({champion.after_id}, "
-            f"{champion.until_id}]), fewer than {min_rows}"
-        )
-    n_split = min(total, 2 * window)
-    start = _id_after_latest(log, n_split, until=last)
-    middle = _id_after_latest(log, n_split - n_split // 2, until=last)
-    ref = Reference(
-        "split",
-        f"no usable champion window ({why or 'registry not consulted'}): the last {n_split} "
-        f"events split in half, the older {n_split // 2} as reference",
-    )
-    return ref, (start, middle), (middle, last)
-
-
-def load_window(log: EventLog, after: int, until: int) -> list[LoggedEvent]:
-    """The events with ``after < feedback_id <= until``, oldest first."""
-    return log.feedback_since(after, limit=_count(log, after, until))
-
-
-# -- frames --------------------------------------------------------------------------------------
-def _question_type(f: Mapping[str, float]) -> str:
-    for key, name in (("q_wh", "wh"), ("q_yesno", "yes/no"), ("q_imperative", "imperative")):
-        if f.get(key, 0.0) > 0:
-            return name
-    return "other"
-
-
-def _template(f: Mapping[str, float]) -> str:
-    hits = [k for k, v in f.items() if k.startswith("pfx_") and v > 0]
-    return hits[0] if hits else "none"
-
-
-def _number(value: Any) -> float:
-    return float(value) if isinstance(value, int | float) and math.isfinite(value) else math.nan
-
-
-def event_row(e: LoggedEvent) -> dict[str, Any]:
-    """One event as a flat row: ids, decision, request features and outcomes (NaN: absent).
-
-    >>> from datetime import datetime, UTC
-    >>> e = LoggedEvent(7, "d7", datetime.now(UTC), datetime.now(UTC), "acme", "m1", 0.9, "p", "1",
-    ...     {"task_hints": ["Code"], "input_tokens": 12, "willingness_to_pay": 0.05},
-    ...     {"len_chars": 0.3, "q_wh": 1.0, "pfx_2": 1.0}, 0.8, 0.7, 0.001, None, None)
-    >>> row = event_row(e)
-    >>> row["question_type"], row["task_hint"], row["prompt_template"], row["input_tokens"]
-    ('wh', 'code', 'pfx_2', 12.0)
-    >>> math.isnan(row["latency_ms"]), row["error_kind"], math.isnan(row["code"])
-    (True, 'none', True)
-    """
-    f = e.features
-    ctx = e.context
-    hints = sorted({str(h).strip().lower() for h in ctx.get("task_hints") or []})
-    row: dict[str, Any] = {
-        "feedback_id": e.feedback_id,
-        "received_at": e.received_at,
-        "model": e.model,
-        "propensity": e.propensity,
-        "policy_version": e.policy_version,
-    }
-    for name in REQUEST_NUMERIC:
-        row[name] = _number(ctx.get(name) if name in _FROM_CONTEXT else f.get(name))
-    row["question_type"] = _question_type(f)
-    row["task_hint"] = "+".join(hints) if hints else "none"
-    row["prompt_template"] = _template(f)
-    row["tenant"] = e.tenant
-    for name in OUTCOME_NUMERIC:
-        row[name] = _number(getattr(e, name))
-    row["error_kind"] = e.error_kind or "none"
-    return row
-
-
-def events_frame(events: Sequence[LoggedEvent]) -> pd.DataFrame:
-    """The events as a frame, one row each (see :func:`event_row`)."""
-    import pandas as pd  # noqa: PLC0415
-
-    columns = list(event_row_columns())
-    return pd.DataFrame([event_row(e) for e in events], columns=columns)
-
-
-def event_row_columns() -> tuple[str, ...]:
-    """Columns of :func:`events_frame`, in order."""
-    head = ("feedback_id", "received_at", "model", "propensity", "policy_version")
-    return (*head, *REQUEST_NUMERIC, *REQUEST_CATEGORICAL, *OUTCOME_COLUMNS)
-
-
-def per_model_frame(frame: pd.DataFrame, models: Sequence[str]) -> pd.DataFrame:
-    """Columns ``quality[model]`` and ``reward[model]``: the outcome where ``model`` was chosen.
-
-    Rows of other models are NaN there (Evidently drops NaN per column before testing).
-    """
-    import pandas as pd  # noqa: PLC0415
-
-    out = {
-        f"{outcome}[{m}]": frame[outcome].where(frame["model"] == m)
-        for m in models
-        for outcome in PER_MODEL_OUTCOMES
-    }
-    return pd.DataFrame(out, index=frame.index)
-
-
-def comparable_models(ref: pd.DataFrame, cur: pd.DataFrame, min_rows: int) -> list[str]:
-    """Models chosen at least ``min_rows`` times in both frames, most chosen first."""
-    r, c = ref["model"].value_counts(), cur["model"].value_counts()
-    both = [m for m in r.index if r[m] >= min_rows and c.get(m, 0) >= min_rows]
-    return sorted(both, key=lambda m: (-int(r[m] + c[m]), str(m)))
-
-
-def usable_columns(
-    ref: pd.DataFrame, cur: pd.DataFrame, columns: Sequence[str]
-) -> tuple[list[str], dict[str, str]]:
-    """Columns worth testing, and why the others are left out (empty, or one same value)."""
-    kept: list[str] = []
-    skipped: dict[str, str] = {}
-    for col in columns:
-        r, c = ref[col].dropna(), cur[col].dropna()
-        if r.empty or c.empty:
-            skipped[col] = "no values in the " + ("reference" if r.empty else "current") + " window"
-            continue
-        values = set(r.unique()) | set(c.unique())
-        if len(values) == 1:
-            value = next(iter(values))
-            value = value.item() if hasattr(value, "item") else value  # numpy scalar -> Python
-            skipped[col] = f"constant ({value!r}) in both windows"
-            continue
-        kept.append(col)
-    return kept, skipped
-
-
-# -- Evidently -----------------------------------------------------------------------------------
-HOMOGENEITY_TEST = "chi2_homogeneity"
-RARE_COUNT = 5
-"""Categories seen fewer times than this in both windows together are pooled before testing."""
-SMALL_SAMPLE = 1000
-"""Evidently tests up to this many reference rows with p-values, above with distances."""
-
-
-def chi2_homogeneity(reference: pd.Series, current: pd.Series) -> float:
-    """p-value of a chi-square test that both samples come from one categorical distribution.
-
-    >>> import pandas as pd
-    >>> same = chi2_homogeneity(pd.Series(list("aab" * 50)), pd.Series(list("aab" * 50 + "c")))
-    >>> moved = chi2_homogeneity(pd.Series(list("aab" * 50)), pd.Series(list("abb" * 50)))
-    >>> same > 0.5, moved < 0.001
-    (True, True)
-    """
-    import numpy as np  # noqa: PLC0415
-    from scipy.stats import chi2_contingency  # type: ignore[import-untyped]  # noqa: PLC0415
-
-    r, c = reference.value_counts(), current.value_counts()
-    keys = sorted(set(r.index) | set(c.index), key=str)
-    table = np.array([[r.get(k, 0) for k in keys], [c.get(k, 0) for k in keys]], dtype=float)
-    rare = table.sum(axis=0) < RARE_COUNT
-    if rare.any():
-        table = np.column_stack([table[:, ~rare], table[:, rare].sum(axis=1)])
-    table = table[:, table.sum(axis=0) > 0]
-    if table.shape[1] < 2 or (table.sum(axis=1) == 0).any():
-        return 1.0
-    return float(chi2_contingency(table, correction=table.shape[1] == 2).pvalue)
-
-
-_registered = False
-
-
-def _register_homogeneity_test() -> None:
-    """Make ``chi2_homogeneity`` known to Evidently (once per process)."""
-    global _registered  # noqa: PLW0603 - one registration per process
-    if _registered:
-        return
-    from evidently.legacy.calculations.stattests import registry  # noqa: PLC0415
-    from evidently.legacy.core import ColumnType  # noqa: PLC0415
-
-    def impl(
-        reference: pd.Series, current: pd.Series, feature_type: Any, threshold: float
-    ) -> tuple[float, bool]:
-        p = chi2_homogeneity(reference, current)
-        return p, p < threshold
-
-    test = registry.StatTest(
-        name=HOMOGENEITY_TEST,
-        display_name="chi-square homogeneity p_value",
-        allowed_feature_types=[ColumnType.Categorical, ColumnType.Numerical],
-    )
-    registry.register_stattest(test, default_impl=impl)
-    _registered = True
-
-
-def homogeneity_columns(
-    ref: pd.DataFrame, cur: pd.DataFrame, numerical: Sequence[str], categorical: Sequence[str]
-) -> list[str]:
-    """Columns Evidently would test with its chi-square: they get ``chi2_homogeneity`` instead."""
-    out = []
-    for col in [*numerical, *categorical]:
-        r = ref[col].dropna()
-        n_values = len(set(r.unique()) | set(cur[col].dropna().unique()))
-        limit = 5 if col in numerical else math.inf
-        if len(r) <= SMALL_SAMPLE and 2 < n_values <= limit:
-            out.append(col)
-    return out
 
 
 @dataclass(frozen=True)
@@ -576,7 +194,7 @@ def run_drift(
     if not columns:
         return None, skipped
     definition = DataDefinition(numerical_columns=num, categorical_columns=cat)
-    _register_homogeneity_test()
+    register_homogeneity_test()
     methods = dict.fromkeys(homogeneity_columns(ref, cur, num, cat), HOMOGENEITY_TEST)
 
     def dataset(frame: pd.DataFrame) -> Any:
@@ -610,7 +228,6 @@ def run_drift(
     return (result, snapshot), skipped
 
 
-# -- the whole run -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DriftSummary:
     """What one drift report run found and where it wrote it."""
@@ -684,16 +301,6 @@ class DriftSummary:
         return "\n".join(lines)
 
 
-def _window(events: Sequence[LoggedEvent], after: int, until: int) -> Window:
-    return Window(
-        after,
-        until,
-        len(events),
-        events[0].received_at if events else None,
-        events[-1].received_at if events else None,
-    )
-
-
 def _new_folder(out_dir: Path, created: datetime) -> Path:
     stem = created.strftime("%Y-%m-%dT%H-%M-%SZ")
     for i in range(1000):
@@ -731,7 +338,8 @@ def drift_report_from_log(
     reference, (r_after, r_until), (c_after, c_until) = select_windows(
         log, window, champion=champion, min_rows=min_rows, why=champion_note
     )
-    ref_events, cur_events = load_window(log, r_after, r_until), load_window(log, c_after, c_until)
+    ref_events = log.feedback_since(r_after, until_id=r_until)
+    cur_events = log.feedback_since(c_after, until_id=c_until)
     ref, cur = events_frame(ref_events), events_frame(cur_events)
     created = datetime.now(UTC)
     out = Path(out_dir)
@@ -797,8 +405,8 @@ def drift_report_from_log(
         index=out / "index.html",
         event_log=_safe_url(log.url),
         reference=reference,
-        reference_window=_window(ref_events, r_after, r_until),
-        current_window=_window(cur_events, c_after, c_until),
+        reference_window=Window.of_events(ref_events, r_after, r_until),
+        current_window=Window.of_events(cur_events, c_after, c_until),
         reports=tuple(results),
         skipped_reports=skipped,
         elapsed_s=time.perf_counter() - started,
@@ -862,73 +470,3 @@ def drift_report(
         )
     finally:
         log.close()
-
-
-# -- index ---------------------------------------------------------------------------------------
-_INDEX_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; }
-table { border-collapse: collapse; } td, th { padding: .4rem .8rem; border-bottom: 1px solid #ddd;
-text-align: left; vertical-align: top; } .drift { color: #b00020; font-weight: 600; }
-.ok { color: #1b7f3b; } small { color: #666; }
-"""
-
-
-def write_index(out_dir: Path) -> Path:
-    """(Re)write ``out_dir/index.html``: every run's reports, newest first, with links."""
-    from html import escape  # noqa: PLC0415
-
-    runs = []
-    for path in out_dir.glob("*/summary.json"):
-        try:
-            runs.append((path.parent.name, json.loads(path.read_text())))
-        except (OSError, ValueError):
-            continue  # a run being written, or a foreign file: not listed
-    runs.sort(key=lambda r: (str(r[1].get("created_at", "")), r[0]), reverse=True)
-    rows = []
-    for name, s in runs:
-        try:
-            when = datetime.fromisoformat(str(s["created_at"])).strftime("%Y-%m-%d %H:%M:%S UTC")
-        except (KeyError, ValueError):
-            when = name
-        verdict = (
-            '<span class="drift">drift</span>'
-            if s.get("drift_detected")
-            else '<span class="ok">no drift</span>'
-        )
-        ref, cur = s.get("reference", {}), s.get("current", {})
-        cells = []
-        for rep in s.get("reports", {}).values():
-            cls = "drift" if rep.get("drift_detected") else "ok"
-            drifted = ", ".join(rep.get("drifted_columns", [])) or "none"
-            cells.append(
-                f'<a href="{escape(name)}/{escape(rep["html"])}">{escape(rep["title"])}</a> '
-                f'<span class="{cls}">{len(rep.get("drifted_columns", []))}/'
-                f"{rep.get('n_columns', 0)} drifted</span><br><small>{escape(drifted)}</small>"
-            )
-        cells += [
-            f"{escape(k)}: <small>{escape(v)}</small>"
-            for k, v in s.get("skipped_reports", {}).items()
-        ]
-        rows.append(
-            "<tr>"
-            f"<td>{escape(when)}<br>{verdict}<br>"
-            f'<small><a href="{escape(name)}/summary.json">summary.json</a></small></td>'
-            f"<td>{escape(str(ref.get('kind')))}: {ref.get('n_rows')} events "
-            f"{escape(str(ref.get('feedback_ids')))}<br><small>"
-            f"{escape(str(ref.get('description')))}</small></td>"
-            f"<td>{cur.get('n_rows')} events {escape(str(cur.get('feedback_ids')))}</td>"
-            f"<td>{'<br>'.join(cells)}</td></tr>"
-        )
-    page = (
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>llm-auto-optimizer: drift "
-        f"reports</title><style>{_INDEX_STYLE}</style></head><body>"
-        f"<h1>Drift reports</h1><p>{len(runs)} run(s), newest first.</p>"
-        "<table><tr><th>Run (UTC)</th><th>Reference</th><th>Current</th><th>Reports</th></tr>"
-        + "".join(rows)
-        + "</table></body></html>"
-    )
-    index = out_dir / "index.html"
-    tmp = index.with_suffix(".html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(index)
-    return index

@@ -16,8 +16,8 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from llmopt.settings import get_settings
-from monitoring.reports import NotEnoughEventsError
-from pipelines.integrations import call_with_known, drift_function
+from monitoring import reports
+from monitoring.windows import NotEnoughEventsError
 
 NAME = "drift-report"
 
@@ -25,24 +25,14 @@ NAME = "drift-report"
 @task(name="drift", cache_policy=NO_CACHE, retries=1)
 def drift(window: int, out_dir: str | None = None) -> dict[str, Any]:
     """Run monitoring's drift report on the last ``window`` events; its summary, or why not."""
-    fn = drift_function()
     logger = get_run_logger()
-    if fn is None:
-        message = "monitoring has no drift report (issue #7): nothing to do"
-        logger.info(message)
-        return {"status": "skipped", "reason": message}
-    available: dict[str, Any] = {"settings": get_settings(), "window": window}
-    if out_dir is not None:
-        available["out_dir"] = out_dir
     try:
-        result = call_with_known(fn, **available)
+        summary = reports.drift_report(settings=get_settings(), window=window, out_dir=out_dir)
     except NotEnoughEventsError as exc:  # a young deployment: not a failure
         logger.info("drift report skipped: %s", exc)
         return {"status": "skipped", "reason": str(exc)}
-    if hasattr(result, "describe"):
-        logger.info("%s", result.describe())
-    summary = result.to_dict() if hasattr(result, "to_dict") else repr(result)[:500]
-    return {"status": "done", "result": summary}
+    logger.info("%s", summary.describe())
+    return {"status": "done", "result": summary.to_dict()}
 
 
 @flow(name=NAME, description=__doc__)

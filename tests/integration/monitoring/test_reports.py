@@ -26,7 +26,8 @@ import numpy as np
 import pytest
 
 from llmopt.event_log import EventLog
-from monitoring.reports import ChampionWindow, DriftSummary, drift_report_from_log
+from monitoring.reports import DriftSummary, drift_report_from_log
+from monitoring.windows import ChampionWindow
 
 pytestmark = pytest.mark.integration
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -89,38 +88,28 @@ def test_nightly_hpo_and_promotion_flows(env: Settings, filled: Callable[..., in
     assert statuses == [True, True]
 
 
-def test_optional_neighbour_flows_call_them_or_say_they_are_absent(
+def test_materialize_and_drift_flows_call_the_feature_store_and_monitoring(
     env: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipelines import integrations  # noqa: PLC0415
-
-    monkeypatch.setattr(integrations, "FEATURE_STORE_MATERIALIZE", ("no_such_pkg.x", "f"))
-    monkeypatch.setattr(integrations, "DRIFT_REPORT", (("no_such_pkg.y", "g"),))
-    skipped = materialize_features()
-    assert skipped["status"] == "skipped" and "feature store not configured" in skipped["reason"]
-    assert drift_report()["status"] == "skipped"
+    from feature_store import training  # noqa: PLC0415
 
     calls: list[dict[str, object]] = []
-    fake = types.ModuleType("fake_neighbour")
 
-    def materialize_incremental(*, settings: Settings, end_date: object) -> dict[str, int]:
+    def materialize_incremental(*, settings: Settings, end_date: datetime) -> dict[str, int]:
         calls.append({"settings": settings, "end_date": end_date})
         return {"rows": 3}
 
-    def drift(window: int) -> str:
-        calls.append({"window": window})
-        return "ok"
-
-    fake.materialize_incremental = materialize_incremental  # type: ignore[attr-defined]
-    fake.drift_report = drift  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "fake_neighbour", fake)
-    monkeypatch.setattr(
-        integrations, "FEATURE_STORE_MATERIALIZE", ("fake_neighbour", "materialize_incremental")
-    )
-    monkeypatch.setattr(integrations, "DRIFT_REPORT", (("fake_neighbour", "drift_report"),))
+    # Not the real one: it writes into this checkout's feature_repo/ (tests/integration/
+    # feature_store/test_embedded.py runs it on a store of its own).
+    monkeypatch.setattr(training, "materialize_incremental", materialize_incremental)
     assert materialize_features() == {"status": "done", "result": "{'rows': 3}"}
-    assert drift_report(window=7)["status"] == "done"
-    assert calls[0]["settings"] is not None and calls[1] == {"window": 7}
+    (call,) = calls
+    assert isinstance(call["settings"], Settings)
+    assert isinstance(call["end_date"], datetime) and call["end_date"].tzinfo is not None
+
+    # Monitoring's own drift report: an empty event log is skipped, with its reason.
+    young = drift_report(window=100)
+    assert young["status"] == "skipped" and "0 feedback events" in young["reason"]
 
 
 def test_every_flow_has_a_schedule_and_a_deployment() -> None:

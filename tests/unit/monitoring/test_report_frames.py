@@ -13,23 +13,23 @@ import pytest
 
 from llmopt.event_log import EventLog, LoggedEvent
 from llmopt.schemas import Decision, Feedback, RequestContext
-from monitoring.reports import (
+from monitoring.frames import (
     REQUEST_CATEGORICAL,
     REQUEST_NUMERIC,
-    ChampionWindow,
-    NotEnoughEventsError,
-    _column_results,
-    champion_window_from_tags,
-    chi2_homogeneity,
     comparable_models,
     event_row_columns,
     events_frame,
-    homogeneity_columns,
-    load_window,
     per_model_frame,
-    select_windows,
     usable_columns,
-    write_index,
+)
+from monitoring.report_index import write_index
+from monitoring.reports import _column_results
+from monitoring.stattests import chi2_homogeneity, homogeneity_columns
+from monitoring.windows import (
+    ChampionWindow,
+    NotEnoughEventsError,
+    champion_window_from_tags,
+    select_windows,
 )
 
 
@@ -137,7 +137,7 @@ def test_windows_split_the_recent_events_without_a_champion() -> None:
     assert (ra, ru, ca, cu) == (30, 80, 80, 130)
     ref, (ra, ru), (ca, cu) = select_windows(log, 100, champion=None, min_rows=20)
     assert (ra, ru, ca, cu) == (0, 65, 65, 130)  # fewer than 2 windows: halves of everything
-    assert [e.feedback_id for e in load_window(log, 64, 66)] == [65, 66]
+    assert [e.feedback_id for e in log.feedback_since(64, until_id=66)] == [65, 66]
 
 
 def test_windows_use_the_champions_training_events_before_the_current_window() -> None:
