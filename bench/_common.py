@@ -7,6 +7,7 @@ import json
 import math
 import os
 import platform
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -21,30 +22,101 @@ SEED = 0
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = Path(os.environ.get("LLMOPT_BENCH_RESULTS") or BENCH_DIR / "results")
 """Where result documents go (``LLMOPT_BENCH_RESULTS`` redirects them, e.g. in tests)."""
-SHARED_ROUTING_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "routing"
-"""The project's shared routing data (``../shared/data/routing`` from the repo root)."""
+ROUTING_DATA_ENV = "LLMOPT_ROUTING_DATA_DIR"
+"""Environment variable naming the folder of routing files (parquet, the ``llmopt bench replay``
+format) that the routing benchmarks replay; unset, :data:`DEFAULT_ROUTING_DIR`."""
+DEFAULT_ROUTING_DIR = BENCH_DIR / "data" / "routing"
+"""The routing files shipped with the benchmarks (``bench/data/README.md``: sources, licences)."""
 SHIPPED_DATA = BENCH_DIR.parent / "llmopt" / "data" / "alpaca_eval.parquet"
-"""Fallback when the shared data is absent: the routing file shipped in the package."""
+"""The AlpacaEval file shipped in the package (:data:`llmopt.routing_data.DEMO_DATA`, not imported
+so that ``bench.soak`` starts without pandas): always replayed, unless the routing folder holds a
+file of the same name, which then wins."""
+NOT_SHIPPED: dict[str, str] = {
+    "routerbench_arc_winogrande.parquet": (
+        "RouterBench (Martian, https://github.com/withmartian/routerbench), its 0-shot"
+        " ARC-Challenge and Winogrande subset as redistributed in"
+        " https://github.com/shuhao02/RouterDC (datasets/routerbench_zs/)"
+    ),
+    "routerdc_mixed7_train.parquet": (
+        "RouterDC (https://github.com/shuhao02/RouterDC), the train splits of"
+        " datasets/split2_model7/*_train.json"
+    ),
+}
+"""Routing files the benchmarks name but the repo does not ship (their sources carry no licence
+file), with where to get them; ``bench/data/README.md`` says how to convert them."""
+
+_noted: set[str] = set()
+
+
+def routing_dir() -> Path:
+    """The folder of routing files: ``$LLMOPT_ROUTING_DATA_DIR``, else ``bench/data/routing``.
+
+    A folder that does not exist stops the run (``SystemExit``): a mistyped setting must not
+    quietly shrink a benchmark to the shipped file.
+    """
+    value = os.environ.get(ROUTING_DATA_ENV, "").strip()
+    folder = Path(value).expanduser() if value else DEFAULT_ROUTING_DIR
+    if not folder.is_dir():
+        raise SystemExit(f"{ROUTING_DATA_ENV}={folder}: no such folder")
+    return folder
+
+
+def _note(message: str) -> None:
+    """Print ``message`` to stderr, once per process."""
+    if message not in _noted:
+        _noted.add(message)
+        print(f"bench: {message}", file=sys.stderr)
+
+
+def _missing(name: str, folder: Path, then: str) -> str:
+    """The note for a routing file ``name`` missing from ``folder``."""
+    where = NOT_SHIPPED.get(name)
+    source = f" It is not shipped (no licence file upstream): get it from {where}," if where else ""
+    return (
+        f"{name} is not in {folder}; {then}.{source} convert it as bench/data/README.md says"
+        f" and set {ROUTING_DATA_ENV} to the folder that holds it."
+    )
 
 
 def routing_files() -> list[Path]:
-    """Every shared routing parquet, or the shipped one alone if the shared folder is missing."""
-    if SHARED_ROUTING_DIR.is_dir():
-        files = sorted(SHARED_ROUTING_DIR.glob("*.parquet"))
-        if files:
-            return files
-    return [SHIPPED_DATA]
+    """Every routing parquet of :func:`routing_dir`, and the shipped AlpacaEval file, by name.
+
+    A file of :data:`NOT_SHIPPED` that is missing is skipped, with a note on stderr saying where
+    to get it.
+    """
+    folder = routing_dir()
+    files = {p.name: p for p in folder.glob("*.parquet")}
+    files.setdefault(SHIPPED_DATA.name, SHIPPED_DATA)
+    for name in NOT_SHIPPED:
+        if name not in files:
+            _note(_missing(name, folder, "skipped"))
+    return [files[name] for name in sorted(files)]
 
 
 def routing_file(name: str) -> Path:
-    """The shared routing file ``name``, or the shipped one if it is missing."""
-    path = SHARED_ROUTING_DIR / name
-    return path if path.exists() else SHIPPED_DATA
+    """The routing file ``name`` of :func:`routing_dir`; if missing, the shipped AlpacaEval file
+    (with a note on stderr saying where to get ``name``)."""
+    folder = routing_dir()
+    path = folder / name
+    if path.is_file():
+        return path
+    if name != SHIPPED_DATA.name:
+        _note(_missing(name, folder, f"{SHIPPED_DATA.name} (shipped) is used instead"))
+    return SHIPPED_DATA
 
 
 def display_path(path: Path) -> str:
-    """``path`` relative to the repository root (so results hold no home directories)."""
-    return os.path.relpath(path, BENCH_DIR.parent)
+    """``path`` relative to the repository root, or ``$LLMOPT_ROUTING_DATA_DIR/NAME`` for a
+    routing file outside the repo (so results hold no home directories)."""
+    repo = BENCH_DIR.parent.resolve()
+    resolved = path.resolve()
+    if not resolved.is_relative_to(repo) and (
+        value := os.environ.get(ROUTING_DATA_ENV, "").strip()
+    ):
+        folder = Path(value).expanduser().resolve()
+        if resolved.is_relative_to(folder):
+            return f"${ROUTING_DATA_ENV}/{resolved.relative_to(folder).as_posix()}"
+    return os.path.relpath(resolved, repo)
 
 
 @contextmanager

@@ -1,13 +1,13 @@
 """The routing benchmark protocol: 5 seeds, cold and warm start, ours against the peers.
 
-For every shared routing file and for a cold start and a 5% warm start (the first 5% of each
-run's prompts learnt with every model's outcome, then bandit feedback on the rest, and only the
-rest scored), :func:`llmopt.replay.run_replay` replays the recommended policy, the previous
-recommendation (``cost_aware_linucb``) and every peer of :mod:`bench.peers` over the default
-willingness-to-pay sweep, ``SEEDS`` seeds each (the peers: ``PEER_SEEDS``; MABWiser one, cold
-start only), on the same request features (the prompt
-embedding included). Per (file, start, policy) it reports the protocol's three figures as mean,
-standard deviation and range over the seeds:
+For every routing file (:func:`bench._common.routing_files`) and for a cold start and a 5% warm
+start (the first 5% of each run's prompts learnt with every model's outcome, then bandit feedback on
+the rest, and only the rest scored), :func:`llmopt.replay.run_replay` replays the recommended
+policy, the previous recommendation (``cost_aware_linucb``) and every peer of :mod:`bench.peers`
+over the default willingness-to-pay sweep, ``SEEDS`` seeds each (the peers: ``PEER_SEEDS``; MABWiser
+one, cold start only), on the same request features (the prompt embedding included). Per (file,
+start, policy) it reports the protocol's three figures as mean, standard deviation and range over
+the seeds:
 
 * ``mean_margin``: quality minus the zero router's at the same cost, averaged over *every*
   willingness-to-pay point;

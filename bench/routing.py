@@ -1,9 +1,11 @@
-"""Our policies against peer libraries on every shared routing file: quality, cost and speed.
+"""Our policies against peer libraries on every routing file: quality, cost and speed.
 
-For each file in ``../shared/data/routing``, one :func:`llmopt.replay.run_replay` replays every
-policy of the registry (read at run time, with the project's defaults) and every peer of
-:mod:`bench.peers` over the default willingness-to-pay sweep: same seed, same prompt order, same
-request features, bandit feedback only, cold start. Per (file, policy) it reports:
+For each routing file (:func:`bench._common.routing_files`: those of ``bench/data/routing``, or of
+the folder ``LLMOPT_ROUTING_DATA_DIR`` names, and the AlpacaEval file shipped in the package), one
+:func:`llmopt.replay.run_replay` replays every policy of the registry (read at run time, with the
+project's defaults) and every peer of :mod:`bench.peers` over the default willingness-to-pay sweep:
+same seed, same prompt order, same request features, bandit feedback only, cold start. Per (file,
+policy) it reports:
 
 * the points (average quality and cost per prompt at each willingness to pay);
 * ``lift_over_zero_router``: the largest quality margin of any point over the zero router (the

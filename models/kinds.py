@@ -50,7 +50,7 @@ POLICIES: dict[str, tuple[type[BasePolicy], dict[str, Any]]] = {
     # The recommended router: structure from the prompt's embedding, Thompson sampling per
     # (embedding cluster, model) shrunk towards each model's global mean by a weight estimated
     # from the data (empirical Bayes), cost-aware like the
-    # rest (models/cluster_thompson.py). Chosen on 5-seed replays of every shared file
+    # rest (models/cluster_thompson.py). Chosen on 5-seed replays of every routing file
     # (bench/results/protocol.json): it finds the mixed workload's task structure that the
     # linear policies miss.
     "cost_aware_cluster_thompson": (

@@ -1,4 +1,7 @@
-"""Shared fixtures: isolated settings, shared routing data, PostgreSQL and Redis when present."""
+"""Shared fixtures: isolated settings, PostgreSQL and Redis when present.
+
+Every test reads its data from inside the repo (``llmopt/data``, ``tests/data``, ``bench/data``).
+"""
 
 from __future__ import annotations
 
@@ -13,8 +16,6 @@ import pytest
 from llmopt.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-ROUTING = SHARED_DATA / "routing"
 DEMO_DATA = REPO / "llmopt" / "data" / "alpaca_eval.parquet"
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -54,14 +55,6 @@ def sqlite_outage() -> type[SqliteOutage]:
 def settings(tmp_path: Path) -> Settings:
     """Settings whose state lives in a temporary folder."""
     return Settings(home=tmp_path / ".llmopt")
-
-
-@pytest.fixture(scope="session")
-def routing_dir() -> Path:
-    """../shared/data/routing (tests and benchmarks may read it directly)."""
-    if not ROUTING.is_dir():
-        pytest.skip(f"shared routing data not found at {ROUTING}")
-    return ROUTING
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,13 @@
-"""Replay on real routing data: bandit feedback only, and learning beats uniform random."""
+"""Replay on real routing data: bandit feedback only, and learning beats uniform random.
+
+The data is the AlpacaEval file shipped in the package (``llmopt.routing_data.DEMO_DATA``: 802
+prompts x 15 models, quality = probability of beating GPT-4-1106, list-price cost), so the test
+needs nothing outside the repo.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,7 +17,7 @@ from llmopt.catalog import load_catalog
 from llmopt.policy import Policy
 from llmopt.replay import DEFAULT_WTP_SWEEP, run_replay
 from llmopt.reward import reward
-from llmopt.routing_data import RoutingData, load_routing_data, routing_data_from_frame
+from llmopt.routing_data import DEMO_DATA, RoutingData, load_routing_data, routing_data_from_frame
 from llmopt.schemas import Decision
 from llmopt.types import ArmID, Features
 from models.kinds import RECOMMENDED, make_policy
@@ -26,45 +30,48 @@ def factory(name: str):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def routerbench(routing_dir: Path) -> RoutingData:
-    return load_routing_data(routing_dir / "routerbench_arc_winogrande.parquet")
+def alpaca() -> RoutingData:
+    assert DEMO_DATA.is_file(), f"the shipped routing data is missing: {DEMO_DATA}"
+    return load_routing_data(DEMO_DATA)
 
 
 @pytest.fixture(scope="module")
-def routerbench_result(routerbench: RoutingData) -> dict:  # type: ignore[type-arg]
+def alpaca_result(alpaca: RoutingData) -> dict:  # type: ignore[type-arg]
     return run_replay(
-        routerbench,
+        alpaca,
         {RECOMMENDED: factory(RECOMMENDED), "random": factory("random")},
         seed=42,
         catalog=load_catalog(),
     )
 
 
-def test_recommended_policy_beats_uniform_random_at_equal_cost(routerbench_result: dict) -> None:  # type: ignore[type-arg]
-    summary = routerbench_result["policies"][RECOMMENDED]["summary"]
-    # Measured +0.15 quality (0.85 vs 0.70) at uniform random's cost; a policy that does not
-    # learn sits at +0.00 (the replayed random policy below checks the margin is meaningful).
-    assert summary["quality_gain_vs_random_at_equal_cost"] > 0.08
-    random_gain = routerbench_result["policies"]["random"]["summary"][
+def test_recommended_policy_beats_uniform_random_at_equal_cost(alpaca_result: dict) -> None:  # type: ignore[type-arg]
+    summary = alpaca_result["policies"][RECOMMENDED]["summary"]
+    # Measured +0.055 quality (0.147 vs 0.092, i.e. +60%) at uniform random's cost, seed 42;
+    # +0.053 to +0.056 over seeds 0-3. A policy that does not learn sits near +0.00: the
+    # replayed random policy below measured +0.006 (seed 42), +0.006 to +0.016 (seeds 0-3).
+    assert summary["quality_gain_vs_random_at_equal_cost"] > 0.035
+    random_gain = alpaca_result["policies"]["random"]["summary"][
         "quality_gain_vs_random_at_equal_cost"
     ]
     assert random_gain is None or random_gain < 0.03
 
 
-def test_result_document_contract(routerbench_result: dict, routerbench: RoutingData) -> None:  # type: ignore[type-arg]
-    points = routerbench_result["policies"][RECOMMENDED]["points"]
+def test_result_document_contract(alpaca_result: dict, alpaca: RoutingData) -> None:  # type: ignore[type-arg]
+    points = alpaca_result["policies"][RECOMMENDED]["points"]
     assert len(points) == len(DEFAULT_WTP_SWEEP)
     for p in points:
         assert {"willingness_to_pay", "avg_quality", "avg_cost_usd"} <= set(p)
         assert 0 <= p["avg_quality"] <= 1 and p["avg_cost_usd"] > 0
-        assert p["avg_latency_ms_modelled"] is None  # RouterBench's models are not in the catalog
-    singles = routerbench_result["baselines"]["single_models"]
-    assert set(singles) == set(routerbench.models)
+        # every AlpacaEval model is in the catalog, so a modelled latency is reported
+        assert p["avg_latency_ms_modelled"] is not None and p["avg_latency_ms_modelled"] > 0
+    singles = alpaca_result["baselines"]["single_models"]
+    assert set(singles) == set(alpaca.models)
     for m, v in singles.items():
-        j = routerbench.models.index(m)
-        assert v["avg_quality"] == pytest.approx(routerbench.quality[:, j].mean())
-        assert v["avg_cost_usd"] == pytest.approx(routerbench.cost_usd[:, j].mean())
-    oracle = routerbench_result["baselines"]["oracle"]["max_quality"]
+        j = alpaca.models.index(m)
+        assert v["avg_quality"] == pytest.approx(alpaca.quality[:, j].mean())
+        assert v["avg_cost_usd"] == pytest.approx(alpaca.cost_usd[:, j].mean())
+    oracle = alpaca_result["baselines"]["oracle"]["max_quality"]
     assert oracle["avg_quality"] >= max(v["avg_quality"] for v in singles.values())
     # More willingness to pay buys more quality, in the large.
     assert points[-1]["avg_cost_usd"] > points[0]["avg_cost_usd"]
@@ -124,6 +131,6 @@ def test_only_the_chosen_models_outcome_is_revealed() -> None:
         assert r == pytest.approx(expected)
 
 
-def test_bad_sweep_is_refused(routerbench: RoutingData) -> None:
+def test_bad_sweep_is_refused(alpaca: RoutingData) -> None:
     with pytest.raises(ValueError, match="willingness-to-pay"):
-        run_replay(routerbench, {"random": factory("random")}, wtps=(0.0,))
+        run_replay(alpaca, {"random": factory("random")}, wtps=(0.0,))
