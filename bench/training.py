@@ -147,7 +147,6 @@ def _run(n: int, *, quick: bool) -> list[dict[str, Any]]:
     from llmopt.settings import get_settings  # noqa: PLC0415
     from models.kinds import RECOMMENDED, make_policy  # noqa: PLC0415
     from pipelines.checkpoint import CheckpointStore  # noqa: PLC0415
-    from pipelines.events import batches  # noqa: PLC0415
     from pipelines.training import incremental_update, training_target  # noqa: PLC0415
 
     get_settings.cache_clear()
@@ -157,7 +156,7 @@ def _run(n: int, *, quick: bool) -> list[dict[str, Any]]:
     log = EventLog(settings.event_log_url)
 
     # Baseline: learning alone, events already in memory.
-    events = [e for b in batches(log.engine, 0, BATCH_SIZE) for e in b]
+    events = [e for b in log.training_batches(0, BATCH_SIZE) for e in b]
     base = make_policy(RECOMMENDED, seed=SEED)
     examples = [(e.model, e.features, training_target(base, e)) for e in events]
     t0 = time.perf_counter()
@@ -169,7 +168,7 @@ def _run(n: int, *, quick: bool) -> list[dict[str, Any]]:
     half = n // 2
     store = CheckpointStore(log.engine)
     result = incremental_update(
-        log.engine,
+        log,
         store,
         name="incremental",
         initial=lambda: (make_policy(RECOMMENDED, seed=SEED), 0, 0),

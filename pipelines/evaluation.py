@@ -31,12 +31,12 @@ from typing import Any
 import numpy as np
 
 from llmopt.catalog import ModelCatalog
+from llmopt.event_log import TrainingEvent
 from llmopt.loop import LearningLoop
 from llmopt.reward import TradeOff
 from models.base import BasePolicy
 from models.ope import Estimate, LoggedBandit, ips, snips
 from monitoring.ab_test import MixtureSPRT, WelchResult, student_t_sf, welch_test
-from pipelines.events import TrainingEvent
 
 __all__ = [  # Welch's test lives in monitoring.ab_test now; still importable from here
     "GateResult",

@@ -16,10 +16,9 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from llmopt.catalog import load_catalog
-from llmopt.event_log import EventLog
+from llmopt.event_log import EventLog, TrainingEvent
 from llmopt.settings import get_settings
 from models.kinds import RECOMMENDED
-from pipelines.events import TrainingEvent, batches
 from registry import mlflow_registry as registry
 
 NAME = "hpo"
@@ -28,14 +27,12 @@ NAME = "hpo"
 @task(name="load-events", cache_policy=NO_CACHE, retries=1)
 def load_events(max_events: int) -> list[TrainingEvent]:
     """The most recent ``max_events`` logged feedback events, oldest first."""
-    from pipelines.events import recent  # noqa: PLC0415
-
     settings = get_settings()
     log = EventLog(settings.event_log_url)
     try:
         if max_events > 0:
-            return recent(log.engine, max_events)
-        return [e for b in batches(log.engine, 0, 5000, with_context=True) for e in b]
+            return log.latest_training_events(max_events)
+        return [e for b in log.training_batches(0, 5000, with_context=True) for e in b]
     finally:
         log.close()
 

@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlflow import MlflowClient
-from sqlalchemy.engine import Engine
 
 from llmopt.catalog import ModelCatalog
+from llmopt.event_log import EventLog, TrainingEvent
 from pipelines.evaluation import GateResult, ab_gate, estimate_of, ope_gate, ope_report
-from pipelines.events import TrainingEvent, recent, rewards_by_policy_version
 from registry.mlflow_registry import (
     MODEL_NAME,
     RegistryError,
@@ -99,7 +98,7 @@ def staging_gate(
 
 def prod_gate(
     client: MlflowClient,
-    engine: Engine,
+    log: EventLog,
     version: str,
     *,
     alpha: float,
@@ -116,7 +115,7 @@ def prod_gate(
             False, f"no prod version yet and version {version} has not passed the staging gate"
         )
     labels = [version_label(champion, name), version_label(version, name)]
-    rewards = rewards_by_policy_version(engine, labels)
+    rewards = log.rewards_by_policy_version(labels)
     gate = ab_gate(rewards[labels[0]], rewards[labels[1]], alpha=alpha, min_samples=min_samples)
     return champion, gate
 
@@ -126,7 +125,7 @@ def promote(
     version: str,
     alias: str,
     *,
-    engine: Engine | None = None,
+    log: EventLog | None = None,
     catalog: ModelCatalog | None = None,
     rules: PromotionPolicy | None = None,
     force: bool = False,
@@ -143,17 +142,17 @@ def promote(
         gate = GateResult(True, "forced" if force else "dev needs no gate")
         champion = client_version
     elif alias == "staging":
-        if engine is None:
+        if log is None:
             raise RegistryError("the staging gate needs the event log")
-        events = recent(engine, rules.eval_window)
+        events = log.latest_training_events(rules.eval_window)
         champion, gate = staging_gate(
             client, version, events, catalog=catalog, margin=rules.margin, name=name
         )
     elif alias == "prod":
-        if engine is None:
+        if log is None:
             raise RegistryError("the prod gate needs the event log")
         champion, gate = prod_gate(
-            client, engine, version, alpha=rules.alpha, min_samples=rules.min_samples, name=name
+            client, log, version, alpha=rules.alpha, min_samples=rules.min_samples, name=name
         )
     else:
         raise RegistryError(f"unknown alias {alias!r}; choose one of: dev, staging, prod")

@@ -15,10 +15,10 @@ from typing import Any
 import optuna
 
 from llmopt.catalog import ModelCatalog
+from llmopt.event_log import TrainingEvent
 from models.base import BasePolicy
 from models.kinds import POLICIES, make_policy
 from pipelines.evaluation import ope_report
-from pipelines.events import TrainingEvent
 from pipelines.training import training_target
 
 Space = Callable[[optuna.Trial], dict[str, Any]]

@@ -24,7 +24,6 @@ from models.kinds import make_policy
 from models.quality import QualityModel
 from pipelines.checkpoint import CheckpointStore
 from pipelines.evaluation import ope_report
-from pipelines.events import recent
 from pipelines.promotion import PromotionOutcome, PromotionPolicy, promote
 from pipelines.training import TrainingResult, incremental_update, rebuild
 from registry import mlflow_registry as registry
@@ -63,7 +62,7 @@ def train_incremental(
     try:
         store = CheckpointStore(log.engine)
         return incremental_update(
-            log.engine,
+            log,
             store,
             name=checkpoint,
             initial=lambda: _initial_policy(settings, policy_name),
@@ -103,7 +102,7 @@ def rebuild_from_history(
         )
     log = _log(settings)
     try:
-        result, quality = rebuild(log.engine, policy, batch_size=batch_size)
+        result, quality = rebuild(log, policy, batch_size=batch_size)
     finally:
         log.close()
     if settings.warm_start_evals is not None:
@@ -132,7 +131,7 @@ def evaluate_offline(policy: BasePolicy, window: int) -> dict[str, Any] | None:
     settings = get_settings()
     log = _log(settings)
     try:
-        events = recent(log.engine, window)
+        events = log.latest_training_events(window)
         return ope_report(policy, events, catalog=_catalog(settings)) if events else None
     finally:
         log.close()
@@ -210,7 +209,7 @@ def promote_version(
             client,
             version,
             alias,
-            engine=log.engine,
+            log=log,
             catalog=_catalog(settings),
             rules=rules,
             force=force,

@@ -21,13 +21,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from sqlalchemy.engine import Engine
-
+from llmopt.event_log import EventLog, TrainingEvent
 from models.base import BasePolicy
 from models.quality import QualityModel
 from models.state import Stateful
 from pipelines.checkpoint import CheckpointStore
-from pipelines.events import TrainingEvent, batches, high_water_mark
 
 DEFAULT_BATCH_SIZE = 5000
 
@@ -72,7 +70,7 @@ class TrainingResult:
 
 
 def incremental_update(
-    engine: Engine,
+    log: EventLog,
     store: CheckpointStore,
     *,
     name: str,
@@ -85,8 +83,8 @@ def incremental_update(
 
     Parameters
     ----------
-    engine
-        The event log's engine.
+    log
+        The event log.
     store
         Where checkpoints live.
     name
@@ -108,9 +106,9 @@ def incremental_update(
         policy = Stateful.from_dict(cp.state)
         cursor, n_total = cp.last_feedback_id, cp.n_events
     started = time.perf_counter()
-    top = high_water_mark(engine) if until_id is None else until_id
+    top = log.last_feedback_id() if until_id is None else until_id
     after, n_events, n_batches = cursor, 0, 0
-    for batch in batches(engine, cursor, batch_size, until_id=top):
+    for batch in log.training_batches(cursor, batch_size, until_id=top):
         policy.learn_many(_examples(policy, batch))
         cursor = batch[-1].feedback_id
         n_events += len(batch)
@@ -131,7 +129,7 @@ def incremental_update(
 
 
 def rebuild(
-    engine: Engine,
+    log: EventLog,
     policy: BasePolicy,
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -143,10 +141,10 @@ def rebuild(
     decided: point-in-time correct by construction.
     """
     started = time.perf_counter()
-    top = high_water_mark(engine) if until_id is None else until_id
+    top = log.last_feedback_id() if until_id is None else until_id
     quality = QualityModel()
     n_events, n_batches, cursor = 0, 0, 0
-    for batch in batches(engine, 0, batch_size, until_id=top):
+    for batch in log.training_batches(0, batch_size, until_id=top):
         policy.learn_many(_examples(policy, batch))
         for e in batch:
             quality.learn_one(e.features, e.quality, arm=e.model)

@@ -314,7 +314,7 @@ def train(
             settings.ensure_home()
             log = _open_log(settings.event_log_url, EventLog)
             try:
-                result, _ = rebuild(log.engine, learner)
+                result, _ = rebuild(log, learner)
             finally:
                 log.close()
             n_logged = result.n_events
@@ -663,7 +663,7 @@ def registry_promote(
                 client,
                 version,
                 alias,
-                engine=log.engine,
+                log=log,
                 catalog=load_catalog(settings.catalog_path),
                 rules=PromotionPolicy(margin=margin, alpha=alpha, min_samples=min_samples),
                 force=force,

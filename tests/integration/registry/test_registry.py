@@ -17,7 +17,6 @@ from llmopt.schemas import Decision, Feedback, RequestContext
 from llmopt.settings import Settings
 from models.base import BasePolicy
 from models.kinds import RECOMMENDED, make_policy
-from pipelines.events import batches
 from pipelines.promotion import PromotionPolicy, promote
 from pipelines.training import training_target
 from registry import mlflow_registry as registry
@@ -29,7 +28,7 @@ def _trained(settings: Settings, target: Callable[[Any], float] | None = None) -
     """A policy trained on the whole log (optionally on a distorted target)."""
     policy = make_policy(RECOMMENDED, seed=0)
     log = EventLog(settings.event_log_url)
-    for batch in batches(log.engine, 0, 1000):
+    for batch in log.training_batches(0, 1000):
         policy.learn_many(
             (e.model, e.features, target(e) if target else training_target(policy, e))
             for e in batch
@@ -81,11 +80,11 @@ def test_staging_gate_with_a_better_and_a_worse_challenger(
     rules = PromotionPolicy(eval_window=400, margin=0.01)
     catalog = load_catalog(env.catalog_path)
 
-    bad = promote(client, v_worse, "staging", engine=log.engine, catalog=catalog, rules=rules)
+    bad = promote(client, v_worse, "staging", log=log, catalog=catalog, rules=rules)
     assert not bad.moved and bad.champion == v_champ
     assert "worse than the champion" in bad.gate.reason
     assert registry.version_for_alias(client, "staging") == v_champ
-    good = promote(client, v_better, "staging", engine=log.engine, catalog=catalog, rules=rules)
+    good = promote(client, v_better, "staging", log=log, catalog=catalog, rules=rules)
     assert good.moved, good.gate.reason
     assert good.gate.details["challenger"] > good.gate.details["champion"]
     assert registry.version_for_alias(client, "staging") == v_better
@@ -122,9 +121,9 @@ def test_prod_gate_uses_the_online_ab_comparison_and_rollback_is_an_alias_move(
     label = registry.version_label
     _ab_log(env, {label(v1): 0.5, label(v2): 0.6, label(v3): 0.45}, 400)
     log = EventLog(env.event_log_url)
-    lose = promote(client, v3, "prod", engine=log.engine)
+    lose = promote(client, v3, "prod", log=log)
     assert not lose.moved and "not better" in lose.gate.reason
-    win = promote(client, v2, "prod", engine=log.engine)
+    win = promote(client, v2, "prod", log=log)
     assert win.moved and win.champion == v1 and win.gate.details["p_value"] < 0.05
     forced = promote(client, v3, "prod", force=True)
     assert forced.moved and registry.version_for_alias(client, "prod") == v3
