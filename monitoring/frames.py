@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from llmopt.event_log import LoggedEvent
+from llmopt.tasks import clean_hints
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -80,7 +81,7 @@ def event_row(e: LoggedEvent) -> dict[str, Any]:
     """
     f = e.features
     ctx = e.context
-    hints = sorted({str(h).strip().lower() for h in ctx.get("task_hints") or []})
+    hints = sorted(clean_hints(ctx.get("task_hints")))
     row: dict[str, Any] = {
         "feedback_id": e.feedback_id,
         "received_at": e.received_at,
