@@ -205,7 +205,7 @@ class ServingMetrics:
         self.recovery = RecoveryTracker()
         self.regret = Counter(
             "llmopt_estimated_regret",
-            "Estimated regret against the best-known model (serving.metrics.RegretEstimator)",
+            "Estimated regret against the best-known model (monitoring.estimators.RegretEstimator)",
             ["algorithm"],
             registry=r,
         )
@@ -232,7 +232,7 @@ class ServingMetrics:
         )
         self.drift_unrecovered = Gauge(
             "llmopt_drift_unrecovered",
-            "1 from a drift detection until the reward recovers (serving.metrics.RecoveryTracker)",
+            "1 from a drift detection until the reward recovers (monitoring.estimators.RecoveryTracker)",
             ["model", "stream"],
             registry=r,
         )
