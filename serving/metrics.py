@@ -232,7 +232,8 @@ class ServingMetrics:
         )
         self.drift_unrecovered = Gauge(
             "llmopt_drift_unrecovered",
-            "1 from a drift detection until the reward recovers (monitoring.estimators.RecoveryTracker)",
+            "1 from a drift detection until the reward recovers "
+            "(monitoring.estimators.RecoveryTracker)",
             ["model", "stream"],
             registry=r,
         )
