@@ -21,7 +21,6 @@ import logging
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -337,9 +336,10 @@ def run_demo(
     say(drift.line())
 
     # 6. The willingness-to-pay sweep against every single model, random, zero router, oracle.
-    factories: dict[str, Callable[[int], Any]] = {
-        name: partial(make_policy, name) for name in (RECOMMENDED, "epsilon_greedy")
-    }
+    def factory(name: str) -> Callable[[int], Any]:
+        return lambda seed: make_policy(name, seed=seed)
+
+    factories = {name: factory(name) for name in (RECOMMENDED, "epsilon_greedy")}
     sweep = run_replay(routing, factories, seed=seed, catalog=catalog, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").write_text(json.dumps(sweep, indent=2))
