@@ -6,8 +6,8 @@ the propensity of a decision is obtained: only VW reports one itself. The adapte
 as possible around the library's own calls (so the speed benchmark times the library), and every
 peer gets one documented hyperparameter setting for every data file: no per-file tuning.
 
-Rewards are "higher is better" (STYLE.md #11); VW minimises a cost, and :func:`vw_cost` is the one
-place where the sign flips.
+Rewards are "higher is better" (docs/style.md #11); VW minimises a cost, and :func:`vw_cost` is
+the one place where the sign flips.
 
 Peers (``PEERS``, by name):
 
@@ -247,7 +247,7 @@ def _vw_name(name: str) -> str:
 
 
 def vw_cost(reward: float) -> float:
-    """VW minimises cost; our reward is higher-is-better: the one sign flip (STYLE.md #11)."""
+    """VW minimises cost; our reward is higher-is-better: the one sign flip (docs/style.md #11)."""
     return -reward
 
 

@@ -1,6 +1,6 @@
 """Streaming change detectors on each model's reward, quality, latency and cost, and their monitor.
 
-Five detectors share one small shape (River's drift-detector API, STYLE.md #7): ``update(x)``
+Five detectors share one small shape (River's drift-detector API, docs/style.md #7): ``update(x)``
 returns the detector, ``drift_detected`` is True right after the value that revealed a change,
 ``reset()`` returns to the freshly built state. After a detection every detector *restarts*: the
 values that follow are the new normal it learns (River's ADWIN and Page-Hinkley do the same).
