@@ -14,6 +14,11 @@ killed, network down: SQLAlchemy's ``OperationalError`` / ``InterfaceError``):
 - every append is flushed and ``fsync``-ed before the call returns (the spool survives a crash
   of this process; ~0.1-2 ms per write on local disks, only while the database is down).
 
+:attr:`SpooledEventLog.outage_since` says whether the database answers, as the writes last saw
+it: set by the first write, lookup or replay that found it down, cleared by the first that
+reached it (what the service's ``/readyz`` reports). It is not a probe: a database that goes
+down while nothing is written is noticed by the next write.
+
 :meth:`SpooledEventLog.replay` (the serving runtime calls it every second) moves the spool to
 ``<spool>.replaying``, re-inserts every record in order and deletes the file. Re-inserting is
 idempotent (decision ids are primary keys, feedback is deduplicated by payload hash), so a crash
@@ -46,7 +51,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +143,22 @@ class SpooledEventLog(EventLog):
         """Ids the replayed feedback got (a worker's own feedback: its log follower skips them)."""
         self.replayed_unvalidated_ids: list[int] = []
         """Feedback ids stored at replay that no worker has learned yet (spooled unvalidated)."""
+        self.outage_since: datetime | None = None
+        """When a write first found the database down (UTC); None while it answers."""
+
+    @property
+    def available(self) -> bool:
+        """False from a write that found the database down until one reaches it again."""
+        return self.outage_since is None
+
+    def _down(self) -> None:
+        if self.outage_since is None:
+            self.outage_since = datetime.now(UTC)
+
+    def _up(self) -> None:
+        if self.outage_since is not None:
+            log.info("event log available again (down since %s)", self.outage_since.isoformat())
+            self.outage_since = None
 
     # -- writes ----------------------------------------------------------------------------------
     def _append(self, record: Mapping[str, Any]) -> None:
@@ -170,8 +191,11 @@ class SpooledEventLog(EventLog):
             self.insert_decision(row)
         except UNAVAILABLE as exc:
             log.warning("event log unavailable (%s): decision spooled", type(exc).__name__)
+            self._down()
             self._append({"kind": "decision", "row": row})
             self._remember(row)
+        else:
+            self._up()
 
     def get_decision(self, decision_id: DecisionID) -> dict[str, Any] | None:
         """The decision row from the database, or from memory while it is down."""
@@ -185,7 +209,9 @@ class SpooledEventLog(EventLog):
         except DBAPIError as exc:  # any driver error on this primary-key read: the database
             # (e.g. psycopg's "can't change autocommit now" from a pool ping as the server dies)
             log.warning("decision lookup failed (%s): treated as unavailable", type(exc).__name__)
+            self._down()
             return self._recent.get(decision_id), False
+        self._up()
         return (row if row is not None else self._recent.get(decision_id)), True
 
     def spool_unvalidated_feedback(self, fb: Feedback) -> FeedbackReceipt:
@@ -218,13 +244,18 @@ class SpooledEventLog(EventLog):
         if fb.decision_id in self._spooled_feedback:
             return self._spooled_duplicate(fb.decision_id, row["payload_sha256"])
         try:
-            return self.insert_feedback(row)
+            receipt = self.insert_feedback(row)
         except UNAVAILABLE as exc:
             log.warning("event log unavailable (%s): feedback spooled", type(exc).__name__)
+            self._down()
         except UnknownDecisionError:
+            self._up()  # the database answered
             if fb.decision_id not in self._recent:
                 raise
             # its decision is spooled and not replayed yet: the feedback follows it in the spool
+        else:
+            self._up()
+            return receipt
         self._append({"kind": "feedback", "row": row})
         self._spooled_feedback[fb.decision_id] = row["payload_sha256"]
         return FeedbackReceipt("spooled", None, fb.decision_id)
@@ -289,10 +320,12 @@ class SpooledEventLog(EventLog):
                                 done += 1
                 except UNAVAILABLE as exc:
                     log.info("event log still unavailable (%s); spool kept", type(exc).__name__)
+                    self._down()
                     return 0
                 path.unlink()
             if not paths:
                 return 0
+            self._up()
             self.replayed += done
             log.info("replayed %d spooled event-log records", done)
             return done

@@ -7,7 +7,9 @@ Endpoints (OpenAPI at ``/docs.json``, UI at ``/``):
 - ``POST /feedback``: stored once in the event log and learned from; the same feedback again
   -> 200 ``duplicate``; a different feedback for the same decision -> 409; an unknown
   decision -> 404;
-- ``GET /healthz`` (alive), ``GET /readyz`` (200 once it can decide), ``GET /metrics``
+- ``GET /healthz`` (alive), ``GET /readyz`` (JSON: 503 ``starting`` until it can decide, then
+  200 ``ok``, or 200 ``degraded`` with the reasons, e.g. the event log down and decisions
+  spooled: :mod:`serving.health` says why degraded is not a 503), ``GET /metrics``
   (Prometheus text, :mod:`serving.metrics`);
 - ``POST /admin/reload`` (swap in the versions the registry aliases point at now) and
   ``POST /admin/traffic`` (champion / canary at a percentage / shadow).
@@ -54,6 +56,7 @@ from serving.errors import (
     quiet_client_errors,
 )
 from serving.guards import BudgetExceededError
+from serving.health import ProbeMiddleware
 from serving.http_guard import GuardMiddleware, parse_keys
 from serving.metrics import ServingMetrics, get_metrics
 from serving.openapi import OpenAPIMiddleware, build_spec
@@ -304,6 +307,7 @@ class DecisionService:
 _svc: Any = DecisionService  # a bentoml Service object at run time
 # Outermost first: the spec, then the one error shape around the guard's refusals and
 # BentoML's own, and BentoML's ERROR tracebacks kept for server errors only.
+_svc.add_asgi_middleware(ProbeMiddleware)  # /healthz, /readyz with a JSON body saying why
 _svc.add_asgi_middleware(OpenAPIMiddleware, spec=lambda: build_spec(_svc))
 _svc.add_asgi_middleware(ErrorShapeMiddleware)
 _svc.add_asgi_middleware(GuardMiddleware)

@@ -80,6 +80,8 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 def test_llmopt_serve_contract(tmp_path: Path):
     """The acceptance contract: `llmopt serve --port N`, /readyz, /decide, /feedback."""
     with running([str(BIN / "llmopt"), "serve"], tmp_path) as url:
+        ready = httpx.get(f"{url}/readyz")  # the worker's own answer, not BentoML's empty one
+        assert ready.json() == {"status": "ok", "reasons": []}, ready.text
         r = httpx.post(f"{url}/decide", json={"tenant": "acme", "prompt": "What is 2 + 2?"})
         assert r.status_code == 200 and r.json()["decision_id"] and r.json()["model"]
         r = httpx.post(
