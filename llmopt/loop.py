@@ -133,6 +133,9 @@ class LearningLoop:
         self.cost_model = CostModel(catalog)
         self._pending: dict[DecisionID, _Pending] = {}
         self._answered: dict[DecisionID, float] = {}
+        self.traffic_share = 1.0
+        """Probability that a traffic split sent the next request to this loop (a canary drawn
+        per decision sets it): the logged propensity is the policy's times this share."""
 
     def learn_outcome(
         self,
@@ -399,13 +402,15 @@ class LearningLoop:
         params, params_reason, tuning = self.generation_parameters(
             ctx, decision.model, params, in_tokens
         )
-        decision = decision.model_copy(
-            update={
-                "parameters": params,
-                "parameters_reason": params_reason,
-                "notes": [*decision.notes, *notes],
-            }
-        )
+        update: dict[str, Any] = {
+            "parameters": params,
+            "parameters_reason": params_reason,
+            "notes": [*decision.notes, *notes],
+        }
+        if self.traffic_share != 1.0:  # a canary drawn per decision: P(slot) x P(model | slot)
+            update["propensity"] = decision.propensity * self.traffic_share
+            tuning = {**tuning, "traffic_share": self.traffic_share}
+        decision = decision.model_copy(update=update)
         if self.event_log is not None:
             logged_ctx = ctx.model_copy(
                 update={

@@ -19,16 +19,111 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _PACKAGE_DATA = Path(__file__).resolve().parent / "data"
 
 
+class AutopilotRules(BaseModel):
+    """The closed loop's rules, in one object: challenger traffic, promotion and rollback.
+
+    Set from the environment as ``LLMOPT_AUTOPILOT__<FIELD>`` (e.g.
+    ``LLMOPT_AUTOPILOT__START_PERCENT=5``) or whole, as JSON in ``LLMOPT_AUTOPILOT``.
+
+    >>> AutopilotRules().start_percent, AutopilotRules().steps
+    (10.0, (25.0, 50.0))
+    >>> AutopilotRules(steps=(50, 25))
+    Traceback (most recent call last):
+    ...
+    pydantic_core._pydantic_core.ValidationError: 1 validation error for AutopilotRules
+      Value error, steps must increase from start_percent up to at most 100, got (50.0, 25.0) ...
+    """
+
+    model_config = {"frozen": True, "extra": "forbid"}
+
+    enabled: bool = Field(
+        default=True,
+        description=(
+            "A version aliased staging gets canary traffic with no operator; off: only "
+            "/admin/traffic (or serving_traffic_mode) gives it traffic."
+        ),
+    )
+    start_percent: float = Field(
+        default=10.0, gt=0, le=100, description="The canary's first share of decisions (%)."
+    )
+    steps: tuple[float, ...] = Field(
+        default=(25.0, 50.0),
+        description="Next canary shares (%), one every step_s while the canary stays healthy.",
+    )
+    step_s: float = Field(default=300.0, gt=0, description="Seconds between canary steps.")
+    assignment: Literal["decision", "tenant"] = Field(
+        default="decision",
+        description=(
+            "How the canary share is drawn: 'decision' (each decision at random, its share in "
+            "the logged propensity: an unconfounded A/B test) or 'tenant' (sticky per tenant, "
+            "for users who need one model per tenant or conversation)."
+        ),
+    )
+    min_feedback: int = Field(
+        default=50, ge=1, description="Feedback per version before any SLO or A/B verdict."
+    )
+    reward_margin: float = Field(
+        default=0.05,
+        ge=0,
+        description="Roll back when the version's mean reward trails its reference's by more.",
+    )
+    error_margin: float = Field(
+        default=0.10,
+        ge=0,
+        description="Roll back when the version's error rate exceeds its reference's by more.",
+    )
+    max_error_rate: float = Field(
+        default=0.25, gt=0, le=1, description="SLO: largest error rate of a version."
+    )
+    max_p95_latency_ms: float | None = Field(
+        default=None, gt=0, description="SLO: largest p95 latency (ms) of a version (unset: none)."
+    )
+    max_cost_per_request_usd: float | None = Field(
+        default=None, gt=0, description="SLO: largest mean cost per request (unset: none)."
+    )
+    min_quality: float | None = Field(
+        default=None, ge=0, le=1, description="SLO: lowest mean quality of a version (unset: none)."
+    )
+    prod_watch_s: float = Field(
+        default=900.0,
+        ge=0,
+        description=(
+            "Seconds a freshly promoted prod version is watched against the SLOs and its "
+            "predecessor; a breach rolls prod back to the previous version."
+        ),
+    )
+    alpha: float = Field(
+        default=0.05, gt=0, lt=1, description="Level of the mSPRT that decides prod."
+    )
+    min_samples: int = Field(
+        default=100, ge=1, description="Online decisions per version before the mSPRT may decide."
+    )
+
+    @model_validator(mode="after")
+    def _increasing_steps(self) -> AutopilotRules:
+        previous = self.start_percent
+        for x in self.steps:
+            if not previous < x <= 100.0:
+                raise ValueError(
+                    "steps must increase from start_percent up to at most 100, "
+                    f"got {tuple(self.steps)}"
+                )
+            previous = x
+        return self
+
+
 class Settings(BaseSettings):
     """Settings of llm-auto-optimizer; environment variables are ``LLMOPT_<FIELD>``."""
 
-    model_config = SettingsConfigDict(env_prefix="LLMOPT_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="LLMOPT_", env_nested_delimiter="__", extra="ignore"
+    )
 
     home: Path = Field(
         default=Path(".llmopt"),
@@ -210,6 +305,13 @@ class Settings(BaseSettings):
     alert_webhook_url: str | None = Field(
         default=None,
         description="URL that drift alerts are POSTed to as JSON (unset: structured logs only).",
+    )
+    autopilot: AutopilotRules = Field(
+        default_factory=AutopilotRules,
+        description=(
+            "The closed loop's rules (challenger traffic, promotion by mSPRT, SLO rollback); "
+            "LLMOPT_AUTOPILOT__<FIELD>, see AutopilotRules."
+        ),
     )
 
     @property

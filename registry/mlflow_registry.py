@@ -350,6 +350,37 @@ def rollback(client: MlflowClient, name: str = MODEL_NAME) -> tuple[str, str]:
     return current, target
 
 
+def withdraw(
+    client: MlflowClient,
+    version: str,
+    reason: str,
+    *,
+    role: str,
+    status: str = "rolled_back",
+    name: str = MODEL_NAME,
+) -> str:
+    """Take a version out of service after a live rollback; what was done.
+
+    ``role="challenger"``: the ``staging`` alias is removed if it still points at ``version``.
+    ``role="champion"``: ``prod`` moves back (:func:`rollback`) if it still points at
+    ``version``, and ``staging`` is removed from it too (else it would be tested again).
+    Either way the version is tagged ``validation_status=<status>`` (``rolled_back``, or
+    ``rejected_ab`` when the A/B test decided against it) with the reason.
+    Idempotent: several serving replicas may report the same rollback.
+    """
+    done = []
+    if role == "champion" and version_for_alias(client, CHAMPION_ALIAS, name) == version:
+        _, target = rollback(client, name)
+        done.append(f"prod moved back to version {target}")
+    if version_for_alias(client, "staging", name) == version:
+        client.delete_registered_model_alias(name, "staging")
+        done.append("staging alias removed")
+    client.set_model_version_tag(name, version, "validation_status", status)
+    client.set_model_version_tag(name, version, "rollback_reason", reason[:500])
+    what = status.replace("_", " ")
+    return f"version {version} {what}: " + ("; ".join(done) or "aliases had moved already")
+
+
 def set_tags(
     client: MlflowClient, version: str, tags: Mapping[str, Any], *, name: str = MODEL_NAME
 ) -> None:

@@ -41,7 +41,8 @@ The three estimators behind regret, exploration and recovery are monitoring's
 
 Also exposed: ``decisions_total{served_by,model}``, ``feedback_total{status}``,
 ``refusals_total{endpoint,status}``, ``model_swaps_total{role}`` (``role``: the swap's trigger),
-``circuit_open{model}``, ``shadow_agreement``, ``canary_rollbacks``. The former
+``circuit_open{model}``, ``shadow_agreement``, ``canary_rollbacks``, ``canary_percent``,
+``autopilot_rollbacks_total{role,guard}`` (:mod:`serving.autopilot`). The former
 ``llmopt_decide_seconds`` is now ``llmopt_inference_latency_seconds`` (the attribute
 ``decide_seconds`` still names it).
 
@@ -287,6 +288,16 @@ class ServingMetrics:
         )
         self.rollbacks = Gauge(
             "llmopt_canary_rollbacks", "Automatic canary rollbacks since start", registry=r
+        )
+        self.autopilot_rollbacks = Counter(
+            "llmopt_autopilot_rollbacks",
+            "Automatic rollbacks of a canary (role challenger) or a fresh prod (role champion), "
+            "by the guard that failed",
+            ["role", "guard"],
+            registry=r,
+        )
+        self.canary_percent = Gauge(
+            "llmopt_canary_percent", "Share of traffic the challenger serves (%)", registry=r
         )
         self.artifact_rejections = Counter(
             "llmopt_artifact_rejections",

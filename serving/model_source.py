@@ -28,10 +28,13 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from llmopt.settings import Settings
-from registry import registry_exists
+from registry import MODEL_NAME, registry_exists
+
+if TYPE_CHECKING:
+    from serving.autopilot import Rollback
 
 
 class SourceError(RuntimeError):
@@ -159,6 +162,17 @@ class RegistrySource:
             raise SourceError(f"model registry unreachable: {exc}") from exc
         return None if v is None else registry.version_label(v)
 
+    def record_rollback(self, rollback: Rollback) -> str:
+        """Take a rolled-back version out of the registry's aliases (see ``withdraw``)."""
+        prefix = f"{MODEL_NAME}/"
+        if self._absent() or not rollback.label.startswith(prefix):
+            return f"{rollback.label}: not a registry version (this process only)"
+        registry, client = self._registry()
+        reason = f"{rollback.verdict.kind}: {rollback.verdict.reason}"
+        return str(
+            registry.withdraw(client, rollback.label[len(prefix) :], reason, role=rollback.role)
+        )
+
     def load(self, alias: str) -> LoadedPolicy | None:
         if self._absent():
             return None
@@ -198,6 +212,14 @@ class ChainSource:
             if loaded is not None:
                 return loaded
         return None
+
+    def record_rollback(self, rollback: Rollback) -> str:
+        """The first source that records rollbacks records it."""
+        for src in self.sources:
+            record = getattr(src, "record_rollback", None)
+            if record is not None:
+                return str(record(rollback))
+        return f"{rollback.label}: no source records rollbacks (this process only)"
 
 
 def source_from_settings(settings: Settings) -> ModelSource | None:

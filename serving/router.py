@@ -5,10 +5,13 @@ A :class:`Router` holds a *lineup*, the champion (alias ``prod``) and an optiona
 :class:`llmopt.loop.LearningLoop` with the serving guards). It decides by the traffic mode:
 
 - ``champion``: the champion serves everything;
-- ``canary``: the challenger serves ``canary_percent`` of tenants, sticky per tenant (a hash
-  of the tenant id, so a tenant sees one policy); it is rolled back automatically (mode back to
-  ``champion``) when its live reward or error rate is worse than the champion's beyond
-  :class:`RollbackRule`'s margins;
+- ``canary``: the challenger serves ``canary_percent`` of the traffic, drawn per decision (the
+  share is part of the logged propensity, so the A/B comparison is not confounded by who lands
+  on each side) or, with ``assignment="tenant"``, sticky per tenant (a hash of the tenant id, so
+  a tenant sees one policy). It is rolled back automatically (mode back to ``champion``) when
+  its live feedback breaks the SLOs of :class:`llmopt.settings.AutopilotRules` or trails the
+  champion's beyond its margins (:mod:`serving.autopilot`); a version newly promoted to
+  champion is watched the same way against its predecessor for ``prod_watch_s``;
 - ``shadow``: the champion serves; the challenger decides the same request too and its
   decision is logged (event log, with its propensity) but not served.
 
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import threading
 import time
 from collections import deque
@@ -51,8 +55,10 @@ from llmopt.loop import (
 from llmopt.policy import Policy
 from llmopt.reward import TradeOff
 from llmopt.schemas import Decision, Feedback, RequestContext
+from llmopt.settings import AutopilotRules
 from llmopt.tasks import task_type
 from llmopt.types import ArmID, Features
+from serving.autopilot import Rollback, VersionStats, guard_verdict
 from serving.cascade import PlannedStep, ServedCascades
 from serving.drift import DriftWatch
 from serving.guards import BudgetExceededError, BudgetLedger, CircuitBreaker
@@ -63,6 +69,7 @@ log = logging.getLogger("llmopt.serving")
 
 Role = Literal["champion", "challenger", "static_default"]
 TrafficMode = Literal["champion", "canary", "shadow"]
+Assignment = Literal["decision", "tenant"]
 STATIC_LABEL = "static-default"
 
 
@@ -236,7 +243,7 @@ class Lineup:
 
 @dataclass(frozen=True)
 class Traffic:
-    """Traffic mode, canary share (percent of tenants) and the canary's remaining schedule."""
+    """Traffic mode, canary share (percent) and how it is drawn, and the canary's schedule."""
 
     mode: TrafficMode = "champion"
     canary_percent: float = 0.0
@@ -244,35 +251,18 @@ class Traffic:
     """Next canary percentages, one every ``step_s`` seconds (e.g. 10, 50, 100)."""
     step_s: float = 600.0
     next_step_at: float = float("inf")
+    assignment: Assignment = "tenant"
+    """``decision``: each decision drawn at random; ``tenant``: sticky per tenant."""
 
 
 @dataclass(frozen=True)
-class RollbackRule:
-    """When a canary is rolled back: enough feedback on both sides, and a margin broken."""
+class _Watch:
+    """A freshly promoted champion under watch, and the champion it replaced."""
 
-    min_feedback: int = 50
-    reward_margin: float = 0.05
-    error_margin: float = 0.10
-
-
-@dataclass
-class _LiveStats:
-    n: int = 0
-    reward: float = 0.0
-    errors: int = 0
-
-    def add(self, reward: float, error: bool) -> None:
-        self.n += 1
-        self.reward += reward
-        self.errors += int(error)
-
-    @property
-    def mean(self) -> float:
-        return self.reward / self.n if self.n else 0.0
-
-    @property
-    def error_rate(self) -> float:
-        return self.errors / self.n if self.n else 0.0
+    label: str
+    until: float
+    previous: Slot
+    previous_stats: VersionStats | None
 
 
 @dataclass(frozen=True)
@@ -333,8 +323,12 @@ class Router:
         Per-model circuit breaker (default: a fresh one).
     ledger
         Per-tenant daily budgets (default: no caps).
-    rollback
-        When to roll back a canary automatically (None: never).
+    rules
+        The autopilot's rules: when a canary or a fresh champion is rolled back, how a canary
+        started by :meth:`start_canary` is drawn and stepped (None: never rolled back).
+    on_rollback
+        Called (outside the decision path's work, under the router's lock) after each automatic
+        rollback, to make it durable (the runtime updates the registry) and to alert.
     tuning
         Generation parameters per (task type x model) (default: a fresh
         :class:`serving.parameters.ServedTuning`; not yet versioned in the registry).
@@ -353,7 +347,8 @@ class Router:
         default_tradeoff: TradeOff | None = None,
         breaker: CircuitBreaker | None = None,
         ledger: BudgetLedger | None = None,
-        rollback: RollbackRule | None = None,
+        rules: AutopilotRules | None = None,
+        on_rollback: Callable[[Rollback], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         store_prompt_tenants: Sequence[str] = (),
         tuning: ServedTuning | None = None,
@@ -377,7 +372,13 @@ class Router:
         self.default_tradeoff = default_tradeoff or TradeOff(willingness_to_pay=0.05)
         self.breaker = breaker or CircuitBreaker()
         self.ledger = ledger or BudgetLedger()
-        self.rollback = rollback
+        self.rules = rules
+        self.on_rollback = on_rollback
+        self.rolled_back: list[Rollback] = []
+        """Every automatic rollback since start, oldest first."""
+        self._rng = random.Random()
+        self._watch: _Watch | None = None
+        self._served_champions: set[str] = set()
         self.events = RouterEvents()
         self.traffic = Traffic()
         self.drift: DriftWatch | None = None
@@ -387,7 +388,7 @@ class Router:
         self._lock = threading.RLock()
         self._static = self.slot(StaticDefaultPolicy(catalog), STATIC_LABEL, role="static_default")
         self._lineup = Lineup(self._static)
-        self._live: dict[str, _LiveStats] = {}
+        self._live: dict[str, VersionStats] = {}
 
     # -- lineup -------------------------------------------------------------------------------
     def slot(self, policy: Any, label: str, *, role: Role = "champion") -> Slot:
@@ -435,9 +436,13 @@ class Router:
             if challenger is not None
             else (old.challenger if keep_challenger else None)
         )
+        if chall is not None and chall.label == champ.label:
+            chall = None  # a promoted challenger is the champion now: no A/B against itself
         new = Lineup(champ, chall)
         self._lineup = new  # the swap: requests read this reference once
         self.events.swaps += 1
+        if new.champion.label != old.champion.label:
+            self._start_watch(new.champion.label, old.champion)
         if new.champion.label != old.champion.label or (
             (new.challenger and new.challenger.label) != (old.challenger and old.challenger.label)
         ):
@@ -446,6 +451,46 @@ class Router:
             self.traffic = Traffic()
         return new
 
+    def _start_watch(self, label: str, previous: Slot) -> None:
+        """Watch a champion that replaced ``previous``, unless it served as champion before."""
+        served_before = label in self._served_champions
+        self._served_champions.add(label)
+        if (
+            self.rules is None
+            or served_before
+            or previous.role == "static_default"
+            or self.rules.prod_watch_s <= 0
+        ):
+            self._watch = None
+            return
+        stats = self._live.get(previous.label)
+        self._watch = _Watch(label, self._clock() + self.rules.prod_watch_s, previous, stats)
+
+    def start_canary(self) -> Traffic | None:
+        """The autopilot's canary for the current challenger (None: no rules or no challenger).
+
+        It starts at ``rules.start_percent`` of the decisions, drawn as ``rules.assignment``
+        says, and steps through ``rules.steps`` every ``rules.step_s`` while the canary's
+        guards stay green.
+        """
+        rules, challenger = self.rules, self._lineup.challenger
+        if rules is None or not rules.enabled or challenger is None:
+            return None
+        traffic = self.set_traffic(
+            "canary",
+            rules.start_percent,
+            schedule=rules.steps,
+            step_s=rules.step_s,
+            assignment=rules.assignment,
+        )
+        note = (
+            f"autopilot: canary of {challenger.label} at {rules.start_percent:g}% of the "
+            f"{'decisions' if rules.assignment == 'decision' else 'tenants'}"
+        )
+        log.info(note)
+        self.events.notes.append(note)
+        return traffic
+
     def set_traffic(
         self,
         mode: TrafficMode,
@@ -453,14 +498,19 @@ class Router:
         *,
         schedule: Sequence[float] = (),
         step_s: float = 600.0,
+        assignment: Assignment = "tenant",
     ) -> Traffic:
         """Change the traffic mode; canary and shadow need a challenger.
 
         A canary ``schedule`` (increasing percentages, e.g. ``(10, 50, 100)``) steps the share
-        up every ``step_s`` seconds unless the canary is rolled back first.
+        up every ``step_s`` seconds unless the canary is rolled back first; ``assignment``
+        draws the canary per ``decision`` (its share in the logged propensity) or per
+        ``tenant`` (sticky).
         """
         if mode not in ("champion", "canary", "shadow"):
             raise ValueError(f"traffic mode must be champion, canary or shadow, got {mode!r}")
+        if assignment not in ("decision", "tenant"):
+            raise ValueError(f"assignment must be decision or tenant, got {assignment!r}")
         if mode != "champion" and self._lineup.challenger is None:
             raise ValueError(f"traffic mode {mode!r} needs a challenger (a staging version)")
         if not 0.0 <= canary_percent <= 100.0:
@@ -481,37 +531,57 @@ class Router:
             steps,
             step_s,
             self._clock() + step_s if steps else float("inf"),
+            assignment,
         )
         self._live.clear()
         return self.traffic
 
     def _step(self, t: Traffic) -> Traffic:
-        """The canary's next step, if its time has come (called on the decision path)."""
+        """The canary's next step, if its time has come and it is healthy (decision path).
+
+        With autopilot rules, a step waits until the challenger has ``min_feedback`` feedback
+        (its guards have had a say); a breach rolls it back before any step.
+        """
         now = self._clock()
         if now < t.next_step_at or not t.schedule:
             return t
+        challenger = self._lineup.challenger
+        if self.rules is not None and challenger is not None:
+            stats = self._live.get(challenger.label)
+            if stats is None or stats.n < self.rules.min_feedback:
+                return t
         rest = t.schedule[1:]
         nxt = Traffic(
-            "canary", t.schedule[0], rest, t.step_s, now + t.step_s if rest else float("inf")
+            "canary",
+            t.schedule[0],
+            rest,
+            t.step_s,
+            now + t.step_s if rest else float("inf"),
+            t.assignment,
         )
         self.traffic = nxt
-        note = f"canary stepped to {nxt.canary_percent:g}% of tenants"
+        unit = "decisions" if t.assignment == "decision" else "tenants"
+        note = f"canary stepped to {nxt.canary_percent:g}% of {unit}"
         log.info(note)
         self.events.notes.append(note)
         return nxt
 
     # -- decisions ----------------------------------------------------------------------------
-    def _pick(self, lineup: Lineup, tenant: str) -> Slot:
+    def _pick(self, lineup: Lineup, tenant: str) -> tuple[Slot, float]:
+        """The slot that decides, and the probability it was drawn (1 unless per decision)."""
         t = self.traffic
         if t.schedule:
             t = self._step(t)
-        if (
-            t.mode == "canary"
-            and lineup.challenger is not None
-            and tenant_bucket(tenant) < t.canary_percent
-        ):
-            return lineup.challenger
-        return lineup.champion
+        if t.mode != "canary" or lineup.challenger is None:
+            return lineup.champion, 1.0
+        if t.assignment == "tenant":
+            if tenant_bucket(tenant) < t.canary_percent:
+                return lineup.challenger, 1.0
+            return lineup.champion, 1.0
+        share = t.canary_percent / 100.0
+        if self._rng.random() < share:
+            return lineup.challenger, share
+        return lineup.champion, 1.0 - share
 
     def _run(
         self,
@@ -519,15 +589,18 @@ class Router:
         ctx: RequestContext,
         budget_left: float | None,
         live: RouterFeatures | None = None,
+        share: float = 1.0,
     ) -> Decision:
         loop = slot.loop
         loop.budget_left = budget_left
         loop.live = live
+        loop.traffic_share = share
         try:
             return loop.decide(ctx)
         finally:
             loop.budget_left = None
             loop.live = None
+            loop.traffic_share = 1.0
 
     def _features(self, ctx: RequestContext) -> RouterFeatures | None:
         live = self.features
@@ -538,12 +611,12 @@ class Router:
     def decide(self, ctx: RequestContext) -> Routed:
         """Decide for one request (raises :class:`BudgetExceededError` when nothing fits)."""
         lineup = self._lineup
-        slot = self._pick(lineup, ctx.tenant)
+        slot, share = self._pick(lineup, ctx.tenant)
         live = self._features(ctx)
         with self._lock:
             budget_left = self.ledger.remaining(ctx.tenant)
             try:
-                decision = self._run(slot, ctx, budget_left, live)
+                decision = self._run(slot, ctx, budget_left, live, share)
             except (BudgetExceededError, NoCandidateError):
                 raise
             except Exception as exc:  # a broken policy must not fail the request
@@ -717,8 +790,14 @@ class Router:
         self.breaker.record(row["model"], ok=not failed)
         cost = self._actual_cost(fb, row)
         self.ledger.settle(fb.decision_id, cost)
-        stats = self._live.setdefault(slot.label, _LiveStats())
-        stats.add(reward, failed)
+        stats = self._live.setdefault(slot.label, VersionStats())
+        stats.add(
+            reward,
+            failed,
+            quality=fb.normalized_quality(),
+            cost_usd=cost,
+            latency_ms=fb.latency_ms,
+        )
         try:
             self.tuning.observe(
                 (row.get("context") or {}).get("tuning"),
@@ -734,7 +813,7 @@ class Router:
             )
         except Exception:  # nor learning the cascade
             log.exception("cascade failed to learn")
-        self._check_rollback()
+        self._check_guards()
         if self.drift is not None and slot.role != "static_default":
             try:
                 self.drift.observe(
@@ -753,34 +832,59 @@ class Router:
         predicted = (row.get("context") or {}).get("predicted_cost_usd")
         return realized_cost(fb, self.catalog.get(row["model"]), predicted)
 
-    def _check_rollback(self) -> None:
-        rule, lineup = self.rollback, self._lineup
-        if rule is None or self.traffic.mode != "canary" or lineup.challenger is None:
+    def _check_guards(self) -> None:
+        """Roll back a canary, or a freshly promoted champion, that breaks its guards."""
+        rules, lineup = self.rules, self._lineup
+        if rules is None:
             return
         champ = self._live.get(lineup.champion.label)
-        chall = self._live.get(lineup.challenger.label)
-        if champ is None or chall is None or min(champ.n, chall.n) < rule.min_feedback:
+        if self.traffic.mode == "canary" and lineup.challenger is not None:
+            chall = self._live.get(lineup.challenger.label)
+            verdict = guard_verdict(chall, champ, rules) if chall is not None else None
+            if verdict is not None:  # the canary stops and the challenger retires
+                self._lineup = Lineup(lineup.champion, None)
+                self.traffic = Traffic()
+                self._live.clear()
+                self._rolled_back(
+                    Rollback("challenger", lineup.challenger.label, lineup.champion.label, verdict)
+                )
+                return
+        watch = self._watch
+        if watch is None or watch.label != lineup.champion.label:
             return
-        worse_reward = champ.mean - chall.mean > rule.reward_margin
-        worse_errors = chall.error_rate - champ.error_rate > rule.error_margin
-        if worse_reward or worse_errors:
-            note = (
-                f"canary {lineup.challenger.label} rolled back: reward {chall.mean:.4f} vs "
-                f"{champ.mean:.4f}, error rate {chall.error_rate:.3f} vs {champ.error_rate:.3f} "
-                f"({chall.n} vs {champ.n} feedback)"
-            )
-            log.warning(note)
-            self.events.notes.append(note)
-            self.events.rollbacks += 1
-            self.traffic = Traffic()
-            self._live.clear()
+        if self._clock() > watch.until:
+            self._watch = None
+            return
+        verdict = guard_verdict(champ, watch.previous_stats, rules) if champ is not None else None
+        if verdict is None:
+            return
+        self._watch = None
+        restored = watch.previous
+        self._lineup = Lineup(restored, None)  # the previous champion serves again, at once
+        self.traffic = Traffic()
+        self._live.clear()
+        self._rolled_back(Rollback("champion", lineup.champion.label, restored.label, verdict))
 
-    def live_stats(self) -> dict[str, dict[str, float]]:
-        """Live reward and error rate per version label since the last traffic change."""
-        return {
-            k: {"n": v.n, "mean_reward": v.mean, "error_rate": v.error_rate}
-            for k, v in self._live.items()
-        }
+    def _rolled_back(self, rollback: Rollback) -> None:
+        what = "canary" if rollback.role == "challenger" else "champion"
+        note = (
+            f"{what} {rollback.label} rolled back ({rollback.verdict.kind}): "
+            f"{rollback.verdict.reason}; {rollback.restored} serves"
+        )
+        log.warning(note)
+        self.events.notes.append(note)
+        self.events.rollbacks += 1
+        self.rolled_back.append(rollback)
+        if self.on_rollback is not None:
+            try:
+                self.on_rollback(rollback)
+            except Exception:  # making it durable must never fail a feedback
+                log.exception("rollback hook failed for %s", rollback.label)
+
+    def live_stats(self) -> dict[str, dict[str, float | int | None]]:
+        """Live feedback per version label since the last traffic change (n, reward, errors,
+        quality, cost per request, p95 latency)."""
+        return {k: v.as_dict() for k, v in self._live.items()}
 
     # -- several workers ----------------------------------------------------------------------
     def learn_from_log(self, after_id: int, own: set[int]) -> int:

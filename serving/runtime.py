@@ -8,6 +8,13 @@ policy"); if even that fails, the static default policy answers. A poller thread
 aliases every ``serving_poll_s`` seconds and swaps changed versions in; if the source is
 unreachable the current models stay. ``/admin/reload`` runs the same check at once.
 
+Autopilot (``settings.autopilot``, :mod:`serving.autopilot`): a challenger loaded from the
+``staging`` alias gets canary traffic at once, with no operator; when the router rolls a canary
+or a fresh champion back, the runtime counts it (``llmopt_autopilot_rollbacks_total``), raises
+an alert, and makes it durable in the model source on a background thread: the ``staging``
+alias is removed from the bad version, or ``prod`` moves back to the previous version, and the
+version is tagged ``rolled_back`` with the reason.
+
 Several workers: see ``serving/README.md``. With ``serving_sync_log_s > 0`` a thread learns,
 every that many seconds, the feedback the *other* workers stored in the shared event log.
 
@@ -33,12 +40,13 @@ from llmopt.priors import apply_catalog_priors
 from llmopt.reward import TradeOff
 from llmopt.settings import Settings
 from llmopt.spool import SpooledEventLog
+from serving.autopilot import Rollback
 from serving.drift import DriftWatch
 from serving.guards import BudgetLedger, CircuitBreaker
 from serving.live_features import LiveFeatures, open_in_background
 from serving.metrics import get_metrics
 from serving.model_source import LocalFileSource, ModelSource, SourceError, source_from_settings
-from serving.router import STATIC_LABEL, RollbackRule, Router
+from serving.router import STATIC_LABEL, Router
 
 log = logging.getLogger("llmopt.serving")
 
@@ -132,7 +140,8 @@ class ServingRuntime:
                 default_usd=settings.serving_daily_budget_usd,
                 per_tenant=settings.serving_tenant_budgets,
             ),
-            rollback=RollbackRule(),
+            rules=settings.autopilot,
+            on_rollback=self._on_rollback,
             store_prompt_tenants=settings.store_prompt_tenants,
         )
         self.versions: dict[str, str | None] = {"prod": None, "staging": None}
@@ -157,6 +166,8 @@ class ServingRuntime:
             log.warning("traffic mode %s needs a challenger (staging): champion only", mode)
         elif mode != "champion":
             self.router.set_traffic(mode, settings.serving_canary_percent)  # type: ignore[arg-type]
+        elif self.router.lineup.challenger is not None:
+            self.router.start_canary()
         if background:
             self._spawn()
 
@@ -262,10 +273,62 @@ class ServingRuntime:
                     self.router.swap((loaded.policy, loaded.label))
                 else:
                     self.router.swap(challenger=(loaded.policy, loaded.label))
+                    if (
+                        self.router.lineup.challenger is not None
+                        and self.router.traffic.mode == "champion"
+                        and self.router.start_canary() is not None
+                    ):
+                        notes.append(f"autopilot: canary of {loaded.label} started")
                 self.versions[alias] = loaded.label
                 notes.append(f"{role} is now {loaded.label}")
                 changed = True
         return ReloadResult(changed, (time.perf_counter() - started) * 1000, notes)
+
+    # -- autopilot ------------------------------------------------------------------------------
+    def _on_rollback(self, rollback: Rollback) -> None:
+        """Count and alert at once; make the rollback durable in the source off the request."""
+        get_metrics().autopilot_rollbacks.labels(rollback.role, rollback.verdict.kind).inc()
+        logging.getLogger("llmopt.monitoring").error(
+            "autopilot rolled back %s %s (%s): %s; %s serves",
+            rollback.role,
+            rollback.label,
+            rollback.verdict.kind,
+            rollback.verdict.reason,
+            rollback.restored,
+            extra={
+                "alert": {
+                    "kind": "autopilot_rollback",
+                    "role": rollback.role,
+                    "version": rollback.label,
+                    "guard": rollback.verdict.kind,
+                    "reason": rollback.verdict.reason,
+                    "restored": rollback.restored,
+                }
+            },
+        )
+        if self._background:
+            threading.Thread(
+                target=self.record_rollback, args=(rollback,), name="rollback", daemon=True
+            ).start()
+        else:
+            self.record_rollback(rollback)
+
+    def record_rollback(self, rollback: Rollback) -> str:
+        """Make ``rollback`` durable in the model source; what was done (logged)."""
+        record = getattr(self.source, "record_rollback", None)
+        if record is None:
+            note = f"{rollback.label}: no registry to record the rollback in (this process only)"
+        else:
+            try:
+                note = str(record(rollback))
+            except Exception as exc:  # the registry may be down: the local rollback stands
+                note = f"{rollback.label}: rollback not recorded in the registry ({exc})"
+                log.warning(note)
+                return note
+        if rollback.role == "challenger":
+            self.versions["staging"] = None
+        log.info("autopilot: %s", note)
+        return note
 
     # -- background -----------------------------------------------------------------------------
     def _spawn(self) -> None:

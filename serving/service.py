@@ -181,6 +181,8 @@ class DecisionService:
         if ev.shadow_decisions:
             m.shadow_agreement.set(ev.shadow_agreements / ev.shadow_decisions)
         m.rollbacks.set(ev.rollbacks)
+        traffic = self.router.traffic
+        m.canary_percent.set(traffic.canary_percent if traffic.mode == "canary" else 0.0)
         m.set_model_available("champion", not self.runtime.fallback)
         m.set_model_available("challenger", self.router.lineup.challenger is not None or None)
         rt = self.runtime

@@ -160,3 +160,50 @@ def test_cli_runs_one_flow_once_and_lists_them(env: Settings, filled: Callable[.
     assert out["n_events"] == 40 and out["version"] == "1"
     res = runner.invoke(app, ["registry", "list"])
     assert "llm-router version 1  aliases: dev" in res.output
+
+
+def _rewards(settings: Settings, means: dict[str, float], n: int, seed: int = 0) -> None:
+    """``n`` logged decisions per version label, rewarded around ``means[label]``."""
+    import numpy as np  # noqa: PLC0415
+
+    from llmopt.schemas import Decision, Feedback, RequestContext  # noqa: PLC0415
+
+    log = EventLog(settings.event_log_url)
+    rng = np.random.default_rng(seed)
+    for label, mean in means.items():
+        for _ in range(n):
+            d = Decision(
+                model="gpt-4.1-mini", propensity=1.0, policy_name="x", policy_version=label
+            )
+            log.record_decision(d, RequestContext(tenant="t"), features={"bias": 1.0})
+            q = float(np.clip(mean + rng.normal(0, 0.2), 0, 1))
+            log.record_feedback(Feedback(decision_id=d.decision_id, quality=q), reward=q)
+    log.close()
+
+
+def test_one_ab_test_at_a_time_queued_dev_versions_and_a_rejected_challenger(
+    env: Settings, filled: Callable[..., int]
+) -> None:
+    filled(60)
+    policy = make_policy(RECOMMENDED, seed=0)
+    v1 = registry.register_policy(policy, settings=env)  # prod
+    client = registry.configure(env)
+    v2 = registry.log_version_in_run(client, env, policy, aliases=("dev", "staging"))
+    v3 = registry.log_version_in_run(client, env, policy, aliases=("dev",))  # newer dev
+    label = registry.version_label
+    # Too few live decisions yet: the test continues and the newer dev version waits.
+    _rewards(env, {label(v1): 0.5, label(v2): 0.5}, 20)
+    first = evaluate_and_promote(eval_window=200, min_samples=100)
+    assert first["after"]["staging"] == v2 and first["after"]["prod"] == v1
+    assert first["notes"] == [f"dev version {v3} queued: staging version {v2} is under test"]
+    # The challenger is clearly worse: the mSPRT decides for the champion and withdraws it.
+    _rewards(env, {label(v1): 0.6, label(v2): 0.35}, 400, seed=1)
+    second = evaluate_and_promote(eval_window=200, min_samples=100)
+    assert second["outcomes"][0]["details"]["decision"] == "champion"
+    assert second["after"]["staging"] is None and second["after"]["prod"] == v1
+    tags = client.get_model_version(registry.MODEL_NAME, v2).tags
+    assert tags["validation_status"] == "rejected_ab" and "not better" in tags["rollback_reason"]
+    # Now the queued dev version may enter (its OPE gate decides).
+    third = evaluate_and_promote(eval_window=200, min_samples=100)
+    assert [o["alias"] for o in third["outcomes"]] == ["staging"]
+    assert third["outcomes"][0]["version"] == v3

@@ -12,9 +12,10 @@ import pytest
 from llmopt.catalog import ModelCatalog, load_catalog
 from llmopt.event_log import EventLog, UnknownDecisionError
 from llmopt.schemas import Decision, Feedback, RequestContext
+from llmopt.settings import AutopilotRules
 from llmopt.types import ArmID, Features
 from serving.guards import BudgetExceededError, BudgetLedger, CircuitBreaker
-from serving.router import STATIC_LABEL, RollbackRule, Router, tenant_bucket
+from serving.router import STATIC_LABEL, Router, tenant_bucket
 
 
 class FakePolicy:
@@ -263,8 +264,8 @@ def test_unknown_decision_is_refused(catalog, log):
 
 
 def test_a_worse_canary_is_rolled_back(catalog, log):
-    rule = RollbackRule(min_feedback=20, reward_margin=0.05, error_margin=0.1)
-    router = make_router(catalog, log, rollback=rule)
+    rule = AutopilotRules(min_feedback=20, reward_margin=0.05, error_margin=0.1)
+    router = make_router(catalog, log, rules=rule)
     router.swap(
         champion=(FakePolicy("gpt-4o-mini"), "good"), challenger=(FakePolicy("gpt-4o"), "bad")
     )
@@ -284,7 +285,7 @@ def test_a_worse_canary_is_rolled_back(catalog, log):
 
 
 def test_an_equal_canary_is_not_rolled_back(catalog, log):
-    router = make_router(catalog, log, rollback=RollbackRule(min_feedback=20))
+    router = make_router(catalog, log, rules=AutopilotRules(min_feedback=20))
     router.swap(champion=(FakePolicy("gpt-4o-mini"), "a"), challenger=(FakePolicy("gpt-4o"), "b"))
     router.set_traffic("canary", 50.0)
     for i in range(200):
@@ -342,7 +343,7 @@ def test_the_canary_steps_up_by_schedule_until_rolled_back(catalog, log):
 
 
 def test_a_rollback_stops_the_schedule(catalog, log):
-    router = make_router(catalog, log, rollback=RollbackRule(min_feedback=10))
+    router = make_router(catalog, log, rules=AutopilotRules(min_feedback=10))
     router.swap(champion=(FakePolicy("gpt-4o-mini"), "a"), challenger=(FakePolicy("gpt-4o"), "b"))
     router.set_traffic("canary", 50.0, schedule=(100,), step_s=3600)
     for i in range(200):
