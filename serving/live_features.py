@@ -26,9 +26,7 @@ Example
 >>> class Reader:  # any object with ``read`` works (the real one wraps Feast)
 ...     calls = 0
 ...     def read(self, models, *, tenant, task_type):
-...         from feature_store import names
-from feature_store import names
-from feature_store.reader import RouterFeatures
+...         from feature_store.reader import RouterFeatures
 ...         Reader.calls += 1
 ...         return RouterFeatures(values={m: {"x": 1.0} for m in models})
 >>> live = LiveFeatures(Reader(), ttl_s=60)
