@@ -32,6 +32,7 @@ True
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -41,6 +42,9 @@ from llmopt.settings import AutopilotRules
 
 LATENCY_SAMPLES = 2000
 """Latest latencies kept per version for its p95."""
+Z_WORSE = 2.58
+"""A margin verdict also needs the gap to be significant: z above this (one-sided 0.5%), so that
+checking after every feedback does not roll back a version that is merely unlucky."""
 
 
 @dataclass
@@ -49,6 +53,7 @@ class VersionStats:
 
     n: int = 0
     reward: float = 0.0
+    reward_sq: float = 0.0
     errors: int = 0
     quality_sum: float = 0.0
     quality_n: int = 0
@@ -67,6 +72,7 @@ class VersionStats:
         """One feedback of a decision this version made."""
         self.n += 1
         self.reward += reward
+        self.reward_sq += reward * reward
         self.errors += int(error)
         if quality is not None:
             self.quality_sum += quality
@@ -79,6 +85,13 @@ class VersionStats:
     def mean(self) -> float:
         """Mean reward per feedback."""
         return self.reward / self.n if self.n else 0.0
+
+    @property
+    def reward_var(self) -> float:
+        """Sample variance of the reward (0 below two feedback)."""
+        if self.n < 2:
+            return 0.0
+        return max(self.reward_sq - self.n * self.mean**2, 0.0) / (self.n - 1)
 
     @property
     def error_rate(self) -> float:
@@ -174,9 +187,11 @@ def slo_breaches(stats: VersionStats, rules: AutopilotRules) -> list[Verdict]:
 def margin_breaches(
     stats: VersionStats, reference: VersionStats, rules: AutopilotRules
 ) -> list[Verdict]:
-    """Where ``stats`` trails ``reference`` beyond the reward or error margin."""
+    """Where ``stats`` trails ``reference`` beyond the reward or error margin, significantly."""
     found = []
-    if reference.mean - stats.mean > rules.reward_margin:
+    gap = reference.mean - stats.mean
+    se = math.sqrt(stats.reward_var / stats.n + reference.reward_var / reference.n)
+    if gap > rules.reward_margin and gap > Z_WORSE * se:
         found.append(
             Verdict(
                 "reward",
@@ -184,7 +199,9 @@ def margin_breaches(
                 f"{rules.reward_margin:g}; {stats.n} vs {reference.n} feedback)",
             )
         )
-    if stats.error_rate - reference.error_rate > rules.error_margin:
+    p, q = stats.error_rate, reference.error_rate
+    se_err = math.sqrt(p * (1 - p) / stats.n + q * (1 - q) / reference.n)
+    if p - q > rules.error_margin and p - q > Z_WORSE * se_err:
         found.append(
             Verdict(
                 "error_rate",

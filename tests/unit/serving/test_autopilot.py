@@ -224,3 +224,20 @@ def test_autopilot_rules_come_from_the_environment(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("LLMOPT_AUTOPILOT__STEPS", "[20, 10]")
     with pytest.raises(ValueError, match="steps must increase"):
         Settings()
+
+
+def test_an_equal_but_noisy_canary_survives_a_look_after_every_feedback(catalog, log):
+    import numpy as np  # noqa: PLC0415
+
+    rng = np.random.default_rng(7)
+    reported: list[Rollback] = []
+    rules = AutopilotRules(start_percent=20, steps=(), min_feedback=30, reward_margin=0.05)
+    router = Router(catalog, log, rules=rules, on_rollback=reported.append)
+    router.swap(champion=(FixedPolicy("gpt-4o"), "v1"))
+    router.swap(challenger=(FixedPolicy("gpt-4o-mini"), "v2"))
+    router.start_canary()
+    for i in range(1500):  # rewards with sd ~0.3, the same mean on both sides
+        routed = router.decide(ctx(i))
+        q = float(np.clip(rng.normal(0.5, 0.3), 0, 1))
+        router.feedback(Feedback(decision_id=routed.decision.decision_id, quality=q))
+    assert reported == [] and router.traffic.mode == "canary"
