@@ -45,6 +45,9 @@ REQUEST_CATEGORICAL: tuple[str, ...] = ("question_type", "task_hint", "prompt_te
 OUTCOME_NUMERIC: tuple[str, ...] = ("quality", "reward", "cost_usd", "latency_ms")
 OUTCOME_COLUMNS: tuple[str, ...] = (*OUTCOME_NUMERIC, "error_kind")
 PER_MODEL_OUTCOMES: tuple[str, ...] = ("quality", "reward")
+"""Outcomes the ``per_model`` drift report compares per model."""
+OUTCOMES_BY_MODEL: tuple[str, ...] = ("reward", "quality", "cost_usd")
+"""Outcomes the workspace's dashboard follows per model (their means per window)."""
 
 _FROM_CONTEXT = frozenset({"input_tokens", "willingness_to_pay"})
 """Request columns read from the logged context, not from the policy's features."""
@@ -135,6 +138,62 @@ def comparable_models(ref: pd.DataFrame, cur: pd.DataFrame, min_rows: int) -> li
     r, c = ref["model"].value_counts(), cur["model"].value_counts()
     both = [m for m in r.index if r[m] >= min_rows and c.get(m, 0) >= min_rows]
     return sorted(both, key=lambda m: (-int(r[m] + c[m]), str(m)))
+
+
+def left_out_models(ref: pd.DataFrame, cur: pd.DataFrame, min_rows: int) -> dict[str, str]:
+    """Models chosen in either frame but fewer than ``min_rows`` times in one of them, with why.
+
+    The complement of :func:`comparable_models`, most chosen first.
+
+    >>> import pandas as pd
+    >>> ref, cur = pd.DataFrame({"model": list("aaab")}), pd.DataFrame({"model": list("aac")})
+    >>> left_out_models(ref, cur, 2)
+    {'b': '1 event in the reference window and 0 in the current one (fewer than 2)', \
+'c': '0 events in the reference window and 1 in the current one (fewer than 2)'}
+    """
+    r, c = ref["model"].value_counts(), cur["model"].value_counts()
+    counts = {str(m): (int(r.get(m, 0)), int(c.get(m, 0))) for m in set(r.index) | set(c.index)}
+    out = {}
+    for m, (n_ref, n_cur) in sorted(counts.items(), key=lambda kv: (-sum(kv[1]), kv[0])):
+        if min(n_ref, n_cur) < min_rows:
+            out[m] = (
+                f"{n_ref} event{'s' if n_ref != 1 else ''} in the reference window and {n_cur} "
+                f"in the current one (fewer than {min_rows})"
+            )
+    return out
+
+
+def version_model(version: str, model: str) -> str:
+    """The label of a (policy version, model) pair: ``v<version> <model>``."""
+    return f"v{version} {model}"
+
+
+def outcomes_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per event: the chosen model, the policy version, their pair and the outcomes.
+
+    What the workspace's outcome snapshot summarises per model and per version (see
+    :mod:`monitoring.workspace`).
+
+    >>> import pandas as pd
+    >>> f = pd.DataFrame({"model": ["a"], "policy_version": ["3"], "reward": [0.5],
+    ...                   "quality": [0.7], "cost_usd": [0.01]})
+    >>> outcomes_frame(f).to_dict("records")
+    [{'model': 'a', 'policy_version': '3', 'version_model': 'v3 a', 'reward': 0.5, \
+'quality': 0.7, 'cost_usd': 0.01}]
+    """
+    import pandas as pd  # noqa: PLC0415
+
+    versions = frame["policy_version"].fillna("none").astype(str)
+    models = frame["model"].astype(str)
+    return pd.DataFrame(
+        {
+            "model": models,
+            "policy_version": versions,
+            "version_model": [version_model(v, m) for v, m in zip(versions, models, strict=True)],
+            **{name: frame[name].astype(float) for name in OUTCOMES_BY_MODEL},
+        },
+        index=frame.index,
+    )
 
 
 def usable_columns(

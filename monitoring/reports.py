@@ -10,11 +10,18 @@ Three reports compare the *current* window (the latest ``window`` feedback event
     cost, latency, error kind). Flags drift when at least half of the columns drift
     (Evidently's default share).
 ``per_model``
-    Quality and reward of each model, current vs reference, for the models with at least
+    Quality and reward of each model, current vs reference, for every model with at least
     ``min_model_rows`` events in both windows: a model getting worse shows here even when the
-    router's overall quality hides it. Flags drift when any column drifts.
+    router's overall quality hides it. Flags drift when any column drifts. The models left out,
+    and their counts, are listed in the page's header and the summary.
 ``decisions``
     Which model the router chose, and with what propensity. Flags drift when any column drifts.
+
+Beside the drift reports, each run writes ``outcomes``: the traffic share, reward, quality and
+cost per model and the traffic share and reward per policy version, current vs reference. Its
+snapshot, and one of each drift report's drift share, feed the dashboard of the Evidently UI
+workspace (:mod:`monitoring.workspace`). Every HTML page starts with a header naming the two
+windows: feedback ids, event counts and time span (:mod:`monitoring.report_index`).
 
 The reference and current windows are chosen by :mod:`monitoring.windows` (the champion's
 training window, or a split of the recent events); the summary says which reference was used
@@ -25,8 +32,7 @@ same single value in both, are left out and listed in the summary.
 
 Each run writes a folder named by its UTC time under ``out_dir`` holding, per report, a
 self-contained HTML dashboard (``<name>.html``) and Evidently's snapshot (``<name>.json``),
-plus ``summary.json``; ``out_dir/index.html`` lists every run, newest first
-(:mod:`monitoring.report_index`).
+plus ``summary.json``; ``out_dir/index.html`` lists every run, newest first.
 
 Examples
 --------
@@ -60,10 +66,12 @@ from monitoring.frames import (
     REQUEST_NUMERIC,
     comparable_models,
     events_frame,
+    left_out_models,
     per_model_frame,
     usable_columns,
 )
-from monitoring.report_index import write_index
+from monitoring.outcomes import OutcomesResult, drift_share_snapshot, run_outcomes
+from monitoring.report_index import add_header, windows_header, write_index
 from monitoring.stattests import HOMOGENEITY_TEST, homogeneity_columns, register_homogeneity_test
 from monitoring.windows import (
     ChampionWindow,
@@ -243,6 +251,12 @@ class DriftSummary:
     skipped_reports: dict[str, str]
     elapsed_s: float
     workspace: Path | None = None
+    min_model_rows: int = 30
+    per_model_models: tuple[str, ...] = ()
+    """Models the ``per_model`` report compares (at least ``min_model_rows`` in each window)."""
+    left_out_models: dict[str, str] = field(default_factory=dict)
+    """Models seen in the windows but left out of ``per_model``, with their counts."""
+    outcomes: OutcomesResult | None = None
 
     @property
     def drift_detected(self) -> bool:
@@ -276,6 +290,12 @@ class DriftSummary:
             "current": self.current_window.to_dict(),
             "reports": {r.name: r.to_dict(self.folder) for r in self.reports},
             "skipped_reports": self.skipped_reports,
+            "per_model_coverage": {
+                "min_model_rows": self.min_model_rows,
+                "models": list(self.per_model_models),
+                "left_out": self.left_out_models,
+            },
+            "outcomes": self.outcomes.to_dict(self.folder) if self.outcomes else None,
             "elapsed_s": round(self.elapsed_s, 3),
             "workspace": str(self.workspace) if self.workspace else None,
         }
@@ -288,6 +308,8 @@ class DriftSummary:
             f"{self.reference_window.until_id}]) vs current {self.current_window.n_rows} events "
             f"(feedback ({self.current_window.after_id}, {self.current_window.until_id}])",
             f"  reference: {self.reference.description}",
+            f"  reference window: {self.reference_window.describe()}",
+            f"  current window:   {self.current_window.describe()}",
         ]
         for r in self.reports:
             verdict = "DRIFT" if r.drift_detected else "no drift"
@@ -297,6 +319,17 @@ class DriftSummary:
                 f"drifted: {drifted}"
             )
         lines += [f"  {name:<10} skipped: {why}" for name, why in self.skipped_reports.items()]
+        if self.per_model_models:
+            lines.append(f"  per_model covers {', '.join(self.per_model_models)}")
+        lines += [f"  per_model leaves out {m}: {why}" for m, why in self.left_out_models.items()]
+        if self.outcomes is not None:
+            traffic = ", ".join(
+                f"{m} {v['share']:.0%}" for m, v in self.outcomes.by_model.items() if v["share"]
+            )
+            versions = ", ".join(
+                f"v{k} {v['share']:.0%}" for k, v in self.outcomes.by_version.items() if v["share"]
+            )
+            lines.append(f"  traffic (current window): {traffic}; policy versions: {versions}")
         lines.append(f"  wrote {self.folder} (index: {self.index})")
         return "\n".join(lines)
 
@@ -317,6 +350,50 @@ def _safe_url(url: str) -> str:
     return sa.engine.make_url(url).render_as_string(hide_password=True)
 
 
+def _metadata(reference: Reference, ref: Window, cur: Window) -> dict[str, str]:
+    """The windows as snapshot metadata (text values, as Evidently's UI shows them)."""
+    meta = {
+        "reference": reference.kind,
+        "reference_ids": ref.feedback_ids,
+        "reference_events": str(ref.n_rows),
+        "reference_span": ref.time_span(),
+        "current_ids": cur.feedback_ids,
+        "current_events": str(cur.n_rows),
+        "current_span": cur.time_span(),
+    }
+    if reference.champion_version is not None:
+        meta["champion_version"] = reference.champion_version
+    return meta
+
+
+def _coverage_notes(models: Sequence[str], left_out: Mapping[str, str], min_rows: int) -> list[str]:
+    """What the ``per_model`` page says about the models it covers and leaves out."""
+    return [
+        f"Models compared ({len(models)}, each chosen at least {min_rows} times in both "
+        f"windows): {', '.join(models)}.",
+        *(f"Left out: {m}: {why}." for m, why in left_out.items()),
+    ]
+
+
+def _to_workspace(
+    workspace: Path,
+    snapshots: Sequence[Any],
+    results: Sequence[ReportResult],
+    meta: Mapping[str, str],
+    created: datetime,
+) -> None:
+    """Add the run's snapshots, and one of its drift shares, to the Evidently UI workspace."""
+    from monitoring.workspace import DRIFT_SHARE_TAG, PROJECT_TAG, add_snapshots  # noqa: PLC0415
+
+    shares = drift_share_snapshot(
+        {r.name: r.drift_share for r in results},
+        metadata=meta,
+        tags=[PROJECT_TAG, DRIFT_SHARE_TAG],
+        timestamp=created,
+    )
+    add_snapshots(workspace, [*snapshots, shares])
+
+
 def drift_report_from_log(
     log: EventLog,
     out_dir: Path | str,
@@ -328,39 +405,51 @@ def drift_report_from_log(
     min_model_rows: int = 30,
     workspace: Path | None = None,
 ) -> DriftSummary:
-    """Write the three drift reports of ``log`` into a new folder of ``out_dir``.
+    """Write the three drift reports and the outcomes report of ``log`` into a new folder of
+    ``out_dir``.
 
     ``champion`` is the reference to use when it holds enough events (see
-    :func:`find_champion_window`); ``workspace``, when given, also receives the snapshots (an
-    Evidently UI workspace, project ``llm-auto-optimizer``).
+    :func:`find_champion_window`); ``per_model`` compares every model chosen at least
+    ``min_model_rows`` times in each window. ``workspace``, when given, also receives the
+    snapshots (an Evidently UI workspace, project ``llm-auto-optimizer``, whose dashboard they
+    feed; see :mod:`monitoring.workspace`).
     """
+    from monitoring.workspace import OUTCOMES_TAG, PROJECT_TAG  # noqa: PLC0415
+
     started = time.perf_counter()
     reference, (r_after, r_until), (c_after, c_until) = select_windows(
         log, window, champion=champion, min_rows=min_rows, why=champion_note
     )
     ref_events = log.feedback_since(r_after, until_id=r_until)
     cur_events = log.feedback_since(c_after, until_id=c_until)
+    ref_window = Window.of_events(ref_events, r_after, r_until)
+    cur_window = Window.of_events(cur_events, c_after, c_until)
     ref, cur = events_frame(ref_events), events_frame(cur_events)
     created = datetime.now(UTC)
     out = Path(out_dir)
     folder = _new_folder(out, created)
-    meta = {
-        "reference": reference.kind,
-        "reference_ids": f"({r_after}, {r_until}]",
-        "current_ids": f"({c_after}, {c_until}]",
-    }
+    meta = _metadata(reference, ref_window, cur_window)
+    ref_dict = {"kind": reference.kind, "description": reference.description}
+    ref_dict |= ref_window.to_dict()
+    cur_dict = cur_window.to_dict()
     common: dict[str, Any] = {"folder": folder, "metadata": meta, "timestamp": created}
     results: list[ReportResult] = []
     snapshots: list[Any] = []
     skipped: dict[str, str] = {}
+    models = comparable_models(ref, cur, min_model_rows)
+    left_out = left_out_models(ref, cur, min_model_rows)
 
     def add(name: str, title: str, r: pd.DataFrame, c: pd.DataFrame, **kw: Any) -> None:
-        done, left_out = run_drift(name, title, r, c, **kw, **common)
+        notes = kw.pop("notes", [])
+        done, columns_left_out = run_drift(name, title, r, c, **kw, **common)
+        untested = "; ".join(f"{k}: {v}" for k, v in columns_left_out.items())
         if done is None:
-            skipped[name] = "nothing varies: " + "; ".join(f"{k}: {v}" for k, v in left_out.items())
-        else:
-            results.append(done[0])
-            snapshots.append(done[1])
+            skipped[name] = f"nothing varies: {untested}"
+            return
+        untested_note = [f"Columns not tested: {untested}"] if untested else []
+        add_header(done[0].html, windows_header(title, ref_dict, cur_dict, notes + untested_note))
+        results.append(done[0])
+        snapshots.append(done[1])
 
     add(
         "features",
@@ -371,7 +460,6 @@ def drift_report_from_log(
         categorical=[*REQUEST_CATEGORICAL, "error_kind"],
         drift_share=0.5,
     )
-    models = comparable_models(ref, cur, min_model_rows)
     if models:
         per_ref, per_cur = per_model_frame(ref, models), per_model_frame(cur, models)
         cols = list(per_ref.columns)
@@ -383,9 +471,12 @@ def drift_report_from_log(
             numerical=cols,
             categorical=(),
             drift_share=1 / len(cols),  # any column
+            notes=_coverage_notes(models, left_out, min_model_rows),
         )
     else:
-        skipped["per_model"] = f"no model was chosen {min_model_rows} times in both windows"
+        skipped["per_model"] = f"no model was chosen {min_model_rows} times in both windows" + (
+            " (" + "; ".join(f"{m}: {why}" for m, why in left_out.items()) + ")" if left_out else ""
+        )
     add(
         "decisions",
         "Decisions: chosen model and propensity",
@@ -395,22 +486,39 @@ def drift_report_from_log(
         categorical=["model"],
         drift_share=0.5,  # any of its (at most) two columns
     )
+    versions = sorted({str(v) for v in cur["policy_version"].dropna()})
+    outcomes, outcomes_snapshot = run_outcomes(
+        ref,
+        cur,
+        folder=folder,
+        metadata=meta,
+        tags=[PROJECT_TAG, OUTCOMES_TAG, *(f"policy_version={v}" for v in versions)],
+        timestamp=created,
+        header=windows_header(
+            "Traffic and outcomes per model and policy version",
+            ref_dict,
+            cur_dict,
+            ["The Evidently UI's dashboard plots the current window's values, run by run."],
+        ),
+    )
     if workspace is not None:
-        from monitoring.workspace import add_snapshots  # noqa: PLC0415
-
-        add_snapshots(workspace, snapshots)
+        _to_workspace(workspace, [*snapshots, outcomes_snapshot], results, meta, created)
     summary = DriftSummary(
         created_at=created,
         folder=folder,
         index=out / "index.html",
         event_log=_safe_url(log.url),
         reference=reference,
-        reference_window=Window.of_events(ref_events, r_after, r_until),
-        current_window=Window.of_events(cur_events, c_after, c_until),
+        reference_window=ref_window,
+        current_window=cur_window,
         reports=tuple(results),
         skipped_reports=skipped,
         elapsed_s=time.perf_counter() - started,
         workspace=workspace,
+        min_model_rows=min_model_rows,
+        per_model_models=tuple(models) if "per_model" not in skipped else (),
+        left_out_models=left_out,
+        outcomes=outcomes,
     )
     summary.summary_json.write_text(json.dumps(summary.to_dict(), indent=2, default=str))
     write_index(out)
@@ -431,6 +539,7 @@ def drift_report(
     add_to_workspace: bool = True,
     use_registry: bool = True,
     min_rows: int = 50,
+    min_model_rows: int = 30,
 ) -> DriftSummary:
     """Drift reports of the settings' event log: the entry point of the CLI and the flow.
 
@@ -466,6 +575,7 @@ def drift_report(
             champion=champion,
             champion_note=note,
             min_rows=min_rows,
+            min_model_rows=min_model_rows,
             workspace=ws,
         )
     finally:

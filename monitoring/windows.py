@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from llmopt.event_log import EventLog, LoggedEvent
@@ -99,6 +99,19 @@ def find_champion_window(settings: Settings) -> tuple[ChampionWindow | None, str
     return window, ""
 
 
+def duration(seconds: float) -> str:
+    """A duration in its two largest units.
+
+    >>> [duration(s) for s in (0.4, 59, 61, 3600, 90061)]
+    ['0 s', '59 s', '1 min 1 s', '1 h 0 min', '1 d 1 h']
+    """
+    s = int(seconds)
+    for unit, size, sub, sub_size in (("d", 86400, "h", 3600), ("h", 3600, "min", 60)):
+        if s >= size:
+            return f"{s // size} {unit} {(s % size) // sub_size} {sub}"
+    return f"{s // 60} min {s % 60} s" if s >= 60 else f"{s} s"
+
+
 @dataclass(frozen=True)
 class Window:
     """Feedback ids ``(after_id, until_id]`` and what they hold."""
@@ -109,15 +122,55 @@ class Window:
     first_at: datetime | None = None
     last_at: datetime | None = None
 
+    @property
+    def feedback_ids(self) -> str:
+        """The id range as text: ``(after_id, until_id]``."""
+        return f"({self.after_id}, {self.until_id}]"
+
+    @property
+    def span_s(self) -> float | None:
+        """Seconds from the first to the last event's receipt (None when empty)."""
+        if self.first_at is None or self.last_at is None:
+            return None
+        return (self.last_at - self.first_at).total_seconds()
+
+    def time_span(self) -> str:
+        """When the events were received, in UTC, and for how long.
+
+        >>> from datetime import UTC, datetime
+        >>> w = Window(0, 90, 90, datetime(2026, 3, 1, 9, 0, tzinfo=UTC),
+        ...            datetime(2026, 3, 1, 11, 30, 5, tzinfo=UTC))
+        >>> w.time_span()
+        'received 2026-03-01 09:00:00 to 2026-03-01 11:30:05 UTC (2 h 30 min)'
+        >>> Window(5, 5, 0).time_span()
+        'no events'
+        """
+        if self.first_at is None or self.last_at is None or self.span_s is None:
+            return "no events"
+        fmt = "%Y-%m-%d %H:%M:%S"
+        first = self.first_at.astimezone(UTC).strftime(fmt)
+        last = self.last_at.astimezone(UTC).strftime(fmt)
+        return f"received {first} to {last} UTC ({duration(self.span_s)})"
+
+    def describe(self) -> str:
+        """Ids, count and time span in one line.
+
+        >>> Window(10, 20, 10).describe()
+        'feedback ids (10, 20]: 10 events, no events'
+        """
+        return f"feedback ids {self.feedback_ids}: {self.n_rows} events, {self.time_span()}"
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
         return {
-            "feedback_ids": f"({self.after_id}, {self.until_id}]",
+            "feedback_ids": self.feedback_ids,
             "after_id": self.after_id,
             "until_id": self.until_id,
             "n_rows": self.n_rows,
             "first_received_at": self.first_at.isoformat() if self.first_at else None,
             "last_received_at": self.last_at.isoformat() if self.last_at else None,
+            "span_s": None if self.span_s is None else round(self.span_s, 3),
+            "time_span": self.time_span(),
         }
 
     @classmethod

@@ -50,6 +50,12 @@ def report(
     min_rows: Annotated[
         int, typer.Option(min=2, help="Fewest events in each of the two windows.")
     ] = 50,
+    min_model_rows: Annotated[
+        int,
+        typer.Option(
+            min=2, help="Fewest events of a model in each window for the per-model report."
+        ),
+    ] = 30,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Drift of request features, per-model quality/reward and decisions: HTML + JSON."""
@@ -68,6 +74,7 @@ def report(
             add_to_workspace=not skip_workspace,
             use_registry=registry,
             min_rows=min(min_rows, window),
+            min_model_rows=min_model_rows,
         )
     except (EventLogError, ValueError, OSError) as exc:  # NotEnoughEventsError is a ValueError
         raise _fail(str(exc)) from None
@@ -92,16 +99,31 @@ def ui(
         "127.0.0.1"
     ),
 ) -> None:
-    """Serve the Evidently UI on the reports' workspace until interrupted (Ctrl-C)."""
+    """Serve the Evidently UI on the reports' workspace until interrupted (Ctrl-C).
+
+    The project and its dashboard are set up first, so the dashboard's panels show even before
+    the first drift report (which fills them).
+    """
     from llmopt.settings import get_settings  # noqa: PLC0415
-    from monitoring.workspace import default_workspace, start_ui, stop  # noqa: PLC0415
+    from monitoring.workspace import (  # noqa: PLC0415
+        PROJECT_NAME,
+        default_workspace,
+        ensure_project,
+        start_ui,
+        stop,
+    )
 
     path = workspace or default_workspace(get_settings())
     try:
+        ensure_project(path)
         proc = start_ui(path, port=port, host=host)
     except (FileNotFoundError, OSError) as exc:
         raise _fail(str(exc)) from None
-    typer.echo(f"Evidently UI on http://{host}:{port} (workspace {path}); Ctrl-C stops it")
+    typer.echo(
+        f"Evidently UI on http://{host}:{port} (workspace {path}, project {PROJECT_NAME}: "
+        "its dashboard plots drift share, traffic and outcomes per model and policy version, "
+        "one point per `llmopt monitor report`); Ctrl-C stops it"
+    )
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt

@@ -195,6 +195,33 @@ def test_evidently_ui_serves_the_workspace(drifted_summary: DriftSummary, ui_ser
         time.sleep(0.2)
     assert [p["name"] for p in projects] == [PROJECT_NAME]
 
+    # The dashboard has its panels, and the server feeds them from the run's snapshots.
+    project = projects[0]["id"]
+    with urllib.request.urlopen(f"{base}/api/v2/dashboards/{project}", timeout=10) as resp:
+        dashboard = json.loads(resp.read())
+    titles = [p["title"] for p in dashboard["panels"]]
+    assert titles[:2] == ["Drift share per report", "Traffic share per model"], titles
+    traffic = next(p for p in dashboard["panels"] if p["title"] == "Traffic share per model")
+    body = {
+        "series_filter": [
+            {k: v[k] for k in ("metric", "tags", "metadata", "metric_labels")}
+            for v in traffic["values"]
+        ]
+    }
+    request = urllib.request.Request(  # noqa: S310 - local URL
+        f"{base}/api/v2/snapshots/{project}/data_series_batch",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - local URL
+        series = json.loads(resp.read())
+    assert drifted_summary.outcomes is not None
+    shares = {s["params"]["label"]: s["values"][-1] for s in series["series"]}
+    expected = {m: v["share"] for m, v in drifted_summary.outcomes.by_model.items()}
+    assert shares.keys() >= expected.keys()
+    assert {m: round(shares[m], 6) for m in expected} == expected
+
 
 def test_cli_writes_reports_and_explains_an_empty_log(
     logs: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,15 +20,18 @@ from monitoring.frames import (
     comparable_models,
     event_row_columns,
     events_frame,
+    left_out_models,
+    outcomes_frame,
     per_model_frame,
     usable_columns,
 )
-from monitoring.report_index import write_index
+from monitoring.report_index import add_header, windows_header, write_index
 from monitoring.reports import _column_results
 from monitoring.stattests import chi2_homogeneity, homogeneity_columns
 from monitoring.windows import (
     ChampionWindow,
     NotEnoughEventsError,
+    Window,
     champion_window_from_tags,
     select_windows,
 )
@@ -88,6 +92,65 @@ def test_per_model_columns_keep_only_that_models_outcomes() -> None:
     ref = pd.DataFrame({"model": ["a"] * 5 + ["b"] * 9 + ["c"] * 2})
     cur = pd.DataFrame({"model": ["a"] * 3 + ["b"] * 4 + ["c"] * 9})
     assert comparable_models(ref, cur, 3) == ["b", "a"]  # c: too few in the reference
+
+
+def test_models_left_out_of_the_per_model_report_are_the_complement_with_their_counts() -> None:
+    ref = pd.DataFrame({"model": ["a"] * 5 + ["b"] * 9 + ["c"] * 2 + ["d"]})
+    cur = pd.DataFrame({"model": ["a"] * 3 + ["b"] * 4 + ["c"] * 9 + ["e"] * 2})
+    kept = comparable_models(ref, cur, 3)
+    left_out = left_out_models(ref, cur, 3)
+    assert set(kept) | set(left_out) == set("abcde") and not set(kept) & set(left_out)
+    assert list(left_out) == ["c", "e", "d"]  # most chosen first
+    assert (
+        left_out["c"] == "2 events in the reference window and 9 in the current one (fewer than 3)"
+    )
+    assert left_out["d"].startswith("1 event in the reference window and 0 in the current one")
+    assert left_out_models(ref, cur, 1) == {
+        "d": "1 event in the reference window and 0 in the current one (fewer than 1)",
+        "e": "0 events in the reference window and 2 in the current one (fewer than 1)",
+    }
+
+
+def test_outcomes_frame_pairs_version_and_model() -> None:
+    frame = events_frame([_event(1), _event(2, "m2")])
+    out = outcomes_frame(frame)
+    assert list(out.columns) == [
+        "model",
+        "policy_version",
+        "version_model",
+        "reward",
+        "quality",
+        "cost_usd",
+    ]
+    assert out["version_model"].tolist() == ["v1 m1", "v1 m2"]
+    assert out["cost_usd"].tolist() == [0.001, 0.001]
+
+
+def test_a_window_says_its_ids_count_and_time_span() -> None:
+    first = datetime(2026, 5, 2, 8, 0, 0, tzinfo=UTC)
+    last = datetime(2026, 5, 2, 8, 4, 30, tzinfo=UTC)
+    w = Window(100, 300, 200, first, last)
+    assert w.describe() == (
+        "feedback ids (100, 300]: 200 events, received 2026-05-02 08:00:00 to "
+        "2026-05-02 08:04:30 UTC (4 min 30 s)"
+    )
+    d = w.to_dict()
+    assert d["span_s"] == 270.0 and d["time_span"].endswith("(4 min 30 s)")
+    assert d["feedback_ids"] == "(100, 300]"
+
+
+def test_the_header_goes_at_the_top_of_the_page_and_names_both_windows(tmp_path: Path) -> None:
+    page = tmp_path / "r.html"
+    page.write_text("<!DOCTYPE html><html><head></head><body class='x'><div id='root'></div>")
+    ref = {"kind": "champion", "description": "v7 <training>", "feedback_ids": "(0, 9]"}
+    header = windows_header("T", ref | {"n_rows": 9}, {"feedback_ids": "(9, 20]", "n_rows": 11})
+    add_header(page, header)
+    html = page.read_text()
+    assert html.index("<body class='x'>") < html.index('id="llmopt-windows"') < html.index("root")
+    text = " ".join(re.sub("<[^>]+>", " ", html).split())
+    assert "Reference (champion) : feedback ids (0, 9], 9 events" in text
+    assert "Current : feedback ids (9, 20], 11 events" in text
+    assert "v7 &lt;training&gt;" in html  # escaped
 
 
 def test_usable_columns_leave_out_empty_and_constant_ones_and_say_why() -> None:
@@ -215,3 +278,12 @@ def test_index_lists_runs_newest_first_and_skips_unreadable_ones(tmp_path: Path)
     page = write_index(tmp_path).read_text()
     assert page.index("new/features.html") < page.index("old/features.html")
     assert "2 run(s)" in page and "&lt;halves&gt;" in page and "1/3 drifted" in page
+    header = page[page.index('<header id="llmopt-windows"') : page.index("</header>")]
+    assert (
+        "the latest run (new) compares" in header and "feedback ids (10, 20], 10 events" in header
+    )
+
+
+def test_an_empty_index_says_there_is_nothing_to_compare(tmp_path: Path) -> None:
+    page = write_index(tmp_path).read_text()
+    assert 'id="llmopt-windows"' in page and "no run yet" in page and "0 run(s)" in page
