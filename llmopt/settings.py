@@ -285,7 +285,7 @@ class Settings(BaseSettings):
         description=(
             "Streaming drift detectors (ADWIN, Page-Hinkley, CUSUM, z-score, IQR) on each "
             "model's reward, quality, latency and cost in serving; on drift: alert, discount "
-            "the model in the policy, request retraining (home/monitoring/retrain_requests.jsonl)."
+            "the model in the policy, run the retraining deployment (retrain_deployment)."
         ),
     )
     store_prompt_tenants: list[str] = Field(
@@ -305,6 +305,24 @@ class Settings(BaseSettings):
     alert_webhook_url: str | None = Field(
         default=None,
         description="URL that drift alerts are POSTed to as JSON (unset: structured logs only).",
+    )
+    # Drift -> retraining (monitoring/retraining.py): serving's detectors and the drift flow.
+    retrain_deployment: str = Field(
+        default="nightly-training/nightly-training",
+        description=(
+            "Prefect deployment ('flow name/deployment name') that a drift alarm in serving or "
+            "a drifted drift report runs through Prefect's API (needs PREFECT_API_URL); empty: "
+            "alert only."
+        ),
+    )
+    retrain_cooldown_s: float = Field(
+        default=3600.0,
+        ge=0,
+        description=(
+            "Seconds after a retraining request during which further drift alarms and reports "
+            "create no new run (per process, and checked against the deployment's runs in "
+            "Prefect)."
+        ),
     )
     autopilot: AutopilotRules = Field(
         default_factory=AutopilotRules,

@@ -1,11 +1,13 @@
-"""Drift alerts: a structured log record, an optional webhook POST, and counts for Prometheus.
+"""Alerts: a structured log record, an optional webhook POST, and counts for Prometheus.
 
 Every :class:`~monitoring.detectors.DriftEvent` becomes one JSON-serialisable record, logged at
 WARNING on the ``llmopt.monitoring`` logger with the record under ``extra={"alert": record}``
 (a JSON log formatter writes ``record.alert`` as is), and, if a webhook URL is configured,
-POSTed to it as JSON. Alerts are rare (a detector restarts after each detection), so the POST
-is synchronous with a short timeout; a webhook that fails, times out or answers an error is
-logged and never raises into the feedback path that raised the alert.
+POSTed to it as JSON. Other alerts (a retraining triggered or not,
+:mod:`monitoring.retraining`) go the same way through :meth:`Alerter.notify`. Alerts are rare
+(a detector restarts after each detection), so the POST is synchronous with a short timeout; a
+webhook that fails, times out or answers an error is logged and never raises into the feedback
+path that raised the alert.
 
 Examples
 --------
@@ -91,14 +93,30 @@ class Alerter:
             event.value,
             extra={"alert": record},
         )
+        self._dispatch(record)
+        return record
+
+    def notify(
+        self, kind: str, message: str, *, level: int = logging.WARNING, **fields: Any
+    ) -> dict[str, Any]:
+        """Log and (if configured) POST an alert of another ``kind``; returns its record.
+
+        >>> Alerter().notify("retrain_triggered", "retraining run abc", deployment="a/b")
+        {'kind': 'retrain_triggered', 'message': 'retraining run abc', 'deployment': 'a/b'}
+        """
+        record: dict[str, Any] = {"kind": kind, "message": message, **fields}
+        self._logger.log(level, "%s", message, extra={"alert": record})
+        self._dispatch(record)
+        return record
+
+    def _dispatch(self, record: dict[str, Any]) -> None:
         if self.on_alert is not None:
             try:
                 self.on_alert(record)
             except Exception:  # a metrics hook must not break the feedback path
-                self._logger.exception("on_alert hook failed for %s", key)
+                self._logger.exception("on_alert hook failed for %s", record["kind"])
         if self.webhook_url is not None:
             self._post(self.webhook_url, record)
-        return record
 
     def handle(self, events: Iterable[DriftEvent]) -> list[dict[str, Any]]:
         """:meth:`alert` on each event (what a :class:`StreamMonitor` returned)."""
@@ -115,7 +133,7 @@ class Alerter:
         except Exception as exc:  # the webhook is best effort: log, count, carry on
             self.webhook_failures += 1
             self._logger.error(
-                "drift alert webhook failed (%s: %s)",
+                "alert webhook failed (%s: %s)",
                 type(exc).__name__,
                 exc,
                 extra={"alert": record, "webhook_url": url},

@@ -4,8 +4,10 @@ A policy that remembers every reward needs about as many new rewards as it has o
 a model whose quality collapsed loses its place (a mean over 1,000 good answers moves by 1/1,000
 per bad one). On a drift of a model's quality or reward, :class:`DriftResponder` discounts that
 model's arm in the live policy (:meth:`llmopt.loop.LearningLoop.reset_arm`, hence
-:meth:`models.base.Policy.discount_arm`), so the next few rewards decide, and records a request
-to retrain (the training flows re-fit from the event log, where the new outcomes are).
+:meth:`models.base.Policy.discount_arm`), so the next few rewards decide, and requests a
+retraining through ``on_retrain_request`` (the training flows re-fit from the event log, where
+the new outcomes are; serving passes :class:`monitoring.retraining.RetrainTrigger`, which runs
+the retraining deployment through Prefect).
 
 What each stream's drift does:
 
@@ -44,10 +46,8 @@ reset gpt-4o max_weight=20.0 costs=False
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Collection, Iterable
-from pathlib import Path
 from typing import Protocol
 
 from llmopt.types import ArmID
@@ -89,11 +89,9 @@ class DriftResponder:
         Values of a model's stream after a response during which further events of the same
         kind (policy or costs) for that model are not acted on again.
     on_retrain_request
-        Called with the event behind each retraining request (e.g. to trigger the training
-        flow); an exception it raises is logged, never propagated.
-    retrain_log
-        JSON-lines file each retraining request is appended to (None: kept in
-        :attr:`retrain_requests` only).
+        Called with the event behind each retraining request (serving: run the retraining
+        deployment, :mod:`monitoring.retraining`); an exception it raises is logged, never
+        propagated. Every request is also kept in :attr:`retrain_requests`.
     """
 
     def __init__(
@@ -104,7 +102,6 @@ class DriftResponder:
         detectors: Collection[str] | None = None,
         cooldown: int = 200,
         on_retrain_request: Callable[[DriftEvent], None] | None = None,
-        retrain_log: Path | str | None = None,
     ) -> None:
         if not keep >= 0:
             raise ValueError(f"keep must be >= 0, got {keep}")
@@ -115,7 +112,6 @@ class DriftResponder:
         self.detectors = frozenset(detectors) if detectors is not None else None
         self.cooldown = cooldown
         self.on_retrain_request = on_retrain_request
-        self.retrain_log = Path(retrain_log) if retrain_log is not None else None
         self.retrain_requests: list[DriftEvent] = []
         """Every retraining request so far, oldest first."""
         self._last: dict[tuple[ArmID, str], int] = {}
@@ -155,13 +151,6 @@ class DriftResponder:
 
     def _request_retraining(self, event: DriftEvent) -> None:
         self.retrain_requests.append(event)
-        if self.retrain_log is not None:
-            try:
-                self.retrain_log.parent.mkdir(parents=True, exist_ok=True)
-                with self.retrain_log.open("a", encoding="utf-8") as f:
-                    f.write(json.dumps({"reason": "drift", **event.to_dict()}) + "\n")
-            except OSError:
-                self._logger.exception("could not append to %s", self.retrain_log)
         if self.on_retrain_request is not None:
             try:
                 self.on_retrain_request(event)

@@ -9,6 +9,12 @@ server first and point at it::
 
 Without ``PREFECT_API_URL`` Prefect starts a temporary local API for the process (the
 embedded profile): schedules then run but no UI outlives the process.
+
+``nightly-training`` is also the retraining deployment that drift runs (``LLMOPT_RETRAIN_
+DEPLOYMENT`` = ``nightly-training/nightly-training``: flow name / deployment name, both the
+spec's name; :mod:`monitoring.retraining`): a drift alarm in a service that has the same
+``PREFECT_API_URL``, or a drifted ``drift-report`` run, creates a run of it, which this
+process then runs.
 """
 
 from __future__ import annotations
@@ -59,7 +65,7 @@ FLOWS: dict[str, FlowSpec] = {
             "pipelines.nightly_training",
             "nightly_training",
             cron="0 2 * * *",
-            description="rebuild from the full history, refit the quality model",
+            description="rebuild from the full history, refit the quality model; also run on drift",
         ),
         FlowSpec(
             "hpo",
@@ -87,7 +93,10 @@ FLOWS: dict[str, FlowSpec] = {
             "pipelines.drift_report",
             "drift_report",
             cron="0 6 * * *",
-            description="Evidently drift reports: request features, per-model outcomes, decisions",
+            description=(
+                "Evidently drift reports: request features, per-model outcomes, decisions; "
+                "drift -> retraining"
+            ),
         ),
     )
 }

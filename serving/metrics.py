@@ -32,6 +32,9 @@ The design's metrics (all prefixed ``llmopt_``):
                                                        with the shared event log (0 when it learns
                                                        all feedback itself: one worker)
 ``model_available{role}``                              1 while a learned policy serves the role
+``retrain_requests_total{source,outcome}``             drift -> retraining requests: ``triggered``
+                                                       (a Prefect flow run), ``cooldown``,
+                                                       ``no_api``, ``failed``
 ``requests_total{endpoint}`` / ``errors_total{...}``   the error-rate alert's denominator and
                                                        numerator (``decide``, ``feedback``)
 =====================================================  ==========================================
@@ -303,6 +306,12 @@ class ServingMetrics:
             "llmopt_artifact_rejections",
             "Model artifacts refused at load: SHA-256 mismatch or missing hash",
             ["alias"],
+            registry=r,
+        )
+        self.retrain_requests = Counter(  # monitoring.retraining: drift -> Prefect deployment
+            "llmopt_retrain_requests",
+            "Retraining requests after drift, by outcome (triggered, cooldown, no_api, failed)",
+            ["source", "outcome"],
             registry=r,
         )
         self.hooks: list[Callable[[ServingMetrics], None]] = []

@@ -152,10 +152,9 @@ class ServingRuntime:
         self._log_cursor = 0
         self.features_state = "off" if settings.serving_features == "off" else "starting"
         if settings.serving_drift_watch:
-            self.router.drift = DriftWatch(
-                webhook_url=settings.alert_webhook_url,
+            self.router.drift = DriftWatch.from_settings(
+                settings,
                 on_drift=lambda e: get_metrics().observe_drift(e.model, e.stream, e.detector),
-                retrain_log=settings.home / "monitoring" / "retrain_requests.jsonl",
             )
         self._background = background
         self._start()
