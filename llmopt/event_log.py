@@ -8,15 +8,18 @@ Guarantees:
 - the same feedback twice is stored once and reported as a duplicate; a *different* feedback for a
   decision that already has one is refused (``ConflictingFeedbackError``) and the first one kept;
 - feedback for an unknown ``decision_id`` is refused (``UnknownDecisionError``);
-- every accepted write is committed before the call returns; feedback rows get increasing ids,
-  the cursor incremental training resumes from.
+- every accepted write is committed before the call returns; feedback rows get increasing ids;
+- a reader that follows the log with a :class:`LogCursor` (:meth:`EventLog.stable_cursor`,
+  :meth:`EventLog.training_batches_after`, :meth:`EventLog.feedback_after`) sees every feedback
+  exactly once, even when concurrent writers commit their ids out of order (PostgreSQL).
 
 Every query on the two tables is a method of :class:`EventLog`: the writes, the joined events
 (:meth:`EventLog.iter_events`), the five-column training reads by keyset pagination
 (:meth:`EventLog.training_batches`, :meth:`EventLog.latest_training_events`), the cursors and
 counts that fix a data window ``(after_id, until_id]`` (:meth:`EventLog.last_feedback_id`,
-:meth:`EventLog.count_feedback`, :meth:`EventLog.cursor_before_latest`) and the A/B test's
-rewards (:meth:`EventLog.rewards_by_policy_version`).
+:meth:`EventLog.count_feedback`, :meth:`EventLog.cursor_before_latest`), the commit-safe cursor
+of exactly-once readers (:class:`LogCursor`) and the A/B test's rewards
+(:meth:`EventLog.rewards_by_policy_version`).
 
 Examples
 --------
@@ -34,6 +37,9 @@ Examples
 (1, 1)
 >>> [(e.model, e.quality) for b in log.training_batches(0, 10) for e in b]
 [('gpt-4o-mini', 0.8)]
+>>> top = log.stable_cursor()
+>>> top, [e.feedback_id for b in log.training_batches_after(LogCursor(), 10, until=top) for e in b]
+(LogCursor(tx_id=0, feedback_id=1), [1])
 """
 
 from __future__ import annotations
@@ -93,7 +99,16 @@ feedback = sa.Table(
     sa.Column("error_kind", sa.String(40), nullable=True),
     sa.Column("payload", sa.JSON, nullable=False),
     sa.Column("payload_sha256", sa.String(64), nullable=False),
+    # The writing transaction (PostgreSQL's 64-bit xid; 0 on SQLite), set by the database's
+    # default (migration 0002): the first key of the commit-safe read order (LogCursor).
+    sa.Column("tx_id", sa.BigInteger, nullable=False),
+    sa.Index("ix_feedback_tx_id_feedback_id", "tx_id", "feedback_id"),
 )
+
+_PG_HORIZON = sa.cast(
+    sa.cast(sa.func.pg_snapshot_xmin(sa.func.pg_current_snapshot()), sa.Text), sa.BigInteger
+)
+"""PostgreSQL: the id of the oldest transaction still in flight (every older one has ended)."""
 
 
 class EventLogError(ValueError):
@@ -110,6 +125,66 @@ class ConflictingFeedbackError(EventLogError):
 
 class DuplicateDecisionError(EventLogError):
     """A decision with this decision_id is already logged."""
+
+
+class LogCursorError(ValueError):
+    """A cursor the event log cannot continue from; the message says why and what to do."""
+
+
+@dataclass(frozen=True, order=True)
+class LogCursor:
+    """A reader's position in the feedback log: every feedback at or before it has been read.
+
+    Feedback is read in ``(tx_id, feedback_id)`` order, where ``tx_id`` is the transaction that
+    wrote the row, and only up to :meth:`EventLog.stable_cursor`: rows whose transaction is
+    older than every transaction still in flight. A feedback that commits later therefore lies
+    after any cursor handed out before it: no reader skips it, and none reads it twice.
+
+    Why not the largest feedback id: on PostgreSQL ids come from a sequence when a row is
+    *inserted*, and transactions *commit* in any order. Writer A takes id 10, writer B takes id
+    11 and commits first; a reader that learns 11 and keeps "max id = 11" never reads 10. Two
+    other designs were weighed:
+
+    - a lookback window below the cursor and a set of the ids already learned. It is exact only
+      if the window outlasts the longest transaction, which nothing bounds (a writer stuck
+      behind a lock, a slow network), and the set grows with the write rate;
+    - serialising writers (a lock taken at insert time), which makes ids commit in order but
+      makes every feedback write wait for the slowest one in flight.
+
+    The transaction watermark is exact with no window to tune and costs writers nothing: a row
+    records its transaction id (``pg_current_xact_id()``, 64 bits, never wraps), and
+    ``pg_snapshot_xmin(pg_current_snapshot())`` is the oldest transaction still running, so every
+    row with a smaller ``tx_id`` is final, and any row committed later has a ``tx_id`` at least
+    that large. The price: a long write transaction anywhere on the server holds back what
+    readers see until it ends (learning waits, nothing is lost). A database restored into a new
+    cluster restarts transaction ids below the stored cursors; :meth:`EventLog.stable_cursor`
+    refuses such a cursor (:class:`LogCursorError`) rather than skip rows silently.
+
+    SQLite serialises writers, so ids already commit in order there: ``tx_id`` is 0 on every row
+    and the cursor is the largest feedback id read, as before.
+
+    >>> LogCursor(0, 12) < LogCursor(7, 3), str(LogCursor(7, 3)), LogCursor.parse("7:3")
+    (True, '7:3', LogCursor(tx_id=7, feedback_id=3))
+    >>> LogCursor.parse("12")  # a bare feedback id (a SQLite-era tag)
+    LogCursor(tx_id=0, feedback_id=12)
+    """
+
+    tx_id: int = 0
+    feedback_id: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.tx_id}:{self.feedback_id}"
+
+    @classmethod
+    def parse(cls, text: str) -> LogCursor:
+        """The cursor written by ``str()`` (``"tx:id"``), or a bare feedback id (``tx_id`` 0)."""
+        tx, _, fid = text.strip().rpartition(":")
+        try:
+            return cls(int(tx or 0), int(fid))
+        except ValueError:
+            raise LogCursorError(
+                f"not a log cursor: {text!r} (expected 'tx_id:feedback_id')"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -142,6 +217,14 @@ class LoggedEvent:
     cost_usd: float | None
     latency_ms: float | None
     error_kind: str | None
+    tx_id: int = 0
+    """The writing transaction (PostgreSQL; 0 on SQLite): with the id, the event's
+    :attr:`position`."""
+
+    @property
+    def position(self) -> LogCursor:
+        """The cursor just after this event (:class:`LogCursor`)."""
+        return LogCursor(self.tx_id, self.feedback_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +243,13 @@ class TrainingEvent:
     arms: tuple[str, ...]
     """Models the decision chose among (the keys of its logged scores; read ``with_context``)."""
     context: dict[str, Any]
+    tx_id: int = 0
+    """The writing transaction (PostgreSQL; 0 on SQLite)."""
+
+    @property
+    def position(self) -> LogCursor:
+        """The cursor just after this event (:class:`LogCursor`)."""
+        return LogCursor(self.tx_id, self.feedback_id)
 
 
 def _decode(value: Any) -> Any:
@@ -175,6 +265,95 @@ def _payload(fb: Feedback) -> tuple[dict[str, Any], str]:
     data = fb.model_dump(mode="json", exclude_none=True)
     digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
     return data, digest
+
+
+_ORDER = (feedback.c.tx_id, feedback.c.feedback_id)
+"""The commit-safe read order (:class:`LogCursor`)."""
+
+
+def _after(cursor: LogCursor) -> sa.ColumnElement[bool]:
+    return sa.tuple_(*_ORDER) > sa.tuple_(sa.literal(cursor.tx_id), sa.literal(cursor.feedback_id))
+
+
+def _event_query() -> sa.Select[Any]:
+    """Feedback joined with its decision: the columns of a :class:`LoggedEvent`."""
+    return sa.select(
+        feedback.c.feedback_id,
+        feedback.c.decision_id,
+        decisions.c.created_at,
+        feedback.c.received_at,
+        decisions.c.tenant,
+        decisions.c.model,
+        decisions.c.propensity,
+        decisions.c.policy_name,
+        decisions.c.policy_version,
+        decisions.c.context,
+        decisions.c.features,
+        feedback.c.quality,
+        feedback.c.reward,
+        feedback.c.cost_usd,
+        feedback.c.latency_ms,
+        feedback.c.error_kind,
+        feedback.c.tx_id,
+    ).join(decisions, decisions.c.decision_id == feedback.c.decision_id)
+
+
+def _logged_event(r: Any) -> LoggedEvent:
+    return LoggedEvent(
+        feedback_id=r.feedback_id,
+        decision_id=r.decision_id,
+        decided_at=_aware(r.created_at),
+        received_at=_aware(r.received_at),
+        tenant=r.tenant,
+        model=r.model,
+        propensity=r.propensity,
+        policy_name=r.policy_name,
+        policy_version=r.policy_version,
+        context=r.context,
+        features=r.features,
+        quality=r.quality,
+        reward=r.reward,
+        cost_usd=r.cost_usd,
+        latency_ms=r.latency_ms,
+        error_kind=r.error_kind,
+        tx_id=int(r.tx_id),
+    )
+
+
+def _training_query(with_context: bool) -> sa.Select[Any]:
+    """The columns of a :class:`TrainingEvent` (``with_context``: offered models and context)."""
+    cols: list[Any] = [
+        feedback.c.feedback_id,
+        feedback.c.tx_id,
+        decisions.c.model,
+        # Raw JSON text, decoded below with the fastest decoder available (most of a read's
+        # cost); PostgreSQL's driver may already return a dict.
+        sa.type_coerce(decisions.c.features, sa.Text).label("features"),
+        feedback.c.quality,
+        feedback.c.reward,
+        feedback.c.cost_usd,
+        decisions.c.propensity,
+        decisions.c.policy_version,
+    ]
+    if with_context:  # evaluation needs the offered models and the request's trade-off
+        cols += [decisions.c.scores, decisions.c.context]
+    return sa.select(*cols).join(decisions, decisions.c.decision_id == feedback.c.decision_id)
+
+
+def _training_event(r: Any, with_context: bool) -> TrainingEvent:
+    return TrainingEvent(
+        feedback_id=r.feedback_id,
+        model=r.model,
+        features=_decode(r.features),
+        quality=r.quality,
+        reward=r.reward,
+        cost_usd=r.cost_usd,
+        propensity=r.propensity,
+        policy_version=r.policy_version,
+        arms=(tuple(r.scores) or (r.model,)) if with_context else (r.model,),
+        context=r.context if with_context else {},
+        tx_id=int(r.tx_id),
+    )
 
 
 def upgrade_schema(engine: Engine) -> None:
@@ -399,60 +578,41 @@ class EventLog:
         self, after_id: int = 0, *, limit: int | None = None, until_id: int | None = None
     ) -> list[LoggedEvent]:
         """Feedback joined with its decision, with ``after_id < feedback_id <= until_id`` (no
-        upper bound when ``until_id`` is None), oldest first."""
+        upper bound when ``until_id`` is None), oldest first.
+
+        A window of ids, for reports. A reader that must see every feedback once (a follower
+        that keeps "the largest id seen") uses :meth:`feedback_after` instead: on PostgreSQL a
+        smaller id can commit after a larger one was read.
+        """
         return list(self.iter_events(after_id, limit=limit, until_id=until_id))
 
     def iter_events(
         self, after_id: int = 0, *, limit: int | None = None, until_id: int | None = None
     ) -> Iterator[LoggedEvent]:
         """Like :meth:`feedback_since`, streamed."""
-        query = (
-            sa.select(
-                feedback.c.feedback_id,
-                feedback.c.decision_id,
-                decisions.c.created_at,
-                feedback.c.received_at,
-                decisions.c.tenant,
-                decisions.c.model,
-                decisions.c.propensity,
-                decisions.c.policy_name,
-                decisions.c.policy_version,
-                decisions.c.context,
-                decisions.c.features,
-                feedback.c.quality,
-                feedback.c.reward,
-                feedback.c.cost_usd,
-                feedback.c.latency_ms,
-                feedback.c.error_kind,
-            )
-            .join(decisions, decisions.c.decision_id == feedback.c.decision_id)
-            .where(feedback.c.feedback_id > after_id)
-            .order_by(feedback.c.feedback_id)
-        )
+        query = _event_query().where(feedback.c.feedback_id > after_id)
+        query = query.order_by(feedback.c.feedback_id)
         if until_id is not None:
             query = query.where(feedback.c.feedback_id <= until_id)
         if limit is not None:
             query = query.limit(limit)
         with self._engine.connect() as conn:
             for r in conn.execute(query):
-                yield LoggedEvent(
-                    feedback_id=r.feedback_id,
-                    decision_id=r.decision_id,
-                    decided_at=_aware(r.created_at),
-                    received_at=_aware(r.received_at),
-                    tenant=r.tenant,
-                    model=r.model,
-                    propensity=r.propensity,
-                    policy_name=r.policy_name,
-                    policy_version=r.policy_version,
-                    context=r.context,
-                    features=r.features,
-                    quality=r.quality,
-                    reward=r.reward,
-                    cost_usd=r.cost_usd,
-                    latency_ms=r.latency_ms,
-                    error_kind=r.error_kind,
-                )
+                yield _logged_event(r)
+
+    def feedback_after(self, after: LogCursor, *, limit: int | None = None) -> list[LoggedEvent]:
+        """The feedback after ``after`` that is final now, in cursor order: exactly once.
+
+        For followers of the log (a serving worker learning what other workers stored): keep
+        ``events[-1].position`` as the next cursor. Feedback whose transaction is still in
+        flight, and any committed after an older one still in flight, waits for a later call
+        (:class:`LogCursor`).
+        """
+        query = _event_query().where(_after(after), self._final()).order_by(*_ORDER)
+        if limit is not None:
+            query = query.limit(limit)
+        with self._engine.connect() as conn:
+            return [_logged_event(r) for r in conn.execute(query)]
 
     def training_batches(
         self,
@@ -467,29 +627,15 @@ class EventLog:
         :class:`LoggedEvent`; ``with_context`` adds the offered models and the request context).
 
         Each batch is one short query (keyset pagination on ``feedback_id``), so a long backlog
-        never holds a transaction or a cursor open while the policy learns.
+        never holds a transaction or a cursor open while the policy learns. A window of ids
+        (evaluation, HPO, rebuilds); incremental training reads :meth:`training_batches_after`.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        cols = [
-            feedback.c.feedback_id,
-            decisions.c.model,
-            # Raw JSON text, decoded below with the fastest decoder available (most of a read's
-            # cost); PostgreSQL's driver may already return a dict.
-            sa.type_coerce(decisions.c.features, sa.Text).label("features"),
-            feedback.c.quality,
-            feedback.c.reward,
-            feedback.c.cost_usd,
-            decisions.c.propensity,
-            decisions.c.policy_version,
-        ]
-        if with_context:  # evaluation needs the offered models and the request's trade-off
-            cols += [decisions.c.scores, decisions.c.context]
         cursor = after_id
         while True:
             query = (
-                sa.select(*cols)
-                .join(decisions, decisions.c.decision_id == feedback.c.decision_id)
+                _training_query(with_context)
                 .where(feedback.c.feedback_id > cursor)
                 .order_by(feedback.c.feedback_id)
                 .limit(batch_size)
@@ -500,24 +646,93 @@ class EventLog:
                 rows = conn.execute(query).all()
             if not rows:
                 return
-            yield [
-                TrainingEvent(
-                    feedback_id=r.feedback_id,
-                    model=r.model,
-                    features=_decode(r.features),
-                    quality=r.quality,
-                    reward=r.reward,
-                    cost_usd=r.cost_usd,
-                    propensity=r.propensity,
-                    policy_version=r.policy_version,
-                    arms=(tuple(r.scores) or (r.model,)) if with_context else (r.model,),
-                    context=r.context if with_context else {},
-                )
-                for r in rows
-            ]
+            yield [_training_event(r, with_context) for r in rows]
             cursor = rows[-1].feedback_id
             if len(rows) < batch_size:
                 return
+
+    def training_batches_after(
+        self,
+        after: LogCursor,
+        batch_size: int,
+        *,
+        until: LogCursor,
+        with_context: bool = False,
+    ) -> Iterator[list[TrainingEvent]]:
+        """Events with ``after < position <= until`` in cursor order (:class:`LogCursor`),
+        ``batch_size`` at a time: what incremental training learns, exactly once.
+
+        ``until`` comes from :meth:`stable_cursor`: every row up to it is final, so paging
+        through them in several short queries reads a fixed set.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        cursor = after
+        bound = sa.tuple_(feedback.c.tx_id, feedback.c.feedback_id) <= sa.tuple_(
+            sa.literal(until.tx_id), sa.literal(until.feedback_id)
+        )
+        while True:
+            query = (
+                _training_query(with_context)
+                .where(_after(cursor), bound)
+                .order_by(*_ORDER)
+                .limit(batch_size)
+            )
+            with self._engine.connect() as conn:
+                rows = conn.execute(query).all()
+            if not rows:
+                return
+            batch = [_training_event(r, with_context) for r in rows]
+            yield batch
+            cursor = batch[-1].position
+            if len(rows) < batch_size:
+                return
+
+    def stable_cursor(self, after: LogCursor | None = None) -> LogCursor:
+        """The last position a reader may go up to now (at least ``after``): every feedback at or
+        before it is final, and every feedback committed later lies after it.
+
+        SQLite: the largest feedback id. PostgreSQL: the last row written by a transaction older
+        than every transaction still in flight. Raises :class:`LogCursorError` when ``after``
+        names a transaction that has not even started yet: the database's transaction ids went
+        back (a dump restored into a new cluster), and continuing would skip rows silently.
+        """
+        start = after if after is not None else LogCursor()
+        query = sa.select(feedback.c.tx_id, feedback.c.feedback_id).order_by(
+            feedback.c.tx_id.desc(), feedback.c.feedback_id.desc()
+        )
+        with self._engine.connect() as conn:
+            if self.engine.dialect.name == "postgresql":
+                horizon = int(conn.execute(sa.select(_PG_HORIZON)).scalar_one())
+                if start.tx_id >= horizon:
+                    raise LogCursorError(
+                        f"cursor {start} names transaction {start.tx_id}, but the database's "
+                        f"oldest running transaction is {horizon}: its transaction ids went back "
+                        "(restored into a new cluster?). Rows would be skipped; delete the "
+                        "checkpoint to relearn from the start, or rebuild (nightly-training)."
+                    )
+                query = query.where(feedback.c.tx_id < horizon)
+            row = conn.execute(query.limit(1)).first()
+        top = LogCursor(int(row.tx_id), int(row.feedback_id)) if row is not None else LogCursor()
+        return max(start, top)
+
+    def count_between(self, after: LogCursor, until: LogCursor | None = None) -> int:
+        """Number of feedback rows with ``after < position <= until`` (no upper bound when
+        ``until`` is None: with :meth:`stable_cursor`, the rows committed but not yet final)."""
+        query = sa.select(sa.func.count()).select_from(feedback).where(_after(after))
+        if until is not None:
+            query = query.where(
+                sa.tuple_(feedback.c.tx_id, feedback.c.feedback_id)
+                <= sa.tuple_(sa.literal(until.tx_id), sa.literal(until.feedback_id))
+            )
+        with self._engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def _final(self) -> sa.ColumnElement[bool]:
+        """Rows no transaction in flight can still precede (all of them on SQLite)."""
+        if self.engine.dialect.name == "postgresql":
+            return feedback.c.tx_id < _PG_HORIZON
+        return sa.true()
 
     def latest_training_events(self, n: int, *, with_context: bool = True) -> list[TrainingEvent]:
         """The last ``n`` events of the log (at least the last one), oldest first, as

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import mlflow
@@ -17,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from feature_store.names import ROUTER_SERVICE
 from llmopt.catalog import ModelCatalog, load_catalog
 from llmopt.embeddings import embedding_version
-from llmopt.event_log import EventLog
+from llmopt.event_log import EventLog, LogCursor
 from llmopt.settings import Settings, get_settings
 from models.base import BasePolicy
 from models.kinds import make_policy
@@ -41,15 +42,26 @@ def _catalog(settings: Settings) -> ModelCatalog:
     return load_catalog(settings.catalog_path)
 
 
-def _initial_policy(settings: Settings, policy_name: str) -> tuple[BasePolicy, int, int]:
+def version_cursor(tags: Mapping[str, str]) -> LogCursor | None:
+    """The log cursor a version learned up to, from its tags (``log_cursor``, else the older
+    ``last_feedback_id``), or None when it names none."""
+    if "log_cursor" in tags:
+        return LogCursor.parse(tags["log_cursor"])
+    if "last_feedback_id" in tags:
+        return LogCursor(0, int(tags["last_feedback_id"]))
+    return None
+
+
+def _initial_policy(settings: Settings, policy_name: str) -> tuple[BasePolicy, LogCursor, int]:
     """Where incremental training starts without a checkpoint: the ``dev`` version, else fresh."""
     client = registry.configure(settings)
     if registry.version_for_alias(client, "dev") is not None:
         version, policy = registry.load_policy(client, "dev")
         tags = client.get_model_version(registry.MODEL_NAME, version).tags
-        if "last_feedback_id" in tags:
-            return policy, int(tags["last_feedback_id"]), int(tags.get("n_events", 0))
-    return make_policy(policy_name, seed=0), 0, 0
+        cursor = version_cursor(tags)
+        if cursor is not None:
+            return policy, cursor, int(tags.get("n_events", 0))
+    return make_policy(policy_name, seed=0), LogCursor(), 0
 
 
 @task(name="train-incremental", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
@@ -73,14 +85,15 @@ def train_incremental(
 
 
 @task(name="registered-cursor", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def registered_cursor(alias: str = "dev") -> int:
-    """``last_feedback_id`` of the version ``alias`` points at (0: no version, or no such tag)."""
+def registered_cursor(alias: str = "dev") -> LogCursor:
+    """The log cursor of the version ``alias`` points at (the log's start: no version, or no
+    such tag)."""
     client = registry.configure(get_settings())
     version = registry.version_for_alias(client, alias)
     if version is None:
-        return 0
+        return LogCursor()
     tags = client.get_model_version(registry.MODEL_NAME, version).tags
-    return int(tags.get("last_feedback_id", 0))
+    return version_cursor(tags) or LogCursor()
 
 
 @task(name="rebuild-from-history", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
@@ -117,7 +130,8 @@ def reset_checkpoint(result: TrainingResult, checkpoint: str = INCREMENTAL_CHECK
     try:
         CheckpointStore(log.engine).save(
             checkpoint,
-            last_feedback_id=result.last_feedback_id,
+            last_feedback_id=result.cursor.feedback_id,
+            last_tx=result.cursor.tx_id,
             state=result.policy.to_dict(),
             n_events=result.n_total,
         )
@@ -158,6 +172,7 @@ def log_model_version(
             "n_events": float(result.n_events),
             "n_total": float(result.n_total),
             "last_feedback_id": float(result.last_feedback_id),
+            "n_waiting": float(result.n_waiting),
             "learn_seconds": result.learn_seconds,
             **(extra_metrics or {}),
         }
@@ -177,6 +192,7 @@ def log_model_version(
             tags={
                 "data_window": result.data_window,
                 "last_feedback_id": str(result.last_feedback_id),
+                "log_cursor": str(result.cursor),
                 "n_events": str(result.n_total),
                 "feature_service_version": ROUTER_SERVICE,
                 "source_flow": flow_name,

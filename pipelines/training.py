@@ -4,7 +4,8 @@ The flows only orchestrate; what they run is here, testable without Prefect or M
 
 - :func:`incremental_update` resumes from a :class:`~pipelines.checkpoint.Checkpoint`, learns the
   feedback after its cursor in batches, and checkpoints state and cursor together after each
-  batch (see :mod:`pipelines.checkpoint` for why a crash then loses and double-counts nothing).
+  batch (see :mod:`pipelines.checkpoint` for why a crash then loses and double-counts nothing,
+  and :class:`llmopt.event_log.LogCursor` for why feedback that commits late is not skipped).
 - :func:`rebuild` warm-starts a fresh policy from the whole history with ``learn_many``.
 - :func:`fit_quality_model` refits the per-model quality regression (the reward model of
   doubly robust evaluation). The nightly flow logs it to MLflow as ``quality_model.json``;
@@ -21,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from llmopt.event_log import EventLog, TrainingEvent
+from llmopt.event_log import EventLog, LogCursor, TrainingEvent
 from models.base import BasePolicy
 from models.quality import QualityModel
 from models.state import Stateful
@@ -50,9 +51,10 @@ class TrainingResult:
 
     policy: BasePolicy
     after_id: int
-    """Cursor the run started from (exclusive)."""
+    """Feedback ids learned by this run are above this (exclusive)."""
     last_feedback_id: int
-    """Cursor after the run: every feedback up to it has been learned."""
+    """Largest feedback id the policy has learned. On PostgreSQL a smaller id may still be in
+    flight and be learned later: resume from :attr:`cursor`, never from this."""
     n_events: int
     """Events learned by this run."""
     n_total: int
@@ -62,11 +64,26 @@ class TrainingResult:
     """Time spent reading and learning events, checkpoints included (not the initial load)."""
     warm_start: dict[str, str] = field(default_factory=dict)
     """What the policy learnt before the events (an evaluation file), as registry tags."""
+    after: LogCursor = LogCursor()
+    """Log cursor the run started from (exclusive)."""
+    cursor: LogCursor = LogCursor()
+    """Log cursor after the run: every feedback up to it has been learned, and every feedback
+    committed later lies after it (:class:`~llmopt.event_log.LogCursor`)."""
+    n_waiting: int = 0
+    """Feedback already committed but not yet final when the run started (an older write
+    transaction was still in flight, PostgreSQL): the next run learns it."""
 
     @property
     def data_window(self) -> str:
-        """The feedback ids this version has learned, e.g. ``feedback (120, 480]``."""
+        """The feedback ids this run learned lie in this range, e.g. ``feedback (120, 480]`` (on
+        SQLite exactly those ids; on PostgreSQL, where ids commit out of order, the range may
+        also hold ids learned by a neighbouring run)."""
         return f"feedback ({self.after_id}, {self.last_feedback_id}]"
+
+
+def _as_cursor(value: int | LogCursor) -> LogCursor:
+    """A cursor; a bare int is a feedback id (a SQLite-era cursor, where ``tx_id`` is 0)."""
+    return value if isinstance(value, LogCursor) else LogCursor(0, int(value))
 
 
 def incremental_update(
@@ -74,12 +91,17 @@ def incremental_update(
     store: CheckpointStore,
     *,
     name: str,
-    initial: Callable[[], tuple[BasePolicy, int, int]],
+    initial: Callable[[], tuple[BasePolicy, int | LogCursor, int]],
     batch_size: int = DEFAULT_BATCH_SIZE,
-    until_id: int | None = None,
-    on_batch: Callable[[int, int], None] | None = None,
+    until_id: int | LogCursor | None = None,
+    on_batch: Callable[[int, LogCursor], None] | None = None,
 ) -> TrainingResult:
     """Learn the feedback after the checkpoint ``name``, checkpointing after every batch.
+
+    The events are read in the log's commit-safe order, up to :meth:`EventLog.stable_cursor`
+    when the run starts: on PostgreSQL a feedback whose transaction commits after a larger id
+    was learned is learned by a later run, never skipped (see :class:`LogCursor` for why this
+    design). On SQLite the cursor is the largest feedback id learned.
 
     Parameters
     ----------
@@ -90,41 +112,59 @@ def incremental_update(
     name
         Checkpoint name (one per training lineage).
     initial
-        Called when there is no checkpoint yet: ``(policy, cursor, n_total)`` to start from.
+        Called when there is no checkpoint yet: ``(policy, cursor, n_total)`` to start from (a
+        bare int cursor is a feedback id).
     batch_size
         Events per batch (and per checkpoint).
     until_id
-        High-water mark of this run (default: the log's largest feedback id at the start).
+        High-water mark of this run (default, and at most: the log's stable cursor at the
+        start; a bare int is a feedback id, exact on SQLite).
     on_batch
         Called after each batch is checkpointed with ``(batch_index, cursor)`` (progress; tests
         inject crashes here).
     """
     cp = store.load(name)
     if cp is None:
-        policy, cursor, n_total = initial()
+        policy, start, n_total = initial()
+        cursor = _as_cursor(start)
     else:
         policy = Stateful.from_dict(cp.state)
-        cursor, n_total = cp.last_feedback_id, cp.n_events
+        cursor, n_total = cp.cursor, cp.n_events
     started = time.perf_counter()
-    top = log.last_feedback_id() if until_id is None else until_id
+    top = log.stable_cursor(cursor)
+    n_waiting = log.count_between(top)
+    if until_id is not None:
+        top = max(cursor, min(top, _as_cursor(until_id)))
     after, n_events, n_batches = cursor, 0, 0
-    for batch in log.training_batches(cursor, batch_size, until_id=top):
+    low, high = cursor.feedback_id, cursor.feedback_id
+    for batch in log.training_batches_after(cursor, batch_size, until=top):
         policy.learn_many(_examples(policy, batch))
-        cursor = batch[-1].feedback_id
+        cursor = batch[-1].position
+        ids = [e.feedback_id for e in batch]
+        low, high = min(low, min(ids) - 1), max(high, *ids)
         n_events += len(batch)
         n_total += len(batch)
-        store.save(name, last_feedback_id=cursor, state=policy.to_dict(), n_events=n_total)
+        store.save(
+            name,
+            last_feedback_id=cursor.feedback_id,
+            last_tx=cursor.tx_id,
+            state=policy.to_dict(),
+            n_events=n_total,
+        )
         if on_batch is not None:
             on_batch(n_batches, cursor)
         n_batches += 1
     return TrainingResult(
         policy=policy,
-        after_id=after,
-        last_feedback_id=cursor,
+        after_id=low,
+        last_feedback_id=high,
         n_events=n_events,
         n_total=n_total,
         n_batches=n_batches,
         learn_seconds=time.perf_counter() - started,
+        after=after,
+        cursor=cursor,
+        n_waiting=n_waiting,
     )
 
 
@@ -133,31 +173,39 @@ def rebuild(
     policy: BasePolicy,
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    until_id: int | None = None,
+    until_id: int | LogCursor | None = None,
 ) -> tuple[TrainingResult, QualityModel]:
     """Warm-start ``policy`` (fresh) and a new :class:`QualityModel` from the whole history.
 
     The features are those logged with each decision, i.e. the ones the router saw when it
-    decided: point-in-time correct by construction.
+    decided: point-in-time correct by construction. The history is read up to the log's stable
+    cursor, so incremental training can continue from the result's :attr:`~TrainingResult.cursor`
+    without skipping feedback still in flight.
     """
     started = time.perf_counter()
-    top = log.last_feedback_id() if until_id is None else until_id
+    top = log.stable_cursor()
+    n_waiting = log.count_between(top)
+    if until_id is not None:
+        top = min(top, _as_cursor(until_id))
     quality = QualityModel()
-    n_events, n_batches, cursor = 0, 0, 0
-    for batch in log.training_batches(0, batch_size, until_id=top):
+    n_events, n_batches, cursor, high = 0, 0, LogCursor(), 0
+    for batch in log.training_batches_after(LogCursor(), batch_size, until=top):
         policy.learn_many(_examples(policy, batch))
         for e in batch:
             quality.learn_one(e.features, e.quality, arm=e.model)
-        cursor = batch[-1].feedback_id
+        cursor = batch[-1].position
+        high = max(high, *(e.feedback_id for e in batch))
         n_events += len(batch)
         n_batches += 1
     result = TrainingResult(
         policy=policy,
         after_id=0,
-        last_feedback_id=cursor,
+        last_feedback_id=high,
         n_events=n_events,
         n_total=n_events,
         n_batches=n_batches,
         learn_seconds=time.perf_counter() - started,
+        cursor=cursor,
+        n_waiting=n_waiting,
     )
     return result, quality

@@ -12,11 +12,16 @@ from llmopt.event_log import (
     ConflictingFeedbackError,
     DuplicateDecisionError,
     EventLog,
+    LogCursor,
+    LogCursorError,
     UnknownDecisionError,
+    feedback,
+    upgrade_schema,
 )
 from llmopt.schemas import Decision, Feedback, RequestContext
 
 pytestmark = pytest.mark.integration
+MIGRATIONS = Path(__file__).resolve().parents[3] / "llmopt" / "migrations"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)])
@@ -28,6 +33,7 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     engine = sa.create_engine(base)
     with engine.begin() as conn:
         conn.execute(sa.text("DROP TABLE IF EXISTS feedback, decisions, alembic_version CASCADE"))
+        conn.execute(sa.text("DROP TABLE IF EXISTS pipeline_checkpoints"))
     engine.dispose()
     return str(base)
 
@@ -41,7 +47,7 @@ def _decide(log: EventLog, model: str = "m1", prompt: str | None = "secret promp
 def test_schema_is_migrated_to_head(url: str) -> None:
     log = EventLog(url)
     with log.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0002"
     EventLog(url).close()  # opening again is a no-op upgrade
     log.close()
 
@@ -133,3 +139,83 @@ def test_concurrent_duplicates_store_exactly_once(url: str) -> None:
         t.join()
     assert not errors
     assert log.counts()["feedback"] == 20
+
+
+def _pending_feedback(log: EventLog, conn: sa.Connection, did: str) -> int:
+    """Insert the feedback of ``did`` in ``conn``'s open transaction (not committed); its id."""
+    row = EventLog.feedback_row(Feedback(decision_id=did, quality=0.5), reward=0.5)
+    result = conn.execute(feedback.insert().values(**row))
+    assert result.inserted_primary_key is not None
+    return int(result.inserted_primary_key[0])
+
+
+@pytest.mark.services
+def test_a_cursor_never_skips_feedback_that_commits_after_a_larger_id(postgres_url: str) -> None:
+    """Writer A takes id 1 and stays open while B (id 2) and C (id 3) commit: a follower of the
+    log sees nothing past A until A commits, then A, B and C once each."""
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE IF EXISTS feedback, decisions, alembic_version CASCADE"))
+    engine.dispose()
+    log = EventLog(postgres_url)
+    a, b, c = (_decide(log, model=m) for m in ("a", "b", "c"))
+    with log.engine.connect() as writer_a:
+        writer_a.begin()
+        id_a = _pending_feedback(log, writer_a, a)
+        id_b = log.record_feedback(Feedback(decision_id=b, quality=0.5)).feedback_id
+        id_c = log.record_feedback(Feedback(decision_id=c, quality=0.5)).feedback_id
+        assert id_a < id_b < id_c  # ids in insert order, commits in another
+
+        # The id window of a report sees B and C; the cursor reader stops before A's transaction.
+        assert [e.feedback_id for e in log.feedback_since(0)] == [id_b, id_c]
+        assert log.feedback_after(LogCursor()) == []
+        held = log.stable_cursor()
+        assert held == LogCursor() and log.count_between(held) == 2  # committed, not yet final
+        assert list(log.training_batches_after(LogCursor(), 10, until=held)) == []
+        writer_a.commit()
+
+    followed = log.feedback_after(LogCursor())
+    assert sorted(e.feedback_id for e in followed) == [id_a, id_b, id_c]
+    assert [e.position for e in followed] == sorted(e.position for e in followed)
+    assert all(e.tx_id > 0 for e in followed)
+    top = log.stable_cursor()
+    assert top == followed[-1].position and log.count_between(top) == 0
+    assert log.feedback_after(top) == []
+    assert log.count_between(LogCursor(), top) == 3
+
+    # A cursor from a transaction that has not started: transaction ids went back (a restore).
+    with pytest.raises(LogCursorError, match="transaction ids went back"):
+        log.stable_cursor(LogCursor(top.tx_id + 10**9, 0))
+    log.close()
+
+
+def test_an_existing_log_is_upgraded_and_its_rows_come_first(url: str) -> None:
+    """A log created at revision 0001 (no tx_id) keeps its rows, read first by a cursor."""
+    from alembic import command  # noqa: PLC0415
+    from alembic.config import Config  # noqa: PLC0415
+
+    log = EventLog(url)
+    old = [_decide(log) for _ in range(2)]
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with log.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0001")
+    with log.engine.begin() as conn:
+        for did in old:  # written by the previous release
+            conn.execute(
+                sa.text(
+                    "INSERT INTO feedback (decision_id, received_at, quality, payload, "
+                    "payload_sha256) VALUES (:d, CURRENT_TIMESTAMP, 0.5, '{}', '')"
+                ),
+                {"d": did},
+            )
+    upgrade_schema(log.engine)
+    new = log.record_feedback(Feedback(decision_id=_decide(log), quality=0.5)).feedback_id
+    events = log.feedback_after(LogCursor())
+    assert [e.tx_id for e in events[:2]] == [0, 0]
+    assert [e.feedback_id for e in events] == [1, 2, new]
+    # SQLite serialises writers: no transaction id needed; PostgreSQL records the writer's.
+    assert (events[2].tx_id > 0) is url.startswith("postgresql")
+    assert log.stable_cursor() == events[-1].position
+    log.close()

@@ -192,11 +192,11 @@ def assert_consistent(cp: Checkpoint, ids: list[int]) -> None:
     assert Stateful.from_dict(cp.state).n_updates == learned
 
 
-def uninterrupted(engine: sa.Engine) -> dict[str, object]:
+def uninterrupted(log: EventLog) -> dict[str, object]:
     """The state one run without a fault reaches on the same log (its own checkpoint)."""
     result = incremental_update(
-        engine,
-        CheckpointStore(engine),
+        log,
+        CheckpointStore(log.engine),
         name="uninterrupted",
         initial=lambda: (make_policy(RECOMMENDED, seed=0), 0, 0),
         batch_size=BATCH,
@@ -253,7 +253,7 @@ def test_flow_killed_midway_then_rerun_learns_every_feedback_once(
     assert mv.tags["n_events"] == str(total) and mv.tags["last_feedback_id"] == str(top)
     assert mv.run_id and client.get_run(mv.run_id).data.metrics["n_total"] == total
 
-    assert policy.to_dict() == uninterrupted(log.engine)  # same state as without the fault
+    assert policy.to_dict() == uninterrupted(log)  # same state as without the fault
     log.close()
     print(
         f"\n{total} events in {t_filled - t0:.1f} s; killed after {t_kill - t_filled:.1f} s at "
@@ -288,7 +288,7 @@ def test_flow_killed_before_registering_then_rerun_registers_what_it_learned(
     version, policy = registry.load_policy(client, "dev")
     assert version == out["version"] and policy.n_updates == n
     assert client.get_model_version(registry.MODEL_NAME, version).tags["n_events"] == str(n)
-    assert policy.to_dict() == uninterrupted(log.engine)
+    assert policy.to_dict() == uninterrupted(log)
 
     assert incremental_training(batch_size=500)["version"] is None  # now nothing to register
     log.close()

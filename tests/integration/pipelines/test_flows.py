@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from llmopt.event_log import EventLog
+from llmopt.event_log import EventLog, LogCursor
 from llmopt.settings import Settings
 from models.kinds import RECOMMENDED, make_policy
 from pipelines.checkpoint import CheckpointStore
@@ -35,12 +35,12 @@ def test_incremental_flow_resumes_after_a_crash_and_registers_dev_versions(
     log = EventLog(env.event_log_url)
     store = CheckpointStore(log.engine)
 
-    def crash(batch: int, cursor: int) -> None:
+    def crash(batch: int, cursor: LogCursor) -> None:
         raise RuntimeError("killed")
 
     with pytest.raises(RuntimeError, match="killed"):  # dies after its first batch of 64
         incremental_update(
-            log.engine,
+            log,
             store,
             name=INCREMENTAL_CHECKPOINT,
             initial=lambda: (make_policy(RECOMMENDED, seed=0), 0, 0),
@@ -54,6 +54,7 @@ def test_incremental_flow_resumes_after_a_crash_and_registers_dev_versions(
     assert version == out["version"] and policy.n_updates == total
     tags = client.get_model_version(registry.MODEL_NAME, version).tags
     assert tags["last_feedback_id"] == str(total) and tags["n_events"] == str(total)
+    assert tags["log_cursor"] == f"0:{total}"  # SQLite: no transaction part
     assert tags["source_flow"] == "incremental-training"
     assert tags["feature_service_version"]
 

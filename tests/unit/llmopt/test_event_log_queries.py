@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmopt.event_log import EventLog
+from llmopt.event_log import EventLog, LogCursor, LogCursorError
 from llmopt.schemas import Decision, Feedback, RequestContext
 
 
@@ -110,3 +110,31 @@ def test_a_log_over_an_open_engine_reads_the_same_tables() -> None:
     shared = EventLog(log.engine, migrate=False)
     assert shared.engine is log.engine and shared.url == "sqlite://"
     assert shared.last_feedback_id() == 4 and shared.counts() == log.counts()
+
+
+def test_the_log_cursor_on_sqlite_is_the_feedback_id() -> None:
+    """SQLite serialises writers: every row's tx_id is 0, so cursor order is id order."""
+    log = _log(10)
+    assert log.stable_cursor() == LogCursor(0, 10)
+    assert log.stable_cursor(LogCursor(0, 12)) == LogCursor(0, 12)  # never before its argument
+    assert log.count_between(LogCursor(0, 3)) == 7
+    assert log.count_between(LogCursor(0, 3), LogCursor(0, 6)) == 3
+    pages = list(log.training_batches_after(LogCursor(0, 2), 3, until=LogCursor(0, 9)))
+    assert [[e.feedback_id for e in b] for b in pages] == [[3, 4, 5], [6, 7, 8], [9]]
+    assert pages[-1][-1].position == LogCursor(0, 9)
+    (ctx,) = next(
+        log.training_batches_after(LogCursor(), 1, until=LogCursor(0, 1), with_context=True)
+    )
+    assert ctx.arms == ("m0", "m1") and ctx.context["tenant"] == "acme"
+    follow = log.feedback_after(LogCursor(0, 7))
+    assert [e.position for e in follow] == [LogCursor(0, 8), LogCursor(0, 9), LogCursor(0, 10)]
+    assert [e.feedback_id for e in log.feedback_after(LogCursor(), limit=2)] == [1, 2]
+    with pytest.raises(ValueError, match="batch_size"):
+        next(log.training_batches_after(LogCursor(), 0, until=LogCursor(0, 1)))
+
+
+def test_a_cursor_is_written_and_read_as_text() -> None:
+    assert LogCursor.parse(str(LogCursor(123456789012, 5))) == LogCursor(123456789012, 5)
+    assert LogCursor.parse(" 42 ") == LogCursor(0, 42)
+    with pytest.raises(LogCursorError, match="not a log cursor: 'a:b'"):
+        LogCursor.parse("a:b")
