@@ -745,15 +745,29 @@ class EventLog:
             for e in b
         ]
 
-    def rewards_by_policy_version(self, versions: list[str]) -> dict[str, list[float]]:
+    def rewards_by_policy_version(
+        self, versions: list[str], *, concurrent: bool = False
+    ) -> dict[str, list[float]]:
         """Per-decision rewards of the decisions stamped with each ``policy_version`` (the
-        online A/B test of promotion); decisions without a reward are left out."""
+        online A/B test of promotion); decisions without a reward are left out.
+
+        ``concurrent``: only decisions made since the *last* of ``versions`` (the challenger)
+        made its first, so that an A/B test compares the two over the same period, not the
+        champion's whole history against the challenger's recent traffic.
+        """
         out: dict[str, list[float]] = {v: [] for v in versions}
         query = (
             sa.select(decisions.c.policy_version, feedback.c.reward)
             .join(feedback, decisions.c.decision_id == feedback.c.decision_id)
             .where(decisions.c.policy_version.in_(versions), feedback.c.reward.is_not(None))
         )
+        if concurrent and versions:
+            first = (
+                sa.select(sa.func.min(decisions.c.created_at))
+                .where(decisions.c.policy_version == versions[-1])
+                .scalar_subquery()
+            )
+            query = query.where(decisions.c.created_at >= first)
         with self._engine.connect() as conn:
             for version, reward in conn.execute(query):
                 out[version].append(float(reward))

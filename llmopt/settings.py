@@ -104,6 +104,22 @@ class AutopilotRules(BaseModel):
     min_samples: int = Field(
         default=100, ge=1, description="Online decisions per version before the mSPRT may decide."
     )
+    min_effect: float = Field(
+        default=0.01,
+        ge=0,
+        description=(
+            "Smallest reward gain worth a promotion: the test ends for futility once the "
+            "challenger cannot be better by this much (0: no futility stop)."
+        ),
+    )
+    max_samples: int = Field(
+        default=3000,
+        ge=1,
+        description=(
+            "Online decisions per version after which an undecided test ends without promotion "
+            "(so that one near-tie cannot hold the queue of newer versions forever)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _increasing_steps(self) -> AutopilotRules:

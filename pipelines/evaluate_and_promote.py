@@ -74,13 +74,18 @@ def evaluate_and_promote(
         margin=margin,
         alpha=rules_.alpha if alpha is None else alpha,
         min_samples=rules_.min_samples if min_samples is None else min_samples,
+        min_effect=rules_.min_effect,
+        max_samples=rules_.max_samples,
     )
     aliases = current_aliases()
     outcomes: list[dict[str, Any]] = []
     notes: list[str] = []
     dev, staging, prod = aliases["dev"], aliases["staging"], aliases["prod"]
-    under_test = (
-        staging is not None and staging != prod and validation_status(staging) not in RETIRED
+    under_test = (  # an A/B test needs a champion to compare with
+        prod is not None
+        and staging is not None
+        and staging != prod
+        and validation_status(staging) not in RETIRED
     )
     if under_test and staging is not None:
         outcome = promote_version(staging, "prod", rules).as_dict()

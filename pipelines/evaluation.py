@@ -181,6 +181,8 @@ def ab_gate(
     min_samples: int = 100,
     sequential: bool = True,
     look_every: int = 50,
+    min_effect: float = 0.0,
+    max_samples: int | None = None,
 ) -> GateResult:
     """Pass if the challenger's online rewards beat the champion's at level ``alpha``.
 
@@ -207,7 +209,13 @@ def ab_gate(
         )
     if sequential:
         return _sequential_gate(
-            champion_rewards, challenger_rewards, alpha, min_samples, look_every
+            champion_rewards,
+            challenger_rewards,
+            alpha,
+            min_samples,
+            look_every,
+            min_effect=min_effect,
+            max_samples=max_samples,
         )
     r = welch_test(champion_rewards, challenger_rewards)
     details = {**asdict(r), "alpha": alpha}
@@ -230,8 +238,13 @@ def _sequential_gate(
     alpha: float,
     min_samples: int,
     look_every: int,
+    *,
+    min_effect: float = 0.0,
+    max_samples: int | None = None,
 ) -> GateResult:
-    test = MixtureSPRT(alpha, tau=0.05, min_samples=min_samples)
+    test = MixtureSPRT(
+        alpha, tau=0.05, min_samples=min_samples, min_effect=min_effect, max_samples=max_samples
+    )
     a, b = np.asarray(champion, dtype=float), np.asarray(challenger, dtype=float)
     for start in range(0, max(len(a), len(b)), look_every):
         test.update_many("champion", a[start : start + look_every])

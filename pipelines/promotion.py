@@ -43,6 +43,10 @@ class PromotionPolicy:
     margin: float = 0.01
     alpha: float = 0.05
     min_samples: int = 100
+    min_effect: float = 0.0
+    """Futility: stop once the challenger cannot be better by this much (0: never)."""
+    max_samples: int | None = None
+    """Stop an undecided test once both versions have this many decisions (None: never)."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,8 @@ def prod_gate(
     *,
     alpha: float,
     min_samples: int,
+    min_effect: float = 0.0,
+    max_samples: int | None = None,
     name: str = MODEL_NAME,
 ) -> tuple[str | None, GateResult]:
     """Online A/B comparison of ``version`` against the prod version, from the event log."""
@@ -115,8 +121,15 @@ def prod_gate(
             False, f"no prod version yet and version {version} has not passed the staging gate"
         )
     labels = [version_label(champion, name), version_label(version, name)]
-    rewards = log.rewards_by_policy_version(labels)
-    gate = ab_gate(rewards[labels[0]], rewards[labels[1]], alpha=alpha, min_samples=min_samples)
+    rewards = log.rewards_by_policy_version(labels, concurrent=True)
+    gate = ab_gate(
+        rewards[labels[0]],
+        rewards[labels[1]],
+        alpha=alpha,
+        min_samples=min_samples,
+        min_effect=min_effect,
+        max_samples=max_samples,
+    )
     return champion, gate
 
 
@@ -152,7 +165,14 @@ def promote(
         if log is None:
             raise RegistryError("the prod gate needs the event log")
         champion, gate = prod_gate(
-            client, log, version, alpha=rules.alpha, min_samples=rules.min_samples, name=name
+            client,
+            log,
+            version,
+            alpha=rules.alpha,
+            min_samples=rules.min_samples,
+            min_effect=rules.min_effect,
+            max_samples=rules.max_samples,
+            name=name,
         )
     else:
         raise RegistryError(f"unknown alias {alias!r}; choose one of: dev, staging, prod")

@@ -8,8 +8,9 @@ The loop closes without an operator (issue 15):
   guards stay green;
 - :func:`guard_verdict` checks a version's live feedback against the SLOs of
   :class:`llmopt.settings.AutopilotRules` (error rate, p95 latency, cost per request, quality)
-  and against its reference (the champion for a canary, the previous champion for a freshly
-  promoted prod) beyond the reward and error margins;
+  and, for a canary, against the champion serving at the same time beyond the reward and error
+  margins (a freshly promoted prod is held to the SLOs only: its predecessor's record is from
+  another period);
 - a breach rolls the version back at once in this process (the canary stops, or the router
   goes back to the previous champion's policy), and the runtime makes it durable in the
   registry (:mod:`serving.runtime`): the staging alias is removed, or prod moves back;

@@ -11,7 +11,8 @@ A :class:`Router` holds a *lineup*, the champion (alias ``prod``) and an optiona
   a tenant sees one policy). It is rolled back automatically (mode back to ``champion``) when
   its live feedback breaks the SLOs of :class:`llmopt.settings.AutopilotRules` or trails the
   champion's beyond its margins (:mod:`serving.autopilot`); a version newly promoted to
-  champion is watched the same way against its predecessor for ``prod_watch_s``;
+  champion is watched against the SLOs for ``prod_watch_s`` and replaced by its predecessor on
+  a breach;
 - ``shadow``: the champion serves; the challenger decides the same request too and its
   decision is logged (event log, with its propensity) but not served.
 
@@ -855,12 +856,15 @@ class Router:
         if self._clock() > watch.until:
             self._watch = None
             return
-        verdict = guard_verdict(champ, watch.previous_stats, rules) if champ is not None else None
+        # The SLOs only: the predecessor's record comes from another period (the traffic, the
+        # models' quality and prices may have changed since), so a margin against it would
+        # blame the new version for the world's changes.
+        verdict = guard_verdict(champ, None, rules) if champ is not None else None
         if verdict is None:
             return
         self._watch = None
         restored = watch.previous
-        self._lineup = Lineup(restored, None)  # the previous champion serves again, at once
+        self._lineup = Lineup(restored, lineup.challenger)  # the predecessor serves, at once
         self.traffic = Traffic()
         self._live.clear()
         self._rolled_back(Rollback("champion", lineup.champion.label, restored.label, verdict))

@@ -98,8 +98,8 @@ def _ab_log(settings: Settings, means: dict[str, float], n: int) -> None:
     """``n`` decisions per policy version label with rewards around ``means[label]``."""
     log = EventLog(settings.event_log_url)
     rng = np.random.default_rng(0)
-    for label, mean in means.items():
-        for _ in range(n):
+    for _ in range(n):  # interleaved, as live traffic split between versions is
+        for label, mean in means.items():
             d = Decision(
                 model="gpt-4.1-mini", propensity=1.0, policy_name="x", policy_version=label
             )

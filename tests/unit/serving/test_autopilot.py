@@ -143,25 +143,37 @@ def test_a_canary_within_its_slos_and_margins_keeps_running(catalog, log):
     assert router.traffic.mode == "canary" and reported == []
 
 
-def test_a_fresh_champion_worse_than_its_predecessor_is_rolled_back(catalog, log):
+def test_a_fresh_champion_breaking_an_slo_is_rolled_back(catalog, log):
     reported: list[Rollback] = []
-    rules = AutopilotRules(min_feedback=20, prod_watch_s=3600)
+    rules = AutopilotRules(min_feedback=20, prod_watch_s=3600, min_quality=0.5)
     router = Router(catalog, log, rules=rules, on_rollback=reported.append)
     router.swap(champion=(FixedPolicy("gpt-4o"), "v1"))
     drive(router, 40, {"v1": 0.9})
     router.swap(champion=(FixedPolicy("gpt-4o-mini"), "v2"))  # promoted
     drive(router, 40, {"v1": 0.9, "v2": 0.3})
     assert [(r.role, r.label, r.restored, r.verdict.kind) for r in reported] == [
-        ("champion", "v2", "v1", "reward")
+        ("champion", "v2", "v1", "quality")
     ]
     assert router.lineup.champion.label == "v1"  # the predecessor serves again, at once
     assert router.decide(ctx(0)).decision.model == "gpt-4o"
 
 
+def test_a_fresh_champion_is_not_blamed_for_a_worse_world(catalog, log):
+    """Its predecessor earned more in another period: no SLO broken, no rollback."""
+    reported: list[Rollback] = []
+    rules = AutopilotRules(min_feedback=20, prod_watch_s=3600)
+    router = Router(catalog, log, rules=rules, on_rollback=reported.append)
+    router.swap(champion=(FixedPolicy("gpt-4o"), "v1"))
+    drive(router, 40, {"v1": 0.9})
+    router.swap(champion=(FixedPolicy("gpt-4o-mini"), "v2"))
+    drive(router, 60, {"v1": 0.9, "v2": 0.3})  # e.g. every model got worse meanwhile
+    assert reported == [] and router.lineup.champion.label == "v2"
+
+
 def test_a_fresh_champion_is_only_watched_for_prod_watch_s(catalog, log):
     now = [0.0]
     reported: list[Rollback] = []
-    rules = AutopilotRules(min_feedback=20, prod_watch_s=10)
+    rules = AutopilotRules(min_feedback=20, prod_watch_s=10, min_quality=0.5)
     router = Router(catalog, log, rules=rules, on_rollback=reported.append, clock=lambda: now[0])
     router.swap(champion=(FixedPolicy("gpt-4o"), "v1"))
     drive(router, 40, {"v1": 0.9})
@@ -173,7 +185,7 @@ def test_a_fresh_champion_is_only_watched_for_prod_watch_s(catalog, log):
 
 def test_a_restored_champion_is_not_watched_again(catalog, log):
     reported: list[Rollback] = []
-    rules = AutopilotRules(min_feedback=20, prod_watch_s=3600)
+    rules = AutopilotRules(min_feedback=20, prod_watch_s=3600, min_quality=0.5)
     router = Router(catalog, log, rules=rules, on_rollback=reported.append)
     router.swap(champion=(FixedPolicy("gpt-4o"), "v1"))
     router.swap(champion=(FixedPolicy("gpt-4o-mini"), "v2"))
