@@ -201,6 +201,15 @@ class Settings(BaseSettings):
             "PREFECT_HOME of the CLI's flows (ephemeral API database). Unset: <home>/prefect."
         ),
     )
+    register_min_events: int = Field(
+        default=200,
+        ge=1,
+        description=(
+            "Training registers a new version only once it has learned at least this many "
+            "events since the version it would replace, or when its off-policy estimate leaves "
+            "that version's confidence interval; every run logs its metrics either way."
+        ),
+    )
 
     # -- serving (issue #6) --
     client_keys: str = Field(

@@ -4,7 +4,10 @@ Learns the feedback logged since the last checkpoint into the current policy (ch
 after every batch, so a crash and a rerun neither lose nor double-count feedback; read in the
 event log's commit-safe order, so feedback that commits late is learned by a later run, never
 skipped), then logs the run to MLflow and registers the policy as a new ``llm-router`` version
-aliased ``dev``.
+aliased ``dev`` **only when it has something to show** (:mod:`pipelines.registration`): at least
+``LLMOPT_REGISTER_MIN_EVENTS`` events learned since the ``dev`` version, or an off-policy
+estimate outside that version's confidence interval. Every run that learned something logs its
+metrics and its ``registration_reason``, registered or not.
 """
 
 from __future__ import annotations
@@ -14,7 +17,14 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from models.kinds import RECOMMENDED
-from pipelines.tasks import log_model_version, registered_cursor, train_incremental
+from pipelines.tasks import (
+    count_new_events,
+    decide,
+    evaluate_against_previous,
+    log_training_run,
+    registered_version,
+    train_incremental,
+)
 from pipelines.training import DEFAULT_BATCH_SIZE
 
 NAME = "incremental-training"
@@ -22,9 +32,12 @@ NAME = "incremental-training"
 
 @flow(name=NAME, description=__doc__)
 def incremental_training(
-    policy: str = RECOMMENDED, batch_size: int = DEFAULT_BATCH_SIZE, alias: str = "dev"
+    policy: str = RECOMMENDED,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    alias: str = "dev",
+    eval_window: int = 2000,
 ) -> dict[str, Any]:
-    """Update the policy with new feedback and register a version under ``alias``."""
+    """Update the policy with new feedback; register a version under ``alias`` if it earns one."""
     result = train_incremental(policy, batch_size)
     summary: dict[str, Any] = {
         "data_window": result.data_window,
@@ -36,11 +49,27 @@ def incremental_training(
         "learn_seconds": round(result.learn_seconds, 4),
         "version": None,
     }
-    # No new feedback, and the alias's version has learned up to the checkpoint: nothing to
-    # do. A run killed after its last checkpoint but before registering leaves the checkpoint
-    # ahead of the alias: register then, or those events would reach no version.
-    if result.n_events == 0 and result.cursor <= registered_cursor(alias):
-        get_run_logger().info("no new feedback after %s: nothing to register", result.cursor)
+    previous = registered_version(alias)
+    # Counted from the alias's version, not from this run's start: a run killed after its
+    # last checkpoint but before registering leaves learned events that no version holds.
+    n_new = count_new_events(previous.cursor, result.cursor)
+    summary["n_new_since_version"] = n_new
+    if n_new == 0:  # nothing learned since the alias's version: no run to log
+        decision = decide(0, None, previous.version)
+        get_run_logger().info("%s: nothing to log or register", decision.detail)
+        summary["registration_reason"] = decision.reason
         return summary
-    summary["version"] = log_model_version(result, flow_name=NAME, alias=alias)
+    evaluation = evaluate_against_previous(result.policy, previous.version, eval_window)
+    decision = decide(n_new, evaluation, previous.version)
+    summary["registration_reason"] = decision.reason
+    summary["registration_detail"] = decision.detail
+    summary["ope_lift"] = decision.lift
+    summary["version"] = log_training_run(
+        result,
+        decision,
+        flow_name=NAME,
+        alias=alias,
+        evaluation=evaluation,
+        params={"batch_size": batch_size},
+    )
     return summary

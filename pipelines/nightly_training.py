@@ -3,8 +3,12 @@
 A fresh policy (with the best hyperparameters the HPO study found, if any) is warm-started on
 every logged feedback with ``learn_many``, using the features logged with each decision (what
 the router saw then: point-in-time correct); the quality model is refitted; the result is
-evaluated off-policy on the recent logs, registered as ``dev``, and becomes the checkpoint
-incremental training continues from.
+evaluated off-policy on the recent logs next to the current ``dev`` version and logged to
+MLflow. It is registered as ``dev``, and becomes the checkpoint incremental training continues
+from, under the same rule as incremental training (:mod:`pipelines.registration`; the rebuilt
+policy learned every event anew, so on any log of ``LLMOPT_REGISTER_MIN_EVENTS`` events or
+more it registers). A rebuild that does not register leaves incremental training's lineage as
+it was.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from prefect.cache_policies import NO_CACHE
 from llmopt.settings import get_settings
 from models.kinds import RECOMMENDED
 from pipelines.tasks import (
-    evaluate_offline,
-    log_model_version,
+    decide,
+    evaluate_against_previous,
+    log_training_run,
     rebuild_from_history,
+    registered_version,
     reset_checkpoint,
 )
 
@@ -41,7 +47,8 @@ def nightly_training(
     eval_window: int = 2000,
     use_hpo: bool = True,
 ) -> dict[str, Any]:
-    """Rebuild, evaluate and register the policy; reset the incremental checkpoint to it."""
+    """Rebuild and evaluate the policy; register it and reset the incremental checkpoint to it
+    if it earns a version."""
     params = best_hyperparameters(policy) if use_hpo else {}
     result, quality = rebuild_from_history(policy, params, batch_size)
     summary: dict[str, Any] = {
@@ -53,10 +60,20 @@ def nightly_training(
     if result.n_events == 0:
         get_run_logger().info("the event log has no feedback yet: nothing to train")
         return summary
-    report = evaluate_offline(result.policy, eval_window)
-    summary["version"] = log_model_version(
-        result, flow_name=NAME, alias="dev", report=report, quality=quality
+    previous = registered_version("dev")
+    evaluation = evaluate_against_previous(result.policy, previous.version, eval_window)
+    decision = decide(result.n_events, evaluation, previous.version)
+    summary["version"] = log_training_run(
+        result,
+        decision,
+        flow_name=NAME,
+        alias="dev",
+        evaluation=evaluation,
+        quality=quality,
+        params={"batch_size": batch_size, "use_hpo": use_hpo},
     )
-    reset_checkpoint(result)
-    summary["ope_snips"] = report["snips"]["value"] if report else None
+    if summary["version"] is not None:
+        reset_checkpoint(result)
+    summary["registration_reason"] = decision.reason
+    summary["ope_snips"] = evaluation.report["snips"]["value"] if evaluation.report else None
     return summary

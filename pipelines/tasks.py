@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import mlflow
@@ -24,8 +25,9 @@ from models.base import BasePolicy
 from models.kinds import make_policy
 from models.quality import QualityModel
 from pipelines.checkpoint import CheckpointStore
-from pipelines.evaluation import ope_report
+from pipelines.evaluation import estimate_of, ope_report
 from pipelines.promotion import PromotionOutcome, PromotionPolicy, promote
+from pipelines.registration import RegistrationDecision, decide_registration
 from pipelines.training import TrainingResult, incremental_update, rebuild
 from registry import mlflow_registry as registry
 
@@ -84,16 +86,37 @@ def train_incremental(
         log.close()
 
 
-@task(name="registered-cursor", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def registered_cursor(alias: str = "dev") -> LogCursor:
-    """The log cursor of the version ``alias`` points at (the log's start: no version, or no
-    such tag)."""
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """The version an alias points at and the log cursor it learned up to (the baseline of the
+    next registration): ``version`` None when the alias points nowhere."""
+
+    version: str | None
+    cursor: LogCursor
+
+
+@task(name="registered-version", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def registered_version(alias: str = "dev") -> RegisteredVersion:
+    """The version ``alias`` points at and its cursor (the log's start: no version, or a
+    version whose tags name no cursor)."""
     client = registry.configure(get_settings())
     version = registry.version_for_alias(client, alias)
     if version is None:
-        return LogCursor()
+        return RegisteredVersion(None, LogCursor())
     tags = client.get_model_version(registry.MODEL_NAME, version).tags
-    return version_cursor(tags) or LogCursor()
+    return RegisteredVersion(version, version_cursor(tags) or LogCursor())
+
+
+@task(name="count-new-events", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def count_new_events(since: LogCursor, until: LogCursor) -> int:
+    """Events in the log after ``since`` up to ``until`` (0 when ``until`` is not after it)."""
+    if until <= since:
+        return 0
+    log = _log(get_settings())
+    try:
+        return log.count_between(since, until)
+    finally:
+        log.close()
 
 
 @task(name="rebuild-from-history", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
@@ -139,76 +162,233 @@ def reset_checkpoint(result: TrainingResult, checkpoint: str = INCREMENTAL_CHECK
         log.close()
 
 
-@task(name="evaluate-offline", cache_policy=NO_CACHE, retries=1)
-def evaluate_offline(policy: BasePolicy, window: int) -> dict[str, Any] | None:
-    """SNIPS/IPS report of ``policy`` on the last ``window`` logged decisions (None if none)."""
+@dataclass(frozen=True)
+class Evaluation:
+    """Off-policy reports of a run's policy and of the version it would replace, on the same
+    latest logged decisions, and one of those decisions' features (the model's input example)."""
+
+    report: dict[str, Any] | None
+    previous: dict[str, Any] | None
+    previous_version: str | None
+    window: int
+    example_features: dict[str, float] | None
+
+
+@task(name="evaluate-against-previous", cache_policy=NO_CACHE, retries=1)
+def evaluate_against_previous(
+    policy: BasePolicy, previous_version: str | None, window: int
+) -> Evaluation:
+    """SNIPS/IPS reports of ``policy`` and of the registry version ``previous_version`` (if
+    any) on the same last ``window`` logged decisions."""
     settings = get_settings()
     log = _log(settings)
     try:
         events = log.latest_training_events(window)
-        return ope_report(policy, events, catalog=_catalog(settings)) if events else None
     finally:
         log.close()
+    if not events:
+        return Evaluation(None, None, previous_version, window, None)
+    catalog = _catalog(settings)
+    report = ope_report(policy, events, catalog=catalog)
+    previous = None
+    if previous_version is not None:
+        _, old = registry.load_policy(registry.configure(settings), previous_version)
+        previous = ope_report(old, events, catalog=catalog)
+    return Evaluation(report, previous, previous_version, window, dict(events[-1].features))
 
 
-@task(name="log-model-version", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def log_model_version(
+def decide(n_new: int, evaluation: Evaluation | None, previous: str | None) -> RegistrationDecision:
+    """The registration rule (:mod:`pipelines.registration`) with ``LLMOPT_REGISTER_MIN_EVENTS``."""
+    report = evaluation.report if evaluation is not None else None
+    prev = evaluation.previous if evaluation is not None else None
+    return decide_registration(
+        n_new,
+        min_events=get_settings().register_min_events,
+        estimate=estimate_of(report) if report is not None else None,
+        previous=estimate_of(prev) if prev is not None else None,
+        previous_version=previous,
+    )
+
+
+def _ope_metrics(prefix: str, report: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for method in ("snips", "ips"):
+        est = report[method]
+        out |= {
+            f"{prefix}{method}": float(est["value"]),
+            f"{prefix}{method}_lower": float(est["lower"]),
+            f"{prefix}{method}_upper": float(est["upper"]),
+        }
+    return out
+
+
+def run_metrics(
+    result: TrainingResult, decision: RegistrationDecision, evaluation: Evaluation | None
+) -> dict[str, float]:
+    """What every training run logs to MLflow, registered or not."""
+    metrics = {
+        "n_events": float(result.n_events),
+        "n_new_since_version": float(decision.n_new),
+        "n_total": float(result.n_total),
+        "n_waiting": float(result.n_waiting),
+        "last_feedback_id": float(result.last_feedback_id),
+        "learn_seconds": result.learn_seconds,
+        "registered": float(decision.register),
+    }
+    if result.learn_seconds > 0 and result.n_events:
+        metrics["events_per_second"] = result.n_events / result.learn_seconds
+    report = evaluation.report if evaluation is not None else None
+    if report is not None:
+        metrics |= _ope_metrics("ope_", report)
+        metrics["logged_value"] = float(report["logged_value"])
+        metrics["match_rate"] = float(report["match_rate"])
+        metrics["ope_lift_over_logged"] = float(report["snips"]["value"] - report["logged_value"])
+    if evaluation is not None and evaluation.previous is not None:
+        metrics |= _ope_metrics("previous_ope_", evaluation.previous)
+    if decision.lift is not None:
+        metrics["ope_lift"] = decision.lift
+    return metrics
+
+
+def version_description(
     result: TrainingResult,
+    decision: RegistrationDecision,
+    evaluation: Evaluation | None,
+    *,
+    flow_name: str,
+    policy_name: str,
+) -> str:
+    """What a registered version learned from and why it was registered, in a few sentences."""
+    since = f"version {decision.previous_version}" if decision.previous_version else "the start"
+    lines = [
+        f"{policy_name}, trained by the {flow_name} flow.",
+        f"Learned from: {result.data_window} ({result.n_events} events in this run, "
+        f"{decision.n_new} new since {since}, {result.n_total} since the policy was created; "
+        f"log cursor {result.cursor}).",
+    ]
+    if result.warm_start:
+        warm = result.warm_start
+        lines.append(
+            f"Warm start: {warm.get('warm_start_evals_outcomes', '?')} outcomes of "
+            f"{warm.get('warm_start_evals_prompts', '?')} prompts from "
+            f"{warm.get('warm_start_evals', '?')} (sha256 "
+            f"{warm.get('warm_start_evals_sha256', '?')[:12]}), before the event log."
+        )
+    else:
+        lines.append("Warm start: none.")
+    lines.append(f"Registered because: {decision.detail}.")
+    if evaluation is not None and evaluation.report is not None:
+        est = evaluation.report["snips"]
+        text = (
+            f"Off-policy estimate (SNIPS, last {evaluation.report['n']} logged decisions): "
+            f"{est['value']:.4f} [{est['lower']:.4f}, {est['upper']:.4f}]; logged policy "
+            f"{evaluation.report['logged_value']:.4f}"
+        )
+        if evaluation.previous is not None and decision.lift is not None:
+            prev = evaluation.previous["snips"]
+            text += (
+                f"; version {decision.previous_version} {prev['value']:.4f} "
+                f"[{prev['lower']:.4f}, {prev['upper']:.4f}], lift {decision.lift:+.4f}"
+            )
+        lines.append(text + ".")
+    return " ".join(lines)
+
+
+@task(name="log-training-run", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def log_training_run(
+    result: TrainingResult,
+    decision: RegistrationDecision,
     *,
     flow_name: str,
     alias: str = "dev",
-    report: dict[str, Any] | None = None,
+    evaluation: Evaluation | None = None,
     quality: QualityModel | None = None,
-    extra_metrics: dict[str, float] | None = None,
-) -> str:
-    """One MLflow run in the flow's experiment (params, metrics, artifacts) and a new version."""
+    params: dict[str, Any] | None = None,
+) -> str | None:
+    """One MLflow run in the flow's experiment: the run's parameters, learning metrics (OPE
+    with its interval, lift over the previous version, events learned) and why it did or did
+    not register (tags ``registered``, ``registration_reason``, ``registration_detail``); and,
+    when ``decision.register``, a new version aliased ``alias`` with its description. The
+    version number, or None."""
     settings = get_settings()
     client = registry.configure(settings)
     exp = registry.experiment_id(client, settings, flow_name)
     state = result.policy.to_dict()
+    kind = registry.policy_kind(result.policy)
+    version = None
     with mlflow.start_run(experiment_id=exp, run_name=f"{flow_name}-{int(time.time())}"):
-        mlflow.log_params({"policy": state["kind"], **_flat_params(state["params"])})
-        metrics = {
-            "n_events": float(result.n_events),
-            "n_total": float(result.n_total),
-            "last_feedback_id": float(result.last_feedback_id),
-            "n_waiting": float(result.n_waiting),
-            "learn_seconds": result.learn_seconds,
-            **(extra_metrics or {}),
-        }
-        if result.learn_seconds > 0 and result.n_events:
-            metrics["events_per_second"] = result.n_events / result.learn_seconds
-        if report is not None:
-            metrics["ope_snips"] = report["snips"]["value"]
-            metrics["ope_ips"] = report["ips"]["value"]
-            metrics["logged_value"] = report["logged_value"]
-            mlflow.log_dict(report, "ope_report.json")
+        mlflow.log_params(
+            {
+                "policy": kind,
+                **_flat_params(state["params"]),
+                "register_min_events": decision.min_events,
+                **({"eval_window": evaluation.window} if evaluation is not None else {}),
+                **(params or {}),
+            }
+        )
+        mlflow.set_tags(
+            {
+                "policy_name": kind,
+                "source_flow": flow_name,
+                "data_window": result.data_window,
+                "log_cursor": str(result.cursor),
+                "registered": str(decision.register).lower(),
+                "registration_reason": decision.reason,
+                "registration_detail": decision.detail,
+                "previous_version": decision.previous_version or "",
+                **result.warm_start,
+            }
+        )
+        mlflow.log_metrics(run_metrics(result, decision, evaluation))
+        if evaluation is not None and evaluation.report is not None:
+            mlflow.log_dict(evaluation.report, "ope_report.json")
+            if evaluation.previous is not None:
+                mlflow.log_dict(evaluation.previous, "ope_report_previous_version.json")
         if quality is not None:
             mlflow.log_dict(quality.to_dict(), "quality_model.json")
-        mlflow.log_metrics(metrics)
-        version = registry.log_policy_version(
-            client,
-            result.policy,
-            tags={
-                "data_window": result.data_window,
-                "last_feedback_id": str(result.last_feedback_id),
-                "log_cursor": str(result.cursor),
-                "n_events": str(result.n_total),
-                "feature_service_version": ROUTER_SERVICE,
-                "source_flow": flow_name,
-                "embedding": embedding_version(),
-                **result.warm_start,
-                **({"ope_snips": f"{report['snips']['value']:.6f}"} if report else {}),
-            },
-            aliases=[alias],
+        if decision.register:
+            report = evaluation.report if evaluation is not None else None
+            ope_tags: dict[str, str] = {}
+            if report is not None:
+                est = report["snips"]
+                ope_tags = {
+                    "ope_snips": f"{est['value']:.6f}",
+                    "ope_snips_ci": f"[{est['lower']:.6f}, {est['upper']:.6f}]",
+                }
+            version = registry.log_policy_version(
+                client,
+                result.policy,
+                tags={
+                    "data_window": result.data_window,
+                    "last_feedback_id": str(result.last_feedback_id),
+                    "log_cursor": str(result.cursor),
+                    "n_events": str(result.n_total),
+                    "feature_service_version": ROUTER_SERVICE,
+                    "source_flow": flow_name,
+                    "embedding": embedding_version(),
+                    "registration_reason": decision.reason,
+                    **result.warm_start,
+                    **ope_tags,
+                },
+                aliases=[alias],
+                example_features=evaluation.example_features if evaluation else None,
+                description=version_description(
+                    result, decision, evaluation, flow_name=flow_name, policy_name=kind
+                ),
+            )
+            mlflow.set_tag("registered_version", version)
+    logger = get_run_logger()
+    if version is not None:
+        logger.info(
+            "registered %s version %s (%s) as %r: %s",
+            registry.MODEL_NAME,
+            version,
+            result.data_window,
+            alias,
+            decision.detail,
         )
-    get_run_logger().info(
-        "registered %s version %s (%s) as %r",
-        registry.MODEL_NAME,
-        version,
-        result.data_window,
-        alias,
-    )
+    else:
+        logger.info("no new version (%s): %s", decision.reason, decision.detail)
     return version
 
 

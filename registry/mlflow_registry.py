@@ -4,7 +4,9 @@ One registered model, ``llm-router``. Each version is an ``mlflow.pyfunc`` model
 :class:`RouterModel` wrapping the policy's JSON state, :meth:`models.state.Stateful.to_dict`)
 whose version tags carry its lineage: ``data_window``, ``last_feedback_id``, ``n_events``,
 ``feature_service_version``, ``code_version`` (git sha), ``artifact_sha256`` of the state file,
-``policy_name``, ``source_flow`` and ``validation_status``. Promotion moves **aliases**
+``policy_name`` (the policy's kind, :func:`policy_kind`), ``source_flow`` and
+``validation_status``; its description says what it learned and why it was registered, and its
+model has an input example (one request's features). Promotion moves **aliases**
 ``dev`` -> ``staging`` -> ``prod`` (the stages API is deprecated); the registered model's tag
 ``prod_history`` keeps the previous prod versions, so :func:`rollback` is one alias move.
 
@@ -198,6 +200,31 @@ def _quiet_mlflow() -> Iterator[None]:
 
 
 # -- versions -----------------------------------------------------------------------------------
+def policy_kind(policy: BasePolicy) -> str:
+    """The name of ``policy`` in MLflow: its kind in :data:`models.kinds.POLICIES`.
+
+    The kind (``cost_aware_cluster_thompson``) is the name users pick in the README, the CLI and
+    the flows; the class's short name (``policy.name``, ``cluster_thompson``) names the
+    algorithm, which several kinds share (``linucb`` and ``cost_aware_linucb``). A kind is
+    matched by class and cost-awareness; a policy no kind describes keeps its short name.
+
+    >>> from models.kinds import RECOMMENDED, make_policy
+    >>> policy = make_policy(RECOMMENDED, seed=0)
+    >>> policy.name, policy_kind(policy)
+    ('cluster_thompson', 'cost_aware_cluster_thompson')
+    >>> policy_kind(make_policy("linucb")), policy_kind(make_policy("cost_aware_linucb"))
+    ('linucb', 'cost_aware_linucb')
+    """
+    from models.kinds import POLICIES  # noqa: PLC0415 - imports every learner
+
+    kinds = [
+        kind
+        for kind, (cls, defaults) in POLICIES.items()
+        if type(policy) is cls and bool(defaults.get("cost_aware")) == bool(policy.cost_aware)
+    ]
+    return kinds[0] if len(kinds) == 1 else policy.name
+
+
 @dataclass(frozen=True)
 class VersionInfo:
     """One model version: number, aliases, tags, run and creation time (ms since epoch)."""
@@ -216,12 +243,16 @@ def log_policy_version(
     tags: Mapping[str, str] | None = None,
     aliases: Iterable[str] = ("dev",),
     example_features: Mapping[str, float] | None = None,
+    description: str | None = None,
     name: str = MODEL_NAME,
 ) -> str:
     """Log ``policy`` in the active run as a pyfunc model and register it; return the version.
 
     The state file is also a run artifact (``policy/policy_state.json``); its SHA-256 and the
-    given ``tags`` go on the version (``validation_status`` defaults to ``pending``).
+    given ``tags`` go on the version (``validation_status`` defaults to ``pending``,
+    ``policy_name`` to :func:`policy_kind`). ``example_features`` (one request's features;
+    default: the features the policy knows, at 0) are the model's input example and signature;
+    ``description`` becomes the version's description.
     """
     from mlflow.models import infer_signature  # noqa: PLC0415
 
@@ -234,7 +265,8 @@ def log_policy_version(
         path.write_bytes(payload)
         mlflow.log_artifact(str(path), artifact_path="policy")
         known = state["state"].get("features") or ["bias"]
-        example = pd.DataFrame([dict(example_features or dict.fromkeys(known, 0.0))])
+        features = dict(example_features or dict.fromkeys(known, 0.0))
+        example = pd.DataFrame([{k: float(v) for k, v in sorted(features.items())}])
         out = pd.DataFrame([{"model": arms[0] if arms else "", "propensity": 1.0}])
         signature = infer_signature(example, out, params={"arms": arms or [""]})
         with _quiet_mlflow():
@@ -245,17 +277,20 @@ def log_policy_version(
                 registered_model_name=name,
                 pip_requirements=["mlflow", "numpy", "pandas", "river"],
                 signature=signature,
+                input_example=example,
             )
     version = str(info.registered_model_version)
     all_tags = {
         "validation_status": "pending",
         "artifact_sha256": digest,
         "code_version": code_version(),
-        "policy_name": getattr(policy, "name", type(policy).__name__),
+        "policy_name": policy_kind(policy),
         **dict(tags or {}),
     }
     for key, value in all_tags.items():
         client.set_model_version_tag(name, version, key, str(value))
+    if description:
+        client.update_model_version(name, version, description=description)
     for alias in aliases:
         set_alias(client, version, alias, name=name)
     return version
@@ -493,7 +528,7 @@ def register_policy(
         tags = {"validation_status": "bootstrap", **dict(tags or {})}
     exp = experiment_id(client, settings, experiment)
     with mlflow.start_run(experiment_id=exp, run_name=run_name):
-        mlflow.log_params({"policy": getattr(policy, "name", "?"), **(params or {})})
+        mlflow.log_params({"policy": policy_kind(policy), **(params or {})})
         if metrics:
             mlflow.log_metrics(dict(metrics))
         version = log_policy_version(

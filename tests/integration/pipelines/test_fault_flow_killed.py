@@ -241,6 +241,7 @@ def test_flow_killed_midway_then_rerun_learns_every_feedback_once(
     assert out["data_window"] == f"feedback ({killed.last_feedback_id}, {top}]"
     assert out["n_events"] == total - killed.n_events  # only what the killed run had not saved
     assert out["n_total"] == total and out["last_feedback_id"] == top
+    assert out["registration_reason"] == "min_events"  # 20,000 events since no version
 
     final = store.load(INCREMENTAL_CHECKPOINT)
     assert final is not None and final.last_feedback_id == top
@@ -285,6 +286,7 @@ def test_flow_killed_before_registering_then_rerun_registers_what_it_learned(
     out = incremental_training(batch_size=500)
     assert out["n_events"] == 0  # nothing new to learn...
     assert out["version"] is not None  # ...but what the killed run learned is registered
+    assert out["n_new_since_version"] == n and out["registration_reason"] == "min_events"
     version, policy = registry.load_policy(client, "dev")
     assert version == out["version"] and policy.n_updates == n
     assert client.get_model_version(registry.MODEL_NAME, version).tags["n_events"] == str(n)

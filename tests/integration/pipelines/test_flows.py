@@ -6,11 +6,13 @@ import json
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+import mlflow
 import pytest
 
 from llmopt.event_log import EventLog, LogCursor
-from llmopt.settings import Settings
+from llmopt.settings import Settings, get_settings
 from models.kinds import RECOMMENDED, make_policy
 from pipelines.checkpoint import CheckpointStore
 from pipelines.deployments import FLOWS, get_spec
@@ -28,7 +30,7 @@ from registry import mlflow_registry as registry
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_harness")]
 
 
-def test_incremental_flow_resumes_after_a_crash_and_registers_dev_versions(
+def test_incremental_flow_resumes_after_a_crash_and_registers_only_with_a_reason(
     env: Settings, filled: Callable[..., int]
 ) -> None:
     total = filled(200)
@@ -49,22 +51,79 @@ def test_incremental_flow_resumes_after_a_crash_and_registers_dev_versions(
         )
     out = incremental_training(batch_size=64)
     assert out["data_window"] == f"feedback (64, {total}]" and out["n_total"] == total
+    # No version yet: the 200 events learned since the start (64 of them by the crashed run)
+    # reach LLMOPT_REGISTER_MIN_EVENTS (200).
+    assert out["n_new_since_version"] == total and out["registration_reason"] == "min_events"
     client = registry.configure(env)
     version, policy = registry.load_policy(client, "dev")
     assert version == out["version"] and policy.n_updates == total
-    tags = client.get_model_version(registry.MODEL_NAME, version).tags
+    mv = client.get_model_version(registry.MODEL_NAME, version)
+    tags = mv.tags
     assert tags["last_feedback_id"] == str(total) and tags["n_events"] == str(total)
     assert tags["log_cursor"] == f"0:{total}"  # SQLite: no transaction part
     assert tags["source_flow"] == "incremental-training"
     assert tags["feature_service_version"]
+    assert tags["policy_name"] == RECOMMENDED == "cost_aware_cluster_thompson"
+    assert tags["registration_reason"] == "min_events" and tags["ope_snips_ci"].startswith("[")
+    assert mv.description.startswith("cost_aware_cluster_thompson, trained by the incremental")
+    assert f"Learned from: feedback (64, {total}] (136 events in this run, 200 new" in (
+        mv.description
+    )
+    assert "Warm start: none." in mv.description
+    assert "Registered because: learned 200 new events (at least 200" in mv.description
+    assert "Off-policy estimate (SNIPS, last 200 logged decisions)" in mv.description
+    example = mlflow.models.Model.load(f"models:/{registry.MODEL_NAME}/{version}")
+    assert example.saved_input_example_info is not None  # one logged request's features
+    assert set(example.get_input_schema().input_names()) == {"bias", "code"}
+    run = client.get_run(mv.run_id)
+    assert run.data.params["policy"] == RECOMMENDED
+    assert run.data.tags["registration_reason"] == "min_events"
+    assert run.data.tags["registered"] == "true" and run.data.tags["registered_version"] == version
+    m = run.data.metrics
+    assert m["n_events"] == total - 64 and m["n_new_since_version"] == total
+    assert m["ope_snips_lower"] <= m["ope_snips"] <= m["ope_snips_upper"]
+    assert "ope_lift" not in m  # no previous version to compare with
 
-    assert incremental_training()["version"] is None  # nothing new: no new version
+    nothing = incremental_training()  # nothing new: no run, no version
+    assert nothing["version"] is None and nothing["registration_reason"] == "nothing_new"
+
     more = filled(30, seed=3)
-    nxt = incremental_training()
-    assert nxt["n_events"] == more - total and int(nxt["version"]) == int(version) + 1
+    few = incremental_training()
+    assert few["n_events"] == more - total and few["version"] is None
+    assert few["registration_reason"] == "too_few_events"  # 30 < 200, and the estimate...
+    assert "within version 1's interval" in few["registration_detail"]  # ...did not move
+    (latest, *_), n_runs = _runs(client), len(_runs(client))
+    assert n_runs == 2  # the run that learned nothing logged nothing; this one did
+    assert latest.data.tags["registered"] == "false"
+    assert latest.data.tags["registration_reason"] == "too_few_events"
+    assert latest.data.tags["previous_version"] == version
+    assert latest.data.metrics["n_new_since_version"] == 30
+    assert "ope_lift" in latest.data.metrics and "previous_ope_snips_upper" in latest.data.metrics
+
+    # A worse policy becomes dev (as a hand-registered version would): the next run learned few
+    # events, but its estimate lies above that version's interval: it registers.
+    worse = make_policy(RECOMMENDED, seed=1)
+    for batch in log.training_batches(0, 1000):
+        worse.learn_many((e.model, e.features, 1.0 - e.quality) for e in batch)
+    v_worse = registry.log_version_in_run(
+        client, env, worse, aliases=["dev"], tags={"log_cursor": few["log_cursor"]}
+    )
+    filled(20, seed=4)
+    moved = incremental_training()
+    assert moved["n_new_since_version"] == 20 and moved["registration_reason"] == "ope_moved"
+    assert int(moved["version"]) == int(v_worse) + 1 and moved["ope_lift"] > 0
+    assert registry.version_for_alias(client, "dev") == moved["version"]
+    desc = client.get_model_version(registry.MODEL_NAME, moved["version"]).description
+    assert f"moved above version {v_worse}'s confidence interval" in desc
     # The task's logic, without the engine:
     assert train_incremental.fn(RECOMMENDED, 50).n_events == 0
     log.close()
+
+
+def _runs(client: Any) -> list[Any]:
+    """The incremental-training experiment's runs, newest first."""
+    exp = client.get_experiment_by_name("incremental-training")
+    return list(client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"]))
 
 
 def test_nightly_hpo_and_promotion_flows(env: Settings, filled: Callable[..., int]) -> None:
@@ -77,6 +136,7 @@ def test_nightly_hpo_and_promotion_flows(env: Settings, filled: Callable[..., in
     nightly = nightly_training(eval_window=200)
     assert nightly["n_events"] == total and nightly["params"] == found["best_params"]
     assert nightly["version"] is not None and nightly["ope_snips"] is not None
+    assert nightly["registration_reason"] == "min_events"  # 300 events rebuilt >= 200
     store = CheckpointStore(EventLog(env.event_log_url).engine)
     cp = store.load(INCREMENTAL_CHECKPOINT)
     assert cp is not None and cp.last_feedback_id == total  # incremental continues from here
@@ -145,7 +205,9 @@ def test_prefect_yaml_lists_the_same_deployments_and_schedules() -> None:
         assert schedule.get("cron") == spec.cron
 
 
-def test_cli_runs_one_flow_once_and_lists_them(env: Settings, filled: Callable[..., int]) -> None:
+def test_cli_runs_one_flow_once_and_lists_them(
+    env: Settings, filled: Callable[..., int], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from typer.testing import CliRunner  # noqa: PLC0415
 
     from llmopt.app.cli import app  # noqa: PLC0415
@@ -155,10 +217,23 @@ def test_cli_runs_one_flow_once_and_lists_them(env: Settings, filled: Callable[.
     listed = runner.invoke(app, ["flows", "list"])
     assert listed.exit_code == 0 and "incremental-training" in listed.output
     assert "every 5 min" in listed.output and "cron 0 2 * * *" in listed.output
-    res = runner.invoke(app, ["flows", "run", "incremental-training", "--param", "batch_size=16"])
-    assert res.exit_code == 0, res.output
-    out, _ = json.JSONDecoder().raw_decode(res.output[res.output.index("{") :])
-    assert out["n_events"] == 40 and out["version"] == "1"
+
+    def run() -> dict[str, Any]:
+        args = ["flows", "run", "incremental-training", "--param", "batch_size=16"]
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, res.output
+        out, _ = json.JSONDecoder().raw_decode(res.output[res.output.index("{") :])
+        return dict(out)
+
+    first = run()  # 40 events: fewer than LLMOPT_REGISTER_MIN_EVENTS (200), nothing to compare
+    assert first["n_events"] == 40 and first["version"] is None
+    assert first["registration_reason"] == "too_few_events"
+    assert "no previous version to compare" in first["registration_detail"]
+    monkeypatch.setenv("LLMOPT_REGISTER_MIN_EVENTS", "40")
+    get_settings.cache_clear()
+    second = run()  # learned nothing more, but the 40 learned since the start now suffice
+    assert second["n_events"] == 0 and second["n_new_since_version"] == 40
+    assert second["registration_reason"] == "min_events" and second["version"] == "1"
     res = runner.invoke(app, ["registry", "list"])
     assert "llm-router version 1  aliases: dev" in res.output
 

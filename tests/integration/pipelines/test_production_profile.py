@@ -101,6 +101,7 @@ def test_flow_runs_against_a_prefect_server_on_postgresql(
             "LLMOPT_DATABASE_URL": events_url,
             "LLMOPT_MLFLOW_TRACKING_URI": mlflow_url,
             "LLMOPT_MLFLOW_ARTIFACTS_URI": (tmp_path / "artifacts").as_uri(),
+            "LLMOPT_REGISTER_MIN_EVENTS": str(total),  # register from this small log
         }
         out = subprocess.run(
             [str(BIN / "llmopt"), "flows", "run", "incremental-training"],
@@ -112,6 +113,7 @@ def test_flow_runs_against_a_prefect_server_on_postgresql(
         )
         assert out.returncode == 0, out.stderr[-2000:]
         assert '"n_events": ' + str(total) in out.stdout
+        assert '"registration_reason": "min_events"' in out.stdout
         listed = subprocess.run(
             [str(BIN / "llmopt"), "registry", "list"],
             env=run_env,

@@ -46,6 +46,9 @@ def test_versions_aliases_tags_and_load_by_alias(env: Settings, filled: Callable
     assert info.version == v1 and info.aliases == ("dev", "staging", "prod")
     for tag in ("artifact_sha256", "code_version", "validation_status", "data_window"):
         assert info.tags[tag]
+    # One name everywhere: the policy's kind, not its algorithm's short name (cluster_thompson).
+    assert info.tags["policy_name"] == RECOMMENDED == "cost_aware_cluster_thompson"
+    assert info.run_id and client.get_run(info.run_id).data.params["policy"] == RECOMMENDED
     version, loaded = registry.load_policy(client, "prod")
     assert version == v1 and loaded.to_dict() == policy.to_dict()
 
@@ -53,6 +56,7 @@ def test_versions_aliases_tags_and_load_by_alias(env: Settings, filled: Callable
     import pandas as pd  # noqa: PLC0415
 
     model = mlflow.pyfunc.load_model("models:/llm-router@prod")
+    assert model.metadata.saved_input_example_info is not None  # logged with an input example
     out = model.predict(pd.DataFrame([{"bias": 1.0, "code": 1.0}]))
     assert (
         list(out.columns) == ["model", "propensity"]
