@@ -267,6 +267,48 @@ def demo(
 
 
 @app.command()
+def scenario(
+    out: Annotated[Path, typer.Option(help="Folder for scenario.json, timeline.png, state.")],
+    minutes: Annotated[float, typer.Option(min=0.5, help="Length of the run.")] = 10.0,
+    rate: Annotated[float, typer.Option(min=1, help="Requests per second.")] = 50.0,
+    profile: Annotated[
+        str, typer.Option(help="embedded (starts its own service) or production (--url).")
+    ] = "embedded",
+    url: Annotated[
+        str | None, typer.Option(help="A running service to drive (production profile).")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Routing file to replay (default: AlpacaEval, shipped).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the prompt order.")] = 0,
+) -> None:
+    """Replay real traffic through the service while a model degrades, a new one appears and
+    one fails; the flows run on an accelerated schedule; nobody touches anything. Measures
+    how fast traffic moves, versions promoted and rolled back, 5xx and lost feedback."""
+    from llmopt.app.scenario import ScenarioConfig, run_scenario, table  # noqa: PLC0415
+    from llmopt.routing_data import DEMO_DATA  # noqa: PLC0415
+
+    if profile not in ("embedded", "production"):
+        raise _fail(f"--profile must be embedded or production, got {profile!r}")
+    if profile == "production" and url is None:
+        raise _fail("--profile production drives a running service: give its --url (make up)")
+    cfg = ScenarioConfig(
+        out=out,
+        minutes=minutes,
+        rate=rate,
+        data=data or DEMO_DATA,
+        seed=seed,
+        profile=profile,  # type: ignore[arg-type]
+        url=url,
+    )
+    with _clear_errors():
+        result = run_scenario(cfg, echo=typer.echo)
+    for line in table(result):
+        typer.echo(line)
+    typer.echo(f"wrote {out / 'scenario.json'} and {result.timeline_png}")
+
+
+@app.command()
 def train(
     from_evals: Annotated[
         Path,

@@ -289,6 +289,8 @@ class Stack:
 def stack(stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Stack:
     """A stack started with ``infra/up.sh`` (``make up``), its schedules paused; down afterwards."""
     stack_env["LLMOPT_SERVING_POLL_S"] = str(POLL_S)
+    # The tests' logs are small: every training run that learned something registers.
+    stack_env["LLMOPT_REGISTER_MIN_EVENTS"] = "1"
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # this process's client
     started = time.monotonic()
     up = script("up.sh", stack_env, timeout=400)

@@ -23,6 +23,7 @@ from feature_store.reader import OnlineFeatureReader
 from feature_store.store import open_store
 from llmopt.app.processes import drive_service
 from llmopt.catalog import load_catalog
+from llmopt.event_log import EventLog
 from llmopt.routing_data import load_routing_data
 from llmopt.settings import Settings
 
@@ -150,9 +151,10 @@ def test_feedback_features_training_registry_swap_and_drift(stack: Stack, tmp_pa
 
     # 5. the gates promote it (dev -> staging: OPE; -> prod: no champion yet) -> hot swap
     catalog = load_catalog(Settings().catalog_path)
-    to_staging = promote(client, new.version, "staging", engine=events, catalog=catalog)
+    event_log = EventLog(events, migrate=False)
+    to_staging = promote(client, new.version, "staging", log=event_log, catalog=catalog)
     assert to_staging.moved, to_staging.gate.reason
-    to_prod = promote(client, new.version, "prod", engine=events, catalog=catalog)
+    to_prod = promote(client, new.version, "prod", log=event_log, catalog=catalog)
     assert to_prod.moved, to_prod.gate.reason
     label = registry.version_label(new.version)
     swap_s = stack.wait_for_version(label, timeout_s=60)
