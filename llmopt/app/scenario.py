@@ -21,9 +21,11 @@ as a faulty training run might: the autopilot must roll it back.
 Measured: per change, the time and requests until traffic moves (``adaptation_s``): the
 degraded model's share below half its share before the change; the new model's first
 decision, its share at the end, and whether it is then the top choice; the failing model's
-exclusion (its share at most 5% in every later second). Quality and cost per phase against the
-best fixed model of that phase (the same prompts, the phase's outcomes); versions registered,
-promoted and rolled back; 5xx; feedback acknowledged but missing from the event log.
+exclusion (its share at most 5% in every later second). The new model's niche is the whole
+workload (every request may go to it), so "top choice" means the most chosen model. Quality
+and cost per phase against the best fixed model of that phase (the same prompts, the phase's
+outcomes); versions registered, promoted and rolled back; 5xx; feedback acknowledged but
+missing from the event log.
 """
 
 from __future__ import annotations
@@ -122,7 +124,9 @@ class ScenarioResult:
     rejected_versions: list[str]
     requests: int
     new_model_share_end: float | None
+    """The new model's share of the last 5% of the run (the failing model's traffic left out)."""
     new_model_top_choice: bool
+    """It is the top choice at the end of its phase or at the end of the run."""
     seconds: float
     notes: list[str] = field(default_factory=list)
 
@@ -567,9 +571,16 @@ def measure(
     new_n = (
         sum(1 for r in records if t2 <= r.t < t3 and r.model and r.t <= new[0].t) if new else None
     )
-    tail = [r for r in records if t3 - (t3 - t2) / 4 <= r.t < t3 and r.model]
-    share_end = sum(r.model == roles.held_back for r in tail) / len(tail) if tail else None
-    top_end = top_model(tail, since=-1.0) if tail else None
+    # Its niche is the whole workload: is it the top choice by the end of the run (the last
+    # quarter of its own phase, or of the run: the failing phase may be what finally moves it)?
+    shares = []
+    for lo, hi in ((t3 - (t3 - t2) / 4, t3), (cfg.seconds * 0.95, cfg.seconds)):
+        tail = [r for r in records if lo <= r.t < hi and r.model and r.model != roles.failing]
+        if tail:
+            share = sum(r.model == roles.held_back for r in tail) / len(tail)
+            shares.append((share, top_model(tail, since=-1.0) == roles.held_back))
+    share_end = shares[-1][0] if shares else None
+    top_end = any(top for _, top in shares)
     fail_s, fail_n = failing_exclusion(records, bounds, roles.failing)
     reg = registry_summary(settings)
     notes = []
@@ -593,7 +604,7 @@ def measure(
         rejected_versions=reg["rejected"],
         requests=len(records),
         new_model_share_end=share_end,
-        new_model_top_choice=top_end == roles.held_back,
+        new_model_top_choice=top_end,
         seconds=time.time() - started,
         notes=notes,
     )
