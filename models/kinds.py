@@ -97,3 +97,27 @@ def make_policy(name: str, *, seed: int | None = None, **params: Any) -> BasePol
             f"unknown policy {name!r}; choose one of: {', '.join(sorted(POLICIES))}"
         ) from None
     return cls(**{**defaults, **params, "seed": seed})
+
+
+def kind_of(policy: BasePolicy) -> str:
+    """The name users know ``policy`` by: its kind in :data:`POLICIES`, everywhere.
+
+    The kind (``cost_aware_cluster_thompson``) is the name the README, the CLI, the flows, MLflow,
+    ``/decide`` and Prometheus use; the class's short name (``policy.name``,
+    ``cluster_thompson``) names the algorithm, which several kinds share (``linucb`` and
+    ``cost_aware_linucb``). A kind is matched by class and cost-awareness; a policy no kind
+    describes keeps its short name.
+
+    >>> policy = make_policy(RECOMMENDED, seed=0)
+    >>> policy.name, kind_of(policy)
+    ('cluster_thompson', 'cost_aware_cluster_thompson')
+    >>> kind_of(make_policy("linucb")), kind_of(make_policy("cost_aware_linucb"))
+    ('linucb', 'cost_aware_linucb')
+    """
+    kinds = [
+        kind
+        for kind, (cls, defaults) in POLICIES.items()
+        if type(policy) is cls
+        and bool(defaults.get("cost_aware")) == bool(getattr(policy, "cost_aware", False))
+    ]
+    return kinds[0] if len(kinds) == 1 else str(policy.name)

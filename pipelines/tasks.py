@@ -22,7 +22,7 @@ from llmopt.embeddings import embedding_version
 from llmopt.event_log import EventLog, LogCursor
 from llmopt.settings import Settings, get_settings
 from models.base import BasePolicy
-from models.kinds import make_policy
+from models.kinds import kind_of, make_policy
 from models.quality import QualityModel
 from pipelines.checkpoint import CheckpointStore
 from pipelines.evaluation import estimate_of, ope_report
@@ -314,7 +314,7 @@ def log_training_run(
     client = registry.configure(settings)
     exp = registry.experiment_id(client, settings, flow_name)
     state = result.policy.to_dict()
-    kind = registry.policy_kind(result.policy)
+    kind = kind_of(result.policy)
     version = None
     with mlflow.start_run(experiment_id=exp, run_name=f"{flow_name}-{int(time.time())}"):
         mlflow.log_params(

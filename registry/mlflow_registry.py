@@ -4,7 +4,7 @@ One registered model, ``llm-router``. Each version is an ``mlflow.pyfunc`` model
 :class:`RouterModel` wrapping the policy's JSON state, :meth:`models.state.Stateful.to_dict`)
 whose version tags carry its lineage: ``data_window``, ``last_feedback_id``, ``n_events``,
 ``feature_service_version``, ``code_version`` (git sha), ``artifact_sha256`` of the state file,
-``policy_name`` (the policy's kind, :func:`policy_kind`), ``source_flow`` and
+``policy_name`` (the policy's kind, :func:`models.kinds.kind_of`), ``source_flow`` and
 ``validation_status``; its description says what it learned and why it was registered, and its
 model has an input example (one request's features). Promotion moves **aliases**
 ``dev`` -> ``staging`` -> ``prod`` (the stages API is deprecated); the registered model's tag
@@ -46,6 +46,7 @@ from mlflow.pyfunc.model import PythonModel
 from llmopt import fast_json
 from llmopt.settings import Settings
 from models.base import BasePolicy
+from models.kinds import kind_of
 from models.state import Stateful
 
 # Re-exported (``X as X``) for callers that hold only this module; the package owns the names.
@@ -200,31 +201,6 @@ def _quiet_mlflow() -> Iterator[None]:
 
 
 # -- versions -----------------------------------------------------------------------------------
-def policy_kind(policy: BasePolicy) -> str:
-    """The name of ``policy`` in MLflow: its kind in :data:`models.kinds.POLICIES`.
-
-    The kind (``cost_aware_cluster_thompson``) is the name users pick in the README, the CLI and
-    the flows; the class's short name (``policy.name``, ``cluster_thompson``) names the
-    algorithm, which several kinds share (``linucb`` and ``cost_aware_linucb``). A kind is
-    matched by class and cost-awareness; a policy no kind describes keeps its short name.
-
-    >>> from models.kinds import RECOMMENDED, make_policy
-    >>> policy = make_policy(RECOMMENDED, seed=0)
-    >>> policy.name, policy_kind(policy)
-    ('cluster_thompson', 'cost_aware_cluster_thompson')
-    >>> policy_kind(make_policy("linucb")), policy_kind(make_policy("cost_aware_linucb"))
-    ('linucb', 'cost_aware_linucb')
-    """
-    from models.kinds import POLICIES  # noqa: PLC0415 - imports every learner
-
-    kinds = [
-        kind
-        for kind, (cls, defaults) in POLICIES.items()
-        if type(policy) is cls and bool(defaults.get("cost_aware")) == bool(policy.cost_aware)
-    ]
-    return kinds[0] if len(kinds) == 1 else policy.name
-
-
 @dataclass(frozen=True)
 class VersionInfo:
     """One model version: number, aliases, tags, run and creation time (ms since epoch)."""
@@ -250,7 +226,7 @@ def log_policy_version(
 
     The state file is also a run artifact (``policy/policy_state.json``); its SHA-256 and the
     given ``tags`` go on the version (``validation_status`` defaults to ``pending``,
-    ``policy_name`` to :func:`policy_kind`). ``example_features`` (one request's features;
+    ``policy_name`` to :func:`models.kinds.kind_of`). ``example_features`` (one request's features;
     default: the features the policy knows, at 0) are the model's input example and signature;
     ``description`` becomes the version's description.
     """
@@ -284,7 +260,7 @@ def log_policy_version(
         "validation_status": "pending",
         "artifact_sha256": digest,
         "code_version": code_version(),
-        "policy_name": policy_kind(policy),
+        "policy_name": kind_of(policy),
         **dict(tags or {}),
     }
     for key, value in all_tags.items():
@@ -528,7 +504,7 @@ def register_policy(
         tags = {"validation_status": "bootstrap", **dict(tags or {})}
     exp = experiment_id(client, settings, experiment)
     with mlflow.start_run(experiment_id=exp, run_name=run_name):
-        mlflow.log_params({"policy": policy_kind(policy), **(params or {})})
+        mlflow.log_params({"policy": kind_of(policy), **(params or {})})
         if metrics:
             mlflow.log_metrics(dict(metrics))
         version = log_policy_version(

@@ -59,6 +59,8 @@ from llmopt.schemas import Decision, Feedback, RequestContext
 from llmopt.settings import AutopilotRules
 from llmopt.tasks import task_type
 from llmopt.types import ArmID, Features
+from models.base import BasePolicy
+from models.kinds import kind_of
 from serving.autopilot import Rollback, VersionStats, guard_verdict
 from serving.cascade import PlannedStep, ServedCascades
 from serving.drift import DriftWatch
@@ -75,7 +77,8 @@ STATIC_LABEL = "static-default"
 
 
 class LabelledPolicy:
-    """A policy whose decisions carry the serving version label (what the A/B gate groups by).
+    """A policy whose decisions carry the serving version label (what the A/B gate groups by) and
+    its kind as the policy name (:func:`models.kinds.kind_of`).
 
     Everything else (``update``, ``cost_aware``, ``set_prior``, ...) is the wrapped policy's.
     """
@@ -83,13 +86,14 @@ class LabelledPolicy:
     def __init__(self, policy: Policy, label: str) -> None:
         self.inner = policy
         self.label = label
-        self.name: str = policy.name
+        self.name: str = kind_of(policy) if isinstance(policy, BasePolicy) else policy.name
+        """The policy's kind (``cost_aware_cluster_thompson``), the name used everywhere."""
 
     def pull(
         self, arm_ids: Sequence[ArmID], context: Features | None = None, **kwargs: Any
     ) -> Decision:
         d = self.inner.pull(arm_ids, context, **kwargs)
-        return d.model_copy(update={"policy_version": self.label})
+        return d.model_copy(update={"policy_version": self.label, "policy_name": self.name})
 
     def update(self, arm_id: ArmID, context: Features | None, reward: float) -> LabelledPolicy:
         self.inner.update(arm_id, context, reward)

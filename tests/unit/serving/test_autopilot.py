@@ -253,3 +253,13 @@ def test_an_equal_but_noisy_canary_survives_a_look_after_every_feedback(catalog,
         q = float(np.clip(rng.normal(0.5, 0.3), 0, 1))
         router.feedback(Feedback(decision_id=routed.decision.decision_id, quality=q))
     assert reported == [] and router.traffic.mode == "canary"
+
+
+def test_served_decisions_carry_the_policy_kind_as_their_name(catalog, log):
+    from models.kinds import RECOMMENDED, make_policy  # noqa: PLC0415
+
+    router = Router(catalog, log)
+    router.swap(champion=(make_policy(RECOMMENDED, seed=0), "v1"))
+    d = router.decide(ctx(0)).decision
+    assert d.policy_name == RECOMMENDED == "cost_aware_cluster_thompson"
+    assert log.get_decision(d.decision_id)["policy_name"] == RECOMMENDED
