@@ -106,3 +106,23 @@ def filled(env: Settings) -> Callable[..., int]:
         return fill_log(env, n, seed=seed, floor=floor)
 
     return fill
+
+
+def log_rewards(settings: Settings, means: dict[str, float], n: int, *, seed: int = 0) -> None:
+    """``n`` logged decisions per policy version label, interleaved as live traffic split
+    between versions is, each rewarded around ``means[label]`` (an online A/B sample)."""
+    from llmopt.event_log import EventLog  # noqa: PLC0415
+    from llmopt.schemas import Decision, Feedback  # noqa: PLC0415
+    from llmopt.schemas import RequestContext as Ctx  # noqa: PLC0415
+
+    log = EventLog(settings.event_log_url)
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        for label, mean in means.items():
+            d = Decision(
+                model="gpt-4.1-mini", propensity=1.0, policy_name="x", policy_version=label
+            )
+            log.record_decision(d, Ctx(tenant="t"), features={"bias": 1.0})
+            q = float(np.clip(mean + rng.normal(0, 0.2), 0, 1))
+            log.record_feedback(Feedback(decision_id=d.decision_id, quality=q), reward=q)
+    log.close()

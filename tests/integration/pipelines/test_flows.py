@@ -27,6 +27,8 @@ from pipelines.tasks import INCREMENTAL_CHECKPOINT, train_incremental
 from pipelines.training import incremental_update
 from registry import mlflow_registry as registry
 
+from ..conftest import log_rewards
+
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_harness")]
 
 
@@ -238,25 +240,6 @@ def test_cli_runs_one_flow_once_and_lists_them(
     assert "llm-router version 1  aliases: dev" in res.output
 
 
-def _rewards(settings: Settings, means: dict[str, float], n: int, seed: int = 0) -> None:
-    """``n`` logged decisions per version label, rewarded around ``means[label]``."""
-    import numpy as np  # noqa: PLC0415
-
-    from llmopt.schemas import Decision, Feedback, RequestContext  # noqa: PLC0415
-
-    log = EventLog(settings.event_log_url)
-    rng = np.random.default_rng(seed)
-    for label, mean in means.items():
-        for _ in range(n):
-            d = Decision(
-                model="gpt-4.1-mini", propensity=1.0, policy_name="x", policy_version=label
-            )
-            log.record_decision(d, RequestContext(tenant="t"), features={"bias": 1.0})
-            q = float(np.clip(mean + rng.normal(0, 0.2), 0, 1))
-            log.record_feedback(Feedback(decision_id=d.decision_id, quality=q), reward=q)
-    log.close()
-
-
 def test_one_ab_test_at_a_time_queued_dev_versions_and_a_rejected_challenger(
     env: Settings, filled: Callable[..., int]
 ) -> None:
@@ -268,12 +251,12 @@ def test_one_ab_test_at_a_time_queued_dev_versions_and_a_rejected_challenger(
     v3 = registry.log_version_in_run(client, env, policy, aliases=("dev",))  # newer dev
     label = registry.version_label
     # Too few live decisions yet: the test continues and the newer dev version waits.
-    _rewards(env, {label(v1): 0.5, label(v2): 0.5}, 20)
+    log_rewards(env, {label(v1): 0.5, label(v2): 0.5}, 20)
     first = evaluate_and_promote(eval_window=200, min_samples=100)
     assert first["after"]["staging"] == v2 and first["after"]["prod"] == v1
     assert first["notes"] == [f"dev version {v3} queued: staging version {v2} is under test"]
     # The challenger is clearly worse: the mSPRT decides for the champion and withdraws it.
-    _rewards(env, {label(v1): 0.6, label(v2): 0.35}, 400, seed=1)
+    log_rewards(env, {label(v1): 0.6, label(v2): 0.35}, 400, seed=1)
     second = evaluate_and_promote(eval_window=200, min_samples=100)
     assert second["outcomes"][0]["details"]["decision"] == "champion"
     assert second["after"]["staging"] is None and second["after"]["prod"] == v1

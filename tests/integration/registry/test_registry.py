@@ -6,20 +6,20 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from llmopt.app.cli import app
 from llmopt.catalog import load_catalog
 from llmopt.event_log import EventLog
-from llmopt.schemas import Decision, Feedback, RequestContext
 from llmopt.settings import Settings
 from models.base import BasePolicy
 from models.kinds import RECOMMENDED, make_policy
 from pipelines.promotion import PromotionPolicy, promote
 from pipelines.training import training_target
 from registry import mlflow_registry as registry
+
+from ..conftest import log_rewards
 
 pytestmark = pytest.mark.integration
 
@@ -98,21 +98,6 @@ def test_staging_gate_with_a_better_and_a_worse_challenger(
     log.close()
 
 
-def _ab_log(settings: Settings, means: dict[str, float], n: int) -> None:
-    """``n`` decisions per policy version label with rewards around ``means[label]``."""
-    log = EventLog(settings.event_log_url)
-    rng = np.random.default_rng(0)
-    for _ in range(n):  # interleaved, as live traffic split between versions is
-        for label, mean in means.items():
-            d = Decision(
-                model="gpt-4.1-mini", propensity=1.0, policy_name="x", policy_version=label
-            )
-            log.record_decision(d, RequestContext(tenant="t"), features={"bias": 1.0})
-            q = float(np.clip(mean + rng.normal(0, 0.2), 0, 1))
-            log.record_feedback(Feedback(decision_id=d.decision_id, quality=q), reward=q)
-    log.close()
-
-
 def test_prod_gate_uses_the_online_ab_comparison_and_rollback_is_an_alias_move(
     env: Settings, filled: Callable[..., int]
 ) -> None:
@@ -123,7 +108,7 @@ def test_prod_gate_uses_the_online_ab_comparison_and_rollback_is_an_alias_move(
     v2 = registry.log_version_in_run(client, env, policy)
     v3 = registry.log_version_in_run(client, env, policy)
     label = registry.version_label
-    _ab_log(env, {label(v1): 0.5, label(v2): 0.6, label(v3): 0.45}, 400)
+    log_rewards(env, {label(v1): 0.5, label(v2): 0.6, label(v3): 0.45}, 400)
     log = EventLog(env.event_log_url)
     lose = promote(client, v3, "prod", log=log)
     assert not lose.moved and "not better" in lose.gate.reason
