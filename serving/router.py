@@ -45,7 +45,7 @@ from typing import Any, Literal
 
 from feature_store.reader import RouterFeatures
 from llmopt.catalog import ModelCatalog
-from llmopt.event_log import EventLog, UnknownDecisionError
+from llmopt.event_log import EventLog, LogCursor, UnknownDecisionError
 from llmopt.features import estimate_tokens, request_features
 from llmopt.loop import (
     FeedbackOutcome,
@@ -895,13 +895,16 @@ class Router:
         return {k: v.as_dict() for k, v in self._live.items()}
 
     # -- several workers ----------------------------------------------------------------------
-    def learn_from_log(self, after_id: int, own: set[int]) -> int:
-        """Learn feedback other workers stored (ids above ``after_id`` not in ``own``).
+    def learn_from_log(self, after: LogCursor | int, own: set[int]) -> LogCursor:
+        """Learn feedback other workers stored (after the cursor ``after``, not in ``own``).
 
-        Returns the new cursor. Every worker ends up having learned the same set of feedback
-        (additive statistics: the same up to rounding; see ``serving/README.md``).
+        Returns the new cursor. The log is read with :meth:`EventLog.feedback_after`, so a
+        feedback whose transaction commits late (PostgreSQL, concurrent workers) is read once
+        it is final, never skipped. Every worker ends up having learned the same set of
+        feedback (additive statistics: the same up to rounding; see ``serving/README.md``).
         """
-        events = self.event_log.feedback_since(after_id, limit=10_000)
+        cursor = after if isinstance(after, LogCursor) else LogCursor(0, after)
+        events = self.event_log.feedback_after(cursor, limit=10_000)
         lineup = self._lineup
         with self._lock:
             for ev in events:
@@ -921,4 +924,4 @@ class Router:
                     self.events.log_learned += 1
                 self.breaker.record(ev.model, ok=ev.error_kind is None)
                 self.ledger.add(ev.tenant, float(ev.cost_usd or 0.0), decided_at=ev.decided_at)
-        return events[-1].feedback_id if events else after_id
+        return events[-1].position if events else cursor

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmopt.catalog import ModelCatalog, load_catalog
-from llmopt.event_log import EventLog
+from llmopt.event_log import EventLog, LogCursor
 from llmopt.priors import apply_catalog_priors
 from llmopt.reward import TradeOff
 from llmopt.settings import Settings
@@ -149,7 +149,7 @@ class ServingRuntime:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._own_feedback: set[int] = set()
-        self._log_cursor = 0
+        self._log_cursor = LogCursor()
         self.features_state = "off" if settings.serving_features == "off" else "starting"
         if settings.serving_drift_watch:
             self.router.drift = DriftWatch.from_settings(
@@ -228,7 +228,7 @@ class ServingRuntime:
             self.router.swap(challenger=(challenger.policy, challenger.label))
             self.versions["staging"] = challenger.label
         counts = self.event_log.counts()
-        self._log_cursor = self._max_feedback_id() if counts["feedback"] else 0
+        self._log_cursor = self.event_log.stable_cursor() if counts["feedback"] else LogCursor()
 
     def _max_feedback_id(self) -> int:
         return self.event_log.last_feedback_id()
@@ -394,9 +394,10 @@ class ServingRuntime:
             self._own_feedback.add(feedback_id)
 
     def follow_log_once(self) -> int:
-        """Learn the other workers' feedback stored since the last call; returns the cursor."""
+        """Learn the other workers' feedback stored since the last call; the cursor's feedback
+        id (the cursor itself, :class:`llmopt.event_log.LogCursor`, is commit-safe)."""
         self._log_cursor = self.router.learn_from_log(self._log_cursor, self._own_feedback)
-        return self._log_cursor
+        return self._log_cursor.feedback_id
 
     def _follow_log(self) -> None:
         while not self._stop.wait(self.settings.serving_sync_log_s):

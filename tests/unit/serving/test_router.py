@@ -307,10 +307,10 @@ def test_learn_from_log_applies_other_workers_feedback_once(catalog, log):
         assert out.feedback_id is not None
         own_a.add(out.feedback_id)
     assert len(pa.updates) == 3 and pb.updates == []
-    cursor_b = worker_b.learn_from_log(0, set())
+    cursor_b = worker_b.learn_from_log(0, set()).feedback_id
     assert len(pb.updates) == 3 and cursor_b == 3
     assert worker_b.ledger.remaining("acme") < 1.0  # worker a's spend counts against acme
-    assert worker_a.learn_from_log(0, own_a) == 3
+    assert worker_a.learn_from_log(0, own_a).feedback_id == 3
     assert len(pa.updates) == 3  # its own feedback is not learned twice
 
 
