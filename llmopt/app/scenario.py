@@ -124,9 +124,10 @@ class ScenarioResult:
     rejected_versions: list[str]
     requests: int
     new_model_share_end: float | None
-    """The new model's share of the last 5% of the run (the failing model's traffic left out)."""
+    """The new model's share of the last quarter of its phase."""
     new_model_top_choice: bool
-    """It is the top choice at the end of its phase or at the end of the run."""
+    """It is the top choice at the end of its phase, or at the end of the run (the failing
+    model's traffic left out, unless the new model is the one failing)."""
     seconds: float
     notes: list[str] = field(default_factory=list)
 
@@ -523,6 +524,32 @@ def _prompt_ids(records: list[Request], data: RoutingData, cfg: ScenarioConfig) 
     return [int(order[k % data.n_prompts]) for k in range(len(records))]
 
 
+def new_model_uptake(
+    records: list[Request], cfg: ScenarioConfig, roles: Roles
+) -> tuple[float | None, int | None, float | None, bool]:
+    """Seconds and requests to the new model's first decision, its share of the last quarter
+    of its phase, and whether it is then (or at the end of the run) the most chosen model."""
+    t2, t3 = phase_bounds(cfg)["new_model"]
+    new = [r for r in records if t2 <= r.t < t3 and r.model == roles.held_back]
+    new_s = new[0].t - t2 if new else None
+    new_n = (
+        sum(1 for r in records if t2 <= r.t < t3 and r.model and r.t <= new[0].t) if new else None
+    )
+    # Its niche is the whole workload: is it the top choice by the end of its phase, or of the
+    # run (the failing phase may be what finally moves it; its traffic is left out there)?
+    windows: list[tuple[float, float, str | None]] = [(t3 - (t3 - t2) / 4, t3, None)]
+    if roles.failing != roles.held_back:  # if it is the one failing, its phase end says it all
+        windows.append((cfg.seconds * 0.95, cfg.seconds, roles.failing))
+    shares = []
+    for lo, hi, left_out in windows:
+        tail = [r for r in records if lo <= r.t < hi and r.model and r.model != left_out]
+        if tail:
+            share = sum(r.model == roles.held_back for r in tail) / len(tail)
+            shares.append((share, top_model(tail, since=-1.0) == roles.held_back))
+    share_end = shares[0][0] if shares else None
+    return new_s, new_n, share_end, any(top for _, top in shares)
+
+
 def registry_summary(settings: Any) -> dict[str, list[str]]:
     """Versions registered, ever promoted to prod, rolled back and rejected."""
     from registry import mlflow_registry as registry  # noqa: PLC0415
@@ -565,22 +592,7 @@ def measure(
     """Every figure of :class:`ScenarioResult` from the recorded traffic and the stores."""
     bounds = phase_bounds(cfg)
     deg_s, deg_n, pre = degraded_adaptation(records, bounds, roles.favourite)
-    t2, t3 = bounds["new_model"]
-    new = [r for r in records if t2 <= r.t < t3 and r.model == roles.held_back]
-    new_s = new[0].t - t2 if new else None
-    new_n = (
-        sum(1 for r in records if t2 <= r.t < t3 and r.model and r.t <= new[0].t) if new else None
-    )
-    # Its niche is the whole workload: is it the top choice by the end of the run (the last
-    # quarter of its own phase, or of the run: the failing phase may be what finally moves it)?
-    shares = []
-    for lo, hi in ((t3 - (t3 - t2) / 4, t3), (cfg.seconds * 0.95, cfg.seconds)):
-        tail = [r for r in records if lo <= r.t < hi and r.model and r.model != roles.failing]
-        if tail:
-            share = sum(r.model == roles.held_back for r in tail) / len(tail)
-            shares.append((share, top_model(tail, since=-1.0) == roles.held_back))
-    share_end = shares[-1][0] if shares else None
-    top_end = any(top for _, top in shares)
+    new_s, new_n, share_end, top_end = new_model_uptake(records, cfg, roles)
     fail_s, fail_n = failing_exclusion(records, bounds, roles.failing)
     reg = registry_summary(settings)
     notes = []
