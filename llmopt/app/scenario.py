@@ -345,6 +345,11 @@ def run_scenario(cfg: ScenarioConfig, echo: Echo | None = None) -> ScenarioResul
     from pipelines.runtime import configure_environment  # noqa: PLC0415
 
     say = echo or (lambda _line: None)
+    if cfg.profile == "embedded" and (cfg.out / "home").exists():
+        raise ValueError(
+            f"{cfg.out / 'home'} holds an earlier run's state (event log, registry): its "
+            "figures would mix with this run's; choose a new --out or delete that folder"
+        )
     cfg.out.mkdir(parents=True, exist_ok=True)
     data = load_routing_data(cfg.data)
     roles = choose_roles(data, cfg.willingness_to_pay)

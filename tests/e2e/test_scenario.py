@@ -52,3 +52,15 @@ def test_a_bad_profile_is_a_clear_cli_error(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode != 0 and "--url" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_second_run_into_the_same_folder_is_refused_clearly(tmp_path: Path) -> None:
+    (tmp_path / "home").mkdir()
+    proc = subprocess.run(
+        [str(LLMOPT), "scenario", "--out", str(tmp_path), "--minutes", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2 and "earlier run" in proc.stderr and "Traceback" not in proc.stderr
