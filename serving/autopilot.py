@@ -163,7 +163,9 @@ def slo_breaches(stats: VersionStats, rules: AutopilotRules) -> list[Verdict]:
                 f"({stats.n} feedback)",
             )
         )
-    p95, cost, quality = stats.p95_latency_ms, stats.cost_per_request, stats.quality
+    # The p95 sorts up to LATENCY_SAMPLES values: only when that SLO is set (every feedback).
+    p95 = stats.p95_latency_ms if rules.max_p95_latency_ms is not None else None
+    cost, quality = stats.cost_per_request, stats.quality
     if rules.max_p95_latency_ms is not None and p95 is not None and p95 > rules.max_p95_latency_ms:
         found.append(
             Verdict(

@@ -94,6 +94,8 @@ class Request:
     """200, or the HTTP status of the refusal (0: no answer)."""
     acknowledged: str | None = None
     """The decision id whose feedback the service acknowledged."""
+    prompt: int = -1
+    """Index of the prompt in the routing file."""
 
 
 @dataclass
@@ -311,9 +313,9 @@ def round_trip(
     try:
         d = client.decide(TENANT, data.prompts[i], models=offered)
     except DecisionServiceError as exc:
-        return Request(elapsed, phase, None, None, None, 0.0, None, exc.status)
+        return Request(elapsed, phase, None, None, None, 0.0, None, exc.status, prompt=i)
     except Exception:  # no answer at all (connection refused, timeout)
-        return Request(elapsed, phase, None, None, None, 0.0, None, 0)
+        return Request(elapsed, phase, None, None, None, 0.0, None, 0, prompt=i)
     model = d["model"]
     quality, cost, failed = outcome(data, i, model, phase, roles)
     body: dict[str, Any] = {"cost_usd": cost}
@@ -321,7 +323,9 @@ def round_trip(
         body |= {"error_kind": "timeout", "latency_ms": FAIL_LATENCY_MS}
     else:
         body["quality"] = quality
-    rec = Request(elapsed, phase, model, d.get("policy_version"), quality, cost, None, 200)
+    rec = Request(
+        elapsed, phase, model, d.get("policy_version"), quality, cost, None, 200, prompt=i
+    )
     try:
         fb = client.feedback(d["decision_id"], **body)
         rec.reward, rec.acknowledged = fb.get("reward"), d["decision_id"]
@@ -484,14 +488,9 @@ def phase_report(
     records: list[Request], data: RoutingData, cfg: ScenarioConfig, roles: Roles
 ) -> dict[str, dict[str, Any]]:
     """Per phase: the router's quality and cost against the best fixed model of the phase."""
-    by_prompt: dict[str, list[int]] = {p: [] for p in PHASES}
     out: dict[str, dict[str, Any]] = {}
-    rows = [r for r in records if r.model is not None]
-    served = {p: [r for r in rows if r.phase == p] for p in PHASES}
-    prompt_ids = _prompt_ids(records, data, cfg)
     for p in PHASES:
-        by_prompt[p] = [prompt_ids[k] for k, r in enumerate(records) if r.phase == p and r.model]
-        rs = served[p]
+        rs = [r for r in records if r.phase == p and r.model is not None]
         if not rs:
             out[p] = {"requests": 0}
             continue
@@ -501,7 +500,7 @@ def phase_report(
         best, best_q, best_c, best_r = None, 0.0, 0.0, -np.inf
         for m in offered:
             qs, cs = [], []
-            for i in by_prompt[p]:
+            for i in (r.prompt for r in rs):
                 q, c, failed = outcome(data, i, m, p, roles)
                 qs.append(0.0 if failed or q is None else q)
                 cs.append(c)
@@ -522,11 +521,6 @@ def phase_report(
             "top_models": Counter(r.model for r in rs).most_common(3),
         }
     return out
-
-
-def _prompt_ids(records: list[Request], data: RoutingData, cfg: ScenarioConfig) -> list[int]:
-    order = np.random.default_rng(cfg.seed).permutation(data.n_prompts)
-    return [int(order[k % data.n_prompts]) for k in range(len(records))]
 
 
 def new_model_uptake(
