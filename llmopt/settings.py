@@ -112,6 +112,16 @@ class AutopilotRules(BaseModel):
             "challenger cannot be better by this much (0: no futility stop)."
         ),
     )
+    non_inferiority_margin: float | None = Field(
+        default=0.01,
+        ge=0,
+        description=(
+            "A challenger the mSPRT shows to be worse by at most this much reward is promoted "
+            "too (a retrained version as good as the live champion takes over, so what was "
+            "learned online becomes the durable prod version); unset: only a significantly "
+            "better challenger is promoted."
+        ),
+    )
     max_samples: int = Field(
         default=3000,
         ge=1,
@@ -138,7 +148,7 @@ class Settings(BaseSettings):
     """Settings of llm-auto-optimizer; environment variables are ``LLMOPT_<FIELD>``."""
 
     model_config = SettingsConfigDict(
-        env_prefix="LLMOPT_", env_nested_delimiter="__", extra="ignore"
+        env_prefix="LLMOPT_", env_nested_delimiter="__", extra="ignore", env_parse_none_str="null"
     )
 
     home: Path = Field(

@@ -43,7 +43,7 @@ from typing import Literal, Self
 import numpy as np
 
 Group = Literal["champion", "challenger"]
-Decision = Literal["continue", "challenger", "champion", "futility", "max_samples"]
+Decision = Literal["continue", "challenger", "champion", "non_inferior", "futility", "max_samples"]
 
 
 # -- fixed horizon: Welch's t-test --------------------------------------------------------------
@@ -192,6 +192,11 @@ class MixtureSPRT:
     a confidence sequence for the difference (intersected over looks). The test stops:
 
     - ``"challenger"`` / ``"champion"``: ``p < alpha``, for the arm with the higher mean;
+    - ``"non_inferior"`` (only with ``non_inferiority_margin``): the confidence sequence's
+      lower end is above ``-non_inferiority_margin`` (the challenger is not worse by more than
+      the margin, at level ``alpha``: the sequential form of a non-inferiority trial); its upper
+      end below ``-non_inferiority_margin`` ends the test for the champion, and there is no
+      futility stop (a challenger that cannot win may still be shown not worse);
     - ``"futility"``: the confidence sequence's upper end is below ``min_effect`` (the
       challenger cannot be better by ``min_effect``);
     - ``"max_samples"``: both arms reached ``max_samples`` without a decision.
@@ -210,6 +215,9 @@ class MixtureSPRT:
         data (the plug-in of Johari et al., sec. 4.3; hence ``min_samples``).
     min_effect
         Smallest gain worth a promotion (futility stop); 0 disables the futility stop.
+    non_inferiority_margin
+        Largest loss, in reward units, that still counts as "not worse" (None: the test only
+        looks for a difference). When set, ``min_effect`` is not used.
     min_samples
         Decisions per arm before the first look.
     max_samples
@@ -227,6 +235,16 @@ class MixtureSPRT:
     >>> r.decision, r.n_challenger, r.ci_high < 0.05, r.p_value > 0.05
     ('futility', 450, True, True)
 
+    The same A/A data with a non-inferiority margin: not worse by more than 0.05.
+
+    >>> rng = np.random.default_rng(3)
+    >>> test = MixtureSPRT(tau=0.05, min_effect=0.05, non_inferiority_margin=0.05)
+    >>> while test.decision == "continue":
+    ...     _ = test.update_many("champion", rng.normal(0.5, 0.2, 50))
+    ...     _ = test.update_many("challenger", rng.normal(0.5, 0.2, 50))
+    >>> test.decision, test.confidence_interval[0] > -0.05
+    ('non_inferior', True)
+
     References
     ----------
     Johari, Pekelis, Walsh (2017). Always valid inference: bringing sequential analysis to A/B
@@ -243,6 +261,7 @@ class MixtureSPRT:
         min_effect: float = 0.0,
         min_samples: int = 100,
         max_samples: int | None = None,
+        non_inferiority_margin: float | None = None,
     ) -> None:
         if not 0 < alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {alpha}")
@@ -254,6 +273,10 @@ class MixtureSPRT:
             raise ValueError(f"min_effect must be >= 0, got {min_effect}")
         if min_samples < 2:
             raise ValueError(f"min_samples must be >= 2, got {min_samples}")
+        if non_inferiority_margin is not None and not non_inferiority_margin >= 0:
+            raise ValueError(
+                f"non_inferiority_margin must be >= 0 or None, got {non_inferiority_margin}"
+            )
         if max_samples is not None and max_samples < min_samples:
             raise ValueError("max_samples must be >= min_samples")
         self.alpha = alpha
@@ -262,6 +285,7 @@ class MixtureSPRT:
         self.min_effect = min_effect
         self.min_samples = min_samples
         self.max_samples = max_samples
+        self.non_inferiority_margin = non_inferiority_margin
         # per group: [count, mean, sum of squared deviations] (Welford / Chan et al.)
         self._moments: dict[str, list[float]] = {
             "champion": [0.0, 0.0, 0.0],
@@ -318,6 +342,13 @@ class MixtureSPRT:
             return
         if self._p < self.alpha:
             self._decision = "challenger" if d > 0 else "champion"
+        elif self.non_inferiority_margin is not None:
+            if self._ci[0] > -self.non_inferiority_margin:
+                self._decision = "non_inferior"
+            elif self._ci[1] < -self.non_inferiority_margin:
+                self._decision = "champion"
+            elif self.max_samples is not None and min(na, nb) >= self.max_samples:
+                self._decision = "max_samples"
         elif self.min_effect > 0 and self._ci[1] < self.min_effect:
             self._decision = "futility"
         elif self.max_samples is not None and min(na, nb) >= self.max_samples:
@@ -365,5 +396,6 @@ class MixtureSPRT:
         return (
             f"MixtureSPRT(alpha={self.alpha!r}, tau={self.tau!r}, sigma={self.sigma!r}, "
             f"min_effect={self.min_effect!r}, min_samples={self.min_samples!r}, "
-            f"max_samples={self.max_samples!r})"
+            f"max_samples={self.max_samples!r}, "
+            f"non_inferiority_margin={self.non_inferiority_margin!r})"
         )

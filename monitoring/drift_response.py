@@ -92,6 +92,9 @@ class DriftResponder:
         Called with the event behind each retraining request (serving: run the retraining
         deployment, :mod:`monitoring.retraining`); an exception it raises is logged, never
         propagated. Every request is also kept in :attr:`retrain_requests`.
+    log_level
+        Level of the record each response logs (serving: a warning, an alert; training, which
+        replays the responses on the logged stream: debug).
     """
 
     def __init__(
@@ -102,6 +105,7 @@ class DriftResponder:
         detectors: Collection[str] | None = None,
         cooldown: int = 200,
         on_retrain_request: Callable[[DriftEvent], None] | None = None,
+        log_level: int = logging.WARNING,
     ) -> None:
         if not keep >= 0:
             raise ValueError(f"keep must be >= 0, got {keep}")
@@ -112,6 +116,7 @@ class DriftResponder:
         self.detectors = frozenset(detectors) if detectors is not None else None
         self.cooldown = cooldown
         self.on_retrain_request = on_retrain_request
+        self.log_level = log_level
         self.retrain_requests: list[DriftEvent] = []
         """Every retraining request so far, oldest first."""
         self._last: dict[tuple[ArmID, str], int] = {}
@@ -139,7 +144,8 @@ class DriftResponder:
             discounted = self.target.reset_arm(
                 event.model, factor=1.0, max_weight=self.keep, costs=action == "costs"
             )
-        self._logger.warning(
+        self._logger.log(
+            self.log_level,
             "drift response: %s %s (policy discounted: %s), retraining requested",
             event.model,
             "costs forgotten" if action == "costs" else f"statistics kept at <= {self.keep:g} obs",

@@ -76,6 +76,7 @@ def evaluate_and_promote(
         min_samples=rules_.min_samples if min_samples is None else min_samples,
         min_effect=rules_.min_effect,
         max_samples=rules_.max_samples,
+        non_inferiority_margin=rules_.non_inferiority_margin,
     )
     aliases = current_aliases()
     outcomes: list[dict[str, Any]] = []

@@ -183,8 +183,10 @@ def ab_gate(
     look_every: int = 50,
     min_effect: float = 0.0,
     max_samples: int | None = None,
+    non_inferiority_margin: float | None = None,
 ) -> GateResult:
-    """Pass if the challenger's online rewards beat the champion's at level ``alpha``.
+    """Pass if the challenger's online rewards beat the champion's at level ``alpha`` (or, with
+    ``non_inferiority_margin``, if they are shown to be worse by at most that margin).
 
     The promotion flow runs on a schedule and looks at the same growing A/B sample again and
     again, so by default the gate is the mixture SPRT (:class:`monitoring.ab_test.MixtureSPRT`),
@@ -216,6 +218,7 @@ def ab_gate(
             look_every,
             min_effect=min_effect,
             max_samples=max_samples,
+            non_inferiority_margin=non_inferiority_margin,
         )
     r = welch_test(champion_rewards, challenger_rewards)
     details = {**asdict(r), "alpha": alpha}
@@ -241,9 +244,15 @@ def _sequential_gate(
     *,
     min_effect: float = 0.0,
     max_samples: int | None = None,
+    non_inferiority_margin: float | None = None,
 ) -> GateResult:
     test = MixtureSPRT(
-        alpha, tau=0.05, min_samples=min_samples, min_effect=min_effect, max_samples=max_samples
+        alpha,
+        tau=0.05,
+        min_samples=min_samples,
+        min_effect=min_effect,
+        max_samples=max_samples,
+        non_inferiority_margin=non_inferiority_margin,
     )
     a, b = np.asarray(champion, dtype=float), np.asarray(challenger, dtype=float)
     for start in range(0, max(len(a), len(b)), look_every):
@@ -258,6 +267,13 @@ def _sequential_gate(
             True,
             f"challenger better by {r.diff:.4f} reward/decision (mSPRT always-valid "
             f"p={r.p_value:.3g}, CI [{r.ci_low:+.4f}, {r.ci_high:+.4f}])",
+            details,
+        )
+    if r.decision == "non_inferior":
+        return GateResult(
+            True,
+            f"challenger not worse by more than {non_inferiority_margin:g}: diff {r.diff:+.4f} "
+            f"reward/decision, mSPRT CI [{r.ci_low:+.4f}, {r.ci_high:+.4f}]",
             details,
         )
     return GateResult(

@@ -36,14 +36,20 @@ def incremental_training(
     batch_size: int = DEFAULT_BATCH_SIZE,
     alias: str = "dev",
     eval_window: int = 2000,
+    respond_to_drift: bool = True,
 ) -> dict[str, Any]:
-    """Update the policy with new feedback; register a version under ``alias`` if it earns one."""
-    result = train_incremental(policy, batch_size)
+    """Update the policy with new feedback; register a version under ``alias`` if it earns one.
+
+    With ``respond_to_drift`` a model is discounted where serving's drift detectors fire on
+    the feedback, as the live policy is (:mod:`pipelines.drift_replay`), so a version trained
+    after a change does not keep preferring the model that was best before it."""
+    result = train_incremental(policy, batch_size, respond_to_drift=respond_to_drift)
     summary: dict[str, Any] = {
         "data_window": result.data_window,
         "n_events": result.n_events,
         "n_total": result.n_total,
         "n_waiting": result.n_waiting,
+        "drift_responses": result.drift_responses,
         "last_feedback_id": result.last_feedback_id,
         "log_cursor": str(result.cursor),
         "learn_seconds": round(result.learn_seconds, 4),

@@ -3,10 +3,12 @@
 - ``staging``: the challenger's off-policy estimate on the most recent logged decisions must not
   be worse than the champion's (the ``prod`` version, else the current ``staging`` one) by more
   than ``margin`` (:func:`pipelines.evaluation.ope_gate`).
-- ``prod``: the online A/B comparison must favour the challenger with significance: rewards
-  of decisions stamped ``llm-router/<challenger>`` vs ``llm-router/<champion>``
-  (:func:`registry.mlflow_registry.version_label`) by Welch's t-test. With no prod version yet, a
-  version that passed the staging gate goes to prod.
+- ``prod``: the online A/B comparison must favour the challenger with significance (or, with a
+  non-inferiority margin, show it worse by at most the margin): rewards of decisions stamped
+  ``llm-router/<challenger>`` vs ``llm-router/<champion>``
+  (:func:`registry.mlflow_registry.version_label`), by the mSPRT
+  (:func:`pipelines.evaluation.ab_gate`). With no prod version yet, a version that passed the
+  staging gate goes to prod.
 - ``force`` skips the gates (the version is tagged ``validation_status=forced``).
 
 Each decision is written on the version: ``validation_status`` (``passed_ope``, ``failed_ope``,
@@ -47,6 +49,9 @@ class PromotionPolicy:
     """Futility: stop once the challenger cannot be better by this much (0: never)."""
     max_samples: int | None = None
     """Stop an undecided test once both versions have this many decisions (None: never)."""
+    non_inferiority_margin: float | None = None
+    """Also promote a challenger shown to be worse by at most this much (None: only a better
+    one; :class:`llmopt.settings.AutopilotRules` says why the autopilot sets it)."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,7 @@ def prod_gate(
     min_samples: int,
     min_effect: float = 0.0,
     max_samples: int | None = None,
+    non_inferiority_margin: float | None = None,
     name: str = MODEL_NAME,
 ) -> tuple[str | None, GateResult]:
     """Online A/B comparison of ``version`` against the prod version, from the event log."""
@@ -129,6 +135,7 @@ def prod_gate(
         min_samples=min_samples,
         min_effect=min_effect,
         max_samples=max_samples,
+        non_inferiority_margin=non_inferiority_margin,
     )
     return champion, gate
 
@@ -172,6 +179,7 @@ def promote(
             min_samples=rules.min_samples,
             min_effect=rules.min_effect,
             max_samples=rules.max_samples,
+            non_inferiority_margin=rules.non_inferiority_margin,
             name=name,
         )
     else:

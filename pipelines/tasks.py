@@ -68,9 +68,13 @@ def _initial_policy(settings: Settings, policy_name: str) -> tuple[BasePolicy, L
 
 @task(name="train-incremental", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
 def train_incremental(
-    policy_name: str, batch_size: int, checkpoint: str = INCREMENTAL_CHECKPOINT
+    policy_name: str,
+    batch_size: int,
+    checkpoint: str = INCREMENTAL_CHECKPOINT,
+    respond_to_drift: bool = True,
 ) -> TrainingResult:
-    """Learn the feedback after the checkpoint (a retry resumes from the last batch saved)."""
+    """Learn the feedback after the checkpoint (a retry resumes from the last batch saved),
+    discounting drifted models as serving does (``respond_to_drift``)."""
     settings = get_settings()
     log = _log(settings)
     try:
@@ -81,6 +85,7 @@ def train_incremental(
             name=checkpoint,
             initial=lambda: _initial_policy(settings, policy_name),
             batch_size=batch_size,
+            respond_to_drift=respond_to_drift,
         )
     finally:
         log.close()
@@ -234,6 +239,7 @@ def run_metrics(
         "last_feedback_id": float(result.last_feedback_id),
         "learn_seconds": result.learn_seconds,
         "registered": float(decision.register),
+        "drift_responses": float(result.drift_responses),
     }
     if result.learn_seconds > 0 and result.n_events:
         metrics["events_per_second"] = result.n_events / result.learn_seconds
@@ -276,6 +282,11 @@ def version_description(
         )
     else:
         lines.append("Warm start: none.")
+    if result.drift_responses:
+        lines.append(
+            f"Drift: {result.drift_responses} model(s) discounted where serving's detectors "
+            "fired on these events."
+        )
     lines.append(f"Registered because: {decision.detail}.")
     if evaluation is not None and evaluation.report is not None:
         est = evaluation.report["snips"]

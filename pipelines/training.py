@@ -27,6 +27,7 @@ from models.base import BasePolicy
 from models.quality import QualityModel
 from models.state import Stateful
 from pipelines.checkpoint import CheckpointStore
+from pipelines.drift_replay import WARMUP_EVENTS, DriftReplay
 
 DEFAULT_BATCH_SIZE = 5000
 
@@ -72,6 +73,9 @@ class TrainingResult:
     n_waiting: int = 0
     """Feedback already committed but not yet final when the run started (an older write
     transaction was still in flight, PostgreSQL): the next run learns it."""
+    drift_responses: int = 0
+    """Models discounted by this run where serving's drift detectors fire
+    (:mod:`pipelines.drift_replay`)."""
 
     @property
     def data_window(self) -> str:
@@ -95,6 +99,7 @@ def incremental_update(
     batch_size: int = DEFAULT_BATCH_SIZE,
     until_id: int | LogCursor | None = None,
     on_batch: Callable[[int, LogCursor], None] | None = None,
+    respond_to_drift: bool = False,
 ) -> TrainingResult:
     """Learn the feedback after the checkpoint ``name``, checkpointing after every batch.
 
@@ -122,6 +127,10 @@ def incremental_update(
     on_batch
         Called after each batch is checkpointed with ``(batch_index, cursor)`` (progress; tests
         inject crashes here).
+    respond_to_drift
+        Discount a model where serving's drift detectors fire on the events, as the live
+        policy does (:mod:`pipelines.drift_replay`; the detectors are warmed up on the
+        events before the cursor).
     """
     cp = store.load(name)
     if cp is None:
@@ -137,8 +146,12 @@ def incremental_update(
         top = max(cursor, min(top, _as_cursor(until_id)))
     after, n_events, n_batches = cursor, 0, 0
     low, high = cursor.feedback_id, cursor.feedback_id
+    drift = _drift_replay(log, cursor) if respond_to_drift else None
     for batch in log.training_batches_after(cursor, batch_size, until=top):
-        policy.learn_many(_examples(policy, batch))
+        if drift is not None:
+            drift.learn(policy, batch, lambda e: training_target(policy, e))
+        else:
+            policy.learn_many(_examples(policy, batch))
         cursor = batch[-1].position
         ids = [e.feedback_id for e in batch]
         low, high = min(low, min(ids) - 1), max(high, *ids)
@@ -165,6 +178,19 @@ def incremental_update(
         after=after,
         cursor=cursor,
         n_waiting=n_waiting,
+        drift_responses=drift.responses if drift is not None else 0,
+    )
+
+
+def _drift_replay(log: EventLog, cursor: LogCursor) -> DriftReplay:
+    """Detectors warmed up on the last events learned before ``cursor``."""
+    if cursor.feedback_id <= 0:
+        return DriftReplay()
+    start = log.cursor_before_latest(WARMUP_EVENTS, until_id=cursor.feedback_id)
+    return DriftReplay(
+        e
+        for b in log.training_batches(start, DEFAULT_BATCH_SIZE, until_id=cursor.feedback_id)
+        for e in b
     )
 
 

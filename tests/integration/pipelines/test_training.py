@@ -309,3 +309,50 @@ def test_a_checkpoint_table_from_before_the_log_cursor_gains_its_column(tmp_path
     again = CheckpointStore(engine).load("incremental")  # opening twice changes nothing
     assert again is not None and again.cursor == LogCursor(7, 50)
     engine.dispose()
+
+
+def _log_outcomes(settings: Settings, outcomes: list[tuple[str, float]]) -> None:
+    log = EventLog(settings.event_log_url)
+    for model, q in outcomes:
+        d = Decision(model=model, propensity=0.5, policy_name="x", policy_version="v")
+        log.record_decision(d, RequestContext(tenant="t"), features={"bias": 1.0})
+        log.record_feedback(Feedback(decision_id=d.decision_id, quality=q), reward=q)
+    log.close()
+
+
+@pytest.mark.parametrize("policy_name", [RECOMMENDED, "thompson_gaussian"])
+def test_incremental_training_discounts_a_degraded_model_as_serving_does(
+    env: Settings, policy_name: str
+) -> None:
+    """Model a answers well (0.9) 600 times, then badly (0.1) 150 times; b stays at 0.6. Learned
+    in two runs (the second warms its detectors up on the first's events): with the drift
+    response the lineage prefers b at the end; without it, it still prefers a."""
+    rng = random.Random(0)
+
+    def noisy(mean: float) -> float:
+        return min(1.0, max(0.0, mean + rng.gauss(0, 0.05)))
+
+    before = [(m, noisy(0.9 if m == "a" else 0.6)) for _ in range(300) for m in ("a", "b")]
+    after = [(m, noisy(0.1 if m == "a" else 0.6)) for _ in range(150) for m in ("a", "b")]
+    _log_outcomes(env, before)
+    log = EventLog(env.event_log_url)
+    store = CheckpointStore(log.engine)
+
+    def fresh() -> tuple[object, int, int]:
+        return make_policy(policy_name, seed=0), 0, 0
+
+    def train(name: str, drift: bool) -> TrainingResult:
+        return incremental_update(
+            log, store, name=name, initial=fresh, batch_size=100, respond_to_drift=drift
+        )
+
+    first = {drift: train(f"lineage-{drift}", drift) for drift in (True, False)}
+    assert first[True].drift_responses == 0  # nothing drifted yet
+    _log_outcomes(env, after)
+    second = {drift: train(f"lineage-{drift}", drift) for drift in (True, False)}
+    log.close()
+    assert second[True].drift_responses >= 1 and second[False].drift_responses == 0
+    responded, plain = second[True].policy, second[False].policy
+    assert responded.n_updates == plain.n_updates == len(before) + len(after)
+    assert responded.arm_mean("a") < responded.arm_mean("b")  # moved off the degraded model
+    assert plain.arm_mean("a") > plain.arm_mean("b")  # remembers 300 good answers of a

@@ -53,6 +53,17 @@ def test_ab_gate_needs_significance_and_the_right_direction() -> None:
     assert ab_gate(champion, better, sequential=False).passed
 
 
+def test_ab_gate_with_a_non_inferiority_margin_promotes_an_equal_challenger_only() -> None:
+    rng = np.random.default_rng(1)
+    champion, same = rng.normal(0.50, 0.25, 3000), rng.normal(0.50, 0.25, 3000)
+    assert not ab_gate(champion, same, min_effect=0.01).passed  # superiority only: futility
+    kept = ab_gate(champion, same, non_inferiority_margin=0.05)
+    assert kept.passed and "not worse by more than 0.05" in kept.reason
+    assert kept.details["decision"] == "non_inferior" and kept.details["ci_low"] > -0.05
+    worse = ab_gate(champion, same - 0.1, non_inferiority_margin=0.05)
+    assert not worse.passed and worse.details["decision"] == "champion"
+
+
 def test_ab_gate_looked_at_on_every_schedule_keeps_its_false_positive_rate() -> None:
     # The promotion flow re-runs the gate as the A/B sample grows: 20 looks per A/A run.
     def promoted(sequential: bool, seed: int) -> bool:
