@@ -39,6 +39,10 @@ lint: setup  ## Ruff (lint + format check), mypy strict, import-linter layers (p
 bench: setup  ## Benchmarks; results in bench/results/*.json
 	$(BIN)/python -m bench
 
+.PHONY: bench-pacing
+bench-pacing: setup  ## Budget pacing on a replayed day with a traffic peak (3 seeds, ~4 min)
+	$(BIN)/python -m bench pacing
+
 .PHONY: bench-serving
 bench-serving: setup  ## Decision service vs bare starlette at 500 req/s (open loop), swap under load
 	$(BIN)/python -m bench.serving

@@ -16,6 +16,7 @@ from bench import (
     _common,
     feature_store,
     features,
+    pacing,
     peer_speed,
     policies,
     protocol,
@@ -26,7 +27,17 @@ from bench import (
 
 BENCHMARKS: dict[str, ModuleType] = {
     m.NAME: m
-    for m in (features, policies, replay, routing, protocol, peer_speed, feature_store, training)
+    for m in (
+        features,
+        policies,
+        replay,
+        routing,
+        protocol,
+        peer_speed,
+        feature_store,
+        training,
+        pacing,
+    )
 }
 
 

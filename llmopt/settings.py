@@ -113,7 +113,7 @@ class AutopilotRules(BaseModel):
         ),
     )
     non_inferiority_margin: float | None = Field(
-        default=0.01,
+        default=0.02,
         ge=0,
         description=(
             "A challenger the mSPRT shows to be worse by at most this much reward is promoted "
@@ -123,11 +123,13 @@ class AutopilotRules(BaseModel):
         ),
     )
     max_samples: int = Field(
-        default=3000,
+        default=10000,
         ge=1,
         description=(
             "Online decisions per version after which an undecided test ends without promotion "
-            "(so that one near-tie cannot hold the queue of newer versions forever)."
+            "(so that one near-tie cannot hold the queue of newer versions forever; with a "
+            "reward standard deviation of 0.33, about 10,000 are needed to show an equal "
+            "version non-inferior at a 0.02 margin)."
         ),
     )
 
@@ -265,6 +267,13 @@ class Settings(BaseSettings):
         default=None,
         gt=0,
         description="Default daily budget of every tenant in USD (unset: no cap).",
+    )
+    serving_budget_pacing: bool = Field(
+        default=True,
+        description=(
+            "Pace each budget along the tenant's forecast traffic by scaling its willingness to "
+            "pay (serving/pacing.py); off: the budget is only a hard cap (402 once spent)."
+        ),
     )
     serving_tenant_budgets: dict[str, float] = Field(
         default_factory=dict,

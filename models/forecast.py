@@ -1,7 +1,7 @@
 """Workload forecasting: request volume per (model, task type) for the next hours.
 
-**Not wired yet:** library code with tests, called by no served decision or flow today. Issue 16
-(budget pacing) wires it in as the pacer's traffic curve.
+Serving's budget pacing (:mod:`serving.pacing`) counts each tenant's decisions per hour into one
+and uses its next-24-hours forecast as the pacer's traffic curve.
 
 Each key (a ``(model, task_type)`` pair or a plain string) gets its own River forecaster, fed one
 count per time bucket (e.g. per hour). Forecasts feed capacity planning and the budget pacer's

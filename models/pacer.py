@@ -1,7 +1,7 @@
 """Budget pacing: spend a tenant's daily budget evenly by steering its willingness to pay.
 
-**Not wired yet:** library code with tests; serving still enforces a budget only as a hard cap.
-Issue 16 (budget pacing) wires it into every ``/decide``.
+Serving paces every tenant that has a daily budget with it (:mod:`serving.pacing`); the
+budget ledger's hard cap stays as the last guard.
 
 The router picks, per request, the configuration maximising ``quality - cost / w``
 (:mod:`llmopt.reward`), so the willingness to pay ``w`` is the knob that sets the spend rate: a
@@ -127,6 +127,11 @@ class BudgetPacer(Stateful):
         Expected traffic over the UTC day in equal slots starting at midnight (e.g. 24 hourly
         counts, see :func:`profile_from_forecast`); the budget is then spent in proportion to it.
         None spends uniformly in time.
+    plan_from_first_call
+        The first day's plan starts at the first call instead of midnight: a pacer created
+        mid-day (a new tenant, a restarted service) spends the budget over the rest of that
+        day, rather than counting the hours before it as underspent. Later days start at
+        midnight.
 
     Examples
     --------
@@ -165,6 +170,7 @@ class BudgetPacer(Stateful):
         gain: float = 20.0,
         integral_gain: float = 60.0,
         traffic_profile: Sequence[float] | None = None,
+        plan_from_first_call: bool = False,
     ) -> None:
         _finite("daily_budget_usd", daily_budget_usd, positive=True)
         for name, v in (("initial_wtp", initial_wtp), ("min_wtp", min_wtp), ("max_wtp", max_wtp)):
@@ -187,6 +193,8 @@ class BudgetPacer(Stateful):
         self.gain = gain
         self.integral_gain = integral_gain
         self.traffic_profile = profile
+        self.plan_from_first_call = plan_from_first_call
+        self._offset = 0.0  # plan share at the first call (plan_from_first_call, first day)
         self._day: int | None = None  # proleptic ordinal of the current UTC day
         self._spent = 0.0
         self._w_day = float(initial_wtp)
@@ -199,6 +207,33 @@ class BudgetPacer(Stateful):
         cost = _finite("cost_usd", cost_usd)
         self._advance(_utc(at))
         self._spent += cost
+        return self
+
+    def sync_spend(self, spent_usd: float, at: datetime) -> Self:
+        """Set today's spend to ``spent_usd`` at ``at``: for a caller whose own ledger totals
+        the day's spend (serving's budget ledger, reservations included), instead of
+        :meth:`observe` per call. The plan's gap up to ``at`` is integrated with the spend
+        known before.
+
+        >>> from datetime import datetime, timezone
+        >>> pacer = BudgetPacer(24.0, initial_wtp=0.1, integral_gain=0.0)
+        >>> t = datetime(2025, 1, 1, 6, tzinfo=timezone.utc)
+        >>> round(pacer.sync_spend(9.0, t).willingness_to_pay(t), 4)  # as observe(9.0, t)
+        0.0082
+        """
+        spent = _finite("spent_usd", spent_usd)
+        self._advance(_utc(at))
+        self._spent = spent
+        return self
+
+    def set_traffic_profile(self, profile: Sequence[float] | None) -> Self:
+        """Replace the expected traffic profile (see the class parameters); None: uniform."""
+        if profile is not None:
+            values = [_finite("traffic_profile values", v) for v in profile]
+            if not values or sum(values) <= 0:
+                raise ValueError("traffic_profile must have at least one positive value")
+            profile = values
+        self.traffic_profile = profile
         return self
 
     def willingness_to_pay(self, at: datetime) -> float:
@@ -217,6 +252,14 @@ class BudgetPacer(Stateful):
         return (now - midnight).total_seconds() / _DAY_S
 
     def _share_at(self, tau: float) -> float:
+        share = self._raw_share(tau)
+        if self._offset <= 0.0:
+            return share
+        if self._offset >= 1.0:
+            return 1.0
+        return max(0.0, (share - self._offset) / (1.0 - self._offset))
+
+    def _raw_share(self, tau: float) -> float:
         if self.traffic_profile is None:
             return tau
         prof = self.traffic_profile
@@ -268,6 +311,9 @@ class BudgetPacer(Stateful):
         day = now.date().toordinal()
         if self._day is None:
             self._day = day
+            if self.plan_from_first_call:
+                self._tau = self._tau_of(now)
+                self._offset = self._raw_share(self._tau)
         elif day < self._day:
             raise ValueError(
                 f"time went backwards: {now.isoformat()} is before the current day "
@@ -279,6 +325,7 @@ class BudgetPacer(Stateful):
             self._spent = 0.0
             self._integral = 0.0
             self._tau = 0.0
+            self._offset = 0.0
             self._day = day
         self._integrate(self._tau_of(now))
 
@@ -290,6 +337,7 @@ class BudgetPacer(Stateful):
             "w_day": self._w_day,
             "integral": self._integral,
             "tau": self._tau,
+            "offset": self._offset,
         }
 
     def _set_state(self, state: dict[str, Any]) -> None:
@@ -302,3 +350,4 @@ class BudgetPacer(Stateful):
             raise ValueError(f"integral must be finite, got {integral}")
         self._integral = integral
         self._tau = _finite("tau", state["tau"])
+        self._offset = _finite("offset", state.get("offset", 0.0))

@@ -66,6 +66,7 @@ from serving.cascade import PlannedStep, ServedCascades
 from serving.drift import DriftWatch
 from serving.guards import BudgetExceededError, BudgetLedger, CircuitBreaker
 from serving.live_features import LiveFeatures, live_exclusions
+from serving.pacing import BudgetPacing
 from serving.parameters import ServedTuning
 
 log = logging.getLogger("llmopt.serving")
@@ -339,6 +340,9 @@ class Router:
         :class:`serving.parameters.ServedTuning`; not yet versioned in the registry).
     clock
         Monotonic time source of the canary schedule.
+    pacing
+        Budget pacing of tenants with a daily budget (:mod:`serving.pacing`; None: the budget
+        is only a hard cap).
     store_prompt_tenants
         Tenants whose prompt text the event log keeps (opt-in; others: SHA-256 + features).
     """
@@ -357,8 +361,10 @@ class Router:
         clock: Callable[[], float] = time.monotonic,
         store_prompt_tenants: Sequence[str] = (),
         tuning: ServedTuning | None = None,
+        pacing: BudgetPacing | None = None,
     ) -> None:
         self.catalog = catalog
+        self.pacing = pacing
         self.tuning = tuning or ServedTuning()
         """Generation parameters per (task type x model), shared by every slot."""
         self.cascades = ServedCascades(
@@ -618,6 +624,13 @@ class Router:
         lineup = self._lineup
         slot, share = self._pick(lineup, ctx.tenant)
         live = self._features(ctx)
+        paced = (
+            self.pacing.willingness_to_pay(ctx.tenant, ctx.willingness_to_pay)
+            if self.pacing is not None
+            else None
+        )
+        if paced is not None:
+            ctx = ctx.model_copy(update={"willingness_to_pay": max(paced[0], 1e-9)})
         with self._lock:
             budget_left = self.ledger.remaining(ctx.tenant)
             try:
@@ -649,6 +662,8 @@ class Router:
             decision = decision.model_copy(
                 update={"notes": [*decision.notes, f"online features degraded: {live.reason}"]}
             )
+        if paced is not None:
+            decision = decision.model_copy(update={"notes": [*decision.notes, paced[1]]})
         return Routed(decision, slot, predicted, shadow, live, plan)
 
     def _plan(

@@ -46,6 +46,7 @@ from serving.guards import BudgetLedger, CircuitBreaker
 from serving.live_features import LiveFeatures, open_in_background
 from serving.metrics import get_metrics
 from serving.model_source import LocalFileSource, ModelSource, SourceError, source_from_settings
+from serving.pacing import BudgetPacing
 from serving.router import STATIC_LABEL, Router
 
 log = logging.getLogger("llmopt.serving")
@@ -128,6 +129,10 @@ class ServingRuntime:
         self.catalog = catalog or load_catalog(settings.catalog_path)
         self.event_log = event_log or self._open_log(settings)
         self.source = source if source is not None else source_from_settings(settings)
+        ledger = BudgetLedger(
+            default_usd=settings.serving_daily_budget_usd,
+            per_tenant=settings.serving_tenant_budgets,
+        )
         self.router = Router(
             self.catalog,
             self.event_log,
@@ -136,9 +141,11 @@ class ServingRuntime:
                 latency_weight=settings.default_latency_weight,
             ),
             breaker=CircuitBreaker(),
-            ledger=BudgetLedger(
-                default_usd=settings.serving_daily_budget_usd,
-                per_tenant=settings.serving_tenant_budgets,
+            ledger=ledger,
+            pacing=(
+                BudgetPacing(ledger, base_wtp=settings.default_willingness_to_pay)
+                if settings.serving_budget_pacing
+                else None
             ),
             rules=settings.autopilot,
             on_rollback=self._on_rollback,

@@ -220,7 +220,7 @@ def service_env(cfg: ScenarioConfig) -> dict[str, str]:
         "LLMOPT_AUTOPILOT__STEP_S": f"{step:g}",
         "LLMOPT_AUTOPILOT__MIN_FEEDBACK": "30",
         "LLMOPT_AUTOPILOT__PROD_WATCH_S": f"{max(30.0, cfg.seconds / 10):g}",
-        "LLMOPT_AUTOPILOT__MAX_SAMPLES": f"{max(300, int(cfg.rate * cfg.seconds / 20))}",
+        "LLMOPT_AUTOPILOT__MAX_SAMPLES": f"{max(300, int(cfg.rate * cfg.seconds / 6))}",
         "LLMOPT_DEFAULT_WILLINGNESS_TO_PAY": f"{cfg.willingness_to_pay:g}",
     }
 
@@ -409,16 +409,28 @@ def run_scenario(cfg: ScenarioConfig, echo: Echo | None = None) -> ScenarioResul
 
 
 def inject_bad_version(settings: Any, echo: Echo, *, stop: threading.Event) -> str:
-    """Register a uniform-random policy as ``staging`` once a ``prod`` version exists (an A/B
-    test needs a champion): a faulty version the loop must drop by itself."""
+    """Register a uniform-random policy as ``staging`` once a ``prod`` version exists and no A/B
+    test is running (a test needs a champion, and a running test is not cut short: newer
+    versions queue behind it): a faulty version the loop must drop by itself."""
     from models.kinds import make_policy  # noqa: PLC0415
+    from pipelines.evaluate_and_promote import RETIRED  # noqa: PLC0415
     from registry import mlflow_registry as registry  # noqa: PLC0415
+
+    def test_running_or_no_prod() -> bool:
+        prod = registry.version_for_alias(client, "prod")
+        staging = registry.version_for_alias(client, "staging")
+        if prod is None:
+            return True
+        if staging is None or staging == prod:
+            return False
+        mv = registry.client_model_version(client, staging, registry.MODEL_NAME)
+        return (mv.tags or {}).get("validation_status", "") not in RETIRED
 
     try:
         client = registry.configure(settings)
-        while registry.version_for_alias(client, "prod") is None:
+        while test_running_or_no_prod():
             if stop.wait(2.0):
-                return "bad version not injected: no prod version was ever promoted"
+                return "bad version not injected: no prod version, or a test ran to the end"
         version = registry.register_policy(
             make_policy("random", seed=0),
             settings=settings,

@@ -269,3 +269,22 @@ def test_bad_hyperparameters_are_refused(kwargs: dict[str, object], match: str) 
     args: dict[str, object] = {"daily_budget_usd": 10.0, "initial_wtp": 1.0, **kwargs}
     with pytest.raises(ValueError, match=match):
         BudgetPacer(**args)  # type: ignore[arg-type]
+
+
+def test_plan_from_first_call_spends_over_the_rest_of_the_first_day_only() -> None:
+    noon = datetime(2025, 1, 1, 12, tzinfo=UTC)
+    late = BudgetPacer(24.0, initial_wtp=0.1, plan_from_first_call=True)
+    midnight = BudgetPacer(24.0, initial_wtp=0.1)
+    for pacer in (late, midnight):
+        pacer.willingness_to_pay(noon)
+    # created at noon with nothing spent: on plan, versus half a day behind
+    assert late.target_share(noon) == 0.0 and late.willingness_to_pay(noon) == pytest.approx(0.1)
+    assert midnight.target_share(noon) == pytest.approx(0.5)
+    assert midnight.willingness_to_pay(noon) > 1.0
+    assert late.target_share(noon + timedelta(hours=6)) == pytest.approx(0.5)
+    # the state keeps the offset; the next day starts at midnight again
+    copy = Stateful.from_dict(json.loads(json.dumps(late.to_dict())))
+    assert copy.target_share(noon + timedelta(hours=6)) == pytest.approx(0.5)
+    next_day = datetime(2025, 1, 2, 6, tzinfo=UTC)
+    late.willingness_to_pay(next_day)
+    assert late.target_share(next_day) == pytest.approx(0.25)
