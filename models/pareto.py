@@ -1,7 +1,7 @@
 """Pareto fronts of configurations over (quality up, cost down, latency down), offline and online.
 
-**Not wired yet:** library code with tests, called by no served decision or flow today. Issue 16
-(the full decision) wires it in as ``/pareto``; until then it is used only from Python.
+Serving's ``GET /pareto`` and ``llmopt pareto`` (:mod:`serving.pareto`) show the live front of
+each task from the event log's latest feedback.
 
 A *configuration* is a model plus its call parameters (temperature, max_tokens, prompt template):
 the unit a router actually chooses. A configuration is *dominated* when another is at least as

@@ -50,6 +50,33 @@ def _error_response(description: str) -> dict[str, Any]:
     }
 
 
+PARETO_OPERATION: dict[str, Any] = {
+    "summary": "The live cost/quality/latency front of a task, and the tenant's choice on it",
+    "description": (
+        "From the event log's last `window` feedback: per model, the mean quality, cost and "
+        "latency for the task type, whether it is on the Pareto front, its reward at the "
+        "willingness to pay (the query's, else the tenant's paced one, else the default), "
+        "and the choice at that willingness to pay."
+    ),
+    "parameters": [
+        {"name": "task", "in": "query", "required": False, "schema": {"type": "string"},
+         "description": "Task type (code, math, ..., general, other); unset: every task."},
+        {"name": "tenant", "in": "query", "required": False, "schema": {"type": "string"}},
+        {"name": "willingness_to_pay", "in": "query", "required": False,
+         "schema": {"type": "number", "minimum": 1e-9}},
+        {"name": "window", "in": "query", "required": False,
+         "schema": {"type": "integer", "minimum": 1, "maximum": 100000, "default": 5000}},
+    ],
+    "responses": {
+        "200": {
+            "description": "The front",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        },
+    },
+}  # fmt: skip
+"""``GET /pareto`` (:mod:`serving.pareto`), served by a middleware, not a BentoML API."""
+
+
 def build_spec(service: Any) -> dict[str, Any]:
     """The OpenAPI 3.1 document of a ``@bentoml.service`` (see the module docstring)."""
     spec: dict[str, Any] = copy.deepcopy(service.openapi_spec.asdict())
@@ -85,6 +112,9 @@ def build_spec(service: Any) -> dict[str, Any]:
             },
             **errors,
         }
+    pareto = copy.deepcopy(PARETO_OPERATION)
+    pareto["responses"]["4XX"] = errors["4XX"]
+    spec["paths"]["/pareto"] = {"get": pareto}
     for item in spec["paths"].values():  # the infrastructure endpoints (GET)
         for operation in item.values():
             if isinstance(operation, dict) and "responses" in operation:

@@ -103,6 +103,15 @@ class BudgetPacing:
         """The tenant's pacer (None: no budget, or no decision yet)."""
         return self._pacers.get(tenant)
 
+    def current(self, tenant: TenantID) -> float | None:
+        """The tenant's paced willingness to pay now, without counting a decision (None: no
+        pacer yet, e.g. no budget or no decision today)."""
+        pacer = self._pacers.get(tenant)
+        if pacer is None:
+            return None
+        with self._lock:
+            return pacer.willingness_to_pay(self._now())
+
     def willingness_to_pay(
         self, tenant: TenantID, requested: float | None
     ) -> tuple[float, str] | None:

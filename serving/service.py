@@ -60,6 +60,7 @@ from serving.health import ProbeMiddleware
 from serving.http_guard import GuardMiddleware, parse_keys
 from serving.metrics import ServingMetrics, get_metrics
 from serving.openapi import OpenAPIMiddleware, build_spec
+from serving.pareto import ParetoMiddleware
 from serving.router import Routed
 from serving.runtime import ServingRuntime
 from serving.schemas import (
@@ -313,4 +314,5 @@ _svc.add_asgi_middleware(ProbeMiddleware)  # /healthz, /readyz with a JSON body 
 _svc.add_asgi_middleware(OpenAPIMiddleware, spec=lambda: build_spec(_svc))
 _svc.add_asgi_middleware(ErrorShapeMiddleware)
 _svc.add_asgi_middleware(GuardMiddleware)
+_svc.add_asgi_middleware(ParetoMiddleware)  # GET /pareto, behind the guard
 quiet_client_errors()

@@ -140,9 +140,18 @@ def test_probes_answer(service: Fuzzed, path: str) -> None:
     assert {s for (op, s) in service.answered if op == f"GET {path}"} == {200}
 
 
+@pytest.mark.parametrize("mode", list(GenerationMode))
+def test_generated_pareto_queries_never_get_a_server_error(
+    service: Fuzzed, mode: GenerationMode
+) -> None:
+    _fuzz(service, "GET", "/pareto", mode, EXAMPLES)
+    statuses = {s for (op, s) in service.answered if op == "GET /pareto"}
+    assert statuses and max(statuses) < 500, statuses
+
+
 def test_the_spec_lists_every_operation(service: Fuzzed) -> None:
     ops = {op.ok().label for op in service.schema.get_all_operations()}
-    assert {f"POST {p}" for p in POSTS} | {f"GET {p}" for p in PROBES} <= ops
+    assert {f"POST {p}" for p in POSTS} | {f"GET {p}" for p in [*PROBES, "/pareto"]} <= ops
 
 
 def test_thousands_of_requests_reached_the_handlers(

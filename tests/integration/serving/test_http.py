@@ -256,3 +256,54 @@ def test_rate_limit_is_429(tmp_path: Path):
         codes = [client.post("/decide", json=EXAMPLE_DECIDE).status_code for _ in range(4)]
     assert codes[:2] == [200, 200]
     assert 429 in codes[2:]
+
+
+def test_pareto_shows_the_live_front_and_the_choice(open_client: TestClient):
+    """Feedback for two task types; GET /pareto per task, with and without a tenant's budget."""
+    for _ in range(6):
+        for hints, quality in ((["code"], 0.9), (["math"], 0.2)):
+            d = open_client.post(
+                "/decide", json={"tenant": "acme", "prompt": "write a sort", "task_hints": hints}
+            ).json()
+            r = open_client.post(
+                "/feedback",
+                json={"decision_id": d["decision_id"], "quality": quality, "latency_ms": 500.0},
+            )
+            assert r.status_code == 200, r.text
+    code = open_client.get("/pareto", params={"task": "code", "willingness_to_pay": 0.01})
+    assert code.status_code == 200, code.text
+    body = code.json()
+    assert body["task"] == "code" and body["willingness_to_pay_source"] == "request"
+    assert body["tasks_in_window"]["code"] >= 6 and body["tasks_in_window"]["math"] >= 6
+    seen = {c["model"]: c for c in body["candidates"]}
+    assert all(c["quality"] == 0.9 and c["latency_source"] == "observed" for c in seen.values())
+    if seen:  # a model with 5+ code feedback is a candidate; the choice is on the front
+        assert body["choice"] in seen and seen[body["choice"]]["on_front"]
+    else:
+        assert body["choice"] is None and body["too_few_samples"]
+    default = open_client.get("/pareto", params={"tenant": "nobody"}).json()
+    assert default["task"] is None and default["willingness_to_pay_source"] == "service default"
+    spec = open_client.get("/docs.json").json()
+    assert "get" in spec["paths"]["/pareto"]
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"task": "poetry"}, "task"),
+        ({"window": "0"}, "window"),
+        ({"window": "many"}, "window"),
+        ({"willingness_to_pay": "-1"}, "willingness_to_pay"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
+def test_pareto_bad_queries_are_400_naming_the_parameter(
+    open_client: TestClient, params: dict[str, str], field: str
+):
+    r = open_client.get("/pareto", params=params)
+    assert r.status_code == 400 and r.json()["error"]["field"] == field, r.text
+
+
+def test_pareto_needs_a_client_key(auth_client: TestClient):
+    assert auth_client.get("/pareto").status_code == 401
+    assert auth_client.get("/pareto", headers=bearer(CLIENT)).status_code == 200
