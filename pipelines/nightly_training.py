@@ -2,7 +2,7 @@
 
 A fresh policy (with the best hyperparameters the HPO study found, if any) is warm-started on
 every logged feedback with ``learn_many``, using the features logged with each decision (what
-the router saw then: point-in-time correct); the quality model is refitted; the result is
+the router saw then: point-in-time correct); the result is
 evaluated off-policy on the recent logs next to the current ``dev`` version and logged to
 MLflow. It is registered as ``dev``, and becomes the checkpoint incremental training continues
 from, under the same rule as incremental training (:mod:`pipelines.registration`; the rebuilt
@@ -50,7 +50,7 @@ def nightly_training(
     """Rebuild and evaluate the policy; register it and reset the incremental checkpoint to it
     if it earns a version."""
     params = best_hyperparameters(policy) if use_hpo else {}
-    result, quality = rebuild_from_history(policy, params, batch_size)
+    result = rebuild_from_history(policy, params, batch_size)
     summary: dict[str, Any] = {
         "n_events": result.n_events,
         "data_window": result.data_window,
@@ -69,7 +69,6 @@ def nightly_training(
         flow_name=NAME,
         alias="dev",
         evaluation=evaluation,
-        quality=quality,
         params={"batch_size": batch_size, "use_hpo": use_hpo},
     )
     if summary["version"] is not None:

@@ -23,7 +23,6 @@ from llmopt.event_log import EventLog, LogCursor
 from llmopt.settings import Settings, get_settings
 from models.base import BasePolicy
 from models.kinds import kind_of, make_policy
-from models.quality import QualityModel
 from pipelines.checkpoint import CheckpointStore
 from pipelines.evaluation import estimate_of, ope_report
 from pipelines.promotion import PromotionOutcome, PromotionPolicy, promote
@@ -127,8 +126,8 @@ def count_new_events(since: LogCursor, until: LogCursor) -> int:
 @task(name="rebuild-from-history", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
 def rebuild_from_history(
     policy_name: str, params: dict[str, Any], batch_size: int
-) -> tuple[TrainingResult, QualityModel]:
-    """A fresh policy (and quality model) warm-started on the evaluation file of
+) -> TrainingResult:
+    """A fresh policy warm-started on the evaluation file of
     ``LLMOPT_WARM_START_EVALS`` (if set), then on every logged feedback."""
     settings = get_settings()
     policy = make_policy(policy_name, seed=0, **params)
@@ -143,12 +142,12 @@ def rebuild_from_history(
         )
     log = _log(settings)
     try:
-        result, quality = rebuild(log, policy, batch_size=batch_size)
+        result = rebuild(log, policy, batch_size=batch_size)
     finally:
         log.close()
     if settings.warm_start_evals is not None:
         result = dataclasses.replace(result, warm_start=warm.tags())
-    return result, quality
+    return result
 
 
 @task(name="reset-checkpoint", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
@@ -313,7 +312,6 @@ def log_training_run(
     flow_name: str,
     alias: str = "dev",
     evaluation: Evaluation | None = None,
-    quality: QualityModel | None = None,
     params: dict[str, Any] | None = None,
 ) -> str | None:
     """One MLflow run in the flow's experiment: the run's parameters, learning metrics (OPE
@@ -355,8 +353,6 @@ def log_training_run(
             mlflow.log_dict(evaluation.report, "ope_report.json")
             if evaluation.previous is not None:
                 mlflow.log_dict(evaluation.previous, "ope_report_previous_version.json")
-        if quality is not None:
-            mlflow.log_dict(quality.to_dict(), "quality_model.json")
         if decision.register:
             report = evaluation.report if evaluation is not None else None
             ope_tags: dict[str, str] = {}

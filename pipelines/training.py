@@ -7,9 +7,11 @@ The flows only orchestrate; what they run is here, testable without Prefect or M
   batch (see :mod:`pipelines.checkpoint` for why a crash then loses and double-counts nothing,
   and :class:`llmopt.event_log.LogCursor` for why feedback that commits late is not skipped).
 - :func:`rebuild` warm-starts a fresh policy from the whole history with ``learn_many``.
-- :func:`fit_quality_model` refits the per-model quality regression (the reward model of
-  doubly robust evaluation). The nightly flow logs it to MLflow as ``quality_model.json``;
-  **not wired yet:** nothing loads that artifact (issue 16 decides whether serving uses it).
+
+The nightly flow used to refit a per-model quality regression beside the policy and log it to
+MLflow, where nothing loaded it. It is gone: the policy is the decision's model of quality, and
+doubly robust evaluation fits its own reward model on the window it evaluates
+(:func:`models.ope.reward_matrix` with :class:`models.quality.QualityModel`).
 
 What a policy learns from one event is decided once, in :func:`training_target`: the quality
 for cost-aware policies (cost is known before a call; the learning loop does the same), the
@@ -24,7 +26,6 @@ from dataclasses import dataclass, field
 
 from llmopt.event_log import EventLog, LogCursor, TrainingEvent
 from models.base import BasePolicy
-from models.quality import QualityModel
 from models.state import Stateful
 from pipelines.checkpoint import CheckpointStore
 from pipelines.drift_replay import WARMUP_EVENTS, DriftReplay
@@ -200,8 +201,8 @@ def rebuild(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     until_id: int | LogCursor | None = None,
-) -> tuple[TrainingResult, QualityModel]:
-    """Warm-start ``policy`` (fresh) and a new :class:`QualityModel` from the whole history.
+) -> TrainingResult:
+    """Warm-start ``policy`` (fresh) from the whole history.
 
     The features are those logged with each decision, i.e. the ones the router saw when it
     decided: point-in-time correct by construction. The history is read up to the log's stable
@@ -213,17 +214,14 @@ def rebuild(
     n_waiting = log.count_between(top)
     if until_id is not None:
         top = min(top, _as_cursor(until_id))
-    quality = QualityModel()
     n_events, n_batches, cursor, high = 0, 0, LogCursor(), 0
     for batch in log.training_batches_after(LogCursor(), batch_size, until=top):
         policy.learn_many(_examples(policy, batch))
-        for e in batch:
-            quality.learn_one(e.features, e.quality, arm=e.model)
         cursor = batch[-1].position
         high = max(high, *(e.feedback_id for e in batch))
         n_events += len(batch)
         n_batches += 1
-    result = TrainingResult(
+    return TrainingResult(
         policy=policy,
         after_id=0,
         last_feedback_id=high,
@@ -234,4 +232,3 @@ def rebuild(
         cursor=cursor,
         n_waiting=n_waiting,
     )
-    return result, quality

@@ -358,7 +358,7 @@ def train(
             settings.ensure_home()
             log = _open_log(settings.event_log_url, EventLog)
             try:
-                result, _ = rebuild(log, learner)
+                result = rebuild(log, learner)
             finally:
                 log.close()
             n_logged = result.n_events
