@@ -43,7 +43,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -303,3 +303,65 @@ def open_in_background(
     t = threading.Thread(target=run, name="feature-store-open", daemon=True)
     t.start()
     return t
+
+
+def _fresh(arm: str, features: RouterFeatures) -> dict[str, float] | None:
+    """The arm's live values if they can be trusted now: read (not defaulted, not stale), and
+    backed by :data:`LIVE_MIN_REQUESTS` feedback in the last hour."""
+    if features.degraded or arm in features.defaulted or arm in features.stale:
+        return None
+    v = features.values.get(arm)
+    if not v or v.get(REQUESTS_1H, 0.0) < LIVE_MIN_REQUESTS:
+        return None
+    return v
+
+
+def live_penalties(
+    arms: Sequence[str],
+    features: RouterFeatures,
+    *,
+    latency_weight: float,
+    catalog_latency_ms: Callable[[str], float | None],
+    expected_quality: Callable[[str], float | None],
+) -> tuple[dict[str, float], str | None]:
+    """What the fleet's fresh live statistics add to each arm's penalty (quality units), and a
+    note naming the features used.
+
+    - **Risk**: a call fails with the model's error rate over the last 5 minutes, and a failed
+      call loses the answer: ``error_rate x expected quality`` (the policy's mean for the arm).
+    - **Latency**: with a latency weight, the observed p95 latency over the last 5 minutes
+      replaces the catalog's expected latency in the latency term.
+
+    Values that are not fresh (defaults, stale, too few requests, a degraded read) change
+    nothing: the catalog's figures and the policy alone decide.
+
+    >>> f = RouterFeatures(values={
+    ...     "a": {ERROR_RATE: 0.2, LATENCY_P95: 3000.0, REQUESTS_1H: 50.0},
+    ...     "b": {ERROR_RATE: 0.0, LATENCY_P95: 900.0, REQUESTS_1H: 2.0}})
+    >>> pen, note = live_penalties(["a", "b"], f, latency_weight=0.1,
+    ...     catalog_latency_ms=lambda m: 1000.0, expected_quality=lambda m: 0.8)
+    >>> {m: round(x, 3) for m, x in pen.items()}, note
+    ({'a': 0.36}, 'live features used: a error rate 20%, p95 3000 ms (catalog 1000)')
+    """
+    out: dict[str, float] = {}
+    used: list[str] = []
+    for arm in arms:
+        v = _fresh(arm, features)
+        if v is None:
+            continue
+        delta, parts = 0.0, []
+        err = v.get(ERROR_RATE, 0.0)
+        if err > 0:
+            q = expected_quality(arm)
+            if q is not None and q > 0:
+                delta += err * q
+                parts.append(f"error rate {err:.0%}")
+        p95 = v.get(LATENCY_P95, 0.0)
+        if latency_weight > 0 and p95 > 0:
+            base = catalog_latency_ms(arm) or 0.0
+            delta += latency_weight * (p95 - base) / 1000.0
+            parts.append(f"p95 {p95:.0f} ms (catalog {base:.0f})")
+        if parts:
+            out[arm] = delta
+            used.append(f"{arm} {', '.join(parts)}")
+    return out, ("live features used: " + "; ".join(used)) if used else None

@@ -48,6 +48,7 @@ from llmopt.catalog import ModelCatalog
 from llmopt.event_log import EventLog, LogCursor, UnknownDecisionError
 from llmopt.features import estimate_tokens, request_features
 from llmopt.loop import (
+    DEFAULT_OUTPUT_TOKENS,
     FeedbackOutcome,
     LearningLoop,
     NoCandidateError,
@@ -65,7 +66,7 @@ from serving.autopilot import Rollback, VersionStats, guard_verdict
 from serving.cascade import PlannedStep, ServedCascades
 from serving.drift import DriftWatch
 from serving.guards import BudgetExceededError, BudgetLedger, CircuitBreaker
-from serving.live_features import LiveFeatures, live_exclusions
+from serving.live_features import LiveFeatures, live_exclusions, live_penalties
 from serving.pacing import BudgetPacing
 from serving.parameters import ServedTuning
 
@@ -164,6 +165,40 @@ class ServingLoop(LearningLoop):
         self.tuning = tuning
         self.budget_left: float | None = None  # set by the router, under its lock
         self.live: RouterFeatures | None = None  # online features, set by the router
+        self._live_penalty: dict[ArmID, float] = {}  # this decision's, set by _eligible
+
+    def penalties(
+        self, arms: Sequence[ArmID], input_tokens: int, tradeoff: TradeOff
+    ) -> dict[ArmID, float]:
+        """The loop's cost and latency penalties, plus the fleet's fresh live statistics
+        (:func:`serving.live_features.live_penalties`: error-rate risk, observed p95 latency)."""
+        out = super().penalties(arms, input_tokens, tradeoff)
+        for arm, delta in self._live_penalty.items():
+            if arm in out:
+                out[arm] = max(0.0, out[arm] + delta)
+        return out
+
+    def _live_terms(self, ctx: RequestContext, arms: Sequence[ArmID]) -> str | None:
+        """Compute this decision's live penalties (kept for :meth:`penalties`); their note."""
+        self._live_penalty = {}
+        if self.live is None or not getattr(self.policy, "cost_aware", False):
+            return None
+        tradeoff = self.tradeoff_for(ctx)
+        catalog = self.catalog
+
+        def catalog_latency(arm: ArmID) -> float | None:
+            spec = catalog.get(arm) if catalog is not None else None
+            return spec.expected_latency_ms(DEFAULT_OUTPUT_TOKENS) if spec is not None else None
+
+        arm_mean = getattr(self.policy, "arm_mean", None)
+        self._live_penalty, note = live_penalties(
+            arms,
+            self.live,
+            latency_weight=tradeoff.latency_weight,
+            catalog_latency_ms=catalog_latency,
+            expected_quality=arm_mean if arm_mean is not None else (lambda arm: None),
+        )
+        return note
 
     def generation_parameters(
         self,
@@ -191,6 +226,9 @@ class ServingLoop(LearningLoop):
         live = live_exclusions(candidates, self.live, ctx.max_latency_ms) if self.live else {}
         if ctx.max_cost_usd is None and ctx.max_latency_ms is None and budget is None:
             if not blocked and not live:
+                live_note = self._live_terms(ctx, candidates)
+                if live_note is not None:
+                    return candidates, [*context_notes, live_note]
                 return candidates, context_notes
         notes = [*context_notes]
         notes += [f"{a} excluded: circuit breaker open" for a in candidates if a in blocked]
@@ -207,6 +245,9 @@ class ServingLoop(LearningLoop):
                 notes.append("live statistics rule out every candidate: ignored")
         ok, affordable, cap_notes = self.within_caps(ctx, arms, budget)
         notes += cap_notes
+        live_note = self._live_terms(ctx, arms)
+        if live_note is not None:
+            notes.append(live_note)
         if budget is not None:
             if not affordable:
                 raise BudgetExceededError(

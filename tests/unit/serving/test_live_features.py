@@ -179,3 +179,36 @@ def test_prompt_text_is_stored_only_for_tenants_that_opted_in(tmp_path: Path) ->
         assert b"secret plan B" not in db and b"secret plan A" in db
     finally:
         rt.close()
+
+
+def test_fresh_live_statistics_enter_the_choice_and_are_named(tmp_path: Path) -> None:
+    """A model failing 40% of its calls (below the 50% exclusion) pays a risk penalty; a slow
+    one pays its observed p95 for a tenant who weighs latency; stale or thin values do not."""
+    reader = ScriptedReader()
+    live = LiveFeatures(reader, ttl_s=0.0)
+    rt = runtime(Settings(home=tmp_path / "h"), live)
+    loop = rt.router.lineup.champion.loop
+    try:
+        arms = list(rt.router.default_arms)
+        a, b = arms[0], arms[1]
+        reader.values = {a: bad(error_rate=0.4, p95=500.0), b: bad(error_rate=0.0, p95=9000.0)}
+        for m in arms:
+            loop.learn_outcome(m, {"bias": 1.0}, input_tokens=10, quality=0.8, cost_usd=0.001)
+        ctx = RequestContext(tenant="acme", prompt="hi", latency_weight=0.05)
+        rt.router.decide(ctx)
+        assert live.settle()
+        routed = rt.router.decide(ctx)
+        note = next(n for n in routed.decision.notes if n.startswith("live features used: "))
+        assert f"{a} error rate 40%" in note and f"{b} p95 9000 ms" in note
+        base = super(type(loop), loop).penalties([a, b], 10, loop.tradeoff_for(ctx))
+        pen = loop.penalties([a, b], 10, loop.tradeoff_for(ctx))
+        assert pen[a] > base[a] and pen[b] > base[b]
+        # too few requests in the last hour: the values change nothing
+        reader.values = {a: bad(error_rate=0.4, n=2.0), b: bad(error_rate=0.0, p95=9000.0, n=2.0)}
+        rt.router.decide(ctx)
+        assert live.settle()
+        routed = rt.router.decide(ctx)
+        assert not any(n.startswith("live features used") for n in routed.decision.notes)
+        assert loop.penalties([a, b], 10, loop.tradeoff_for(ctx)) == base
+    finally:
+        rt.close()
