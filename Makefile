@@ -43,6 +43,10 @@ bench: setup  ## Benchmarks; results in bench/results/*.json
 bench-pacing: setup  ## Budget pacing on a replayed day with a traffic peak (3 seeds, ~4 min)
 	$(BIN)/python -m bench pacing
 
+.PHONY: bench-tuning
+bench-tuning: setup  ## Parameter tuner vs grid and random search on simulated response surfaces (20 seeds, ~3 min)
+	$(BIN)/python -m bench tuning
+
 .PHONY: bench-serving
 bench-serving: setup  ## Decision service vs bare starlette at 500 req/s (open loop), swap under load
 	$(BIN)/python -m bench.serving

@@ -23,6 +23,7 @@ from bench import (
     replay,
     routing,
     training,
+    tuning,
 )
 
 BENCHMARKS: dict[str, ModuleType] = {
@@ -37,6 +38,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         feature_store,
         training,
         pacing,
+        tuning,
     )
 }
 
