@@ -250,3 +250,17 @@ def run(*, quick: bool = False) -> list[dict[str, Any]]:
         },
     }
     return [*rows, summary]
+
+
+def summary(results: list[dict[str, Any]]) -> list[str]:
+    """Lines for the console: the summary row's figures."""
+    s = results[-1]
+    q = s["quality_paced_minus_best_static"]
+    return [
+        f"paced spend / budget {s['paced_spend_over_budget']['mean']:.4f} "
+        f"[{s['paced_spend_over_budget']['min']:.4f}, {s['paced_spend_over_budget']['max']:.4f}], "
+        f"402s paced {s['paced_402']}, hard cap {s['hard_cap_402']['mean']:.0f} a day",
+        "quality paced - best static within budget: "
+        + (f"{q['mean']:+.4f} [{q['min']:+.4f}, {q['max']:+.4f}]" if q else "no static fits"),
+        f"targets: {s['targets']}",
+    ]
