@@ -3,11 +3,11 @@
 Without pacing a daily budget is a hard cap: the router spends at the rate its willingness to
 pay implies until the budget is gone, then answers 402 for the rest of the day. With pacing,
 each tenant with a budget (``LLMOPT_SERVING_DAILY_BUDGET_USD``, ``LLMOPT_SERVING_TENANT_BUDGETS``)
-gets a :class:`models.pacer.BudgetPacer`: before each decision the pacer compares the tenant's
-spend today (the budget ledger's: settled costs plus reservations awaiting feedback) with the
-plan and scales the tenant's willingness to pay, so traffic shifts gradually to cheaper models
-when the tenant spends ahead of plan, and back to better ones when it is behind. The ledger's
-hard cap stays as the last guard.
+gets a :class:`models.pacer.BudgetPacer` aiming at 99% of it (:data:`RESERVE`): before each
+decision the pacer compares the tenant's spend today (the budget ledger's: settled costs plus
+reservations awaiting feedback) with the plan and scales the tenant's willingness to pay, so
+traffic shifts gradually to cheaper models when the tenant spends ahead of plan, and back to
+better ones when it is behind. The ledger's hard cap stays as the last guard.
 
 **The plan follows the tenant's traffic.** The decisions of each tenant are counted per UTC
 hour and fed to a :class:`models.forecast.WorkloadForecaster` (Holt-Winters, a 24-hour season);
@@ -34,11 +34,11 @@ Example
 True
 >>> round(pacing.willingness_to_pay("acme", None)[0], 4)  # first decision, 06:00: the plan starts
 0.05
->>> ledger.reserve("acme", "d1", 6.0)  # 6 USD in an hour: the plan for 1 of 18 hours is 1.33
+>>> ledger.reserve("acme", "d1", 6.0)  # 6 USD in an hour: the plan for 1 of 18 hours is 1.32
 >>> clock[0] += timedelta(hours=1)
 >>> w, note = pacing.willingness_to_pay("acme", None)
 >>> round(w, 4), note.split(":")[0]
-(0.0011, 'budget pacing')
+(0.001, 'budget pacing')
 """
 
 from __future__ import annotations
@@ -55,6 +55,10 @@ from serving.guards import BudgetLedger
 
 FORECAST_AFTER_HOURS = 48
 """Hours of a tenant's counted traffic before its forecast replaces the uniform plan."""
+
+RESERVE = 0.01
+"""Share of the budget the plan keeps back: the pacer aims at 99% of it, so that the noise of
+the day's last requests lands within the budget instead of on the hard cap (a 402)."""
 
 MIN_FACTOR, MAX_FACTOR = 1e-3, 100.0
 """Bounds of the pacer's factor on the willingness to pay."""
@@ -123,20 +127,21 @@ class BudgetPacing:
         remaining = self.ledger.remaining(tenant)
         spent = max(0.0, budget - (remaining if remaining is not None else budget))
         now = self._now()
+        target = budget * (1.0 - RESERVE)
         with self._lock:
             self._count(tenant, now)
             pacer = self._pacers.get(tenant)
             if pacer is None:
                 pacer = self._pacers[tenant] = BudgetPacer(
-                    budget,
+                    target,
                     initial_wtp=self.base_wtp,
                     min_wtp=self.base_wtp * MIN_FACTOR,
                     max_wtp=self.base_wtp * MAX_FACTOR,
                     plan_from_first_call=True,
                 )
                 self._set_profile(tenant, now)
-            elif pacer.daily_budget_usd != budget:  # the control law is relative: it goes on
-                pacer.daily_budget_usd = budget
+            elif pacer.daily_budget_usd != target:  # the control law is relative: it goes on
+                pacer.daily_budget_usd = target
             w = pacer.sync_spend(spent, now).willingness_to_pay(now)
             planned = pacer.target_spend(now)
         factor = w / self.base_wtp
