@@ -35,9 +35,11 @@ app.add_typer(flows_app, name="flows")
 app.add_typer(registry_app, name="registry")
 from llmopt.app.monitor_cli import app as monitor_app  # noqa: E402 - typer only; commands import lazily
 from llmopt.app.pareto_cli import pareto_cmd  # noqa: E402 - typer only; imports lazily
+from llmopt.app.upstream_replay import upstream_replay_cmd  # noqa: E402 - typer only; lazily
 
 app.add_typer(monitor_app, name="monitor")
 app.command("pareto")(pareto_cmd)
+app.command("upstream-replay")(upstream_replay_cmd)
 
 
 def _fail(message: str) -> typer.Exit:
