@@ -47,6 +47,10 @@ bench-pacing: setup  ## Budget pacing on a replayed day with a traffic peak (3 s
 bench-tuning: setup  ## Parameter tuner vs grid and random search on simulated response surfaces (20 seeds, ~3 min)
 	$(BIN)/python -m bench tuning
 
+.PHONY: bench-cascade
+bench-cascade: setup  ## Cascades in replay (optimistic, noisy verifier) vs single-shot routing (5 seeds, ~7 min)
+	$(BIN)/python -m bench cascade
+
 .PHONY: bench-serving
 bench-serving: setup  ## Decision service vs bare starlette at 500 req/s (open loop), swap under load
 	$(BIN)/python -m bench.serving

@@ -14,6 +14,7 @@ from typing import Any
 
 from bench import (
     _common,
+    cascade,
     feature_store,
     features,
     pacing,
@@ -38,6 +39,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         feature_store,
         training,
         pacing,
+        cascade,
         tuning,
     )
 }
