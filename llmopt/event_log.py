@@ -496,6 +496,25 @@ class EventLog:
             ).first()
         return dict(row._mapping) if row is not None else None
 
+    def record_call(self, decision_id: DecisionID, call: Mapping[str, Any]) -> bool:
+        """Keep what a gateway measured of the call a decision led to (latency, time to first
+        token, tokens, cost) in the decision's context, under ``"call"``; feedback that arrives
+        later without those values is completed from it. False: no such decision."""
+        with self._engine.begin() as conn:
+            row = conn.execute(
+                sa.select(decisions.c.context).where(decisions.c.decision_id == decision_id)
+            ).first()
+            if row is None:
+                return False
+            context = dict(_decode(row.context) or {})
+            context["call"] = dict(call)
+            conn.execute(
+                decisions.update()
+                .where(decisions.c.decision_id == decision_id)
+                .values(context=context)
+            )
+        return True
+
     def lookup_decision(self, decision_id: DecisionID) -> tuple[dict[str, Any] | None, bool]:
         """``(row, database_answered)``; here the database always answers (or raises).
         :class:`llmopt.spool.SpooledEventLog` says False while its database is down."""

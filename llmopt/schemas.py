@@ -16,9 +16,10 @@ Examples
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -199,6 +200,24 @@ class Feedback(BaseModel):
         if not given and self.error_kind is None:
             raise ValueError("feedback needs quality, thumbs, rating, or an error_kind")
         return self
+
+    def with_measurements(self, call: Mapping[str, Any] | None) -> Feedback:
+        """This feedback with what a gateway measured of the call (``latency_ms``,
+        ``input_tokens``, ``output_tokens``, ``cost_usd``) filled in where it says nothing.
+
+        >>> fb = Feedback(decision_id="d", quality=0.9, latency_ms=500.0)
+        >>> done = fb.with_measurements({"latency_ms": 800.0, "cost_usd": 0.002})
+        >>> done.latency_ms, done.cost_usd
+        (500.0, 0.002)
+        """
+        if not call:
+            return self
+        update = {
+            k: call[k]
+            for k in ("latency_ms", "input_tokens", "output_tokens", "cost_usd")
+            if getattr(self, k) is None and call.get(k) is not None
+        }
+        return self.model_copy(update=update) if update else self
 
     def normalized_quality(self) -> float:
         """The quality signal mapped to [0, 1]; a failed call counts as quality 0."""

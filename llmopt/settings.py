@@ -268,6 +268,31 @@ class Settings(BaseSettings):
         gt=0,
         description="Default daily budget of every tenant in USD (unset: no cap).",
     )
+    upstream_url: str | None = Field(
+        default=None,
+        description=(
+            "OpenAI-compatible base URL (e.g. http://127.0.0.1:8001/v1) that every catalog model "
+            "is forwarded to by the gateway (/v1/chat/completions); `llmopt serve --upstream`."
+        ),
+    )
+    upstream_api_key_env: str | None = Field(
+        default=None,
+        description="Environment variable holding the upstream's API key (unset: none).",
+    )
+    upstreams_file: Path | None = Field(
+        default=None,
+        description=(
+            "YAML of one upstream per model (base_url, model, api_key_env), validated at start-up: "
+            "an unknown key, an unknown model or a served model without an upstream is an error. "
+            "Wins over upstream_url."
+        ),
+    )
+    gateway_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=600,
+        description="Seconds an upstream call may take (then: fallback).",
+    )
     serving_budget_pacing: bool = Field(
         default=True,
         description=(

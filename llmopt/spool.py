@@ -214,6 +214,22 @@ class SpooledEventLog(EventLog):
         self._up()
         return (row if row is not None else self._recent.get(decision_id)), True
 
+    def record_call(self, decision_id: DecisionID, call: Mapping[str, Any]) -> bool:
+        """:meth:`EventLog.record_call`; spooled (and applied to the remembered row) while the
+        database is down."""
+        recent = self._recent.get(decision_id)
+        if recent is not None:
+            recent["context"] = {**(recent.get("context") or {}), "call": dict(call)}
+        try:
+            found = super().record_call(decision_id, call)
+        except UNAVAILABLE as exc:
+            log.warning("event log unavailable (%s): call measurements spooled", type(exc).__name__)
+            self._down()
+            self._append({"kind": "call", "row": {"decision_id": decision_id, "call": dict(call)}})
+            return True
+        self._up()
+        return found or recent is not None
+
     def spool_unvalidated_feedback(self, fb: Feedback) -> FeedbackReceipt:
         """Accept feedback whose decision cannot be looked up while the database is down.
 
@@ -332,6 +348,9 @@ class SpooledEventLog(EventLog):
 
     def _replay_one(self, record: dict[str, Any]) -> None:
         row = record["row"]
+        if record["kind"] == "call":
+            super().record_call(row["decision_id"], row["call"])
+            return
         if record["kind"] == "decision":
             try:
                 self.insert_decision(row)

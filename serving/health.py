@@ -86,6 +86,25 @@ def readiness(runtime: Any) -> Readiness:
     return Readiness("degraded" if reasons else "ok", tuple(reasons))
 
 
+class RuntimeOfApp:
+    """Base of the middlewares that need their app's runtime: captured when the app's lifespan
+    start-up completes (so several apps in one process, as in tests, each find their own)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.runtime: Any = None
+
+    async def lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def watched(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                self.runtime = _current_runtime()
+            elif message["type"] == "lifespan.shutdown.complete":
+                self.runtime = None
+            await send(message)
+
+        await self.app(scope, receive, watched)
+
+
 def _current_runtime() -> Any:
     """The runtime of this worker's service instance (None until BentoML has built it)."""
     import bentoml  # noqa: PLC0415 (already imported by the service)

@@ -41,6 +41,7 @@ from llmopt.loop import DEFAULT_OUTPUT_TOKENS
 from llmopt.tasks import GENERAL_TASK, KNOWN_HINTS, OTHER_TASK, task_type
 from models.pareto import ParetoTracker, best_for, knee_point, pareto_front
 from serving.errors import error_body
+from serving.health import RuntimeOfApp
 
 TASK_TYPES: tuple[str, ...] = (*KNOWN_HINTS, GENERAL_TASK, OTHER_TASK)
 """Task types a front can be asked for."""
@@ -155,24 +156,21 @@ def dumps(view: dict[str, Any]) -> bytes:
     return json.dumps(view).encode()
 
 
-class ParetoMiddleware:
+class ParetoMiddleware(RuntimeOfApp):
     """ASGI middleware answering ``GET /pareto?task=T&tenant=X&willingness_to_pay=W&window=N``.
 
     Added inside the guard (a client key, when keys are set). The event log is read on a
     thread, so a long window never blocks the decision path's event loop.
     """
 
-    def __init__(self, app: Any, runtime: Any = None) -> None:
-        self.app = app
-        self.runtime = runtime
-
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self.lifespan(scope, receive, send)
+            return
         if scope["type"] != "http" or scope.get("path") != "/pareto" or scope["method"] != "GET":
             await self.app(scope, receive, send)
             return
-        from serving.health import _current_runtime  # noqa: PLC0415
-
-        runtime = self.runtime() if callable(self.runtime) else _current_runtime()
+        runtime = self.runtime
         status, body = 503, error_body(503, "the service is starting")
         if runtime is not None:
             try:

@@ -830,6 +830,7 @@ class Router:
                 f"unknown decision_id {fb.decision_id!r}: feedback must name a decision returned "
                 "by /decide"
             )
+        fb = fb.with_measurements((row.get("context") or {}).get("call"))
         lineup = self._lineup
         label = row["policy_version"]
         if lineup.challenger is not None and label == lineup.challenger.label:

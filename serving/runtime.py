@@ -42,12 +42,14 @@ from llmopt.settings import Settings
 from llmopt.spool import SpooledEventLog
 from serving.autopilot import Rollback
 from serving.drift import DriftWatch
+from serving.gateway import Gateway
 from serving.guards import BudgetLedger, CircuitBreaker
 from serving.live_features import LiveFeatures, open_in_background
 from serving.metrics import get_metrics
 from serving.model_source import LocalFileSource, ModelSource, SourceError, source_from_settings
 from serving.pacing import BudgetPacing
 from serving.router import STATIC_LABEL, Router
+from serving.upstreams import load_upstreams
 
 log = logging.getLogger("llmopt.serving")
 
@@ -151,6 +153,11 @@ class ServingRuntime:
             on_rollback=self._on_rollback,
             store_prompt_tenants=settings.store_prompt_tenants,
         )
+        upstreams = load_upstreams(settings, self.catalog)  # a wrong config fails the start
+        self.gateway: Gateway | None = (
+            Gateway(self, upstreams, timeout_s=settings.gateway_timeout_s) if upstreams else None
+        )
+        """The OpenAI-compatible gateway (:mod:`serving.gateway`; None: no upstream configured)."""
         self.versions: dict[str, str | None] = {"prod": None, "staging": None}
         self._reload_lock = threading.Lock()
         self._stop = threading.Event()

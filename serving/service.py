@@ -55,6 +55,7 @@ from serving.errors import (
     UnavailableError,
     quiet_client_errors,
 )
+from serving.gateway import GatewayMiddleware
 from serving.guards import BudgetExceededError
 from serving.health import ProbeMiddleware
 from serving.http_guard import GuardMiddleware, parse_keys
@@ -315,4 +316,5 @@ _svc.add_asgi_middleware(OpenAPIMiddleware, spec=lambda: build_spec(_svc))
 _svc.add_asgi_middleware(ErrorShapeMiddleware)
 _svc.add_asgi_middleware(GuardMiddleware)
 _svc.add_asgi_middleware(ParetoMiddleware)  # GET /pareto, behind the guard
+_svc.add_asgi_middleware(GatewayMiddleware)  # /v1/models, /v1/chat/completions, behind the guard
 quiet_client_errors()

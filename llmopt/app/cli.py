@@ -738,6 +738,13 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 3000,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     workers: Annotated[int, typer.Option(help="Worker processes.", min=1)] = 1,
+    upstream: Annotated[
+        str | None,
+        typer.Option(
+            help="OpenAI-compatible base URL every catalog model is forwarded to by the gateway "
+            "(/v1/chat/completions), e.g. http://127.0.0.1:8001/v1 (LLMOPT_UPSTREAM_URL)."
+        ),
+    ] = None,
 ) -> None:
     """Start the decision service (BentoML) with the embedded profile; Ctrl-C stops it.
 
@@ -752,6 +759,15 @@ def serve(
 
     home = get_settings().ensure_home().resolve()
     os.environ["LLMOPT_HOME"] = str(home)  # workers resolve the same state directory
+    if upstream is not None:
+        from llmopt.catalog import load_catalog  # noqa: PLC0415
+        from serving.upstreams import UpstreamConfigError, from_url  # noqa: PLC0415
+
+        try:  # a wrong URL is a message here, not a worker's traceback
+            from_url(upstream, load_catalog(get_settings().catalog_path))
+        except UpstreamConfigError as exc:
+            raise _fail(str(exc)) from None
+        os.environ["LLMOPT_UPSTREAM_URL"] = upstream
     os.environ.setdefault("BENTOML_HOME", str(home / "bentoml"))
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
     if workers > 1:

@@ -7,7 +7,10 @@ outcome a routing file recorded for that prompt and model:
 
 * the row is the last user message's text matched exactly against the file's prompts (an
   unknown prompt gets a row picked by a hash of its text, so any prompt works, always the same
-  way); the column is the requested model (an unknown model is a 404, as OpenAI's);
+  way); the column is the requested model, or for a catalog model the file lacks its stand-in,
+  the file's model of the same price rank (:func:`stand_ins`; header ``x-replay-answers-as``),
+  so ``llmopt serve --upstream`` can forward every catalog model here (a model neither knows
+  is a 404, as OpenAI's);
 * the file has no answer text, only its length: the answer is deterministic filler of the
   recorded ``output_chars``; ``usage`` counts 4 characters a token;
 * the recorded outcome rides in headers, streaming or not: ``x-replay-quality``,
@@ -307,6 +310,36 @@ def _tokens(chars: int) -> int:
     return math.ceil(chars / CHARS_PER_TOKEN)
 
 
+def stand_ins(data: RoutingData, catalog: ModelCatalog) -> dict[str, str]:
+    """For each catalog model the file lacks, the file's model that answers for it, matched by
+    price rank: the catalog's cheapest gets the file's cheapest (by mean recorded cost), its
+    dearest the file's dearest, the others spread in between. So a service that forwards every
+    catalog model here (``llmopt serve --upstream``) meets models that differ the way the
+    file's do: deterministic, and dearer ones usually better.
+
+    >>> import pandas as pd
+    >>> from llmopt.catalog import load_catalog
+    >>> from llmopt.routing_data import routing_data_from_frame
+    >>> rows = [dict(dataset="d", split="s", sample_id="p", prompt="q", model=m, quality=0.5,
+    ...              cost_usd=c, input_chars=1, output_chars=1)
+    ...         for m, c in (("a", 1.0), ("b", 0.1))]
+    >>> pairs = stand_ins(routing_data_from_frame(pd.DataFrame(rows)), load_catalog())
+    >>> pairs["o3-mini"] in ("a", "b"), len(set(pairs.values()))
+    (True, 2)
+    """
+    import numpy as np  # noqa: PLC0415
+
+    by_cost = [data.models[j] for j in np.argsort(data.cost_usd.mean(axis=0), kind="stable")]
+    missing = sorted(
+        (m for m in catalog.ids if m not in set(data.models)),
+        key=lambda m: (catalog[m].input_per_mtok + catalog[m].output_per_mtok, m),
+    )
+    if not missing or not by_cost:
+        return {}
+    last = max(len(missing) - 1, 1)
+    return {m: by_cost[round(k * (len(by_cost) - 1) / last)] for k, m in enumerate(missing)}
+
+
 class UpstreamReplay:
     """The replay's state: the recorded outcomes, the latency model and the faults.
 
@@ -341,12 +374,20 @@ class UpstreamReplay:
         for i, prompt in enumerate(data.prompts):
             self._rows.setdefault(prompt, i)
         self._columns = {m: j for j, m in enumerate(data.models)}
+        self._stand_ins = stand_ins(data, catalog)
         self._rng = random.Random(seed)
         self._faults: dict[str, Fault] = {}
 
+    def column(self, model: str) -> str | None:
+        """The file's model whose outcomes answer for ``model``: itself, or the stand-in of a
+        catalog model the file lacks (:func:`stand_ins`); None: unknown."""
+        return model if model in self._columns else self._stand_ins.get(model)
+
     def outcome(self, prompt: str, model: str) -> Outcome:
-        """The recorded outcome of ``model`` on ``prompt`` (any prompt; a 404 for a model)."""
-        j = self._columns.get(model)
+        """The recorded outcome of ``model`` on ``prompt`` (any prompt; a 404 for a model
+        neither the file nor the catalog knows)."""
+        column = self.column(model)
+        j = self._columns.get(column) if column is not None else None
         if j is None:
             raise ReplayError(
                 404,
@@ -376,7 +417,7 @@ class UpstreamReplay:
 
     def set_fault(self, fault: Fault) -> None:
         """Replace ``fault.model``'s fault; rate 0 removes it (for ``*``: removes every one)."""
-        if fault.model != "*" and fault.model not in self._columns:
+        if fault.model != "*" and self.column(fault.model) is None:
             raise ValueError(f"unknown model {fault.model!r}")
         if fault.error_rate > 0:
             self._faults[fault.model] = fault
@@ -421,6 +462,7 @@ def _headers(replay: UpstreamReplay, model: str, outcome: Outcome, tokens: int) 
         "x-replay-sample-id": outcome.sample_id,
         "x-replay-matched": "true" if outcome.matched else "false",
         "x-replay-latency-ms": f"{ttft_ms + tokens / tps * 1000:.1f}",
+        "x-replay-answers-as": replay.column(model) or model,
     }
 
 

@@ -95,3 +95,25 @@ def test_spools_of_dead_workers_are_adopted(
     assert log.replay() == 2
     assert not list((tmp_path / "spool").iterdir())
     assert log.counts() == {"decisions": 1, "feedback": 1}
+
+
+def test_call_measurements_survive_an_outage(setup: tuple[SpooledEventLog, Any]) -> None:
+    """What a gateway measured is kept on the decision, spooled while the database is down,
+    and completes the client's later feedback either way."""
+    log, outage = setup
+    up, down = decision(), decision("gpt-4o")
+    log.record_decision(up, CTX, features={})
+    assert log.record_call(up.decision_id, {"latency_ms": 120.0, "cost_usd": 0.002})
+    assert not log.record_call("never-made", {"latency_ms": 1.0})
+    outage.start()
+    log.record_decision(down, CTX, features={})
+    assert log.record_call(down.decision_id, {"latency_ms": 340.0, "output_tokens": 12})
+    row = log.get_decision(down.decision_id)
+    assert row is not None and row["context"]["call"]["latency_ms"] == 340.0
+    outage.end()
+    assert log.replay() == 2  # the decision, then its call
+    for d, latency in ((up, 120.0), (down, 340.0)):
+        row = log.get_decision(d.decision_id)
+        assert row is not None
+        fb = Feedback(decision_id=d.decision_id, quality=0.7)
+        assert fb.with_measurements(row["context"]["call"]).latency_ms == latency

@@ -377,3 +377,23 @@ def test_cli_errors_are_one_line_and_exit_2(runner: CliRunner, tmp_path: Path) -
             assert out.exit_code == 2, (args, out.output)
             assert expected in out.output and "Traceback" not in out.output
             assert out.output.count("\n") == 1, out.output
+
+
+def test_catalog_models_the_file_lacks_answer_as_their_price_rank_stand_in(
+    data: RoutingData,
+) -> None:
+    from llmopt.catalog import load_catalog  # noqa: PLC0415
+
+    catalog = load_catalog()
+    with TestClient(create_app(data, catalog=catalog, speed=1000)) as c:
+        cheap = min(
+            catalog.ids, key=lambda m: catalog[m].input_per_mtok + catalog[m].output_per_mtok
+        )
+        dear = max(
+            catalog.ids, key=lambda m: catalog[m].input_per_mtok + catalog[m].output_per_mtok
+        )
+        answers = {m: chat(c, m, PROMPTS[0]) for m in (cheap, dear)}
+    assert all(r.status_code == 200 for r in answers.values())
+    by_cost = sorted(data.models, key=lambda m: data.cost_usd[:, data.models.index(m)].mean())
+    assert answers[cheap].headers["x-replay-answers-as"] == by_cost[0]
+    assert answers[dear].headers["x-replay-answers-as"] == by_cost[-1]

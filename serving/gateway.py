@@ -1,0 +1,533 @@
+"""The OpenAI-compatible gateway: ``model="auto"`` routes, forwards, streams and measures.
+
+``POST /v1/chat/completions`` takes an OpenAI Chat Completions body. ``"model": "auto"`` asks the
+router (the same decision as ``/decide``: logged, with its propensity, under the tenant's budget
+and guards); a catalog model id bypasses the choice but is still logged and measured. Routing
+options ride in an ``llmopt`` object of the body (the OpenAI SDK's ``extra_body``): ``tenant``,
+``willingness_to_pay``, ``latency_weight``, ``max_cost_usd``, ``max_latency_ms``, ``models``
+(allowed), ``exclude_models``, ``task_hints``. The call is forwarded to the model's upstream
+(:mod:`serving.upstreams`) with httpx; the answer comes back with ``model`` set to the chosen
+model and the headers ``x-llmopt-decision-id``, ``x-llmopt-model``, ``x-llmopt-policy-version``.
+
+- **Streaming** (``"stream": true``) passes the upstream's server-sent events through chunk by
+  chunk (each chunk's ``model`` rewritten). Usage is asked for upstream
+  (``stream_options.include_usage``) and measured; the usage chunk reaches the client only if
+  it asked for it. Time to first token is measured at the first content chunk.
+- **Measured, not asked**: latency, time to first token, tokens and cost (the catalog's price x
+  the usage) are kept on the decision (:meth:`llmopt.event_log.EventLog.record_call`); the
+  client's later ``POST /feedback`` with the decision id and a quality completes the reward
+  with them. A failed call (5xx, 429, timeout, connection error) is fed back at once as an
+  error (quality 0, cost 0: never charged), which the circuit breaker and the policy learn.
+- **Fallback**: after a failure before any byte reached the client, the next-best eligible
+  model is decided (a new logged decision, the failed models excluded) and tried, up to
+  :data:`MAX_ATTEMPTS` models within ``LLMOPT_GATEWAY_TIMEOUT_S`` each. An upstream's 4xx other
+  than 429 (the request is wrong) is passed to the client as is.
+- ``GET /v1/models`` lists ``auto`` and every model with an upstream.
+
+Errors use the project's shape, which OpenAI clients also read:
+``{"error": {"code", "message", "field", "type", "param"}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+
+from llmopt.catalog import ModelCatalog
+from llmopt.loop import NoCandidateError
+from llmopt.schemas import ErrorKind, Feedback, RequestContext
+from serving.guards import BudgetExceededError
+from serving.health import RuntimeOfApp
+from serving.upstreams import Upstream
+
+log = logging.getLogger("llmopt.serving")
+
+MAX_ATTEMPTS = 3
+"""Models tried for one request (the first choice and up to two fallbacks)."""
+
+OPTION_FIELDS = {
+    "tenant": "tenant",
+    "willingness_to_pay": "willingness_to_pay",
+    "latency_weight": "latency_weight",
+    "max_cost_usd": "max_cost_usd",
+    "max_latency_ms": "max_latency_ms",
+    "task_hints": "task_hints",
+}
+KNOWN_OPTIONS = {*OPTION_FIELDS, "models", "exclude_models"}
+
+Send = Callable[[Mapping[str, Any]], Awaitable[None]]
+
+
+class GatewayError(Exception):
+    """A refusal: HTTP status, message and the offending field."""
+
+    def __init__(self, status: int, message: str, field: str | None = None, code: str = "") -> None:
+        super().__init__(message)
+        self.status, self.message, self.field = status, message, field
+        self.code = code or {400: "invalid_request", 402: "budget_exceeded", 404: "not_found"}.get(
+            status, "upstream_error"
+        )
+
+
+def error_json(
+    status: int, message: str, field: str | None = None, code: str | None = None
+) -> bytes:
+    """The error body: the project's shape plus OpenAI's ``type`` and ``param``."""
+    kind = "invalid_request_error" if status < 500 else "api_error"
+    return json.dumps(
+        {
+            "error": {
+                "code": code or ("invalid_request" if status < 500 else "upstream_error"),
+                "message": message,
+                "field": field,
+                "type": kind,
+                "param": field,
+            }
+        }
+    ).encode()
+
+
+def prompt_text(messages: list[Any]) -> str:
+    """The text of every message (string content or text parts), for the request features.
+
+    >>> image = {"type": "image_url", "image_url": {"url": "x"}}
+    >>> prompt_text([{"role": "system", "content": "Be brief."},
+    ...              {"role": "user", "content": [{"type": "text", "text": "2 + 2?"}, image]}])
+    'Be brief.\\n2 + 2?'
+    """
+    out = []
+    for m in messages:
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, str):
+            out.append(content)
+        elif isinstance(content, list):
+            out += [
+                p["text"]
+                for p in content
+                if isinstance(p, dict)
+                and p.get("type") == "text"
+                and isinstance(p.get("text"), str)
+            ]
+    return "\n".join(out)
+
+
+def parse_request(body: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(body without the llmopt object, the llmopt options)``; :class:`GatewayError` (400)."""
+    try:
+        doc = json.loads(body or b"null")
+    except ValueError as exc:
+        raise GatewayError(400, f"the body is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise GatewayError(400, "the body must be a JSON object")
+    messages = doc.get("messages")
+    if (
+        not isinstance(messages, list)
+        or not messages
+        or not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages)
+    ):
+        raise GatewayError(400, "messages must be a non-empty list of {role, content}", "messages")
+    if not isinstance(doc.get("model"), str) or not doc["model"]:
+        raise GatewayError(400, 'model must be "auto" or a model id', "model")
+    if "stream" in doc and not isinstance(doc["stream"], bool):
+        raise GatewayError(400, "stream must be true or false", "stream")
+    options = doc.pop("llmopt", None) or {}
+    if not isinstance(options, dict):
+        raise GatewayError(400, "llmopt must be an object", "llmopt")
+    unknown = sorted(set(options) - KNOWN_OPTIONS)
+    if unknown:
+        raise GatewayError(
+            400,
+            f"unknown llmopt option(s): {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(KNOWN_OPTIONS))}",
+            f"llmopt.{unknown[0]}",
+        )
+    return doc, options
+
+
+@dataclass
+class Call:
+    """What one forwarded call measured."""
+
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost_usd: float | None = None
+    error: ErrorKind | None = None
+    detail: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        """What the decision keeps (:meth:`EventLog.record_call`)."""
+        out: dict[str, Any] = {"latency_ms": round(self.latency_ms, 2), "source": "gateway"}
+        for k in ("ttft_ms", "input_tokens", "output_tokens", "cost_usd"):
+            v = getattr(self, k)
+            if v is not None:
+                out[k] = v
+        return out
+
+
+class Gateway:
+    """Forwarding, measuring and fallback for one worker (see the module docstring)."""
+
+    def __init__(
+        self,
+        runtime: Any,
+        upstreams: Mapping[str, Upstream],
+        *,
+        timeout_s: float = 60.0,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.upstreams = dict(upstreams)
+        self.timeout_s = timeout_s
+        self._client = client
+
+    @property
+    def catalog(self) -> ModelCatalog:
+        return self.runtime.router.catalog  # type: ignore[no-any-return]
+
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.timeout_s, connect=min(5.0, self.timeout_s)),
+                limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            )
+        return self._client
+
+    def models(self) -> dict[str, Any]:
+        """The ``GET /v1/models`` body."""
+        now = int(time.time())
+        data = [{"id": "auto", "object": "model", "created": now, "owned_by": "llmopt"}]
+        data += [
+            {"id": m, "object": "model", "created": now, "owned_by": self.catalog[m].provider}
+            for m in self.catalog.ids
+            if m in self.upstreams
+        ]
+        return {"object": "list", "data": data}
+
+    # -- the decision --------------------------------------------------------------------------
+    def context(
+        self, body: dict[str, Any], options: dict[str, Any], tried: set[str]
+    ) -> RequestContext:
+        """The request context of one attempt (models already tried left out)."""
+        fields = {OPTION_FIELDS[k]: v for k, v in options.items() if k in OPTION_FIELDS}
+        fields.setdefault("tenant", "default")
+        routable = [m for m in self.catalog.ids if m in self.upstreams]
+        if body["model"] != "auto":
+            if body["model"] not in self.upstreams:
+                raise GatewayError(
+                    404,
+                    f'model {body["model"]!r} is not served here; use "auto" or one of '
+                    f"GET /v1/models",
+                    "model",
+                    code="model_not_found",
+                )
+            allowed = [body["model"]]
+        else:
+            allowed = options.get("models") or [m for m in routable if not self.catalog[m].legacy]
+        excluded = set(options.get("exclude_models") or ())
+        if not isinstance(allowed, list) or not all(isinstance(m, str) for m in allowed):
+            raise GatewayError(400, "llmopt.models must be a list of model ids", "llmopt.models")
+        unknown = [m for m in allowed if m not in self.upstreams]
+        if unknown:
+            raise GatewayError(
+                400, f"models without an upstream here: {', '.join(unknown)}", "llmopt.models"
+            )
+        models = [m for m in allowed if m not in excluded and m not in tried]
+        if not models:
+            raise GatewayError(
+                400 if not tried else 502,
+                "no model left to try" if tried else "every allowed model is excluded",
+                "llmopt.exclude_models" if not tried else None,
+                code="invalid_request" if not tried else "upstream_error",
+            )
+        try:
+            return RequestContext(prompt=prompt_text(body["messages"]), models=models, **fields)
+        except ValidationError as exc:
+            e = exc.errors()[0]
+            where = ".".join(str(x) for x in e["loc"])
+            raise GatewayError(400, f"llmopt.{where}: {e['msg']}", f"llmopt.{where}") from None
+
+    def decide(self, ctx: RequestContext) -> Any:
+        """The router's decision for one attempt, refusals mapped to 4xx."""
+        try:
+            return self.runtime.router.decide(ctx)
+        except BudgetExceededError as exc:
+            raise GatewayError(402, str(exc), "llmopt.tenant") from None
+        except NoCandidateError as exc:
+            raise GatewayError(400, str(exc), "messages") from None
+
+    # -- measuring -----------------------------------------------------------------------------
+    def cost(
+        self, model: str, usage: Mapping[str, Any] | None
+    ) -> tuple[int | None, int | None, float | None]:
+        """Tokens and cost (catalog price x usage) of one answer."""
+        if not isinstance(usage, Mapping):
+            return None, None, None
+        pt, ct = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if not isinstance(pt, int) or not isinstance(ct, int):
+            return None, None, None
+        spec = self.catalog.get(model)
+        return pt, ct, (spec.expected_cost_usd(pt, ct) if spec is not None else None)
+
+    def settle(self, decision_id: str, model: str, call: Call) -> None:
+        """Keep the measurements (success) or feed the failure back (error, cost 0)."""
+        router = self.runtime.router
+        try:
+            if call.error is not None:
+                router.feedback(
+                    Feedback(
+                        decision_id=decision_id,
+                        error_kind=call.error,
+                        latency_ms=min(call.latency_ms, 3_600_000.0),
+                        cost_usd=0.0,
+                    )
+                )
+            else:
+                self.runtime.event_log.record_call(decision_id, call.record())
+        except Exception:  # measuring must never fail the answer already given
+            log.exception("gateway: could not record the call of %s (%s)", decision_id, model)
+
+
+def _failure(status: int) -> ErrorKind | None:
+    if status == 429:
+        return ErrorKind.RATE_LIMIT
+    if status >= 500:
+        return ErrorKind.SERVER_ERROR
+    return None
+
+
+def _headers(routed: Any, extra: Mapping[str, str] | None = None) -> list[tuple[bytes, bytes]]:
+    d = routed.decision
+    out = {
+        "x-llmopt-decision-id": d.decision_id,
+        "x-llmopt-model": d.model,
+        "x-llmopt-policy-version": d.policy_version,
+        **(extra or {}),
+    }
+    return [(k.encode(), str(v).encode()) for k, v in out.items()]
+
+
+async def _reply(
+    send: Send,
+    status: int,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    content_type: bytes = b"application/json",
+) -> None:
+    hdrs = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": hdrs + (headers or [])})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _read_body(receive: Callable[[], Awaitable[Mapping[str, Any]]]) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+@dataclass
+class Attempt:
+    """One model tried for a request: its decision, where it goes, what it measured."""
+
+    routed: Any
+    model: str
+    url: str
+    payload: dict[str, Any]
+    headers: dict[str, str]
+    extra: dict[str, str]
+    call: Call = field(default_factory=Call)
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def decision_id(self) -> str:
+        return str(self.routed.decision.decision_id)
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
+
+
+def _attempt(gateway: Gateway, body: dict[str, Any], routed: Any, n: int) -> Attempt:
+    model = routed.decision.model
+    upstream = gateway.upstreams[model]
+    payload = {**body, "model": upstream.upstream_model(model)}
+    if body.get("stream"):
+        asked = body.get("stream_options") or {}
+        payload["stream_options"] = {**asked, "include_usage": True}
+    headers = {"content-type": "application/json"}
+    key = upstream.api_key()
+    if key:
+        headers["authorization"] = f"Bearer {key}"
+    return Attempt(
+        routed,
+        model,
+        f"{upstream.base_url}/chat/completions",
+        payload,
+        headers,
+        {"x-llmopt-attempts": str(n)},
+    )
+
+
+async def handle_chat(gateway: Gateway, raw: bytes, send: Send) -> None:
+    """One ``POST /v1/chat/completions``: decide, forward (with fallback), answer, measure."""
+    body, options = parse_request(raw)
+    tried: set[str] = set()
+    last_error = "no attempt"
+    for n in range(1, MAX_ATTEMPTS + 1):
+        ctx = gateway.context(body, options, tried)
+        routed = await asyncio.to_thread(gateway.decide, ctx)
+        a = _attempt(gateway, body, routed, n)
+        tried.add(a.model)
+        try:
+            if body.get("stream"):
+                answered = await _stream(gateway, a, send, body)
+            else:
+                answered = await _once(gateway, a, send)
+            if answered:
+                return
+            last_error = f"{a.model}: {a.call.detail}"
+        except httpx.TimeoutException:
+            a.call.error, last_error = ErrorKind.TIMEOUT, f"{a.model}: upstream timed out"
+        except httpx.HTTPError as exc:
+            a.call.error, last_error = ErrorKind.SERVER_ERROR, f"{a.model}: {type(exc).__name__}"
+        except ValueError:  # an upstream answer that is not JSON
+            a.call.error, last_error = ErrorKind.OTHER, f"{a.model}: upstream answer is not JSON"
+        a.call.latency_ms = a.call.latency_ms or a.elapsed_ms()
+        a.call.error = a.call.error or ErrorKind.SERVER_ERROR
+        await asyncio.to_thread(gateway.settle, a.decision_id, a.model, a.call)
+        log.warning("gateway: %s failed (%s); falling back", a.model, last_error)
+    raise GatewayError(502, f"every attempt failed; last: {last_error}", code="upstream_error")
+
+
+async def _pass_on(gateway: Gateway, a: Attempt, send: Send, status: int, body: bytes) -> bool:
+    """An upstream 4xx other than 429 (the request is wrong): the client gets it as is."""
+    await asyncio.to_thread(gateway.settle, a.decision_id, a.model, a.call)
+    await _reply(send, status, body, _headers(a.routed, a.extra))
+    return True
+
+
+async def _once(gateway: Gateway, a: Attempt, send: Send) -> bool:
+    """A non-streamed call; True once the client has its answer, False: fall back."""
+    r = await gateway.client().post(a.url, json=a.payload, headers=a.headers)
+    a.call.latency_ms = a.elapsed_ms()
+    a.call.error = _failure(r.status_code)
+    if a.call.error is not None:
+        a.call.detail = f"upstream answered {r.status_code}"
+        return False
+    if r.status_code >= 400:
+        return await _pass_on(gateway, a, send, r.status_code, r.content)
+    data = r.json()
+    data["model"] = a.model
+    tokens = gateway.cost(a.model, data.get("usage"))
+    a.call.input_tokens, a.call.output_tokens, a.call.cost_usd = tokens
+    await asyncio.to_thread(gateway.settle, a.decision_id, a.model, a.call)
+    await _reply(send, 200, json.dumps(data).encode(), _headers(a.routed, a.extra))
+    return True
+
+
+async def _stream(gateway: Gateway, a: Attempt, send: Send, body: dict[str, Any]) -> bool:
+    """Pass one streamed answer through; True once bytes reached the client (a stream that
+    breaks later is not retried), False when the attempt failed before any byte."""
+    wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    call = a.call
+    async with gateway.client().stream("POST", a.url, json=a.payload, headers=a.headers) as r:
+        if r.status_code >= 400:
+            await r.aread()
+            call.latency_ms = a.elapsed_ms()
+            call.error = _failure(r.status_code)
+            call.detail = f"upstream answered {r.status_code}"
+            if call.error is None:
+                return await _pass_on(gateway, a, send, r.status_code, r.content)
+            return False
+        start = {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"text/event-stream"),
+                (b"cache-control", b"no-cache"),
+                *_headers(a.routed, a.extra),
+            ],
+        }
+        await send(start)
+        usage: Any = None
+        try:
+            async for line in r.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                chunk["model"] = a.model
+                usage = chunk.get("usage") or usage
+                if call.ttft_ms is None and any(
+                    (c.get("delta") or {}).get("content") for c in chunk.get("choices") or []
+                ):
+                    call.ttft_ms = round(a.elapsed_ms(), 2)
+                if not chunk.get("choices") and chunk.get("usage") and not wants_usage:
+                    continue  # asked for by the gateway, not by the client
+                out = f"data: {json.dumps(chunk)}\n\n".encode()
+                await send({"type": "http.response.body", "body": out, "more_body": True})
+        except (httpx.HTTPError, ValueError) as exc:
+            call.error, call.detail = ErrorKind.SERVER_ERROR, f"stream broke: {type(exc).__name__}"
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+    call.latency_ms = a.elapsed_ms()
+    call.input_tokens, call.output_tokens, call.cost_usd = gateway.cost(a.model, usage)
+    await asyncio.to_thread(gateway.settle, a.decision_id, a.model, call)
+    return True
+
+
+class GatewayMiddleware(RuntimeOfApp):
+    """ASGI middleware serving ``/v1/models`` and ``/v1/chat/completions`` (inside the guard)."""
+
+    def gateway(self) -> Gateway | None:
+        return getattr(self.runtime, "gateway", None) if self.runtime is not None else None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self.lifespan(scope, receive, send)
+            return
+        path = scope.get("path") if scope["type"] == "http" else None
+        if path not in ("/v1/models", "/v1/chat/completions"):
+            await self.app(scope, receive, send)
+            return
+        method = "GET" if path == "/v1/models" else "POST"
+        if scope["method"] != method:
+            await _reply(send, 405, error_json(405, f"{path} answers {method} only"))
+            return
+        gateway = self.gateway()
+        if gateway is None:
+            await _reply(
+                send,
+                404,
+                error_json(
+                    404,
+                    "the gateway is not configured: set LLMOPT_UPSTREAM_URL (llmopt serve "
+                    "--upstream URL) or LLMOPT_UPSTREAMS_FILE",
+                    code="not_found",
+                ),
+            )
+            return
+        if path == "/v1/models":
+            await _reply(send, 200, json.dumps(gateway.models()).encode())
+            return
+        raw = await _read_body(receive)
+        try:
+            await handle_chat(gateway, raw, send)
+        except GatewayError as exc:
+            await _reply(send, exc.status, error_json(exc.status, exc.message, exc.field, exc.code))

@@ -1,0 +1,216 @@
+"""The OpenAI-compatible gateway, in process (``Service.to_asgi()`` + a TestClient), forwarding
+over real HTTP to ``llmopt upstream-replay`` (uvicorn on a free port, recorded AlpacaEval
+outcomes, catalog models answered by their price-rank stand-ins)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+import uvicorn
+from starlette.testclient import TestClient
+
+from llmopt.app.processes import free_port
+from llmopt.app.upstream_replay import create_app
+from llmopt.event_log import EventLog, decisions, feedback
+from llmopt.routing_data import DEMO_DATA, load_routing_data
+
+pytestmark = pytest.mark.integration
+
+ASK = {"model": "auto", "messages": [{"role": "user", "content": "What is 2 + 2?"}]}
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[str]:
+    """The replay upstream at speed 50 (a 600 ms model answers in ~12 ms + generation)."""
+    port = free_port()
+    app = create_app(load_routing_data(DEMO_DATA), speed=50.0, seed=0)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "the replay upstream did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/v1"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@contextmanager
+def serve(tmp: Path, **env: str) -> Iterator[TestClient]:
+    mp = pytest.MonkeyPatch()
+    mp.setenv("BENTOML_HOME", str(tmp / "bentoml"))
+    mp.setenv("LLMOPT_HOME", str(tmp / "llmopt"))
+    mp.setenv("LLMOPT_SERVING_POLL_S", "0")
+    mp.setenv("LLMOPT_SERVING_MODEL_SOURCE", "local")
+    for key in (
+        "LLMOPT_CLIENT_KEYS",
+        "LLMOPT_ADMIN_KEYS",
+        "LLMOPT_DATABASE_URL",
+        "LLMOPT_UPSTREAM_URL",
+        "LLMOPT_UPSTREAMS_FILE",
+    ):
+        mp.delenv(key, raising=False)
+    for key, value in env.items():
+        mp.setenv(key, value)
+    try:
+        from serving.service import DecisionService  # noqa: PLC0415
+
+        with TestClient(DecisionService.to_asgi()) as client:
+            yield client
+    finally:
+        mp.undo()
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("gateway")
+
+
+@pytest.fixture(scope="module")
+def gw(home: Path, upstream: str) -> Iterator[TestClient]:
+    with serve(home, LLMOPT_UPSTREAM_URL=upstream, LLMOPT_GATEWAY_TIMEOUT_S="5") as client:
+        yield client
+
+
+def faults(upstream: str, **fault: Any) -> None:
+    httpx.post(upstream.removesuffix("/v1") + "/admin/faults", json=fault).raise_for_status()
+
+
+def rows(home: Path, decision_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The decision row and its feedback rows, read from the service's own event log."""
+    log = EventLog(f"sqlite:///{home}/llmopt/events.db")
+    with log.engine.connect() as conn:
+        d = conn.execute(sa.select(decisions).where(decisions.c.decision_id == decision_id)).one()
+        fbs = conn.execute(
+            sa.select(feedback).where(feedback.c.decision_id == decision_id)
+        ).fetchall()
+    log.close()
+    return dict(d._mapping), [dict(f._mapping) for f in fbs]
+
+
+def test_models_list_auto_and_every_catalog_model(gw: TestClient) -> None:
+    body = gw.get("/v1/models").json()
+    ids = [m["id"] for m in body["data"]]
+    assert body["object"] == "list" and ids[0] == "auto" and "gpt-4o" in ids
+
+
+def test_auto_routes_forwards_and_measures_then_feedback_adds_quality(
+    gw: TestClient, home: Path
+) -> None:
+    r = gw.post("/v1/chat/completions", json=ASK)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    decision_id, model = r.headers["x-llmopt-decision-id"], r.headers["x-llmopt-model"]
+    assert body["model"] == model and body["choices"][0]["message"]["content"]
+    assert r.headers["x-llmopt-policy-version"] and r.headers["x-llmopt-attempts"] == "1"
+    row, fbs = rows(home, decision_id)
+    call = (
+        json.loads(row["context"])["call"]
+        if isinstance(row["context"], str)
+        else row["context"]["call"]
+    )
+    usage = body["usage"]
+    assert call["input_tokens"] == usage["prompt_tokens"] and call["latency_ms"] > 0
+    assert call["cost_usd"] > 0 and fbs == []  # measured; no quality yet, nothing learned
+    # The client's quality completes the reward with what the gateway measured.
+    fb = gw.post("/feedback", json={"decision_id": decision_id, "quality": 0.8})
+    assert fb.status_code == 200, fb.text
+    _, fbs = rows(home, decision_id)
+    assert fbs[0]["latency_ms"] == call["latency_ms"] and fbs[0]["cost_usd"] == call["cost_usd"]
+    assert fbs[0]["output_tokens"] == usage["completion_tokens"]
+
+
+def test_a_catalog_model_bypasses_routing_but_is_logged(gw: TestClient) -> None:
+    r = gw.post("/v1/chat/completions", json={**ASK, "model": "gpt-4o-mini"})
+    assert r.status_code == 200 and r.headers["x-llmopt-model"] == "gpt-4o-mini"
+    assert r.json()["model"] == "gpt-4o-mini"
+
+
+def test_streaming_passes_chunks_through_and_ends_with_done(gw: TestClient) -> None:
+    with gw.stream("POST", "/v1/chat/completions", json={**ASK, "stream": True}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        model = r.headers["x-llmopt-model"]
+        lines = [line for line in r.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line[6:]) for line in lines[:-1]]
+    assert all(c["model"] == model for c in chunks)
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert not any(c.get("usage") and not c["choices"] for c in chunks)  # not asked for
+    with gw.stream(
+        "POST",
+        "/v1/chat/completions",
+        json={**ASK, "stream": True, "stream_options": {"include_usage": True}},
+    ) as r:
+        lines = [line for line in r.iter_lines() if line]
+    usage = [json.loads(line[6:]) for line in lines[:-1] if '"usage"' in line]
+    assert usage and usage[-1]["usage"]["completion_tokens"] > 0
+
+
+def test_a_failing_upstream_falls_back_and_the_failure_is_learned(
+    gw: TestClient, upstream: str, home: Path
+) -> None:
+    faults(upstream, model="gpt-4o", error_rate=1.0, kind="500")
+    try:
+        r = gw.post(
+            "/v1/chat/completions",
+            json={**ASK, "model": "auto", "llmopt": {"models": ["gpt-4o", "gpt-4o-mini"]}},
+        )
+        assert r.status_code == 200, r.text
+        if r.headers["x-llmopt-attempts"] == "2":  # gpt-4o was tried first and failed
+            assert r.headers["x-llmopt-model"] == "gpt-4o-mini"
+        only = gw.post(
+            "/v1/chat/completions",
+            json={**ASK, "model": "auto", "llmopt": {"models": ["gpt-4o"]}},
+        )
+        assert only.status_code == 502 and only.json()["error"]["code"] == "upstream_error"
+    finally:
+        faults(upstream, model="*", error_rate=0)
+    log = EventLog(f"sqlite:///{home}/llmopt/events.db")
+    with log.engine.connect() as conn:
+        failed = conn.execute(
+            sa.select(feedback.c.error_kind, feedback.c.cost_usd, decisions.c.model)
+            .join(decisions, decisions.c.decision_id == feedback.c.decision_id)
+            .where(feedback.c.error_kind.is_not(None))
+        ).fetchall()
+    log.close()
+    assert failed and all(f.model == "gpt-4o" and f.cost_usd == 0.0 for f in failed)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        (b"not json", 400, None),
+        (json.dumps({"model": "auto"}).encode(), 400, "messages"),
+        (json.dumps({**ASK, "model": 3}).encode(), 400, "model"),
+        (json.dumps({**ASK, "llmopt": {"colour": "red"}}).encode(), 400, "llmopt.colour"),
+        (json.dumps({**ASK, "llmopt": {"willingness_to_pay": -1}}).encode(), 400, None),
+        (json.dumps({**ASK, "model": "gpt-9"}).encode(), 404, "model"),
+        (json.dumps({**ASK, "llmopt": {"models": ["gpt-9"]}}).encode(), 400, "llmopt.models"),
+    ],
+)
+def test_bad_requests_are_4xx_in_one_error_shape(
+    gw: TestClient, body: bytes, status: int, field: str | None
+) -> None:
+    r = gw.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["message"] and error["type"] == "invalid_request_error"
+    if field is not None:
+        assert error["field"] == field == error["param"]
+    assert gw.get("/v1/chat/completions").status_code == 405
+
+
+def test_without_an_upstream_the_gateway_says_how_to_configure_it(tmp_path: Path) -> None:
+    with serve(tmp_path) as client:
+        r = client.post("/v1/chat/completions", json=ASK)
+    assert r.status_code == 404 and "LLMOPT_UPSTREAM_URL" in r.json()["error"]["message"]
