@@ -5,7 +5,8 @@ router (the same decision as ``/decide``: logged, with its propensity, under the
 and guards); a catalog model id bypasses the choice but is still logged and measured. Routing
 options ride in an ``llmopt`` object of the body (the OpenAI SDK's ``extra_body``): ``tenant``,
 ``willingness_to_pay``, ``latency_weight``, ``max_cost_usd``, ``max_latency_ms``, ``models``
-(allowed), ``exclude_models``, ``task_hints``. The call is forwarded to the model's upstream
+(allowed), ``exclude_models``, ``task_hints``, ``conversation`` (its turns keep one model:
+:mod:`serving.affinity`). The call is forwarded to the model's upstream
 (:mod:`serving.upstreams`) with httpx; the answer comes back with ``model`` set to the chosen
 model and the headers ``x-llmopt-decision-id``, ``x-llmopt-model``, ``x-llmopt-policy-version``.
 
@@ -44,6 +45,7 @@ from pydantic import ValidationError
 from llmopt.catalog import ModelCatalog
 from llmopt.loop import NoCandidateError
 from llmopt.schemas import ErrorKind, Feedback, RequestContext
+from serving.affinity import ConversationAffinity
 from serving.guards import BudgetExceededError
 from serving.health import RuntimeOfApp
 from serving.upstreams import Upstream
@@ -61,7 +63,7 @@ OPTION_FIELDS = {
     "max_latency_ms": "max_latency_ms",
     "task_hints": "task_hints",
 }
-KNOWN_OPTIONS = {*OPTION_FIELDS, "models", "exclude_models"}
+KNOWN_OPTIONS = {*OPTION_FIELDS, "models", "exclude_models", "conversation"}
 
 Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 
@@ -190,6 +192,8 @@ class Gateway:
         self.upstreams = dict(upstreams)
         self.timeout_s = timeout_s
         self._client = client
+        self.affinity = ConversationAffinity()
+        """One model per conversation (:mod:`serving.affinity`)."""
 
     @property
     def catalog(self) -> ModelCatalog:
@@ -243,6 +247,9 @@ class Gateway:
                 400, f"models without an upstream here: {', '.join(unknown)}", "llmopt.models"
             )
         models = [m for m in allowed if m not in excluded and m not in tried]
+        pinned = self._pinned(options, models)
+        if pinned is not None:
+            models = [pinned]
         if not models:
             raise GatewayError(
                 400 if not tried else 502,
@@ -256,6 +263,21 @@ class Gateway:
             e = exc.errors()[0]
             where = ".".join(str(x) for x in e["loc"])
             raise GatewayError(400, f"llmopt.{where}: {e['msg']}", f"llmopt.{where}") from None
+
+    def _pinned(self, options: dict[str, Any], models: list[str]) -> str | None:
+        """The conversation's model, if the request names one and it may serve this turn."""
+        conversation = options.get("conversation")
+        if conversation is None:
+            return None
+        if not isinstance(conversation, str) or not 0 < len(conversation) <= 200:
+            raise GatewayError(
+                400, "llmopt.conversation must be a string of 1 to 200 characters",
+                "llmopt.conversation",
+            )  # fmt: skip
+        model = self.affinity.model(conversation)
+        if model is None or model not in models or model in self.runtime.router.breaker.blocked():
+            return None
+        return model
 
     def decide(self, ctx: RequestContext) -> Any:
         """The router's decision for one attempt, refusals mapped to 4xx."""
@@ -399,6 +421,8 @@ async def handle_chat(gateway: Gateway, raw: bytes, send: Send) -> None:
             else:
                 answered = await _once(gateway, a, send)
             if answered:
+                if isinstance(options.get("conversation"), str):
+                    gateway.affinity.pin(options["conversation"], a.model)
                 return
             last_error = f"{a.model}: {a.call.detail}"
         except httpx.TimeoutException:

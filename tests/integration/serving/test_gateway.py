@@ -214,3 +214,24 @@ def test_without_an_upstream_the_gateway_says_how_to_configure_it(tmp_path: Path
     with serve(tmp_path) as client:
         r = client.post("/v1/chat/completions", json=ASK)
     assert r.status_code == 404 and "LLMOPT_UPSTREAM_URL" in r.json()["error"]["message"]
+
+
+def test_a_conversation_keeps_its_model_until_that_model_fails(
+    gw: TestClient, upstream: str
+) -> None:
+    def turn(conversation: str) -> str:
+        r = gw.post("/v1/chat/completions", json={**ASK, "llmopt": {"conversation": conversation}})
+        assert r.status_code == 200, r.text
+        return r.headers["x-llmopt-model"]
+
+    first = turn("conv-1")
+    assert {turn("conv-1") for _ in range(8)} == {first}  # the router would spread these
+    faults(upstream, model=first, error_rate=1.0, kind="500")
+    try:
+        moved = turn("conv-1")  # fails over, and the conversation follows
+        assert moved != first
+        assert {turn("conv-1") for _ in range(3)} == {moved}
+    finally:
+        faults(upstream, model="*", error_rate=0)
+    bad = gw.post("/v1/chat/completions", json={**ASK, "llmopt": {"conversation": ""}})
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "llmopt.conversation"
