@@ -28,6 +28,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from llmopt.types import ArmID
 
 
+Capability = Literal["tools", "vision", "json_mode"]
+CAPABILITIES: tuple[str, ...] = ("tools", "vision", "json_mode")
+"""Request features a model must declare to be offered: tool or function calls, image inputs,
+``response_format`` JSON."""
+
+
 class CatalogError(ValueError):
     """The catalog file is missing, malformed, or names a model without a price."""
 
@@ -54,6 +60,7 @@ class _ModelEntry(BaseModel):
     parameters: dict[str, float | int | str] | None = None
     legacy: bool = False
     quality_tier: float | None = Field(default=None, ge=0, le=1)
+    capabilities: list[Capability] = Field(default_factory=list)
 
 
 class _Defaults(BaseModel):
@@ -90,6 +97,9 @@ class ModelSpec(BaseModel):
     """Kept for replays of historical data: offered only to a request that names it."""
     quality_tier: float | None = None
     """Prior quality in [0, 1] of a fresh router (a few observations' weight), if known."""
+    capabilities: frozenset[str] = frozenset()
+    """What the model supports beyond plain text (:data:`CAPABILITIES`): the gateway offers a
+    request that uses tools, images or JSON mode only to models that declare it."""
 
     def expected_cost_usd(self, input_tokens: float, output_tokens: float) -> float:
         """Cost of one call with these token counts."""
@@ -196,6 +206,7 @@ def parse_catalog(raw: Any, *, source: str = "<catalog>") -> ModelCatalog:
                 parameters={**doc.defaults.parameters, **(entry.parameters or {})},
                 legacy=entry.legacy,
                 quality_tier=entry.quality_tier,
+                capabilities=frozenset(entry.capabilities),
             )
         )
     if unpriced:

@@ -23,6 +23,9 @@ model and the headers ``x-llmopt-decision-id``, ``x-llmopt-model``, ``x-llmopt-p
   model is decided (a new logged decision, the failed models excluded) and tried, up to
   :data:`MAX_ATTEMPTS` models within ``LLMOPT_GATEWAY_TIMEOUT_S`` each. An upstream's 4xx other
   than 429 (the request is wrong) is passed to the client as is.
+- **Capabilities**: a request that uses tools, images or JSON mode goes only to models whose
+  catalog entry declares it (:func:`required_capabilities`); none allowed: a 400 naming them.
+  Tool calls and content parts are passed through unchanged.
 - ``GET /v1/models`` lists ``auto`` and every model with an upstream.
 
 Errors use the project's shape, which OpenAI clients also read:
@@ -119,6 +122,38 @@ def prompt_text(messages: list[Any]) -> str:
                 and isinstance(p.get("text"), str)
             ]
     return "\n".join(out)
+
+
+def required_capabilities(body: Mapping[str, Any]) -> frozenset[str]:
+    """What a request uses beyond plain text (:data:`llmopt.catalog.CAPABILITIES`).
+
+    >>> required_capabilities({"messages": [{"role": "user", "content": [
+    ...     {"type": "image_url", "image_url": {"url": "data:..."}}]}],
+    ...     "tools": [{"type": "function"}], "response_format": {"type": "json_object"}}) == {
+    ...     "tools", "vision", "json_mode"}
+    True
+    """
+    need = set()
+    messages = body.get("messages") or []
+    if (
+        body.get("tools")
+        or body.get("functions")
+        or any(
+            isinstance(m, dict) and (m.get("role") == "tool" or m.get("tool_calls"))
+            for m in messages
+        )
+    ):
+        need.add("tools")
+    for m in messages:
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, list) and any(
+            isinstance(p, dict) and p.get("type") in ("image_url", "input_image") for p in content
+        ):
+            need.add("vision")
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
+        need.add("json_mode")
+    return frozenset(need)
 
 
 def parse_request(body: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -247,6 +282,20 @@ class Gateway:
                 400, f"models without an upstream here: {', '.join(unknown)}", "llmopt.models"
             )
         models = [m for m in allowed if m not in excluded and m not in tried]
+        need = required_capabilities(body)
+        if need:
+            able = [m for m in models if need <= self.catalog[m].capabilities]
+            if not able and models:
+                raise GatewayError(
+                    400,
+                    "no allowed model supports what this request uses "
+                    f"({', '.join(sorted(need))}); models that do: "
+                    + (", ".join(m for m in self.upstreams if need <= self.catalog[m].capabilities)
+                       or "none in the catalog"),
+                    "model" if body["model"] != "auto" else "messages",
+                    code="unsupported_capability",
+                )  # fmt: skip
+            models = able
         pinned = self._pinned(options, models)
         if pinned is not None:
             models = [pinned]

@@ -235,3 +235,27 @@ def test_a_conversation_keeps_its_model_until_that_model_fails(
         faults(upstream, model="*", error_rate=0)
     bad = gw.post("/v1/chat/completions", json={**ASK, "llmopt": {"conversation": ""}})
     assert bad.status_code == 400 and bad.json()["error"]["field"] == "llmopt.conversation"
+
+
+def test_tools_and_images_go_only_to_models_that_support_them(gw: TestClient) -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    vision = {
+        **ASK,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "What is it?"}, image]}],
+    }
+    for _ in range(5):
+        r = gw.post("/v1/chat/completions", json=vision)
+        assert r.status_code == 200, r.text
+        assert r.headers["x-llmopt-model"] in {
+            "gpt-4.1",
+            "gpt-4.1-mini",
+            "gpt-4.1-nano",
+            "gpt-4o",
+            "gpt-4o-mini",
+            "claude-sonnet-4",
+            "gemini-2.0-flash",
+        }
+    tools = {**ASK, "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}
+    r = gw.post("/v1/chat/completions", json={**tools, "model": "llama-3.1-8b-instruct"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_capability"
+    assert "tools" in r.json()["error"]["message"]
