@@ -27,6 +27,9 @@ model and the headers ``x-llmopt-decision-id``, ``x-llmopt-model``, ``x-llmopt-p
   catalog entry declares it (:func:`required_capabilities`); none allowed: a 400 naming them.
   Tool calls and content parts are passed through unchanged.
 - ``GET /v1/models`` lists ``auto`` and every model with an upstream.
+- **Keys bound to tenants** (``LLMOPT_CLIENT_KEY_TENANTS``, :mod:`serving.http_guard`): a key
+  may only name its tenants in ``llmopt.tenant`` (403 before any decision or upstream call);
+  without ``llmopt.tenant`` a key bound to one tenant acts for it, any other for ``default``.
 
 Errors use the project's shape, which OpenAI clients also read:
 ``{"error": {"code", "message", "field", "type", "param"}}``.
@@ -51,6 +54,7 @@ from llmopt.schemas import ErrorKind, Feedback, RequestContext
 from serving.affinity import ConversationAffinity
 from serving.guards import BudgetExceededError
 from serving.health import RuntimeOfApp
+from serving.http_guard import default_tenant, tenant_refusal
 from serving.upstreams import Upstream
 
 log = logging.getLogger("llmopt.serving")
@@ -200,7 +204,6 @@ class Call:
     cost_usd: float | None = None
     error: ErrorKind | None = None
     detail: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def record(self) -> dict[str, Any]:
         """What the decision keeps (:meth:`EventLog.record_call`)."""
@@ -273,7 +276,14 @@ class Gateway:
             allowed = [body["model"]]
         else:
             allowed = options.get("models") or [m for m in routable if not self.catalog[m].legacy]
-        excluded = set(options.get("exclude_models") or ())
+        excluded_list = options.get("exclude_models") or []
+        if not isinstance(excluded_list, list) or not all(
+            isinstance(m, str) for m in excluded_list
+        ):
+            raise GatewayError(
+                400, "llmopt.exclude_models must be a list of model ids", "llmopt.exclude_models"
+            )
+        excluded = set(excluded_list)
         if not isinstance(allowed, list) or not all(isinstance(m, str) for m in allowed):
             raise GatewayError(400, "llmopt.models must be a list of model ids", "llmopt.models")
         unknown = [m for m in allowed if m not in self.upstreams]
@@ -457,6 +467,10 @@ def _attempt(gateway: Gateway, body: dict[str, Any], routed: Any, n: int) -> Att
 async def handle_chat(gateway: Gateway, raw: bytes, send: Send) -> None:
     """One ``POST /v1/chat/completions``: decide, forward (with fallback), answer, measure."""
     body, options = parse_request(raw)
+    tenant = options.setdefault("tenant", default_tenant())
+    why = tenant_refusal(tenant) if isinstance(tenant, str) else None  # else: 400 below
+    if why is not None:
+        raise GatewayError(403, why, "llmopt.tenant", code="forbidden")
     tried: set[str] = set()
     last_error = "no attempt"
     for n in range(1, MAX_ATTEMPTS + 1):
@@ -505,6 +519,8 @@ async def _once(gateway: Gateway, a: Attempt, send: Send) -> bool:
     if r.status_code >= 400:
         return await _pass_on(gateway, a, send, r.status_code, r.content)
     data = r.json()
+    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+        raise ValueError("not a chat completion")  # fall back: this upstream answered nonsense
     data["model"] = a.model
     tokens = gateway.cost(a.model, data.get("usage"))
     a.call.input_tokens, a.call.output_tokens, a.call.cost_usd = tokens
@@ -546,6 +562,8 @@ async def _stream(gateway: Gateway, a: Attempt, send: Send, body: dict[str, Any]
                 if data == "[DONE]":
                     break
                 chunk = json.loads(data)
+                if not isinstance(chunk, dict):
+                    raise ValueError("not a chat completion chunk")
                 chunk["model"] = a.model
                 usage = chunk.get("usage") or usage
                 if call.ttft_ms is None and any(
