@@ -235,6 +235,19 @@ class Settings(BaseSettings):
         default="",
         description="Comma-separated API keys that may also call /admin/* (and everything else).",
     )
+    client_key_tenants: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description=(
+            'Tenants each client key may act for, JSON: {"sha256:<hex>": ["acme"]} (a key of '
+            'client_keys, or its digest -> its tenants; "*": any tenant). Once set, a client key '
+            "not listed may act for no tenant (403); admin keys act for every tenant. Empty: "
+            "every key may act for any tenant."
+        ),
+    )
+    metrics_require_key: bool = Field(
+        default=False,
+        description="GET /metrics needs an admin key (401 without, 403 with a client key).",
+    )
     serving_model_source: str = Field(
         default="registry",
         description=(

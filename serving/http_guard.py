@@ -4,7 +4,16 @@
   ``Authorization: Bearer KEY``; no key or an unknown one -> 401; a client key on
   ``/admin/*`` -> 403. With neither set the service runs open and warns at start-up.
   Probes and docs (``/healthz``, ``/livez``, ``/readyz``, ``/metrics``, ``/docs.json``, ...)
-  stay open.
+  stay open; ``LLMOPT_METRICS_REQUIRE_KEY`` closes ``/metrics`` to all but admin keys.
+- **Keys belong to tenants**: ``LLMOPT_CLIENT_KEY_TENANTS`` (JSON, a client key or its
+  ``sha256:<hex>`` digest -> its tenants, ``"*"``: any) binds client keys to tenants
+  (:class:`KeyRing`). The guard authenticates and puts the key's :class:`Grant` in a context
+  variable; the places that learn the tenant (``/decide``, ``/decide_batch``, ``/feedback`` via
+  the decision's tenant, ``/v1/chat/completions``, ``/pareto?tenant=``) ask
+  :func:`tenant_refusal` / :func:`check_tenant`: another tenant -> 403 ``forbidden``. The rule
+  lives here; the handlers only say which tenant a request is for, from the body they parse
+  anyway (the guard does not parse bodies: no second JSON parse on the hot path). Admin keys act
+  for every tenant; once the mapping is set, an unlisted client key acts for none.
 - Bodies larger than ``serving_max_body_bytes`` -> 413 (by ``Content-Length`` or, for
   chunked bodies, by counting).
 - A POST whose ``Content-Type`` is not JSON -> 415 (none at all is read as JSON). BentoML
@@ -22,13 +31,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 from llmopt.settings import Settings
-from serving.errors import error_body
+from serving.errors import ApiError, error_body
 from serving.metrics import get_metrics
 
 Scope = MutableMapping[str, Any]
@@ -73,6 +86,164 @@ def key_digests(raw: str) -> frozenset[str]:
         k.removeprefix("sha256:").lower() if k.startswith("sha256:") else key_digest(k)
         for k in parse_keys(raw)
     )
+
+
+ANY_TENANT = "*"
+"""In ``LLMOPT_CLIENT_KEY_TENANTS``: the key may act for every tenant."""
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class KeyConfigError(ValueError):
+    """The keys' settings do not hold together (the service does not start)."""
+
+
+def _entry_digest(entry: str) -> str:
+    """The digest of one mapping entry (a key or ``sha256:<hex>``); :class:`KeyConfigError`."""
+    if not entry.strip():
+        raise KeyConfigError("LLMOPT_CLIENT_KEY_TENANTS: an empty key")
+    if not entry.startswith("sha256:"):
+        return key_digest(entry.strip())
+    digest = entry.removeprefix("sha256:").strip().lower()
+    if not _SHA256.match(digest):
+        raise KeyConfigError(
+            f"LLMOPT_CLIENT_KEY_TENANTS: {entry[:16]!r}... is not sha256:<64 hex digits>"
+        )
+    return digest
+
+
+def parse_key_tenants(
+    mapping: Mapping[str, list[str]], client_keys: frozenset[str], admin_keys: frozenset[str]
+) -> dict[str, frozenset[str] | None]:
+    """Each bound client key's digest -> its tenants (None: any); :class:`KeyConfigError`.
+
+    Every entry must be a key of ``client_keys`` (digests): the mapping scopes keys, it does not
+    create them, so a mistyped digest stops the start instead of leaving its key unbound. An
+    admin key may not be bound (admin keys act for every tenant), nor may a key have no tenant.
+
+    >>> ring = parse_key_tenants({"k": ["acme", "beta"]}, frozenset({key_digest("k")}), frozenset())
+    >>> sorted(ring[key_digest("k")])
+    ['acme', 'beta']
+    >>> parse_key_tenants({"k": ["*"]}, frozenset({key_digest("k")}), frozenset())[key_digest("k")]
+    >>> parse_key_tenants({"x": ["acme"]}, frozenset(), frozenset())  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    serving.http_guard.KeyConfigError: LLMOPT_CLIENT_KEY_TENANTS: key #1 is not in ...
+    """
+    out: dict[str, frozenset[str] | None] = {}
+    for n, (entry, tenants) in enumerate(mapping.items(), start=1):
+        digest = _entry_digest(entry)
+        where = f"LLMOPT_CLIENT_KEY_TENANTS: key #{n}"
+        if digest in admin_keys:
+            raise KeyConfigError(f"{where} is an admin key: admin keys act for every tenant")
+        if digest not in client_keys:
+            raise KeyConfigError(
+                f"{where} is not in LLMOPT_CLIENT_KEYS (bind only client keys; list the key or "
+                "its sha256:<hex> there too)"
+            )
+        if digest in out:
+            raise KeyConfigError(f"{where} is listed twice (as a key and as its digest)")
+        if not isinstance(tenants, list) or not tenants:
+            raise KeyConfigError(f'{where} has no tenant (give a list of tenants, or ["*"])')
+        bad = [t for t in tenants if not isinstance(t, str) or not t or len(t) > 200]
+        if bad:
+            raise KeyConfigError(f"{where}: {bad[0]!r} is not a tenant id (1 to 200 characters)")
+        out[digest] = None if ANY_TENANT in tenants else frozenset(tenants)
+    return out
+
+
+@dataclass(frozen=True)
+class Grant:
+    """The tenants the request's key may act for (``None``: any) and its endpoint."""
+
+    tenants: frozenset[str] | None = None
+    endpoint: str = ""
+
+    def allows(self, tenant: str) -> bool:
+        return self.tenants is None or tenant in self.tenants
+
+
+ANY = Grant()
+_GRANT: ContextVar[Grant] = ContextVar("llmopt_grant", default=ANY)
+"""Set by :class:`GuardMiddleware` around the request (the default: no keys, no restriction)."""
+
+
+def current_grant() -> Grant:
+    """The :class:`Grant` of the request being served."""
+    return _GRANT.get()
+
+
+def default_tenant(fallback: str = "default") -> str:
+    """The tenant a request naming none acts for: the key's only tenant, else ``fallback``."""
+    tenants = _GRANT.get().tenants
+    if tenants is not None and len(tenants) == 1:
+        return next(iter(tenants))
+    return fallback
+
+
+def tenant_refusal(tenant: str, *, message: str | None = None) -> str | None:
+    """``None`` if the request's key may act for ``tenant``, else why not (a 403, counted)."""
+    grant = _GRANT.get()
+    if grant.allows(tenant):
+        return None
+    get_metrics().refusals.labels(grant.endpoint or "?", "403").inc()
+    if message is not None:
+        return message
+    mine = sorted(grant.tenants or ())
+    hint = (
+        f"it may act for {', '.join(repr(t) for t in mine)}"
+        if mine
+        else "it is bound to no tenant (LLMOPT_CLIENT_KEY_TENANTS)"
+    )
+    return f"this key may not act for tenant {tenant!r}: {hint}"
+
+
+class TenantForbiddenError(ApiError):
+    """403: the request's key may not act for the tenant the request is for."""
+
+    error_code = HTTPStatus.FORBIDDEN
+    code = "forbidden"
+
+
+def check_tenant(tenant: str, *, field: str = "tenant", message: str | None = None) -> None:
+    """:class:`TenantForbiddenError` unless the request's key may act for ``tenant``."""
+    why = tenant_refusal(tenant, message=message)
+    if why is not None:
+        raise TenantForbiddenError(why, field=field)
+
+
+@dataclass(frozen=True)
+class KeyRing:
+    """The keys of the settings, as digests, checked together (:meth:`from_settings`)."""
+
+    client: frozenset[str] = frozenset()
+    admin: frozenset[str] = frozenset()
+    tenants: Mapping[str, frozenset[str] | None] = field(default_factory=dict)
+    metrics_require_key: bool = False
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> KeyRing:
+        """:class:`KeyConfigError` when they do not hold together."""
+        client, admin = key_digests(s.client_keys), key_digests(s.admin_keys)
+        tenants = parse_key_tenants(s.client_key_tenants, client, admin)
+        if s.metrics_require_key and not admin:
+            raise KeyConfigError("LLMOPT_METRICS_REQUIRE_KEY needs LLMOPT_ADMIN_KEYS")
+        return cls(client, admin, tenants, s.metrics_require_key)
+
+    @property
+    def auth(self) -> bool:
+        return bool(self.client or self.admin)
+
+    @property
+    def unbound(self) -> int:
+        """Client keys that act for no tenant (the mapping is set and does not list them)."""
+        return len(self.client - self.admin - set(self.tenants)) if self.tenants else 0
+
+    def grant(self, digest: str, *, admin: bool, endpoint: str) -> Grant:
+        """What a known key may do: admin keys and, with no mapping, every key: any tenant."""
+        if admin or not self.tenants:
+            return ANY
+        tenants = self.tenants.get(digest, frozenset())
+        return ANY if tenants is None else Grant(tenants, endpoint)
 
 
 class TokenBucket:
@@ -128,9 +299,10 @@ class GuardMiddleware:
         self.app = app
         s = settings or Settings()
         # Only digests are kept: a heap dump or a log of this object shows no key.
-        self.client_keys = key_digests(s.client_keys)
-        self.admin_keys = key_digests(s.admin_keys)
-        self.auth = bool(self.client_keys or self.admin_keys)
+        self.keys = KeyRing.from_settings(s)
+        self.client_keys = self.keys.client
+        self.admin_keys = self.keys.admin
+        self.auth = self.keys.auth
         self.max_body = s.serving_max_body_bytes
         rate = s.serving_rate_limit_per_s
         self.bucket = TokenBucket(rate, 2 * rate) if rate > 0 else None
@@ -153,37 +325,31 @@ class GuardMiddleware:
             return
         path: str = scope["path"]
         if path == "/metrics" and scope["method"] == "GET":
-            await _reply(
-                send,
-                200,
-                self.metrics.render(),
-                content_type=b"text/plain; version=0.0.4; charset=utf-8",
-            )
+            if not self.keys.metrics_require_key or await self._admin_only(scope, send):
+                await _reply(
+                    send,
+                    200,
+                    self.metrics.render(),
+                    content_type=b"text/plain; version=0.0.4; charset=utf-8",
+                )
             return
         if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
             await self.app(scope, receive, send)
             return
         endpoint = path.rsplit("/", 1)[-1] or "/"
         ident = self._client_ident(scope)
+        grant = ANY
         if self.auth:
-            key = self._key(scope)
-            digest = key_digest(key) if key is not None else ""
-            is_admin = key is not None and self._known(digest, self.admin_keys)
-            if key is None or not (is_admin or self._known(digest, self.client_keys)):
-                self.metrics.refusals.labels(endpoint, "401").inc()
-                why = "missing" if key is None else "unknown"
-                await _reply(
-                    send,
-                    401,
-                    error_body(401, f"{why} API key: send Authorization: Bearer KEY"),
-                    www_authenticate="Bearer",
-                )
+            known = await self._authenticate(scope, send, endpoint)
+            if known is None:
                 return
+            digest, is_admin = known
             if path.startswith("/admin/") and not is_admin:
                 self.metrics.refusals.labels(endpoint, "403").inc()
                 await _reply(send, 403, error_body(403, "this endpoint needs an admin key"))
                 return
             ident = digest  # rate limits per key, kept by digest
+            grant = self.keys.grant(digest, admin=is_admin, endpoint=endpoint)
         if self.bucket is not None:
             wait = self.bucket.take(ident)
             if wait > 0:
@@ -195,7 +361,41 @@ class GuardMiddleware:
                     retry_after=str(max(1, round(wait + 0.5))),
                 )
                 return
-        await self._limited(scope, receive, send, endpoint)
+        token = _GRANT.set(grant)
+        try:
+            await self._limited(scope, receive, send, endpoint)
+        finally:
+            _GRANT.reset(token)
+
+    async def _authenticate(
+        self, scope: Scope, send: Send, endpoint: str
+    ) -> tuple[str, bool] | None:
+        """``(digest, is_admin)`` of a known key; else a 401 is sent and None returned."""
+        key = self._key(scope)
+        digest = key_digest(key) if key is not None else ""
+        is_admin = key is not None and self._known(digest, self.admin_keys)
+        if key is not None and (is_admin or self._known(digest, self.client_keys)):
+            return digest, is_admin
+        self.metrics.refusals.labels(endpoint, "401").inc()
+        why = "missing" if key is None else "unknown"
+        await _reply(
+            send,
+            401,
+            error_body(401, f"{why} API key: send Authorization: Bearer KEY"),
+            www_authenticate="Bearer",
+        )
+        return None
+
+    async def _admin_only(self, scope: Scope, send: Send) -> bool:
+        """``LLMOPT_METRICS_REQUIRE_KEY``: True for an admin key, else 401/403 sent."""
+        known = await self._authenticate(scope, send, "metrics")
+        if known is None:
+            return False
+        if not known[1]:
+            self.metrics.refusals.labels("metrics", "403").inc()
+            await _reply(send, 403, error_body(403, "/metrics needs an admin key"))
+            return False
+        return True
 
     def _client_ident(self, scope: Scope) -> str:
         client = scope.get("client")

@@ -42,6 +42,7 @@ from llmopt.tasks import GENERAL_TASK, KNOWN_HINTS, OTHER_TASK, task_type
 from models.pareto import ParetoTracker, best_for, knee_point, pareto_front
 from serving.errors import error_body
 from serving.health import RuntimeOfApp
+from serving.http_guard import tenant_refusal
 
 TASK_TYPES: tuple[str, ...] = (*KNOWN_HINTS, GENERAL_TASK, OTHER_TASK)
 """Task types a front can be asked for."""
@@ -51,11 +52,13 @@ MIN_SAMPLES = 5
 
 
 class ParetoQueryError(ValueError):
-    """A bad ``/pareto`` query (a 400 naming the parameter)."""
+    """A bad ``/pareto`` query (a 400 naming the parameter; 403: a tenant the key may not act
+    for)."""
 
-    def __init__(self, message: str, field: str) -> None:
+    def __init__(self, message: str, field: str, status: int = 400) -> None:
         super().__init__(message)
         self.field = field
+        self.status = status
 
 
 def check_query(
@@ -159,8 +162,9 @@ def dumps(view: dict[str, Any]) -> bytes:
 class ParetoMiddleware(RuntimeOfApp):
     """ASGI middleware answering ``GET /pareto?task=T&tenant=X&willingness_to_pay=W&window=N``.
 
-    Added inside the guard (a client key, when keys are set). The event log is read on a
-    thread, so a long window never blocks the decision path's event loop.
+    Added inside the guard (a client key, when keys are set; a key bound to tenants may name
+    only its own in ``tenant``: 403 otherwise, the fleet's front without one). The event log is
+    read on a thread, so a long window never blocks the decision path's event loop.
     """
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -177,7 +181,7 @@ class ParetoMiddleware(RuntimeOfApp):
                 view = await asyncio.to_thread(pareto_for_query, runtime, scope["query_string"])
                 status, body = 200, dumps(view)
             except ParetoQueryError as exc:
-                status, body = 400, error_body(400, str(exc), field=exc.field)
+                status, body = exc.status, error_body(exc.status, str(exc), field=exc.field)
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
@@ -214,6 +218,9 @@ def pareto_for_query(runtime: Any, query_string: bytes) -> dict[str, Any]:
 
     router = runtime.router
     tenant = one("tenant")
+    why = tenant_refusal(tenant) if tenant else None  # keys bound to tenants (http_guard)
+    if why is not None:
+        raise ParetoQueryError(why, "tenant", status=403)
     wtp = number("willingness_to_pay", float)
     window = number("window", int)
     task, window, wtp = check_query(one("task"), DEFAULT_WINDOW if window is None else window, wtp)

@@ -17,7 +17,10 @@ Endpoints (OpenAPI at ``/docs.json``, UI at ``/``):
 Every error has one body, ``{"error": {"code", "message", "field"}}`` (:mod:`serving.errors`):
 validation errors are 400 ``validation_error`` naming the offending field; a tenant whose daily
 budget pays for no model gets 402; keys, body size and rate limits are
-:mod:`serving.http_guard`'s (401/403/413/415/429). Nothing else is an error: a failing policy
+:mod:`serving.http_guard`'s (401/403/413/415/429); a key bound to tenants
+(``LLMOPT_CLIENT_KEY_TENANTS``) gets 403 for another tenant: ``/decide`` and ``/decide_batch``
+(every request of the batch is checked before any is decided) name the tenant, ``/feedback``
+is checked against its decision's tenant. Nothing else is an error: a failing policy
 falls back (see :mod:`serving.router`). The OpenAPI document is 3.1 (:mod:`serving.openapi`).
 
 Run: ``bentoml serve serving.service:DecisionService --port 3000`` from the repository root,
@@ -58,7 +61,7 @@ from serving.errors import (
 from serving.gateway import GatewayMiddleware
 from serving.guards import BudgetExceededError
 from serving.health import ProbeMiddleware
-from serving.http_guard import GuardMiddleware, parse_keys
+from serving.http_guard import GuardMiddleware, KeyRing, check_tenant, current_grant
 from serving.metrics import ServingMetrics, get_metrics
 from serving.openapi import OpenAPIMiddleware, build_spec
 from serving.pareto import ParetoMiddleware
@@ -149,10 +152,17 @@ class DecisionService:
 
     def __init__(self) -> None:
         settings = Settings()
-        if not (parse_keys(settings.client_keys) or parse_keys(settings.admin_keys)):
+        keys = KeyRing.from_settings(settings)  # keys that do not hold together fail the start
+        if not keys.auth:
             log.warning(
                 "LLMOPT_CLIENT_KEYS and LLMOPT_ADMIN_KEYS are unset: the service runs OPEN "
                 "(embedded profile); set them to require Authorization: Bearer KEY"
+            )
+        if keys.unbound:
+            log.warning(
+                "%d client key(s) not in LLMOPT_CLIENT_KEY_TENANTS may act for no tenant (403); "
+                'bind them, or give them ["*"]',
+                keys.unbound,
             )
         self.runtime = ServingRuntime(settings)
         self.router = self.runtime.router
@@ -217,11 +227,15 @@ class DecisionService:
     @api(route="/decide", input_spec=DecideRequest)
     async def decide(self, **fields: Any) -> DecideResponse:
         """Choose the model for one LLM request."""
-        return self._decide(RequestContext.model_validate(fields))
+        ctx = RequestContext.model_validate(fields)
+        check_tenant(ctx.tenant)
+        return self._decide(ctx)
 
     @api(route="/decide_batch", input_spec=DecideBatchRequest)
     def decide_batch(self, requests: list[RequestContext]) -> DecideBatchResponse:
         """Choose the model for each of several requests (each independently)."""
+        for i, ctx in enumerate(requests):  # all or nothing: a foreign tenant refuses the batch
+            check_tenant(ctx.tenant, field=f"requests.{i}.tenant")
         decisions: list[DecideResponse | None] = []
         errors: list[BatchItemError] = []
         for i, ctx in enumerate(requests):
@@ -238,6 +252,8 @@ class DecisionService:
     async def feedback(self, **fields: Any) -> FeedbackResponse:
         """Report what happened to a decision; stored once and learned from."""
         fb = Feedback.model_validate(fields)
+        if current_grant().tenants is not None:
+            self._check_decision_tenant(fb.decision_id)
         try:
             outcome = self.router.feedback(fb)
         except UnknownDecisionError as exc:
@@ -262,6 +278,28 @@ class DecisionService:
             decision_id=outcome.decision_id,
             reward=outcome.reward,
             feedback_id=outcome.feedback_id,
+        )
+
+    def _check_decision_tenant(self, decision_id: str) -> None:
+        """403 unless the request's key may act for the decision's tenant (bound keys only:
+        one more primary-key read of the decision; the router reads it again)."""
+        try:
+            row, answered = self.router.event_log.lookup_decision(decision_id)
+        except Exception as exc:
+            log.exception("decision lookup failed")
+            raise UnavailableError(
+                f"cannot check the decision's tenant right now: {type(exc).__name__}"
+            ) from None
+        if row is None and answered:
+            return  # the router answers 404
+        if row is None:  # the database is down and this worker never saw the decision
+            raise UnavailableError(
+                "cannot check the decision's tenant while the event log is down; retry"
+            )
+        check_tenant(
+            str(row["tenant"]),
+            field="decision_id",
+            message=f"decision {decision_id!r} is another tenant's: this key may not act for it",
         )
 
     def _status(self, **extra: Any) -> ServingStatus:
