@@ -27,7 +27,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmopt.types import ArmID
 
-
 Capability = Literal["tools", "vision", "json_mode"]
 CAPABILITIES: tuple[str, ...] = ("tools", "vision", "json_mode")
 """Request features a model must declare to be offered: tool or function calls, image inputs,

@@ -389,10 +389,13 @@ def _failure(status: int) -> ErrorKind | None:
 
 def _headers(routed: Any, extra: Mapping[str, str] | None = None) -> list[tuple[bytes, bytes]]:
     d = routed.decision
+    f = routed.features
     out = {
         "x-llmopt-decision-id": d.decision_id,
         "x-llmopt-model": d.model,
         "x-llmopt-policy-version": d.policy_version,
+        # as /decide's features.state: the online features were read ("open"), or not ("off")
+        "x-llmopt-features": ("degraded" if f.degraded else "open") if f is not None else "off",
         **(extra or {}),
     }
     return [(k.encode(), str(v).encode()) for k, v in out.items()]
@@ -475,7 +478,7 @@ async def handle_chat(gateway: Gateway, raw: bytes, send: Send) -> None:
     last_error = "no attempt"
     for n in range(1, MAX_ATTEMPTS + 1):
         ctx = gateway.context(body, options, tried)
-        routed = await asyncio.to_thread(gateway.decide, ctx)
+        routed = gateway.decide(ctx)  # on the event loop, as /decide: no thread hop
         a = _attempt(gateway, body, routed, n)
         tried.add(a.model)
         try:

@@ -123,7 +123,7 @@ class ServiceLeg:
 
     @classmethod
     def from_summary(cls, http: dict[str, Any]) -> ServiceLeg:
-        """From :func:`llmopt.app.processes.drive_service`'s summary."""
+        """From :func:`llmopt.app.processes.drive_gateway`'s summary."""
         return cls(
             url=http["url"],
             requests=http["requests"],
@@ -141,7 +141,7 @@ class ServiceLeg:
         top = ", ".join(f"{m} {n}" for m, n in self.top_models)
         return (
             f"decision service ({self.url}, {', '.join(self.policy_versions)}): "
-            f"{self.requests} decide+feedback round trips, {self.failed} failed; "
+            f"{self.requests} chat completions + feedback, {self.failed} failed; "
             f"quality {self.avg_quality:.4f}, cost {self.avg_cost_usd:.6f} USD/prompt; "
             f"round trip p50 {self.round_trip_p50_ms:.1f} ms, "
             f"p99 {self.round_trip_p99_ms:.1f} ms; online features {self.features}; "
@@ -250,7 +250,11 @@ def run_demo(
     import numpy as np  # noqa: PLC0415
 
     from feature_store.demo import demo_roundtrip  # noqa: PLC0415
-    from llmopt.app.processes import drive_service, running_service  # noqa: PLC0415
+    from llmopt.app.processes import (  # noqa: PLC0415
+        drive_gateway,
+        running_service,
+        running_upstream,
+    )
     from llmopt.catalog import load_catalog  # noqa: PLC0415
     from llmopt.event_log import EventLog  # noqa: PLC0415
     from llmopt.plot import plot_frontier  # noqa: PLC0415
@@ -318,10 +322,17 @@ def run_demo(
     registered = _register(settings, live_policy, first_id, last_id)
     say(registered.line())
 
-    # 4. The service loads that version (alias prod) and serves real prompts over HTTP.
-    say(f"decision service: starting `llmopt serve` ({served} prompts over HTTP) ...")
-    with running_service(home) as url:
-        service = ServiceLeg.from_summary(drive_service(url, routing, n=served, seed=seed + 1))
+    # 4. The service loads that version (alias prod) and serves real prompts over HTTP, through
+    # its OpenAI-compatible gateway to a replay of the data (`llmopt upstream-replay`).
+    say(
+        f"decision service: starting `llmopt upstream-replay` and `llmopt serve --upstream` "
+        f"({served} prompts through the gateway with the openai client) ..."
+    )
+    with (
+        running_upstream(DEMO_DATA, home / "upstream") as upstream,
+        running_service(home, LLMOPT_UPSTREAM_URL=upstream) as url,
+    ):
+        service = ServiceLeg.from_summary(drive_gateway(url, routing, n=served, seed=seed + 1))
     say(service.line())
 
     # 5. Drift of the served traffic against what the champion learned from (Evidently).

@@ -74,6 +74,111 @@ def running_service(
         stop_group(proc)
 
 
+@contextmanager
+def running_upstream(
+    data: Path, home: Path, *, speed: float = 200.0, timeout_s: float = 120.0
+) -> Iterator[str]:
+    """``llmopt upstream-replay`` of ``data`` on a free port; yields its base URL (…/v1)."""
+    import httpx  # noqa: PLC0415
+
+    port = free_port()
+    home.mkdir(parents=True, exist_ok=True)
+    log = home / "upstream-replay.log"
+    cmd = [sys.executable, "-m", "llmopt.app.cli", "upstream-replay", "--data", str(data)]
+    cmd += ["--port", str(port), "--speed", f"{speed:g}"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env={**os.environ, "LLMOPT_HOME": str(home)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace")[-3000:]
+                raise ServiceStartError(f"the replay upstream did not start:\n{tail}")
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        stop_group(proc)
+
+
+def drive_gateway(
+    url: str,
+    routing: RoutingData,
+    *,
+    n: int = 300,
+    seed: int = 0,
+    tenant: str = "demo",
+    wait_features_s: float = 120.0,
+) -> dict[str, Any]:
+    """Send ``n`` prompts of ``routing`` through the service's OpenAI-compatible gateway with the
+    official ``openai`` client (``model="auto"``, the file's models allowed), then post each
+    answer's recorded quality to ``/feedback`` (cost and latency: what the gateway measured);
+    the same summary as :func:`drive_service`."""
+    import openai  # noqa: PLC0415
+
+    order = np.random.default_rng(seed).permutation(routing.n_prompts)[:n]
+    index = {m: j for j, m in enumerate(routing.models)}
+    latencies: list[float] = []
+    quality: list[float] = []
+    cost: list[float] = []
+    chosen: Counter[str] = Counter()
+    versions: Counter[str] = Counter()
+    features: Counter[str] = Counter()
+    failed = 0
+    options = {"llmopt": {"tenant": tenant, "models": list(routing.models)}}
+    with (
+        DecisionClient(url, timeout=10.0) as client,
+        openai.OpenAI(base_url=f"{url}/v1", api_key="demo", max_retries=0, timeout=30.0) as oai,
+    ):
+        wait_for_features(client, tenant, timeout_s=wait_features_s)
+        for i in order.tolist():
+            started = time.perf_counter()
+            try:
+                raw = oai.chat.completions.with_raw_response.create(
+                    model="auto",
+                    messages=[{"role": "user", "content": routing.prompts[i]}],
+                    extra_body=options,
+                )
+                answer = raw.parse()
+                model = answer.model
+                j = index[model]
+                q, c = float(routing.quality[i, j]), float(routing.cost_usd[i, j])
+                client.feedback(raw.headers["x-llmopt-decision-id"], quality=q)
+            except (openai.OpenAIError, DecisionServiceError, KeyError):
+                failed += 1
+                continue
+            latencies.append((time.perf_counter() - started) * 1000)
+            quality.append(q)
+            cost.append(c)
+            chosen[model] += 1
+            versions[raw.headers.get("x-llmopt-policy-version", "?")] += 1
+            features[raw.headers.get("x-llmopt-features", "off")] += 1
+    lat = np.asarray(latencies) if latencies else np.zeros(1)
+    return {
+        "url": url,
+        "requests": len(latencies),
+        "failed": failed,
+        "avg_quality": float(np.mean(quality)) if quality else float("nan"),
+        "avg_cost_usd": float(np.mean(cost)) if cost else float("nan"),
+        "round_trip_p50_ms": float(np.percentile(lat, 50)),
+        "round_trip_p99_ms": float(np.percentile(lat, 99)),
+        "top_models": chosen.most_common(3),
+        "policy_versions": dict(versions),
+        "features": dict(features),
+    }
+
+
 def stop_group(proc: subprocess.Popen[Any], timeout_s: float = 30.0) -> None:
     """SIGTERM a process started with ``start_new_session=True`` and its group; SIGKILL late."""
     if proc.poll() is None:
