@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -129,13 +130,7 @@ def drive_gateway(
 
     order = np.random.default_rng(seed).permutation(routing.n_prompts)[:n]
     index = {m: j for j, m in enumerate(routing.models)}
-    latencies: list[float] = []
-    quality: list[float] = []
-    cost: list[float] = []
-    chosen: Counter[str] = Counter()
-    versions: Counter[str] = Counter()
-    features: Counter[str] = Counter()
-    failed = 0
+    tally = _Tally()
     options = {"llmopt": {"tenant": tenant, "models": list(routing.models)}}
     with (
         DecisionClient(url, timeout=10.0) as client,
@@ -156,27 +151,12 @@ def drive_gateway(
                 q, c = float(routing.quality[i, j]), float(routing.cost_usd[i, j])
                 client.feedback(raw.headers["x-llmopt-decision-id"], quality=q)
             except (openai.OpenAIError, DecisionServiceError, KeyError):
-                failed += 1
+                tally.failed += 1
                 continue
-            latencies.append((time.perf_counter() - started) * 1000)
-            quality.append(q)
-            cost.append(c)
-            chosen[model] += 1
-            versions[raw.headers.get("x-llmopt-policy-version", "?")] += 1
-            features[raw.headers.get("x-llmopt-features", "off")] += 1
-    lat = np.asarray(latencies) if latencies else np.zeros(1)
-    return {
-        "url": url,
-        "requests": len(latencies),
-        "failed": failed,
-        "avg_quality": float(np.mean(quality)) if quality else float("nan"),
-        "avg_cost_usd": float(np.mean(cost)) if cost else float("nan"),
-        "round_trip_p50_ms": float(np.percentile(lat, 50)),
-        "round_trip_p99_ms": float(np.percentile(lat, 99)),
-        "top_models": chosen.most_common(3),
-        "policy_versions": dict(versions),
-        "features": dict(features),
-    }
+            version = raw.headers.get("x-llmopt-policy-version", "?")
+            state = raw.headers.get("x-llmopt-features", "off")
+            tally.add(started, q, c, model=model, version=version, state=state)
+    return tally.summary(url)
 
 
 def stop_group(proc: subprocess.Popen[Any], timeout_s: float = 30.0) -> None:
@@ -206,6 +186,44 @@ def wait_for_features(client: DecisionClient, tenant: str, *, timeout_s: float) 
     return state
 
 
+@dataclass
+class _Tally:
+    """What :func:`drive_service` and :func:`drive_gateway` count, and their summary."""
+
+    latencies: list[float] = field(default_factory=list)
+    quality: list[float] = field(default_factory=list)
+    cost: list[float] = field(default_factory=list)
+    chosen: Counter[str] = field(default_factory=Counter)
+    versions: Counter[str] = field(default_factory=Counter)
+    features: Counter[str] = field(default_factory=Counter)
+    failed: int = 0
+
+    def add(
+        self, started: float, quality: float, cost: float, *, model: str, version: str, state: str
+    ) -> None:
+        self.latencies.append((time.perf_counter() - started) * 1000)
+        self.quality.append(quality)
+        self.cost.append(cost)
+        self.chosen[model] += 1
+        self.versions[version] += 1
+        self.features[state] += 1
+
+    def summary(self, url: str) -> dict[str, Any]:
+        lat = np.asarray(self.latencies) if self.latencies else np.zeros(1)
+        return {
+            "url": url,
+            "requests": len(self.latencies),
+            "failed": self.failed,
+            "avg_quality": float(np.mean(self.quality)) if self.quality else float("nan"),
+            "avg_cost_usd": float(np.mean(self.cost)) if self.cost else float("nan"),
+            "round_trip_p50_ms": float(np.percentile(lat, 50)),
+            "round_trip_p99_ms": float(np.percentile(lat, 99)),
+            "top_models": self.chosen.most_common(3),
+            "policy_versions": dict(self.versions),
+            "features": dict(self.features),
+        }
+
+
 def drive_service(
     url: str,
     routing: RoutingData,
@@ -218,13 +236,7 @@ def drive_service(
     """Send ``n`` prompts of ``routing`` through ``url``: decide, then feedback; a summary."""
     order = np.random.default_rng(seed).permutation(routing.n_prompts)[:n]
     index = {m: j for j, m in enumerate(routing.models)}
-    latencies: list[float] = []
-    quality: list[float] = []
-    cost: list[float] = []
-    chosen: Counter[str] = Counter()
-    versions: Counter[str] = Counter()
-    features: Counter[str] = Counter()
-    failed = 0
+    tally = _Tally()
     with DecisionClient(url, timeout=10.0) as client:
         wait_for_features(client, tenant, timeout_s=wait_features_s)
         for i in order.tolist():
@@ -235,24 +247,8 @@ def drive_service(
                 q, c = float(routing.quality[i, j]), float(routing.cost_usd[i, j])
                 client.feedback(d["decision_id"], quality=q, cost_usd=c)
             except DecisionServiceError:
-                failed += 1
+                tally.failed += 1
                 continue
-            latencies.append((time.perf_counter() - started) * 1000)
-            quality.append(q)
-            cost.append(c)
-            chosen[d["model"]] += 1
-            versions[d["policy_version"]] += 1
-            features[(d.get("features") or {}).get("state", "off")] += 1
-    lat = np.asarray(latencies) if latencies else np.zeros(1)
-    return {
-        "url": url,
-        "requests": len(latencies),
-        "failed": failed,
-        "avg_quality": float(np.mean(quality)) if quality else float("nan"),
-        "avg_cost_usd": float(np.mean(cost)) if cost else float("nan"),
-        "round_trip_p50_ms": float(np.percentile(lat, 50)),
-        "round_trip_p99_ms": float(np.percentile(lat, 99)),
-        "top_models": chosen.most_common(3),
-        "policy_versions": dict(versions),
-        "features": dict(features),
-    }
+            state = (d.get("features") or {}).get("state", "off")
+            tally.add(started, q, c, model=d["model"], version=d["policy_version"], state=state)
+    return tally.summary(url)

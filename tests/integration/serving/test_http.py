@@ -3,38 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
 
 from serving.schemas import EXAMPLE_DECIDE, EXAMPLE_DECIDE_FULL, EXAMPLE_FEEDBACK, EXAMPLE_TRAFFIC
+from tests.integration.serving.conftest import asgi_service
 
 pytestmark = pytest.mark.integration
 
 CLIENT, ADMIN = "client-key-1", "admin-key-1"
 
 
-@contextmanager
-def serve(tmp: Path, **env: str) -> Iterator[TestClient]:
+def serve(tmp: Path, **env: str) -> AbstractContextManager[TestClient]:
     """The service as an ASGI app, its settings from ``env`` (read when the app is built)."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("BENTOML_HOME", str(tmp / "bentoml"))
-    mp.setenv("LLMOPT_HOME", str(tmp / "llmopt"))
-    mp.setenv("LLMOPT_SERVING_POLL_S", "0")
-    mp.setenv("LLMOPT_SERVING_MODEL_SOURCE", "local")
-    for key in ("LLMOPT_CLIENT_KEYS", "LLMOPT_ADMIN_KEYS", "LLMOPT_DATABASE_URL"):
-        mp.delenv(key, raising=False)
-    for key, value in env.items():
-        mp.setenv(key, value)
-    try:
-        from serving.service import DecisionService  # noqa: PLC0415
-
-        with TestClient(DecisionService.to_asgi()) as client:
-            yield client
-    finally:
-        mp.undo()
+    return asgi_service(tmp, **env)
 
 
 @pytest.fixture(scope="module")

@@ -8,23 +8,18 @@ its 403s come before any decision or upstream call (the event log is checked for
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-import uvicorn
 from starlette.testclient import TestClient
 
-from llmopt.app.processes import free_port
-from llmopt.app.upstream_replay import create_app
 from llmopt.event_log import EventLog, decisions
-from llmopt.routing_data import DEMO_DATA, load_routing_data
 from serving.http_guard import key_digest
+from tests.integration.serving.conftest import asgi_service
 
 pytestmark = pytest.mark.integration
 
@@ -45,49 +40,8 @@ BINDINGS = {
 ASK = {"model": "auto", "messages": [{"role": "user", "content": "What is 2 + 2?"}]}
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[str]:
-    port = free_port()
-    app = create_app(load_routing_data(DEMO_DATA), speed=50.0, seed=0)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "the replay upstream did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    thread.join(timeout=10)
-
-
-@contextmanager
-def serve(tmp: Path, **env: str) -> Iterator[TestClient]:
-    mp = pytest.MonkeyPatch()
-    mp.setenv("BENTOML_HOME", str(tmp / "bentoml"))
-    mp.setenv("LLMOPT_HOME", str(tmp / "llmopt"))
-    mp.setenv("LLMOPT_SERVING_POLL_S", "0")
-    mp.setenv("LLMOPT_SERVING_MODEL_SOURCE", "local")
-    mp.setenv("LLMOPT_SERVING_RATE_LIMIT_PER_S", "0")
-    for key in (
-        "LLMOPT_CLIENT_KEYS",
-        "LLMOPT_ADMIN_KEYS",
-        "LLMOPT_CLIENT_KEY_TENANTS",
-        "LLMOPT_METRICS_REQUIRE_KEY",
-        "LLMOPT_DATABASE_URL",
-        "LLMOPT_UPSTREAM_URL",
-        "LLMOPT_UPSTREAMS_FILE",
-    ):
-        mp.delenv(key, raising=False)
-    for key, value in env.items():
-        mp.setenv(key, value)
-    try:
-        from serving.service import DecisionService  # noqa: PLC0415
-
-        with TestClient(DecisionService.to_asgi()) as client:
-            yield client
-    finally:
-        mp.undo()
+def serve(tmp: Path, **env: str) -> AbstractContextManager[TestClient]:
+    return asgi_service(tmp, LLMOPT_SERVING_RATE_LIMIT_PER_S="0", **env)
 
 
 @pytest.fixture(scope="module")
