@@ -55,6 +55,10 @@ bench-cascade: setup  ## Cascades in replay (optimistic, noisy verifier) vs sing
 bench-serving: setup  ## Decision service vs bare starlette at 500 req/s (open loop), swap under load
 	$(BIN)/python -m bench.serving
 
+.PHONY: bench-gateway
+bench-gateway: setup  ## Gateway vs direct upstream at 200 req/s, streaming TTFB, fallback, lost feedback (~9 min)
+	$(BIN)/python -m bench.gateway
+
 .PHONY: audit
 audit: setup  ## pip-audit of the locked dependencies (needs PyPI's JSON API or OSV reachable)
 	$(UV) export --frozen --no-hashes --no-emit-project -q > .audit-requirements.txt
