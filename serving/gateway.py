@@ -579,10 +579,12 @@ async def _stream(gateway: Gateway, a: Attempt, send: Send, body: dict[str, Any]
                 await send({"type": "http.response.body", "body": out, "more_body": True})
         except (httpx.HTTPError, ValueError) as exc:
             call.error, call.detail = ErrorKind.SERVER_ERROR, f"stream broke: {type(exc).__name__}"
+        # The measurements are kept before the stream ends, so feedback posted as soon as the
+        # client sees [DONE] finds them (no race with a fast client).
+        call.latency_ms = a.elapsed_ms()
+        call.input_tokens, call.output_tokens, call.cost_usd = gateway.cost(a.model, usage)
+        await asyncio.to_thread(gateway.settle, a.decision_id, a.model, call)
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
-    call.latency_ms = a.elapsed_ms()
-    call.input_tokens, call.output_tokens, call.cost_usd = gateway.cost(a.model, usage)
-    await asyncio.to_thread(gateway.settle, a.decision_id, a.model, call)
     return True
 
 

@@ -92,11 +92,17 @@ def test_a_catalog_model_bypasses_routing_but_is_logged(gw: TestClient) -> None:
     assert r.json()["model"] == "gpt-4o-mini"
 
 
-def test_streaming_passes_chunks_through_and_ends_with_done(gw: TestClient) -> None:
+def test_streaming_passes_chunks_through_and_ends_with_done(gw: TestClient, home: Path) -> None:
     with gw.stream("POST", "/v1/chat/completions", json={**ASK, "stream": True}) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-        model = r.headers["x-llmopt-model"]
+        model, decision_id = r.headers["x-llmopt-model"], r.headers["x-llmopt-decision-id"]
         lines = [line for line in r.iter_lines() if line]
+    # feedback posted the moment the stream ends finds the measurements (kept before [DONE])
+    assert (
+        gw.post("/feedback", json={"decision_id": decision_id, "quality": 0.5}).status_code == 200
+    )
+    _, fbs = rows(home, decision_id)
+    assert fbs[0]["output_tokens"] and fbs[0]["latency_ms"] and fbs[0]["cost_usd"]
     assert lines[-1] == "data: [DONE]"
     chunks = [json.loads(line[6:]) for line in lines[:-1]]
     assert all(c["model"] == model for c in chunks)
