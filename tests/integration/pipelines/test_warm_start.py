@@ -28,7 +28,7 @@ def test_rebuild_learns_the_evals_first_then_the_log(
     n_logged = filled(50)
     monkeypatch.setenv("LLMOPT_WARM_START_EVALS", str(evals))
     get_settings.cache_clear()
-    result, _ = rebuild_from_history.fn("cost_aware_cluster_thompson", {}, 1000)
+    result = rebuild_from_history.fn("cost_aware_cluster_thompson", {}, 1000)
     assert result.n_events == n_logged
     assert result.policy.n_updates == 20 * 15 + n_logged  # 20 prompts x 15 models, then the log
     assert result.warm_start["warm_start_evals"] == "evals.parquet"
@@ -40,5 +40,5 @@ def test_without_an_evals_file_the_rebuild_says_nothing_of_one(
     env: Settings, filled: Callable[..., int]
 ) -> None:
     filled(10)
-    result, _ = rebuild_from_history.fn("cost_aware_cluster_thompson", {}, 1000)
+    result = rebuild_from_history.fn("cost_aware_cluster_thompson", {}, 1000)
     assert result.warm_start == {} and result.policy.n_updates == 10

@@ -119,7 +119,7 @@ def test_the_api_contract_over_a_real_server(tmp_path: Path):
         )
         assert cli.returncode == 0, cli.stdout[-4000:] + cli.stderr[-2000:]
         assert "Specification:    Open API 3.1.0" in cli.stdout, cli.stdout[:2000]
-        assert "9 selected / 9 total" in cli.stdout, cli.stdout[:2000]
+        assert "10 selected / 10 total" in cli.stdout, cli.stdout[:2000]
     log = (tmp_path / "server.log").read_text()
     assert "Traceback" not in log and "Exception on" not in log, log[-3000:]
 
