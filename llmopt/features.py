@@ -39,6 +39,32 @@ N_PREFIX_BUCKETS = 8
 PREFIX_CHARS = 48
 """Characters of the prompt's opening that identify its template."""
 
+STRUCTURE_FEATURES: tuple[str, ...] = (
+    "choices",
+    "code",
+    "digits",
+    "math",
+    "lang_en",
+    "n_lines",
+    "len_chars",
+    "len_words",
+    "len_tokens",
+    "q_wh",
+    "q_yesno",
+    "q_imperative",
+    "q_mark",
+    "script_latin",
+    "script_cyrillic",
+    "script_cjk",
+    "script_arabic",
+    "script_other",
+)
+"""The request's structural markers, each in [0, 1]: answer choices, code, maths, language,
+script, length, question type. Beside the prompt embedding they say *what kind* of request it
+is (a maths word problem and a history question can share words, not digits and operators);
+the clustering policy places its cells on the embedding and these together
+(``models.cluster_thompson``)."""
+
 _WORD = re.compile(r"[^\W\d_]{2,}", re.UNICODE)
 # Patterns are kept to symbols (C-speed scans); keywords are looked up in the word set instead of
 # by case-insensitive regex alternations, which were 10x slower on long prompts.

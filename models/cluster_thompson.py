@@ -5,7 +5,8 @@ problems, code, multiple choice in one language or another) and each model is go
 them. Prompts of one task sit close together in embedding space (``emb_*`` features,
 :mod:`llmopt.embeddings`), so:
 
-1. the first ``fit_after`` distinct prompts the policy sees are clustered (k-means++, Lloyd
+1. the first ``fit_after`` distinct prompts the policy sees (their embedding, and optionally a
+   few structural markers, ``cell_features``) are clustered (k-means++, Lloyd
    iterations, no labels) into ``n_clusters`` cells; the centroids are then frozen, so the
    statistics of a cell keep one meaning and replicas that share a snapshot merge by addition;
 2. every (cell, model) pair keeps a count and a sum of its targets; its posterior mean is
@@ -135,6 +136,14 @@ class ClusterThompson(BasePolicy):
         Distinct prompts seen before the cells are fitted (a warm start counts).
     feature_prefix
         Context features whose names start with this are the embedding (``emb_``).
+    cell_features
+        Named context features placed beside the embedding in the space the cells are fitted
+        and looked up in (the request's structural markers,
+        :data:`llmopt.features.STRUCTURE_FEATURES`): two kinds of request whose words look
+        alike (a maths word problem, a history question) still fall in different cells. A
+        request missing one of them is treated like one without embedding.
+    cell_feature_weight
+        Scale of the ``cell_features`` against the unit-length embedding.
     burn_in, max_reward, exploration_floor, explore_decay, cost_aware, seed
         See :class:`models.base.BasePolicy`.
     """
@@ -151,6 +160,8 @@ class ClusterThompson(BasePolicy):
         sigma: float = 0.25,
         fit_after: int = 300,
         feature_prefix: str = "emb_",
+        cell_features: tuple[str, ...] = (),
+        cell_feature_weight: float = 1.0,
         burn_in: int = 0,
         max_reward: float | None = None,
         exploration_floor: float = 0.0,
@@ -182,6 +193,9 @@ class ClusterThompson(BasePolicy):
         self.sigma = sigma
         self.fit_after = fit_after
         self.feature_prefix = feature_prefix
+        self.cell_features = tuple(cell_features)
+        self.cell_feature_weight = cell_feature_weight
+        self._scale: np.ndarray | None = None  # per dim: 1 (embedding) or cell_feature_weight
         self._np_rng = np.random.default_rng(seed)
         self._arms: dict[ArmID, int] = {}
         self._gn = np.zeros(0)  # per arm: count, sum of targets
@@ -211,14 +225,22 @@ class ClusterThompson(BasePolicy):
         if keys != self._layout[0]:
             dims = [k for k in keys if k.startswith(self.feature_prefix)]
             if not self._dims and dims:
-                self._dims = tuple(sorted(dims, key=lambda k: (len(k), k)))
+                extra = tuple(k for k in self.cell_features if k not in dims)
+                self._dims = tuple(sorted(dims, key=lambda k: (len(k), k))) + extra
             self._layout = (keys, [k for k in self._dims if k in context])
             names = self._layout[1]
             self._getter = operator.itemgetter(*names) if len(names) > 1 else None
         names, getter = self._layout[1], self._getter
         if not names or len(names) != len(self._dims) or getter is None:
             return None
-        return np.array(getter(context), dtype=float)
+        x = np.array(getter(context), dtype=float)
+        if self.cell_features:
+            if self._scale is None or len(self._scale) != len(x):
+                n_extra = sum(1 for k in self._dims if k in self.cell_features)
+                self._scale = np.ones(len(x))
+                self._scale[len(x) - n_extra :] = self.cell_feature_weight
+            x *= self._scale
+        return x
 
     def _cell(self, x: np.ndarray | None) -> int:
         if x is None or self._centroids is None:

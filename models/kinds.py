@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from llmopt.features import STRUCTURE_FEATURES
 from models.base import BasePolicy
 from models.cluster_thompson import ClusterThompson
 from models.epsilon_greedy import EpsilonGreedy
@@ -58,7 +59,9 @@ POLICIES: dict[str, tuple[type[BasePolicy], dict[str, Any]]] = {
         {
             "n_clusters": 8,
             "prior_weight": None,  # empirical Bayes: estimated from the data
-            "sigma": 0.2,
+            "cell_features": STRUCTURE_FEATURES,  # cells on the embedding + structural markers
+            "cell_feature_weight": 0.7,
+            "sigma": 0.15,
             "explore_decay": 10.0,
             "fit_after": 300,
             **_COST_AWARE,
