@@ -2,8 +2,10 @@
 trivial tokenizer.
 
 The embedder's per-prompt cache is emptied before every timed call (outside the timing), so each
-call embeds its prompt (its word-to-token cache stays warm, as in a running service). Target of
-the embedding feature (issue 13): p99 <= 100 us per prompt.
+call embeds its prompt. Its word-to-token cache is warm, as in a running service: the timed
+``request_features`` call just before, on the same prompt, has tokenized any word not seen yet
+(that cost is in the ``request_features`` figures). Target of the embedding feature (issue 13):
+p99 <= 100 us per prompt.
 
 For every routing data file, each prompt is featurised once per round; each call is timed on its
 own (so p99 is a per-request figure) and interleaved with the baseline ``len(prompt.split())`` on

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from llmopt.embeddings import (
     package_folder,
 )
 from llmopt.features import request_features
+from llmopt.routing_data import DEMO_DATA, load_routing_data
 
 TEXTS = [
     "How do I reverse a list in Python?",
@@ -29,7 +31,7 @@ TEXTS = [
 
 def test_raw_vectors_are_wordllamas_own(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # any download attempt would fail loudly
-    from wordllama import WordLlama  # noqa: PLC0415
+    from wordllama import WordLlama  # type: ignore[import-untyped]  # noqa: PLC0415
 
     wl = WordLlama.load(cache_dir=package_folder(), disable_download=True)
     ours = get_embedder().raw(TEXTS)
@@ -41,13 +43,65 @@ def test_word_by_word_tokenization_matches_the_whole_text() -> None:
     e = get_embedder()
     e.features("warm")  # loads
     for text in TEXTS:
-        whole = e._tokenizer.encode(text, add_special_tokens=False).ids  # type: ignore[attr-defined]
+        whole = e._tokenizer.encode(text, add_special_tokens=False).ids
         if "  " not in text:
-            assert e._ids(text) == whole
+            assert e._ids(text).tolist() == whole
         else:  # runs of spaces (indented code) tokenize a little differently: same direction
             a = e._weights[e._ids(text)].mean(axis=0)  # type: ignore[index]
             b = e._weights[whole].mean(axis=0)  # type: ignore[index]
             assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.95
+
+
+def test_words_encoded_together_get_the_ids_each_gets_alone() -> None:
+    e = PromptEmbedder()
+    e.features("warm")  # loads
+    words = [
+        *"The quick brown fox jumps over the lazy dog, twice.".split(" "),
+        *["naïve", "中文", "😀🚀", "x\ty", "\n\nA.", "snake_case", "3.14159", "(a+b)^2"],
+        *["", "wor\u2581ld", "\u2581", "</s>", "a<s>b", "<unk>x"],  # each encoded alone
+    ]
+    tokenizer = e._tokenizer
+    calls: list[str] = []
+
+    class Counting:
+        def encode(self, text: str, **kwargs: bool) -> Any:
+            calls.append(text)
+            return tokenizer.encode(text, **kwargs)
+
+    e._tokenizer = Counting()
+    got = e._encode_words(words)
+    assert len(calls) == 1 + 6  # the plain words in one call, the six others one by one
+    encode = tokenizer.encode
+    for w in words:
+        assert (
+            np.frombuffer(got[w], dtype=np.int32).tolist()
+            == encode(w, add_special_tokens=False).ids
+        ), w
+
+
+def _reference_features(e: PromptEmbedder, text: str) -> np.ndarray:
+    """The formula as first written: the float32 mean of the token vectors of the words each
+    encoded alone, normalised, centred, projected, normalised (issue 13 sped it up)."""
+    key = text[:MAX_EMBED_CHARS]
+    encode = e._tokenizer.encode
+    ids = [i for w in key.split(" ") for i in encode(w, add_special_tokens=False).ids]
+    out = np.zeros(len(FEATURE_NAMES))
+    if key.strip() and ids:
+        raw = e._weights[ids].mean(axis=0)  # type: ignore[index]
+        p = e.projection
+        z = (raw / (float(np.sqrt(raw @ raw)) or 1.0) - p.mean) @ p.components
+        if z @ z > 0:
+            out = z / np.sqrt(z @ z)
+    return out
+
+
+def test_features_match_the_mean_of_token_vectors_on_every_shipped_prompt() -> None:
+    e = PromptEmbedder()
+    e.features("warm")  # loads
+    prompts = [*TEXTS, "  two  spaces ", "\n\n", *load_routing_data(DEMO_DATA).prompts]
+    for text in prompts:
+        got = np.array(list(e.features(text).values()))
+        np.testing.assert_allclose(got, _reference_features(e, text), rtol=0, atol=1e-6)
 
 
 def test_features_are_unit_vectors_named_emb_and_cached() -> None:
