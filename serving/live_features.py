@@ -62,6 +62,10 @@ ERROR_RATE = names.feature_ref(names.MODEL_PERF_VIEW, "error_rate_5m")
 LATENCY_P95 = names.feature_ref(names.MODEL_PERF_VIEW, "latency_p95_ms_5m")
 REQUESTS_1H = names.feature_ref(names.MODEL_PERF_VIEW, "request_count_1h")
 QUALITY_1H = names.feature_ref(names.MODEL_PERF_VIEW, "quality_mean_1h")
+TASK_QUALITY_24H = names.feature_ref(names.MODEL_TASK_PERF_VIEW, "quality_mean_24h")
+TASK_REQUESTS_24H = names.feature_ref(names.MODEL_TASK_PERF_VIEW, "request_count_24h")
+LIVE_PRIOR_WEIGHT = 2.0
+"""Weight, in observations, of the fleet's per-task quality as a cold arm's prior."""
 
 LIVE_ERROR_EXCLUDE = 0.5
 """A model whose fleet-wide error rate over the last 5 minutes reaches this is left out."""
@@ -365,3 +369,38 @@ def live_penalties(
             out[arm] = delta
             used.append(f"{arm} {', '.join(parts)}")
     return out, ("live features used: " + "; ".join(used)) if used else None
+
+
+def live_priors(
+    arms: Sequence[str],
+    features: RouterFeatures,
+    *,
+    arm_mean: Callable[[str], float | None],
+) -> dict[str, float]:
+    """Prior quality of the arms the policy knows nothing about, from the fleet's live
+    statistics: the model's mean quality on this task type over the last 24 hours (Feast's
+    ``model_task_performance`` view), when read (not defaulted, not stale, not degraded) and
+    backed by :data:`LIVE_MIN_REQUESTS` feedback. An arm with a learned mean (or a catalog
+    prior) gets none: its own evidence speaks.
+
+    >>> f = RouterFeatures(values={
+    ...     "new": {TASK_QUALITY_24H: 0.72, TASK_REQUESTS_24H: 40.0},
+    ...     "thin": {TASK_QUALITY_24H: 0.9, TASK_REQUESTS_24H: 2.0},
+    ...     "known": {TASK_QUALITY_24H: 0.5, TASK_REQUESTS_24H: 400.0}})
+    >>> live_priors(["new", "thin", "known"], f,
+    ...     arm_mean=lambda m: 0.6 if m == "known" else None)
+    {'new': 0.72}
+    """
+    if features.degraded:
+        return {}
+    out: dict[str, float] = {}
+    for arm in arms:
+        if arm in features.defaulted or arm in features.stale or arm_mean(arm) is not None:
+            continue
+        v = features.values.get(arm) or {}
+        q = v.get(TASK_QUALITY_24H)
+        if q is None or v.get(TASK_REQUESTS_24H, 0.0) < LIVE_MIN_REQUESTS:
+            continue
+        if 0.0 <= q <= 1.0:
+            out[arm] = float(q)
+    return out

@@ -66,7 +66,13 @@ from serving.autopilot import Rollback, VersionStats, guard_verdict
 from serving.cascade import PlannedStep, ServedCascades
 from serving.drift import DriftWatch
 from serving.guards import BudgetExceededError, BudgetLedger, CircuitBreaker
-from serving.live_features import LiveFeatures, live_exclusions, live_penalties
+from serving.live_features import (
+    LIVE_PRIOR_WEIGHT,
+    LiveFeatures,
+    live_exclusions,
+    live_penalties,
+    live_priors,
+)
 from serving.pacing import BudgetPacing
 from serving.parameters import ServedTuning
 
@@ -166,6 +172,7 @@ class ServingLoop(LearningLoop):
         self.budget_left: float | None = None  # set by the router, under its lock
         self.live: RouterFeatures | None = None  # online features, set by the router
         self._live_penalty: dict[ArmID, float] = {}  # this decision's, set by _eligible
+        self._live_seeded: set[ArmID] = set()  # arms given a live prior (once each)
 
     def penalties(
         self, arms: Sequence[ArmID], input_tokens: int, tradeoff: TradeOff
@@ -179,10 +186,14 @@ class ServingLoop(LearningLoop):
         return out
 
     def _live_terms(self, ctx: RequestContext, arms: Sequence[ArmID]) -> str | None:
-        """Compute this decision's live penalties (kept for :meth:`penalties`); their note."""
+        """Compute this decision's live penalties (kept for :meth:`penalties`) and seed the
+        cold arms with the fleet's per-task quality (:meth:`_seed_cold_arms`); their note."""
         self._live_penalty = {}
-        if self.live is None or not getattr(self.policy, "cost_aware", False):
+        if self.live is None:
             return None
+        seeded = self._seed_cold_arms(arms)
+        if not getattr(self.policy, "cost_aware", False):
+            return seeded
         tradeoff = self.tradeoff_for(ctx)
         catalog = self.catalog
 
@@ -198,7 +209,31 @@ class ServingLoop(LearningLoop):
             catalog_latency_ms=catalog_latency,
             expected_quality=arm_mean if arm_mean is not None else (lambda arm: None),
         )
+        if seeded is not None:
+            note = (
+                seeded if note is None else f"{note}; {seeded.removeprefix('live features used: ')}"
+            )
         return note
+
+    def _seed_cold_arms(self, arms: Sequence[ArmID]) -> str | None:
+        """Start each arm the policy has learned nothing about at the fleet's live quality of
+        the model on this task type (:func:`serving.live_features.live_priors`), with the
+        weight of :data:`LIVE_PRIOR_WEIGHT` observations, once per arm and process; its own
+        feedback then outweighs it within a few requests."""
+        set_prior = getattr(self.policy, "set_prior", None)
+        arm_mean = getattr(self.policy, "arm_mean", None)
+        if set_prior is None or arm_mean is None or self.live is None:
+            return None
+        fresh = [a for a in arms if a not in self._live_seeded]
+        priors = live_priors(fresh, self.live, arm_mean=arm_mean) if fresh else {}
+        for arm, quality in priors.items():
+            set_prior(arm, quality, LIVE_PRIOR_WEIGHT)
+            self._live_seeded.add(arm)
+        if not priors:
+            return None
+        return "live features used: " + "; ".join(
+            f"{arm} task quality {q:.2f} (24 h) as its prior" for arm, q in priors.items()
+        )
 
     def generation_parameters(
         self,

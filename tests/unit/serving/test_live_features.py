@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+
 from feature_store.reader import RouterFeatures
 from llmopt.schemas import RequestContext
 from llmopt.settings import Settings
@@ -12,6 +14,8 @@ from serving.live_features import (
     ERROR_RATE,
     LATENCY_P95,
     REQUESTS_1H,
+    TASK_QUALITY_24H,
+    TASK_REQUESTS_24H,
     LiveFeatures,
     live_exclusions,
 )
@@ -210,5 +214,34 @@ def test_fresh_live_statistics_enter_the_choice_and_are_named(tmp_path: Path) ->
         routed = rt.router.decide(ctx)
         assert not any(n.startswith("live features used") for n in routed.decision.notes)
         assert loop.penalties([a, b], 10, loop.tradeoff_for(ctx)) == base
+    finally:
+        rt.close()
+
+
+def test_a_cold_arm_starts_at_the_fleets_live_quality_on_the_task(tmp_path: Path) -> None:
+    """An arm the policy knows nothing about takes the fleet's 24 h quality of the model on
+    this task type as its prior (once), named in the notes; a thin statistic gives none."""
+    reader = ScriptedReader()
+    live = LiveFeatures(reader, ttl_s=0.0)
+    rt = runtime(Settings(home=tmp_path / "h"), live)
+    policy = rt.router.lineup.champion.loop.policy
+    try:
+        cold, thin = list(rt.router.default_arms)[:2]
+        for arm in (cold, thin):
+            policy.discount_arm(arm, 0.0)  # forget its catalog prior: nothing known
+        assert policy.arm_mean(cold) is None and policy.arm_mean(thin) is None
+        reader.values = {
+            cold: {TASK_QUALITY_24H: 0.93, TASK_REQUESTS_24H: 50.0},
+            thin: {TASK_QUALITY_24H: 0.99, TASK_REQUESTS_24H: 2.0},
+        }
+        ctx = RequestContext(tenant="acme", prompt="What is 2 + 2?")
+        routed = rt.router.decide(ctx)  # a key never seen is read on the decision path
+        note = next(n for n in routed.decision.notes if n.startswith("live features used: "))
+        assert f"{cold} task quality 0.93 (24 h) as its prior" in note and thin not in note
+        assert policy.arm_mean(cold) == pytest.approx(0.93)
+        assert policy.arm_mean(thin) is None
+        again = rt.router.decide(ctx)  # seeded once: the prior is not added twice
+        assert not any("as its prior" in n for n in again.decision.notes)
+        assert policy.arm_mean(cold) == pytest.approx(0.93)
     finally:
         rt.close()
