@@ -306,6 +306,22 @@ class Settings(BaseSettings):
         le=600,
         description="Seconds an upstream call may take (then: fallback).",
     )
+    response_cache_tenants: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Tenants whose gateway answers are cached and served again to similar prompts, JSON: "
+            '["acme"] (serving/response_cache.py: in memory only, per tenant, the similarity '
+            "threshold learned from feedback). Empty: the cache is off."
+        ),
+    )
+    response_cache_ttl_s: float = Field(
+        default=3600.0, gt=0, description="Seconds a cached answer may be served."
+    )
+    response_cache_max_entries: int = Field(
+        default=1000,
+        ge=1,
+        description="Answers cached per tenant and worker (the least recently used go first).",
+    )
     serving_budget_pacing: bool = Field(
         default=True,
         description=(

@@ -26,6 +26,10 @@ model and the headers ``x-llmopt-decision-id``, ``x-llmopt-model``, ``x-llmopt-p
 - **Capabilities**: a request that uses tools, images or JSON mode goes only to models whose
   catalog entry declares it (:func:`required_capabilities`); none allowed: a 400 naming them.
   Tool calls and content parts are passed through unchanged.
+- **Response cache** (opt-in per tenant, ``LLMOPT_RESPONSE_CACHE_TENANTS``): a prompt similar
+  enough to one the tenant asked before gets the stored answer, with a decision id of its own and
+  ``x-llmopt-cache: hit``; the similarity threshold is learned from feedback
+  (:mod:`serving.response_cache`; ``POST /feedback`` of a hit is answered by the cache).
 - ``GET /v1/models`` lists ``auto`` and every model with an upstream.
 - **Keys bound to tenants** (``LLMOPT_CLIENT_KEY_TENANTS``, :mod:`serving.http_guard`): a key
   may only name its tenants in ``llmopt.tenant`` (403 before any decision or upstream call);
@@ -52,9 +56,19 @@ from llmopt.catalog import ModelCatalog
 from llmopt.loop import NoCandidateError
 from llmopt.schemas import ErrorKind, Feedback, RequestContext
 from serving.affinity import ConversationAffinity
+from serving.errors import error_body
 from serving.guards import BudgetExceededError
 from serving.health import RuntimeOfApp
 from serving.http_guard import default_tenant, tenant_refusal
+from serving.response_cache import (
+    POLICY_VERSION,
+    HitFeedbackConflict,
+    Probe,
+    ResponseCache,
+    assemble,
+    cacheable,
+    replay,
+)
 from serving.upstreams import Upstream
 
 log = logging.getLogger("llmopt.serving")
@@ -225,6 +239,7 @@ class Gateway:
         *,
         timeout_s: float = 60.0,
         client: httpx.AsyncClient | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.runtime = runtime
         self.upstreams = dict(upstreams)
@@ -232,6 +247,8 @@ class Gateway:
         self._client = client
         self.affinity = ConversationAffinity()
         """One model per conversation (:mod:`serving.affinity`)."""
+        self.cache = cache
+        """The semantic response cache (:mod:`serving.response_cache`; None: off)."""
 
     @property
     def catalog(self) -> ModelCatalog:
@@ -347,6 +364,39 @@ class Gateway:
         except NoCandidateError as exc:
             raise GatewayError(400, str(exc), "messages") from None
 
+    # -- the response cache --------------------------------------------------------------------
+    def cache_probe(self, body: dict[str, Any], options: dict[str, Any]) -> Probe | None:
+        """The cache's look at a request (None: off for its tenant, or a request it does not
+        take: tools, images, several choices, logprobs). A cache error is a miss, logged."""
+        cache, tenant = self.cache, options.get("tenant")
+        if cache is None or not isinstance(tenant, str) or not cache.enabled(tenant):
+            return None
+        if required_capabilities(body) & {"tools", "vision"} or not cacheable(body):
+            return None
+        self.context(body, options, set())  # bad input stays a 4xx, cached or not
+        try:
+            key = cache.key(body, options, prompt_text(body["messages"]), prompt_text)
+            return cache.probe(tenant, key)
+        except Exception:
+            log.exception("response cache: the lookup failed; served as a miss")
+            return Probe(tenant, None)
+
+    def cache_answered(self, probe: Probe, a: Attempt) -> None:
+        """Store a miss's answer and let its feedback teach the cache; never raises."""
+        cache = self.cache
+        if cache is None:
+            return
+        try:
+            stored = (
+                probe.key is not None
+                and a.answer is not None
+                and a.call.error is None
+                and cache.store(probe.tenant, probe.key, a.model, a.answer, a.decision_id)
+            )
+            cache.served_miss(probe, a.decision_id, stored)
+        except Exception:
+            log.exception("response cache: could not store the answer of %s", a.decision_id)
+
     # -- measuring -----------------------------------------------------------------------------
     def cost(
         self, model: str, usage: Mapping[str, Any] | None
@@ -437,6 +487,10 @@ class Attempt:
     extra: dict[str, str]
     call: Call = field(default_factory=Call)
     started: float = field(default_factory=time.perf_counter)
+    collect: bool = False
+    """Keep the answer (for the response cache)."""
+    answer: dict[str, Any] | None = None
+    """The answer as one chat completion (streamed ones reassembled), when collected."""
 
     @property
     def decision_id(self) -> str:
@@ -469,17 +523,25 @@ def _attempt(gateway: Gateway, body: dict[str, Any], routed: Any, n: int) -> Att
 
 async def handle_chat(gateway: Gateway, raw: bytes, send: Send) -> None:
     """One ``POST /v1/chat/completions``: decide, forward (with fallback), answer, measure."""
+    started = time.perf_counter()
     body, options = parse_request(raw)
     tenant = options.setdefault("tenant", default_tenant())
     why = tenant_refusal(tenant) if isinstance(tenant, str) else None  # else: 400 below
     if why is not None:
         raise GatewayError(403, why, "llmopt.tenant", code="forbidden")
+    probe = gateway.cache_probe(body, options)
+    if probe is not None and probe.entry is not None:
+        await _serve_hit(gateway, probe, body, options, send, started=started)
+        return
     tried: set[str] = set()
     last_error = "no attempt"
     for n in range(1, MAX_ATTEMPTS + 1):
         ctx = gateway.context(body, options, tried)
         routed = gateway.decide(ctx)  # on the event loop, as /decide: no thread hop
         a = _attempt(gateway, body, routed, n)
+        if probe is not None:
+            a.extra.update(probe.headers())
+            a.collect = True
         tried.add(a.model)
         try:
             if body.get("stream"):
@@ -489,6 +551,8 @@ async def handle_chat(gateway: Gateway, raw: bytes, send: Send) -> None:
             if answered:
                 if isinstance(options.get("conversation"), str):
                     gateway.affinity.pin(options["conversation"], a.model)
+                if probe is not None:
+                    gateway.cache_answered(probe, a)
                 return
             last_error = f"{a.model}: {a.call.detail}"
         except httpx.TimeoutException:
@@ -502,6 +566,58 @@ async def handle_chat(gateway: Gateway, raw: bytes, send: Send) -> None:
         await asyncio.to_thread(gateway.settle, a.decision_id, a.model, a.call)
         log.warning("gateway: %s failed (%s); falling back", a.model, last_error)
     raise GatewayError(502, f"every attempt failed; last: {last_error}", code="upstream_error")
+
+
+async def _serve_hit(
+    gateway: Gateway,
+    probe: Probe,
+    body: dict[str, Any],
+    options: dict[str, Any],
+    send: Send,
+    *,
+    started: float,
+) -> None:
+    """Answer with the cached entry of ``probe``: a decision id of its own, awaiting feedback."""
+    entry = probe.entry
+    assert entry is not None and gateway.cache is not None
+    ctx = gateway.context(body, options, set())
+    tradeoff = gateway.runtime.router.lineup.champion.loop.tradeoff_for(ctx)
+    decision_id = gateway.cache.served_hit(
+        probe,
+        latency_ms=(time.perf_counter() - started) * 1000,
+        willingness_to_pay=tradeoff.willingness_to_pay,
+        latency_weight=tradeoff.latency_weight,
+    )
+    log.info(
+        "response cache hit %s: tenant %s, %s's answer of %s, similarity %.4f, threshold %s "
+        "(propensity %.4f)",
+        decision_id, probe.tenant, entry.model, entry.decision_id, probe.similarity or 0.0,
+        probe.arm, probe.propensity or 0.0,
+    )  # fmt: skip
+    headers = [
+        (k.encode(), v.encode())
+        for k, v in {
+            "x-llmopt-decision-id": decision_id,
+            "x-llmopt-model": entry.model,
+            "x-llmopt-policy-version": POLICY_VERSION,
+            "x-llmopt-features": "off",
+            **probe.headers(),
+        }.items()
+    ]
+    completion_id = f"chatcmpl-{decision_id}"
+    if not body.get("stream"):
+        data = {**entry.answer, "id": completion_id, "created": int(time.time())}
+        data["model"] = entry.model
+        await _reply(send, 200, json.dumps(data).encode(), headers)
+        return
+    wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    chunks = replay(entry.answer, entry.model, completion_id, include_usage=wants_usage)
+    start = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+    await send({"type": "http.response.start", "status": 200, "headers": start + headers})
+    for chunk in chunks:
+        out = f"data: {json.dumps(chunk)}\n\n".encode()
+        await send({"type": "http.response.body", "body": out, "more_body": True})
+    await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
 
 
 async def _pass_on(gateway: Gateway, a: Attempt, send: Send, status: int, body: bytes) -> bool:
@@ -525,6 +641,8 @@ async def _once(gateway: Gateway, a: Attempt, send: Send) -> bool:
     if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
         raise ValueError("not a chat completion")  # fall back: this upstream answered nonsense
     data["model"] = a.model
+    if a.collect:
+        a.answer = data
     tokens = gateway.cost(a.model, data.get("usage"))
     a.call.input_tokens, a.call.output_tokens, a.call.cost_usd = tokens
     await asyncio.to_thread(gateway.settle, a.decision_id, a.model, a.call)
@@ -557,6 +675,7 @@ async def _stream(gateway: Gateway, a: Attempt, send: Send, body: dict[str, Any]
         }
         await send(start)
         usage: Any = None
+        parts: list[Any] = []
         try:
             async for line in r.aiter_lines():
                 if not line.startswith("data:"):
@@ -569,6 +688,8 @@ async def _stream(gateway: Gateway, a: Attempt, send: Send, body: dict[str, Any]
                     raise ValueError("not a chat completion chunk")
                 chunk["model"] = a.model
                 usage = chunk.get("usage") or usage
+                if a.collect:
+                    parts.append(chunk)
                 if call.ttft_ms is None and any(
                     (c.get("delta") or {}).get("content") for c in chunk.get("choices") or []
                 ):
@@ -583,6 +704,8 @@ async def _stream(gateway: Gateway, a: Attempt, send: Send, body: dict[str, Any]
         # client sees [DONE] finds them (no race with a fast client).
         call.latency_ms = a.elapsed_ms()
         call.input_tokens, call.output_tokens, call.cost_usd = gateway.cost(a.model, usage)
+        if a.collect and call.error is None:
+            a.answer = assemble(parts, a.model, usage)
         await asyncio.to_thread(gateway.settle, a.decision_id, a.model, call)
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
     return True
@@ -599,6 +722,11 @@ class GatewayMiddleware(RuntimeOfApp):
             await self.lifespan(scope, receive, send)
             return
         path = scope.get("path") if scope["type"] == "http" else None
+        if path == "/feedback" and scope["method"] == "POST":
+            gateway = self.gateway()
+            if gateway is not None and gateway.cache is not None:
+                await _cache_feedback(gateway.cache, self.app, scope, receive, send)
+                return
         if path not in ("/v1/models", "/v1/chat/completions"):
             await self.app(scope, receive, send)
             return
@@ -627,3 +755,88 @@ class GatewayMiddleware(RuntimeOfApp):
             await handle_chat(gateway, raw, send)
         except GatewayError as exc:
             await _reply(send, exc.status, error_json(exc.status, exc.message, exc.field, exc.code))
+
+
+def _feedback_of(raw: bytes) -> Feedback | None:
+    """The feedback in a ``/feedback`` body (None: not valid; the service says why)."""
+    try:
+        return Feedback.model_validate_json(raw or b"null")
+    except (ValidationError, ValueError):
+        return None
+
+
+async def _hit_feedback(cache: ResponseCache, fb: Feedback, tenant: str, send: Send) -> bool:
+    """Answer a hit's feedback (True), or leave it to the service (False: forgotten since)."""
+    why = tenant_refusal(
+        tenant,
+        message=f"decision {fb.decision_id!r} is another tenant's: this key may not act for it",
+    )
+    if why is not None:
+        await _reply(send, 403, error_body(403, why, code="forbidden", field="decision_id"))
+        return True
+    try:
+        stored, reward = cache.hit_feedback(fb)
+    except HitFeedbackConflict as exc:
+        await _reply(send, 409, error_body(409, str(exc), code="conflicting_feedback"))
+    except KeyError:  # forgotten since: the service answers (404)
+        return False
+    except Exception as exc:
+        log.exception("response cache: could not learn the feedback of %s", fb.decision_id)
+        why = f"cannot store feedback right now: {type(exc).__name__}"
+        await _reply(send, 503, error_body(503, why, code="unavailable"))
+    else:
+        doc = {"status": stored, "decision_id": fb.decision_id, "reward": reward}
+        await _reply(send, 200, json.dumps({**doc, "feedback_id": None}).encode())
+    return True
+
+
+async def _cache_feedback(
+    cache: ResponseCache, app: Any, scope: Any, receive: Any, send: Any
+) -> None:
+    """``POST /feedback`` while the response cache is on. A hit's feedback is answered here
+    (:meth:`ResponseCache.hit_feedback`: a hit is no model's decision, the event log and the
+    policies never see it); a routed decision the cache waits for goes to the service as usual,
+    and once stored its reward teaches the cache too; any other passes through untouched."""
+    raw = await _read_body(receive)
+    fb = _feedback_of(raw)
+    tenant, watched = None, False
+    try:
+        if fb is not None:
+            tenant = cache.hit_tenant(fb.decision_id)
+            watched = tenant is None and cache.watches(fb.decision_id)
+    except Exception:  # the cache must never fail a feedback: the service takes it
+        log.exception("response cache: could not look up the decision of a feedback")
+    if fb is not None and tenant is not None and await _hit_feedback(cache, fb, tenant, send):
+        return
+    replayed = False
+
+    async def replay_body() -> Mapping[str, Any]:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": raw, "more_body": False}
+        return await receive()  # type: ignore[no-any-return]
+
+    if fb is None or not watched:
+        await app(scope, replay_body, send)
+        return
+    status = 0
+    answer: list[bytes] = []
+
+    async def watch(message: Mapping[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = int(message["status"])
+        elif message["type"] == "http.response.body":
+            answer.append(message.get("body", b""))
+        await send(message)
+
+    await app(scope, replay_body, watch)
+    if status != 200:
+        return
+    try:
+        out = json.loads(b"".join(answer))
+        if out.get("status") == "stored" and isinstance(out.get("reward"), int | float):
+            cache.routed_feedback(fb.decision_id, fb.normalized_quality(), float(out["reward"]))
+    except Exception:  # the cache must never fail a feedback
+        log.exception("response cache: could not learn the feedback of %s", fb.decision_id)

@@ -48,6 +48,7 @@ from serving.live_features import LiveFeatures, open_in_background
 from serving.metrics import get_metrics
 from serving.model_source import LocalFileSource, ModelSource, SourceError, source_from_settings
 from serving.pacing import BudgetPacing
+from serving.response_cache import ResponseCache
 from serving.router import STATIC_LABEL, Router
 from serving.upstreams import load_upstreams
 
@@ -155,7 +156,14 @@ class ServingRuntime:
         )
         upstreams = load_upstreams(settings, self.catalog)  # a wrong config fails the start
         self.gateway: Gateway | None = (
-            Gateway(self, upstreams, timeout_s=settings.gateway_timeout_s) if upstreams else None
+            Gateway(
+                self,
+                upstreams,
+                timeout_s=settings.gateway_timeout_s,
+                cache=ResponseCache.from_settings(settings),
+            )
+            if upstreams
+            else None
         )
         """The OpenAI-compatible gateway (:mod:`serving.gateway`; None: no upstream configured)."""
         self.versions: dict[str, str | None] = {"prod": None, "staging": None}

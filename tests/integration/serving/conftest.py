@@ -25,6 +25,9 @@ CLEARED = (
     "LLMOPT_DATABASE_URL",
     "LLMOPT_UPSTREAM_URL",
     "LLMOPT_UPSTREAMS_FILE",
+    "LLMOPT_RESPONSE_CACHE_TENANTS",
+    "LLMOPT_RESPONSE_CACHE_TTL_S",
+    "LLMOPT_RESPONSE_CACHE_MAX_ENTRIES",
 )
 """Settings a test's service never inherits from the environment (or from a module fixture)."""
 
