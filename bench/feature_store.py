@@ -1,9 +1,12 @@
-"""The feature store: online read of ``router_v1`` for 11 candidate models, push throughput,
-and the reader's worst wait when the store is down.
+"""The feature store: online read of the router's service (``names.ROUTER_SERVICE``,
+``router_v2``) for 11 candidate models, push throughput, and the reader's worst wait when the
+store is down.
 
-- Online read: one ``get_online_features`` call for all 11 candidate models (11 features each,
-  tenant and system keys shared), p50/p99 over 2,000 reads, on SQLite (embedded) and on Redis
-  (when 127.0.0.1:6379 answers); same-run baseline: the same call for one model.
+- Online read: one ``get_online_features`` call for all 11 candidate models, with the entity rows
+  the reader sends (``OnlineFeatureReader.entity_rows``: for ``router_v2`` 5 features per model
+  and keys ``(model, task_type)``; ``router_v1`` read 11 features, tenant and system keys
+  included), p50/p99 over 2,000 reads, on SQLite (embedded) and on Redis (when 127.0.0.1:6379
+  answers); same-run baseline: the same call for one model.
 - Push path: feedback events/s from ``FeatureWriter.add`` to the online store (aggregation, one
   ``push`` per view per 2,000 events, offline parquet append); same-run baseline: the aggregation
   alone.
@@ -65,11 +68,18 @@ def _events(n: int) -> list[Observation]:
     return out
 
 
+def _rows(store: Any, models: list[str]) -> list[dict[str, str]]:
+    """The entity rows the reader sends for these models (one request)."""
+    reader = OnlineFeatureReader(store)
+    try:
+        return reader.entity_rows(models, tenant="acme", task_type="code")
+    finally:
+        reader.close()
+
+
 def _time_reads(store: Any, n: int, models: list[str]) -> np.ndarray:
     features = store.get_feature_service(names.ROUTER_SERVICE)
-    rows = [
-        {"model": m, "task_type": "code", "tenant": "acme", "deployment": "default"} for m in models
-    ]
+    rows = _rows(store, models)
     call = store.get_online_features
     for _ in range(100):
         call(features=features, entity_rows=rows, full_feature_names=True).to_dict()
@@ -87,9 +97,11 @@ def _read_result(backend: str, store: Any, n: int) -> dict[str, Any]:
     s_many, s_one = stats_us(many), stats_us(one)
     target = TARGET_P99_US if backend == "redis" else None
     return {
-        "case": f"online read router_v1, {N_MODELS} models, {backend}",
+        "case": f"online read {names.ROUTER_SERVICE}, {N_MODELS} models, {backend}",
         "backend": backend,
+        "service": names.ROUTER_SERVICE,
         "features_per_model": sum(len(v) for v in names.ROUTER_FEATURES.values()),
+        "entity_keys": list(_rows(store, MODELS[:1])[0]),
         "read_11_models": s_many,
         "baseline_1_model": s_one,
         "ratio_p50": ratio(float(s_many["p50_us"]), float(s_one["p50_us"])),

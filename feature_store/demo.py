@@ -63,7 +63,7 @@ def demo_roundtrip(
         "online": {
             m: {
                 field: read.values[m][names.feature_ref(names.MODEL_PERF_VIEW, field)]
-                for field in ("quality_mean_1h", "request_count_1h", "error_rate_5m")
+                for field in ("error_rate_5m", "latency_p95_ms_5m", "request_count_1h")
             }
             for m in models
         },

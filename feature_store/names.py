@@ -108,20 +108,34 @@ MODEL_TASK_PERF_VIEW = "model_task_performance"
 TENANT_VIEW = "tenant_features"
 SYSTEM_VIEW = "system_features"
 REQUEST_VIEW = "request_features"
-ROUTER_SERVICE = "router_v1"
+ROUTER_SERVICE = "router_v2"  # v2: only what the router uses, model-keyed views only
+ROUTER_V1_SERVICE = "router_v1"
 TRAINING_SERVICE = "training_v1"
 REQUEST_SERVICE = "request_v2"  # v2: + the prompt embedding (emb_0 .. emb_31)
 
 ROUTER_FEATURES: dict[str, tuple[str, ...]] = {
+    MODEL_PERF_VIEW: ("error_rate_5m", "latency_p95_ms_5m", "request_count_1h"),
+    MODEL_TASK_PERF_VIEW: ("quality_mean_24h", "request_count_24h"),
+}
+"""What the router reads per decision, for every candidate model (``router_v2``): the fresh
+signals a learned policy lacks, each used by ``serving/live_features.py``. Over the last 5 minutes
+the error rate and p95 latency (exclusions and penalties), backed by the request count over the
+last hour; the quality on the request's task type over the last 24 hours and its request count
+(a cold arm's prior). Every view is keyed by the model (and the task type), so an entity row is
+``(model, task_type)``: a tenant or a fleet without a row of its own costs the models nothing.
+Each value read costs; the full catalogue is in ``training_v1``."""
+
+ROUTER_V1_FEATURES: dict[str, tuple[str, ...]] = {
     MODEL_PERF_VIEW: ("error_rate_5m", "latency_p95_ms_5m", "quality_mean_1h", "request_count_1h"),
     MODEL_TASK_PERF_VIEW: ("quality_mean_24h", "request_count_24h"),
     TENANT_VIEW: ("budget_left_usd", "spend_rate_usd_per_h", "willingness_to_pay"),
     SYSTEM_VIEW: ("queue_depth", "error_rate_5m"),
 }
-"""What the router reads per decision, for every candidate model: the fresh signals a learned
-policy lacks (an outage or slowdown in the last minutes, quality per task type, the tenant's budget,
-the fleet's load). Each value read costs (11 candidates x 11 features is ~1 ms); the full catalogue
-is in ``training_v1``."""
+"""Superseded by ``router_v2`` (issue 16): the router never used six of these eleven features,
+and the tenant and system ones made every model look ``defaulted`` for a tenant or fleet without
+a row. Still defined in ``feature_repo/services.py``, so that routers of the previous release
+(which read it by name from the shared registry) keep working through a rolling deployment;
+nothing in this repository reads it. Remove it once no such router runs."""
 
 PUSH_SOURCES = {
     MODEL_PERF_VIEW: "model_performance_push_source",

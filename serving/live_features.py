@@ -61,9 +61,12 @@ log = logging.getLogger("llmopt.serving")
 ERROR_RATE = names.feature_ref(names.MODEL_PERF_VIEW, "error_rate_5m")
 LATENCY_P95 = names.feature_ref(names.MODEL_PERF_VIEW, "latency_p95_ms_5m")
 REQUESTS_1H = names.feature_ref(names.MODEL_PERF_VIEW, "request_count_1h")
-QUALITY_1H = names.feature_ref(names.MODEL_PERF_VIEW, "quality_mean_1h")
 TASK_QUALITY_24H = names.feature_ref(names.MODEL_TASK_PERF_VIEW, "quality_mean_24h")
 TASK_REQUESTS_24H = names.feature_ref(names.MODEL_TASK_PERF_VIEW, "request_count_24h")
+MODEL_LIVE = (ERROR_RATE, LATENCY_P95, REQUESTS_1H)
+"""The per-model features exclusions and penalties use (Feast's ``model_performance`` view)."""
+TASK_LIVE = (TASK_QUALITY_24H, TASK_REQUESTS_24H)
+"""The per-model-and-task features a cold arm's prior uses (``model_task_performance``)."""
 LIVE_PRIOR_WEIGHT = 2.0
 """Weight, in observations, of the fleet's per-task quality as a cold arm's prior."""
 
@@ -264,7 +267,8 @@ def live_exclusions(
     A model is left out when, over the last 5 minutes, its share of failed calls reached
     :data:`LIVE_ERROR_EXCLUDE`, or its observed 95th-percentile latency exceeds the request's
     ``max_latency_ms``, provided it had :data:`LIVE_MIN_REQUESTS` feedback in the last hour.
-    Values that are defaults (unknown model, store down) never exclude anything.
+    Values that are defaults (unknown model, store down) never exclude anything; a default in
+    another view (no row for this task type) does not stop the model's own values from doing so.
 
     >>> f = RouterFeatures(values={
     ...     "a": {ERROR_RATE: 0.9, LATENCY_P95: 100.0, REQUESTS_1H: 50.0},
@@ -275,7 +279,7 @@ def live_exclusions(
     """
     out: dict[str, str] = {}
     for arm in arms:
-        if arm in features.defaulted and arm not in features.stale:
+        if arm not in features.stale and not features.known(arm, MODEL_LIVE):
             continue
         v = features.values.get(arm)
         if not v or v.get(REQUESTS_1H, 0.0) < LIVE_MIN_REQUESTS:
@@ -310,9 +314,9 @@ def open_in_background(
 
 
 def _fresh(arm: str, features: RouterFeatures) -> dict[str, float] | None:
-    """The arm's live values if they can be trusted now: read (not defaulted, not stale), and
-    backed by :data:`LIVE_MIN_REQUESTS` feedback in the last hour."""
-    if features.degraded or arm in features.defaulted or arm in features.stale:
+    """The arm's live values if they can be trusted now: read (its :data:`MODEL_LIVE` values are
+    not defaults, not stale), and backed by :data:`LIVE_MIN_REQUESTS` feedback in the last hour."""
+    if features.degraded or arm in features.stale or not features.known(arm, MODEL_LIVE):
         return None
     v = features.values.get(arm)
     if not v or v.get(REQUESTS_1H, 0.0) < LIVE_MIN_REQUESTS:
@@ -379,7 +383,8 @@ def live_priors(
 ) -> dict[str, float]:
     """Prior quality of the arms the policy knows nothing about, from the fleet's live
     statistics: the model's mean quality on this task type over the last 24 hours (Feast's
-    ``model_task_performance`` view), when read (not defaulted, not stale, not degraded) and
+    ``model_task_performance`` view), when read (its :data:`TASK_LIVE` values are not defaults,
+    not stale, not degraded) and
     backed by :data:`LIVE_MIN_REQUESTS` feedback. An arm with a learned mean (or a catalog
     prior) gets none: its own evidence speaks.
 
@@ -395,7 +400,7 @@ def live_priors(
         return {}
     out: dict[str, float] = {}
     for arm in arms:
-        if arm in features.defaulted or arm in features.stale or arm_mean(arm) is not None:
+        if arm in features.stale or not features.known(arm, TASK_LIVE) or arm_mean(arm) is not None:
             continue
         v = features.values.get(arm) or {}
         q = v.get(TASK_QUALITY_24H)

@@ -20,6 +20,7 @@ from feature_store.aggregation import Observation
 from feature_store.reader import OnlineFeatureReader
 from feature_store.writer import FeatureWriter
 from llmopt.event_log import LoggedEvent
+from serving.live_features import TASK_QUALITY_24H, live_exclusions, live_penalties, live_priors
 
 pytestmark = pytest.mark.integration
 
@@ -50,6 +51,13 @@ def test_apply_registers_views_and_services(store: Any) -> None:
     assert [v.name for v in store.list_on_demand_feature_views()] == [names.REQUEST_VIEW]
     services = {s.name for s in store.list_feature_services()}
     assert {names.ROUTER_SERVICE, names.TRAINING_SERVICE, names.REQUEST_SERVICE} <= services
+    router = store.get_feature_service(names.ROUTER_SERVICE)
+    assert names.ROUTER_SERVICE == "router_v2"
+    assert {
+        p.name: tuple(f.name for f in p.features) for p in router.feature_view_projections
+    } == names.ROUTER_FEATURES  # model-keyed views only, each feature used by serving
+    old = store.get_feature_service(names.ROUTER_V1_SERVICE)  # kept for a rolling deployment
+    assert old.tags["deprecated"] == "true" and old.tags["superseded_by"] == names.ROUTER_SERVICE
     for view in store.list_feature_views():
         assert all(f.description for f in view.features), view.name
 
@@ -71,14 +79,63 @@ def test_push_then_online_read(store: Any) -> None:
     assert not got.degraded and not got.defaulted
     for k, model in enumerate(MODELS[:3]):
         v = got.values[model]
-        assert v["model_performance__quality_mean_1h"] == pytest.approx(0.5 + 0.1 * k)
+        assert v["model_task_performance__quality_mean_24h"] == pytest.approx(0.5 + 0.1 * k)
         assert v["model_performance__request_count_1h"] == 10
         assert v["model_task_performance__request_count_24h"] == 10
     # unknown model and tenant: defaults with the flag
     got = reader.read([MODELS[0], "brand-new-model"], tenant="nobody", task_type="code")
-    assert got.defaulted == {MODELS[0], "brand-new-model"}  # the tenant is unknown for both
+    assert got.defaulted == {"brand-new-model"}  # the tenant's row is not the models' concern
     assert got.values["brand-new-model"]["model_performance__request_count_1h"] == 0.0
     assert got.values[MODELS[0]]["model_performance__request_count_1h"] == 10
+    reader.close()
+
+
+def test_a_first_time_tenant_keeps_the_models_live_statistics_in_use(store: Any) -> None:
+    """The models' own rows decide whether their values are trusted, whatever the tenant.
+
+    ``router_v1`` also read tenant and system features: a tenant without a ``tenant_features``
+    row (its first request) got defaults for them, which put every candidate in ``defaulted``,
+    and ``live_exclusions``/``live_penalties``/``live_priors`` then ignored the models' own
+    5-minute and 24-hour statistics for that tenant. The router's service holds model-keyed
+    features only now.
+    """
+    now = datetime.now(UTC)
+    writer = FeatureWriter(store, max_batch=10_000)
+    events = [obs(now - timedelta(seconds=40 - k), "flaky", 0.8, error=k % 2 == 1)
+              for k in range(20)]  # fmt: skip
+    writer.add(events)
+    writer.flush()
+    reader = OnlineFeatureReader(store, budget_ms=1000)
+    for tenant in ("acme", "first-time-tenant"):
+        got = reader.read(["flaky"], tenant=tenant, task_type="code")
+        assert not got.degraded and got.defaulted == set(), tenant
+        assert "flaky" in live_exclusions(["flaky"], got, max_latency_ms=None), tenant
+        pen, _ = live_penalties(["flaky"], got, latency_weight=0.0,
+                                catalog_latency_ms=lambda m: None,
+                                expected_quality=lambda m: 0.8)  # fmt: skip
+        assert pen["flaky"] == pytest.approx(0.5 * 0.8), tenant
+        quality = got.values["flaky"][TASK_QUALITY_24H]
+        assert live_priors(["flaky"], got, arm_mean=lambda m: None) == {"flaky": quality}, tenant
+    reader.close()
+
+
+def test_a_task_type_new_to_a_model_keeps_its_fleet_wide_statistics_in_use(store: Any) -> None:
+    """A model never served on a task type has no model x task row: no prior from it, but its
+    fleet-wide error rate still leaves it out (only the features that got defaults are
+    distrusted, not the whole model)."""
+    now = datetime.now(UTC)
+    writer = FeatureWriter(store, max_batch=10_000)
+    writer.add([obs(now - timedelta(seconds=40 - k), "down", 0.0, error=True) for k in range(10)])
+    writer.flush()
+    reader = OnlineFeatureReader(store, budget_ms=1000)
+    got = reader.read(["down"], tenant="acme", task_type="never-seen-task")
+    assert not got.degraded and got.defaulted == {"down"}
+    assert got.defaulted_features["down"] == {
+        names.feature_ref(names.MODEL_TASK_PERF_VIEW, f)
+        for f in ("quality_mean_24h", "request_count_24h")
+    }
+    assert "down" in live_exclusions(["down"], got, max_latency_ms=None)
+    assert live_priors(["down"], got, arm_mean=lambda m: None) == {}
     reader.close()
 
 
@@ -124,7 +181,9 @@ def test_materialize_incremental_fills_online_store(store: Any) -> None:
     out = training.materialize_incremental(store=store, end_date=now)  # the scheduled job
     assert out["end_date"] == now.isoformat()
     got = reader.read(["offline-only"], tenant="acme", task_type="code")
-    assert got.values["offline-only"]["model_performance__quality_mean_1h"] == pytest.approx(0.7)
+    v = got.values["offline-only"]
+    assert v["model_task_performance__quality_mean_24h"] == pytest.approx(0.7)
+    assert v["model_performance__request_count_1h"] == 1
     reader.close()
 
 

@@ -7,17 +7,22 @@ from pathlib import Path
 
 import pytest
 
+from feature_store import names
 from feature_store.reader import RouterFeatures
 from llmopt.schemas import RequestContext
 from llmopt.settings import Settings
 from serving.live_features import (
     ERROR_RATE,
     LATENCY_P95,
+    MODEL_LIVE,
     REQUESTS_1H,
+    TASK_LIVE,
     TASK_QUALITY_24H,
     TASK_REQUESTS_24H,
     LiveFeatures,
     live_exclusions,
+    live_penalties,
+    live_priors,
 )
 from serving.router import Routed
 from serving.runtime import ServingRuntime
@@ -103,6 +108,35 @@ def test_exclusions_need_enough_requests_and_ignore_defaults() -> None:
     out = live_exclusions(["few", "many", "slow", "dflt"], f, max_latency_ms=1000)
     assert sorted(out) == ["many", "slow"]
     assert "p95 latency 5000 ms" in out["slow"]
+
+
+def test_the_router_service_reads_exactly_what_serving_uses() -> None:
+    served = {
+        names.feature_ref(v, f) for v, fields in names.ROUTER_FEATURES.items() for f in fields
+    }
+    assert served == {*MODEL_LIVE, *TASK_LIVE}
+    assert names.ROUTER_SERVICE == "router_v2"
+
+
+def test_a_default_distrusts_only_its_own_features() -> None:
+    """No model x task row (a task type new to the model): no prior from it, but its own
+    fleet-wide error rate and latency still count; no model row: nothing counts."""
+    row = {**bad(error_rate=0.6), TASK_QUALITY_24H: 0.0, TASK_REQUESTS_24H: 0.0}
+    f = RouterFeatures(
+        values={"new-task": row, "new-model": dict(row)},
+        defaulted=frozenset({"new-task", "new-model"}),
+        defaulted_features={
+            "new-task": frozenset(TASK_LIVE),
+            "new-model": frozenset({*MODEL_LIVE, *TASK_LIVE}),
+        },
+    )
+    assert list(live_exclusions(["new-task", "new-model"], f, max_latency_ms=None)) == ["new-task"]
+    pen, _ = live_penalties(
+        ["new-task", "new-model"], f, latency_weight=0.0,
+        catalog_latency_ms=lambda m: None, expected_quality=lambda m: 0.5,
+    )  # fmt: skip
+    assert pen == {"new-task": pytest.approx(0.3)}
+    assert live_priors(["new-task", "new-model"], f, arm_mean=lambda m: None) == {}
 
 
 def runtime(settings: Settings, live: LiveFeatures) -> ServingRuntime:
