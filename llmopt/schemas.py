@@ -16,19 +16,49 @@ Examples
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    model_serializer,
+    model_validator,
+)
 
 from llmopt.types import ArmID, DecisionID, TenantID
 
+_ID_BATCH = 64
+"""Decision ids drawn from the operating system at once (one system call for 64 ids)."""
+_ids: list[str] = []
+
 
 def new_decision_id() -> DecisionID:
-    """A fresh, globally unique decision id (32 hex characters, 128 random bits)."""
-    return os.urandom(16).hex()  # what uuid4 draws, without building a UUID object
+    """A fresh, globally unique decision id (32 hex characters, 128 random bits).
+
+    The bits come from ``os.urandom`` (what uuid4 draws, without building a UUID object), 64 ids
+    per system call: ``list.pop`` hands each to one caller only, even across threads, and a
+    forked child drops the ids its parent had drawn (it would hand out the same ones).
+
+    >>> a, b = new_decision_id(), new_decision_id()
+    >>> len(a), a != b, int(a, 16) >= 0
+    (32, True, True)
+    """
+    try:
+        return _ids.pop()
+    except IndexError:
+        batch = os.urandom(16 * _ID_BATCH).hex()
+        _ids.extend(batch[k : k + 32] for k in range(32, len(batch), 32))
+        return batch[:32]
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_ids.clear)
 
 
 def utc_now() -> datetime:
@@ -156,6 +186,98 @@ class Decision(BaseModel):
         default=None, description="Expected reward, uncertainty bonus, whether it explored."
     )
     created_at: datetime = Field(default_factory=utc_now)
+
+    # -- deferred fields ---------------------------------------------------------------------
+    # A policy decides thousands of times a second and most decisions are never explained:
+    # ``deferred`` builds one whose scores, explanation and timestamp are computed on first
+    # read, from numbers the policy kept. Every way of reading a decision (attributes,
+    # serialisation, equality, iteration, repr, pickling) fills them in first, so no reader can
+    # tell a deferred decision from one built whole. Copies share the pending numbers.
+
+    @classmethod
+    def deferred(
+        cls, values: dict[str, Any], fill: Callable[[], dict[str, Any]], fields_set: set[str]
+    ) -> Self:
+        """A decision built without validation, some of its fields computed on first read.
+
+        ``values`` are the fields known now (already valid, as for ``model_construct``; no
+        defaults are filled in; the dict becomes the decision's own); ``fill()`` returns the
+        others (any of scores, explanation, created_at), computed from numbers that must not
+        change afterwards. ``fields_set`` is what ``model_fields_set`` reports.
+
+        >>> d = Decision.deferred(
+        ...     {"decision_id": "d1", "model": "a", "parameters": {}, "parameters_reason": "",
+        ...      "propensity": 1.0, "policy_name": "doc", "policy_version": "0", "notes": []},
+        ...     lambda: {"scores": {"a": 0.5}, "explanation": None, "created_at": utc_now()},
+        ...     {"model", "propensity", "policy_name", "scores", "explanation", "created_at"},
+        ... )
+        >>> d.scores, list(d.model_dump())[-4:]
+        ({'a': 0.5}, ['scores', 'notes', 'explanation', 'created_at'])
+        """
+        decision = cls.__new__(cls)
+        setattr_ = object.__setattr__
+        setattr_(decision, "__dict__", values)
+        setattr_(decision, "__pydantic_fields_set__", fields_set)
+        setattr_(decision, "__pydantic_extra__", None)
+        setattr_(decision, "__pydantic_private__", {_FILL: fill})
+        return decision
+
+    def _fill(self) -> None:
+        """Compute the deferred fields (if any), keeping the fields' order."""
+        private = object.__getattribute__(self, "__pydantic_private__")
+        if not private or _FILL not in private:
+            return
+        fill = private[_FILL]
+        known = self.__dict__
+        computed = fill()
+        values = {
+            name: known[name] if name in known else computed[name]
+            for name in type(self).model_fields
+            if name in known or name in computed
+        }
+        object.__setattr__(self, "__dict__", values)
+        object.__setattr__(self, "__pydantic_private__", None)
+
+    if not TYPE_CHECKING:  # as pydantic does: mypy keeps checking attribute names
+
+        def __getattr__(self, name: str) -> Any:
+            if name in _DEFERRABLE:
+                self._fill()
+                if name in self.__dict__:
+                    return self.__dict__[name]
+            return super().__getattr__(name)
+
+    @model_serializer(mode="wrap")
+    def _serialize_filled(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
+        # No return annotation: one would replace the decision's JSON schema with its own.
+        self._fill()
+        return handler(self)
+
+    def __eq__(self, other: object) -> bool:
+        self._fill()
+        if isinstance(other, Decision):
+            other._fill()
+        return super().__eq__(other)
+
+    __hash__ = None  # type: ignore[assignment]  # as BaseModel's: a mutable model, unhashable
+
+    def __iter__(self) -> Generator[tuple[str, Any]]:
+        self._fill()
+        yield from super().__iter__()
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        self._fill()
+        yield from super().__repr_args__()
+
+    def __getstate__(self) -> dict[Any, Any]:
+        self._fill()
+        return super().__getstate__()
+
+
+_FILL = "_deferred_fill"
+"""Key of a deferred decision's pending computation in its (pydantic) private storage."""
+_DEFERRABLE = frozenset({"scores", "explanation", "created_at"})
+"""Fields a deferred decision may compute on first read."""
 
 
 class ErrorKind(StrEnum):

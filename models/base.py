@@ -17,16 +17,83 @@ from __future__ import annotations
 
 import copy
 import math
+import operator
 import random
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from functools import partial
 from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from llmopt.schemas import Decision, Explanation, new_decision_id, utc_now
+from llmopt.schemas import Decision, Explanation, new_decision_id
 from llmopt.types import ArmID, Features
 from models.state import Stateful, rng_state, set_rng_state
+
+_DECISION_FIELDS_SET = frozenset(
+    (
+        "decision_id",
+        "model",
+        "parameters",
+        "propensity",
+        "policy_name",
+        "policy_version",
+        "scores",
+        "notes",
+        "explanation",
+        "created_at",
+    )
+)
+"""The fields a policy's decision sets (``model_fields_set``; parameters_reason is a default)."""
+
+
+_NO_PENALTIES: dict[int, np.ndarray] = {}
+_UNIT_WEIGHTS: dict[int, np.ndarray] = {}  # n draws -> n weights of 1/n (win shares)
+
+
+def _no_penalties(n_arms: int) -> np.ndarray:
+    """The penalties of a pull given none: zeros, one read-only array per number of arms."""
+    zeros = _NO_PENALTIES.get(n_arms)
+    if zeros is None:
+        zeros = np.zeros(n_arms)
+        zeros.setflags(write=False)
+        _NO_PENALTIES[n_arms] = zeros
+    return zeros
+
+
+def _explain(  # noqa: PLR0917 - bound positionally by functools.partial in pull
+    arms: list[ArmID],
+    sc: list[float],
+    est: list[float],
+    pe: list[float],
+    i: int,
+    reason: str,
+    at: float,
+) -> dict[str, Any]:
+    """A decision's scores, explanation and timestamp, computed when first read."""
+    expected = [e - p for e, p in zip(est, pe, strict=True)]
+    explored = expected[i] < max(expected) - 1e-12
+    if not reason:
+        if not explored:
+            reason = "greedy"
+        elif sc[i] >= max(sc) - 1e-12:
+            reason = "optimism"
+        else:
+            reason = "random exploration"
+    return {
+        "scores": dict(zip(arms, sc, strict=True)),
+        "explanation": Explanation.model_construct(
+            estimate=est[i],
+            uncertainty_bonus=sc[i] + pe[i] - est[i],
+            penalty=pe[i],
+            expected_reward=expected[i],
+            explored=explored,
+            reason=reason,
+        ),
+        "created_at": datetime.fromtimestamp(at, UTC),
+    }
 
 
 class BasePolicy(Stateful, ABC):
@@ -113,65 +180,69 @@ class BasePolicy(Stateful, ABC):
         ctx = self._check_context(context)
         pen = self._check_penalties(arms, penalties)
         probs, scores, estimates = self._pull(arms, ctx, pen)
+        # Plain floats from here: on a dozen arms, each numpy call costs more than its maths (the
+        # operations are the same IEEE ones, so the results are bit for bit numpy's).
+        p: list[float] = probs.tolist()
+        est: list[float] = estimates.tolist()
+        pe: list[float] = pen.tolist()
         reason = ""
         cold = (
             [i for i, a in enumerate(arms) if self._updates.get(a, 0) < self.burn_in]
             if self.burn_in and not self._warm.issuperset(arms)
             else []
         )
-        # Arms that could still win: even at the best possible target, minus their penalty,
-        # they beat the best expected reward. The others' price alone rules them out.
-        if self.max_reward is not None:
-            could_win = (self.max_reward - pen) > float((estimates - pen).max())
-        else:
-            could_win = np.ones(len(arms), dtype=bool)
-        if cold:  # a burn-in try of a model its price rules out teaches nothing
-            cold = [i for i in cold if could_win[i]]
-        if cold:
-            probs = np.zeros(len(arms))
-            probs[cold] = 1.0 / len(cold)
-            reason = "burn-in"
-        if self.explore_decay > 0 and not cold:
-            # Decaying exploration among the arms that could still win: a model written off
-            # by a few unlucky early rewards is retried now and then (c / t), a model its
-            # price rules out never is.
-            eps = min(1.0, self.explore_decay / (1.0 + self._n_updates))
-            if could_win.sum() > 1:
-                probs = (1.0 - eps) * probs + eps * could_win / could_win.sum()
-        if self.exploration_floor > 0:
-            probs = (1.0 - self.exploration_floor) * probs + self.exploration_floor / len(arms)
-        i = self._sample(probs)
-        # Plain floats from here: a dozen numpy scalar operations cost more than the maths.
-        est, sc, pe = estimates.tolist(), scores.tolist(), pen.tolist()
-        expected = [e - p for e, p in zip(est, pe, strict=True)]
-        explored = expected[i] < max(expected) - 1e-12
-        if not reason:
-            if not explored:
-                reason = "greedy"
-            elif sc[i] >= max(sc) - 1e-12:
-                reason = "optimism"
+        if cold or self.explore_decay > 0:
+            # Arms that could still win: even at the best possible target, minus their penalty,
+            # they beat the best expected reward. The others' price alone rules them out.
+            if self.max_reward is not None:
+                best = max(map(operator.sub, est, pe))
+                top = self.max_reward
+                if top - max(pe) > best:  # the dearest arm could: all could (rounding is monotone)
+                    could_win = [True] * len(arms)
+                else:
+                    could_win = [top - q > best for q in pe]
             else:
-                reason = "random exploration"
-        # Built without validation (every value above is computed here, finite and in range):
-        # pydantic's checks were a third of a pull's time.
-        return Decision.model_construct(
-            decision_id=new_decision_id(),
-            model=arms[i],
-            parameters={},
-            propensity=min(max(float(probs[i]), 1e-12), 1.0),
-            policy_name=self.name,
-            policy_version=str(self._n_updates),
-            scores=dict(zip(arms, sc, strict=True)),
-            notes=[],
-            explanation=Explanation.model_construct(
-                estimate=est[i],
-                uncertainty_bonus=sc[i] + pe[i] - est[i],
-                penalty=pe[i],
-                expected_reward=expected[i],
-                explored=explored,
-                reason=reason,
-            ),
-            created_at=utc_now(),
+                could_win = [True] * len(arms)
+            if cold:  # a burn-in try of a model its price rules out teaches nothing
+                cold = [i for i in cold if could_win[i]]
+            if cold:
+                p = [0.0] * len(arms)
+                for i in cold:
+                    p[i] = 1.0 / len(cold)
+                reason = "burn-in"
+            elif self.explore_decay > 0:
+                # Decaying exploration among the arms that could still win: a model written off
+                # by a few unlucky early rewards is retried now and then (c / t), a model its
+                # price rules out never is.
+                eps = min(1.0, self.explore_decay / (1.0 + self._n_updates))
+                n_win = could_win.count(True)
+                keep, share = 1.0 - eps, eps / n_win if n_win else 0.0
+                if n_win == len(p) > 1:
+                    p = [keep * q + share for q in p]
+                elif n_win > 1:
+                    p = [
+                        keep * q + (share if w else 0.0) for q, w in zip(p, could_win, strict=True)
+                    ]
+        if self.exploration_floor > 0:
+            keep, share = 1.0 - self.exploration_floor, self.exploration_floor / len(arms)
+            p = [keep * q + share for q in p]
+        i = self._sample(p)
+        # Built without validation (every value is computed here, finite and in range; pydantic's
+        # checks were a third of a pull's time), its scores, explanation and timestamp computed
+        # only if someone reads them (most decisions are never explained).
+        return Decision.deferred(
+            {
+                "decision_id": new_decision_id(),
+                "model": arms[i],
+                "parameters": {},
+                "parameters_reason": "",
+                "propensity": p[i] if 1e-12 <= p[i] <= 1.0 else min(max(p[i], 1e-12), 1.0),
+                "policy_name": self.name,
+                "policy_version": str(self._n_updates),
+                "notes": [],
+            },
+            partial(_explain, arms, scores.tolist(), est, pe, i, reason, time.time()),
+            set(_DECISION_FIELDS_SET),
         )
 
     def update(self, arm_id: ArmID, context: Features | None, reward: float) -> Self:
@@ -315,8 +386,15 @@ class BasePolicy(Stateful, ABC):
         Sampling the arm from these shares plays textbook Thompson sampling's choice
         distribution, up to Monte-Carlo error, with a propensity exact for what is played.
         """
-        winners = np.argmax(values, axis=1)
-        shares: np.ndarray = np.bincount(winners, minlength=values.shape[1]) / len(winners)
+        winners = values.argmax(axis=1)
+        n = len(winners)
+        if n & (n - 1) == 0:  # a power of two: n weights of 1/n add up to count/n exactly
+            weights = _UNIT_WEIGHTS.get(n)
+            if weights is None:
+                weights = _UNIT_WEIGHTS[n] = np.full(n, 1.0 / n)
+            shares: np.ndarray = np.bincount(winners, weights, minlength=values.shape[1])
+            return shares
+        shares = np.bincount(winners, minlength=values.shape[1]) / n
         return shares
 
     @staticmethod
@@ -327,9 +405,8 @@ class BasePolicy(Stateful, ABC):
         out: np.ndarray = top / n if n > 1 else top.astype(float)
         return out
 
-    def _sample(self, probs: np.ndarray) -> int:
+    def _sample(self, p: list[float]) -> int:
         u = self._rng.random()  # drawn even when the choice is certain: seeded runs stay aligned
-        p: list[float] = probs.tolist()
         top = max(p)
         if top >= 1.0:
             return p.index(top)
@@ -345,9 +422,12 @@ class BasePolicy(Stateful, ABC):
         return last
 
     def _check_arms(self, arm_ids: Sequence[ArmID]) -> list[ArmID]:
+        last = self._last_arms
+        if type(arm_ids) is list and arm_ids == last and last:  # the same offer: checked
+            return last  # our own copy, never changed: a caller may change its list later
         arms = list(arm_ids)
-        if arms and arms == self._last_arms:  # the same offer as last time: already checked
-            return arms
+        if arms and arms == last:
+            return last
         if not arms:
             raise ValueError("pull needs at least one arm")
         if len(set(arms)) != len(arms):
@@ -360,20 +440,27 @@ class BasePolicy(Stateful, ABC):
     @staticmethod
     def _check_penalties(arms: list[ArmID], penalties: Mapping[ArmID, float] | None) -> np.ndarray:
         if not penalties:
-            return np.zeros(len(arms))
-        unknown = set(penalties) - set(arms)
-        if unknown:
-            raise ValueError(f"penalties name arms not offered: {sorted(unknown)}")
-        pen = np.array([float(penalties.get(a, 0.0)) for a in arms])
-        if not np.isfinite(pen).all():
-            raise ValueError("penalties must be finite numbers")
-        return pen
+            return _no_penalties(len(arms))
+        values = [float(penalties.get(a, 0.0)) for a in arms]
+        if len(penalties) > len(arms) - values.count(0.0):  # some could name no offered arm
+            unknown = set(penalties) - set(arms)
+            if unknown:
+                raise ValueError(f"penalties name arms not offered: {sorted(unknown)}")
+        if not math.isfinite(sum(values)) and not all(map(math.isfinite, values)):
+            raise ValueError("penalties must be finite numbers")  # (a finite sum: all finite)
+        return np.array(values)
 
     @staticmethod
     def _check_context(context: Features | None) -> dict[str, float]:
         """The context, checked: every value a finite number (one vectorised pass)."""
         if not context:
             return {}
+        try:  # fast path: the sum of finite floats is finite (or overflows: checked below)
+            total = sum(context.values())
+        except (TypeError, ArithmeticError):  # the full check says what is wrong
+            total = None
+        if isinstance(total, float) and math.isfinite(total):
+            return context if isinstance(context, dict) else dict(context)
         try:
             values = np.fromiter(context.values(), dtype=float, count=len(context))
         except (TypeError, ValueError) as exc:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from pydantic import ValidationError
 
@@ -75,3 +77,97 @@ def test_decision_ids_are_unique_and_propensity_bounded() -> None:
 
 def test_error_kinds_are_strings() -> None:
     assert Feedback(decision_id="d", error_kind=ErrorKind.TIMEOUT).error_kind == "timeout"
+
+
+def _policy_decision() -> Decision:
+    from models.kinds import make_policy  # noqa: PLC0415 - the policies build deferred decisions
+
+    policy = make_policy("cost_aware_linucb", seed=3)
+    arms = ["a", "b", "c"]
+    for k in range(12):
+        d = policy.pull(arms, {"x": k / 12})
+        policy.update(d.model, {"x": k / 12}, float(d.model == "b"))
+    return policy.pull(arms, {"x": 0.5}, penalties={"a": 0.1})
+
+
+def _whole(d: Decision) -> Decision:
+    """The same decision, validated from its values: every field computed now."""
+    return Decision.model_validate(d.model_dump())
+
+
+def test_a_deferred_decision_serialises_exactly_like_one_built_whole() -> None:
+    d = _policy_decision()
+    assert "scores" not in d.__dict__  # computed on first read only
+    text = d.model_dump_json()  # the first read is the serialisation
+    whole = _whole(d)
+    assert text == whole.model_dump_json()
+    assert list(d.model_dump()) == list(Decision.model_fields)
+    assert d.model_fields_set == whole.model_fields_set - {"parameters_reason"}
+
+
+def test_every_way_of_reading_a_deferred_decision_fills_it_in() -> None:
+    import copy  # noqa: PLC0415
+    import pickle  # noqa: PLC0415
+
+    from pydantic import BaseModel  # noqa: PLC0415
+
+    class Wrapper(BaseModel):
+        decision: Decision
+
+    readers: dict[str, Callable[[Decision], object]] = {
+        "attribute": lambda d: (d.explanation, d.scores, d.created_at),
+        "dict": dict,
+        "repr": repr,
+        "eq": lambda d: d == d.model_copy(),
+        "pickle": lambda d: pickle.loads(pickle.dumps(d)),
+        "copy": copy.copy,
+        "deepcopy": copy.deepcopy,
+        "model_copy": lambda d: d.model_copy(update={"notes": ["x"]}),
+        "nested": lambda d: Wrapper(decision=d).model_dump(),
+        "json": lambda d: d.model_dump_json(),
+    }
+    for name, read in readers.items():
+        d = _policy_decision()
+        out = read(d)
+        if isinstance(out, Decision):  # a copy made before the fill fills in alike
+            same = out.model_copy(update={"notes": d.notes}) if name == "model_copy" else out
+            assert same == d, name
+            assert out.explanation == d.explanation and out.scores == d.scores, name
+        whole = _whole(d)
+        assert d == whole and whole == d, name
+        assert d.explanation is not None and d.explanation.reason, name
+        assert set(d.scores) == {"a", "b", "c"}, name
+        assert "explanation=" in repr(d) and dict(d)["scores"] == d.scores, name
+        assert Wrapper(decision=d).model_dump()["decision"] == whole.model_dump(), name
+
+
+def test_a_field_set_before_the_fill_is_kept_in_its_place() -> None:
+    d = _policy_decision()
+    d.explanation = None
+    assert d.explanation is None and d.scores  # the others are still computed
+    assert list(d.model_dump()) == list(Decision.model_fields)
+    assert d.model_dump()["explanation"] is None
+
+
+def test_decision_ids_stay_unique_across_threads_and_forks() -> None:
+    import multiprocessing  # noqa: PLC0415
+    import os  # noqa: PLC0415
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    from llmopt.schemas import new_decision_id  # noqa: PLC0415
+
+    with ThreadPoolExecutor(8) as pool:
+        batches = list(pool.map(lambda _: [new_decision_id() for _ in range(500)], range(8)))
+    ids = [i for batch in batches for i in batch]
+    assert len(set(ids)) == len(ids) and all(len(i) == 32 for i in ids)
+    if not hasattr(os, "fork"):
+        return
+    new_decision_id()  # the parent holds drawn ids
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.SimpleQueue()
+    child = ctx.Process(target=lambda: queue.put([new_decision_id() for _ in range(3)]))
+    child.start()
+    child.join(30)
+    in_child = queue.get()
+    in_parent = [new_decision_id() for _ in range(3)]
+    assert not set(in_child) & set(in_parent)  # the child drew its own
