@@ -210,3 +210,33 @@ def test_a_request_without_the_structural_features_uses_global_statistics() -> N
     assert p.n_cells_fitted == 2
     no_marker = {k: v for k, v in _twin_prompt(random.Random(0), "maths").items() if k != "math"}
     assert p._cell(p._embedding(no_marker)) == -1
+
+
+def test_copies_continue_exactly_and_pickles_hold_no_derived_caches() -> None:
+    """The pull's cached denominators and scratch arrays are derived: a pickle or a deepcopy
+    without them decides exactly as the policy that kept them (prior_weight=None: the estimated
+    shrinkage changes every 16 updates, and the caches with it). (The JSON state does not keep
+    when the shrinkage was last estimated, so a restored policy re-estimates it at once.)"""
+    import copy  # noqa: PLC0415
+
+    p = _policy(prior_weight=None, max_reward=1.0, explore_decay=5.0)
+    p.learn_many(_events(60, seed=12))
+    rng = random.Random(13)
+    for _ in range(40):  # warm the caches
+        task = rng.choice(ARMS)
+        ctx = _prompt(rng, task)
+        d = p.pull(ARMS, ctx, penalties={"chat": 0.2})
+        p.update(d.model, ctx, _quality(rng, task, d.model))
+    assert p.n_cells_fitted == 3 and p._den_m is not None
+    assert "_cden" not in pickle.loads(pickle.dumps(p)).__getstate__()
+    copies = [pickle.loads(pickle.dumps(p)), copy.deepcopy(p)]
+    for k in range(80):
+        task = rng.choice(ARMS)
+        ctx = _prompt(rng, task)
+        offer = ARMS if k % 5 else ARMS[::-1]  # another order of the arms now and then
+        ds = [q.pull(offer, ctx, penalties={"chat": 0.2}) for q in [p, *copies]]
+        first = (ds[0].model, ds[0].propensity, ds[0].scores)
+        assert [(d.model, d.propensity, d.scores) for d in ds[1:]] == [first] * len(copies), k
+        reward = _quality(rng, task, ds[0].model)
+        for q in [p, *copies]:
+            q.update(ds[0].model, ctx, reward)
