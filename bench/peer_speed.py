@@ -1,8 +1,11 @@
 """Microseconds per pull + update: every registry policy against the peer libraries.
 
-A synthetic, seeded world with ``N_ARMS`` arms and dense random features (``emb_0`` ..
-``emb_{d-1}``, named like the prompt embedding so that the clustering policy clusters them;
-uniform in [0, 1), every feature present at every step) for each ``d`` in ``FEATURE_COUNTS``; the
+A synthetic, seeded world with ``N_ARMS`` arms and dense random features (uniform in [0, 1),
+every feature present at every step) for each ``d`` in ``FEATURE_COUNTS``: the request's
+structural markers (:data:`llmopt.features.STRUCTURE_FEATURES`, 18) and ``d - 18`` embedding
+dimensions (``emb_0`` ..), named like the router's so that the recommended policy places its cells
+on them as it does in serving (without the markers it would keep to its global statistics, a
+cheaper path); the
 reward of arm ``a`` is a Bernoulli draw with probability ``w_a . x / sum(w_a)`` (so it is in [0, 1]
 and every policy accepts it), drawn once per step and shared by every policy. Each policy first
 learns ``WARMUP_STEPS`` untimed steps (burn-ins done, matrices allocated), then ``REPEATS`` blocks
@@ -32,6 +35,7 @@ import numpy as np
 
 from bench._common import SEED, gc_paused
 from bench.peers import PEERS, make_peer
+from llmopt.features import STRUCTURE_FEATURES
 from llmopt.policy import Policy
 from models.kinds import POLICIES, RECOMMENDED, make_policy
 
@@ -56,7 +60,8 @@ def _world(
     w = rng.random((N_ARMS, n_features))
     p = x @ w.T / w.sum(axis=1)
     rewards = (rng.random((steps, N_ARMS)) < p).astype(float)
-    keys = [f"emb_{j}" for j in range(n_features)]  # named like the prompt embedding
+    n_emb = n_features - len(STRUCTURE_FEATURES)  # named like the router's features
+    keys = [f"emb_{j}" for j in range(n_emb)] + list(STRUCTURE_FEATURES)
     contexts = [dict(zip(keys, row.tolist(), strict=True)) for row in x]
     return arms, contexts, rewards
 
