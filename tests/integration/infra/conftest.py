@@ -291,6 +291,9 @@ def stack(stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Stack:
     stack_env["LLMOPT_SERVING_POLL_S"] = str(POLL_S)
     # The tests' logs are small: every training run that learned something registers.
     stack_env["LLMOPT_REGISTER_MIN_EVENTS"] = "1"
+    # Nor a retraining run that serving's drift detectors start on the tests' traffic (it would
+    # register a version beside the one a test's own flow run registers): alert only.
+    stack_env["LLMOPT_RETRAIN_DEPLOYMENT"] = ""
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # this process's client
     started = time.monotonic()
     up = script("up.sh", stack_env, timeout=400)

@@ -137,14 +137,17 @@ def test_feedback_features_training_registry_swap_and_drift(stack: Stack, tmp_pa
         for v in registry.list_versions(client)
         if v.tags.get("source_flow") == "incremental-training"
     ]
-    assert versions, "the flow registered no version"
+    every = [
+        (v.version, v.aliases, v.tags.get("source_flow")) for v in registry.list_versions(client)
+    ]
+    assert versions, f"the flow registered no version; the registry holds {every}"
     new = versions[0]
     print(
         f"registry ({stack.mlflow_url}): {registry.MODEL_NAME} version {new.version} "
         f"aliases {new.aliases}, n_events {new.tags['n_events']}, "
         f"data_window {new.tags['data_window']!r}"
     )
-    assert new.aliases == ("dev",)
+    assert new.aliases == ("dev",), every
     assert int(new.tags["n_events"]) == after["feedback"]
     assert int(new.tags["last_feedback_id"]) == after["last_feedback_id"]
     assert len(new.tags["artifact_sha256"]) == 64
