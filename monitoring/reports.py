@@ -327,7 +327,9 @@ class DriftSummary:
                 f"{m} {v['share']:.0%}" for m, v in self.outcomes.by_model.items() if v["share"]
             )
             versions = ", ".join(
-                f"v{k} {v['share']:.0%}" for k, v in self.outcomes.by_version.items() if v["share"]
+                f"{'v' + k if k.isdigit() else k} {v['share']:.0%}"
+                for k, v in self.outcomes.by_version.items()
+                if v["share"]
             )
             lines.append(f"  traffic (current window): {traffic}; policy versions: {versions}")
         lines.append(f"  wrote {self.folder} (index: {self.index})")
