@@ -76,6 +76,8 @@ def test_demo_on_embedded_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert result.drift.reference_kind == "champion"
     assert any(result.drift.folder.glob("*.html")) and any(result.drift.folder.glob("*.json"))
     assert (home / "monitoring" / "reports" / "index.html").exists()
+    # The served traffic is named by its registry version, as /decide and MLflow name it.
+    assert any("policy versions: llm-router/1 " in line for line in lines), lines
     # The CLI prints exactly these lines; each leg's line went out as the leg ended.
     assert [line for line in lines if not line.startswith("decision service: starting")] == (
         result.lines()
