@@ -147,6 +147,12 @@ class OnlineFeatureReader:
             self._features = fs
         return self._features
 
+    @property
+    def tenant_keyed(self) -> bool:
+        """Whether a read depends on the tenant: a view of the service is keyed by it. True
+        until the service has been resolved (by the first read): never a store call here."""
+        return self._features is None or names.TENANT_KEY in self._keys
+
     def entity_rows(
         self, models: Sequence[str], *, tenant: str, task_type: str
     ) -> list[dict[str, str]]:

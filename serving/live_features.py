@@ -142,8 +142,13 @@ class LiveFeatures:
         self._cursor = 0
 
     def get(self, models: Sequence[str], *, tenant: str, task_type: str) -> RouterFeatures:
-        """Features of ``models`` for one request (cached for ``ttl_s``); never raises."""
-        key = (tenant, task_type)
+        """Features of ``models`` for one request (cached for ``ttl_s``); never raises.
+
+        Cached per (tenant, task type), or per task type alone once the reader says its reads
+        do not depend on the tenant (``tenant_keyed`` False, as for ``router_v2``): a new
+        tenant's first decision then waits for no store read.
+        """
+        key = (tenant if getattr(self.reader, "tenant_keyed", True) else "", task_type)
         now = self._clock()
         entry = self._cache.get(key)
         if entry is not None and all(m in entry.features.values for m in models):

@@ -75,8 +75,10 @@ def test_push_then_online_read(store: Any) -> None:
     rows = writer.flush()
     assert rows[names.MODEL_PERF_VIEW] == 3
     reader = OnlineFeatureReader(store, budget_ms=1000)
+    assert reader.tenant_keyed  # not known before the service is resolved: assume it is
     got = reader.read(MODELS[:3], tenant="acme", task_type="code")
     assert not got.degraded and not got.defaulted
+    assert not reader.tenant_keyed  # router_v2's views are keyed by model and task type only
     for k, model in enumerate(MODELS[:3]):
         v = got.values[model]
         assert v["model_task_performance__quality_mean_24h"] == pytest.approx(0.5 + 0.1 * k)

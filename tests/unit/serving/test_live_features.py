@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -258,7 +259,7 @@ def test_a_cold_arm_starts_at_the_fleets_live_quality_on_the_task(tmp_path: Path
     reader = ScriptedReader()
     live = LiveFeatures(reader, ttl_s=0.0)
     rt = runtime(Settings(home=tmp_path / "h"), live)
-    policy = rt.router.lineup.champion.loop.policy
+    policy: Any = rt.router.lineup.champion.loop.policy  # the wrapped policy: set_prior, arm_mean
     try:
         cold, thin = list(rt.router.default_arms)[:2]
         for arm in (cold, thin):
@@ -279,3 +280,19 @@ def test_a_cold_arm_starts_at_the_fleets_live_quality_on_the_task(tmp_path: Path
         assert policy.arm_mean(cold) == pytest.approx(0.93)
     finally:
         rt.close()
+
+
+def test_reads_that_do_not_depend_on_the_tenant_are_cached_per_task_type_alone() -> None:
+    reader = ScriptedReader()
+    live = LiveFeatures(reader, ttl_s=60.0)
+    reader.values["a"] = {"x": 1.0}
+    live.get(["a"], tenant="t1", task_type="general")
+    live.get(["a"], tenant="t2", task_type="general")
+    assert reader.calls == 2  # a reader that does not say: per tenant
+    reader.tenant_keyed = False  # type: ignore[attr-defined]
+    live.get(["a"], tenant="t3", task_type="general")
+    live.get(["a"], tenant="t4", task_type="general")
+    live.get(["a"], tenant="t4", task_type="code")
+    assert reader.calls == 4  # one read for every tenant of "general", one for "code"
+    assert live.get(["a"], tenant="t5", task_type="general").values["a"] == {"x": 1.0}
+    assert reader.calls == 4
