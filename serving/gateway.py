@@ -365,17 +365,19 @@ class Gateway:
             raise GatewayError(400, str(exc), "messages") from None
 
     # -- the response cache --------------------------------------------------------------------
-    def cache_probe(self, body: dict[str, Any], options: dict[str, Any]) -> Probe | None:
-        """The cache's look at a request (None: off for its tenant, or a request it does not
-        take: tools, images, several choices, logprobs). A cache error is a miss, logged."""
+    def cache_probe(
+        self, body: dict[str, Any], options: dict[str, Any], ctx: RequestContext
+    ) -> Probe | None:
+        """The cache's look at a request whose context (checked: bad input is a 4xx, cached or
+        not) is ``ctx`` (None: off for its tenant, or a request it does not take: tools,
+        images, several choices, logprobs). A cache error is a miss, logged."""
         cache, tenant = self.cache, options.get("tenant")
         if cache is None or not isinstance(tenant, str) or not cache.enabled(tenant):
             return None
         if required_capabilities(body) & {"tools", "vision"} or not cacheable(body):
             return None
-        self.context(body, options, set())  # bad input stays a 4xx, cached or not
         try:
-            key = cache.key(body, options, prompt_text(body["messages"]), prompt_text)
+            key = cache.key(body, options, ctx.prompt or "", prompt_text)
             return cache.probe(tenant, key)
         except Exception:
             log.exception("response cache: the lookup failed; served as a miss")
@@ -529,14 +531,15 @@ async def handle_chat(gateway: Gateway, raw: bytes, send: Send) -> None:
     why = tenant_refusal(tenant) if isinstance(tenant, str) else None  # else: 400 below
     if why is not None:
         raise GatewayError(403, why, "llmopt.tenant", code="forbidden")
-    probe = gateway.cache_probe(body, options)
-    if probe is not None and probe.entry is not None:
-        await _serve_hit(gateway, probe, body, options, send, started=started)
-        return
     tried: set[str] = set()
+    first = gateway.context(body, options, tried)  # the first attempt's (bad input: a 4xx here)
+    probe = gateway.cache_probe(body, options, first)
+    if probe is not None and probe.entry is not None:
+        await _serve_hit(gateway, probe, first, body, send, started=started)
+        return
     last_error = "no attempt"
     for n in range(1, MAX_ATTEMPTS + 1):
-        ctx = gateway.context(body, options, tried)
+        ctx = first if n == 1 else gateway.context(body, options, tried)
         routed = gateway.decide(ctx)  # on the event loop, as /decide: no thread hop
         a = _attempt(gateway, body, routed, n)
         if probe is not None:
@@ -571,16 +574,16 @@ async def handle_chat(gateway: Gateway, raw: bytes, send: Send) -> None:
 async def _serve_hit(
     gateway: Gateway,
     probe: Probe,
+    ctx: RequestContext,
     body: dict[str, Any],
-    options: dict[str, Any],
     send: Send,
     *,
     started: float,
 ) -> None:
-    """Answer with the cached entry of ``probe``: a decision id of its own, awaiting feedback."""
+    """Answer with the cached entry of ``probe`` (the request's context: ``ctx``): a decision
+    id of its own, awaiting feedback."""
     entry = probe.entry
     assert entry is not None and gateway.cache is not None
-    ctx = gateway.context(body, options, set())
     tradeoff = gateway.runtime.router.lineup.champion.loop.tradeoff_for(ctx)
     decision_id = gateway.cache.served_hit(
         probe,

@@ -67,6 +67,8 @@ MODEL_LIVE = (ERROR_RATE, LATENCY_P95, REQUESTS_1H)
 """The per-model features exclusions and penalties use (Feast's ``model_performance`` view)."""
 TASK_LIVE = (TASK_QUALITY_24H, TASK_REQUESTS_24H)
 """The per-model-and-task features a cold arm's prior uses (``model_task_performance``)."""
+LIVE_NOTE = "live features used: "
+"""How a decision's note naming the live features it used begins."""
 LIVE_PRIOR_WEIGHT = 2.0
 """Weight, in observations, of the fleet's per-task quality as a cold arm's prior."""
 
@@ -377,7 +379,7 @@ def live_penalties(
         if parts:
             out[arm] = delta
             used.append(f"{arm} {', '.join(parts)}")
-    return out, ("live features used: " + "; ".join(used)) if used else None
+    return out, (LIVE_NOTE + "; ".join(used)) if used else None
 
 
 def live_priors(

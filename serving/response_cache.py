@@ -612,11 +612,10 @@ class ResponseCache:
     def routed_feedback(self, decision_id: str, quality: float, reward: float) -> None:
         """A routed decision's stored feedback (quality and the service's reward)."""
         with self._lock:
-            pending = self._pending.pop(decision_id, None)
+            pending = self._pending.get(decision_id)
             if pending is None or pending.hit:
-                if pending is not None:
-                    self._pending[decision_id] = pending
                 return
+            del self._pending[decision_id]
             if pending.arm is not None:
                 self._stat(pending.tenant).rated_misses += 1
             self._learn(pending, quality, reward)

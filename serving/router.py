@@ -67,6 +67,7 @@ from serving.cascade import PlannedStep, ServedCascades
 from serving.drift import DriftWatch
 from serving.guards import BudgetExceededError, BudgetLedger, CircuitBreaker
 from serving.live_features import (
+    LIVE_NOTE,
     LIVE_PRIOR_WEIGHT,
     LiveFeatures,
     live_exclusions,
@@ -193,7 +194,7 @@ class ServingLoop(LearningLoop):
             return None
         seeded = self._seed_cold_arms(arms)
         if not getattr(self.policy, "cost_aware", False):
-            return seeded
+            return LIVE_NOTE + "; ".join(seeded) if seeded else None
         tradeoff = self.tradeoff_for(ctx)
         catalog = self.catalog
 
@@ -209,31 +210,26 @@ class ServingLoop(LearningLoop):
             catalog_latency_ms=catalog_latency,
             expected_quality=arm_mean if arm_mean is not None else (lambda arm: None),
         )
-        if seeded is not None:
-            note = (
-                seeded if note is None else f"{note}; {seeded.removeprefix('live features used: ')}"
-            )
-        return note
+        if not seeded:
+            return note
+        priors = "; ".join(seeded)
+        return f"{note}; {priors}" if note is not None else LIVE_NOTE + priors
 
-    def _seed_cold_arms(self, arms: Sequence[ArmID]) -> str | None:
+    def _seed_cold_arms(self, arms: Sequence[ArmID]) -> list[str]:
         """Start each arm the policy has learned nothing about at the fleet's live quality of
         the model on this task type (:func:`serving.live_features.live_priors`), with the
         weight of :data:`LIVE_PRIOR_WEIGHT` observations, once per arm and process; its own
-        feedback then outweighs it within a few requests."""
+        feedback then outweighs it within a few requests. The note's part per seeded arm."""
         set_prior = getattr(self.policy, "set_prior", None)
         arm_mean = getattr(self.policy, "arm_mean", None)
         if set_prior is None or arm_mean is None or self.live is None:
-            return None
+            return []
         fresh = [a for a in arms if a not in self._live_seeded]
         priors = live_priors(fresh, self.live, arm_mean=arm_mean) if fresh else {}
         for arm, quality in priors.items():
             set_prior(arm, quality, LIVE_PRIOR_WEIGHT)
             self._live_seeded.add(arm)
-        if not priors:
-            return None
-        return "live features used: " + "; ".join(
-            f"{arm} task quality {q:.2f} (24 h) as its prior" for arm, q in priors.items()
-        )
+        return [f"{arm} task quality {q:.2f} (24 h) as its prior" for arm, q in priors.items()]
 
     def generation_parameters(
         self,
