@@ -341,6 +341,15 @@ class Settings(BaseSettings):
             "feedback other workers stored (0: off, the single-worker default)."
         ),
     )
+    serving_shared_state: Literal["local", "redis"] = Field(
+        default="local",
+        description=(
+            "Where budgets, circuit breakers and rate limits live: 'local' (each worker process "
+            "its own, the embedded profile) or 'redis' (redis_url, shared by every worker and "
+            "replica: a tenant's budget is reserved atomically; Redis down: each worker falls "
+            "back to its own state, warns, and /readyz says degraded)."
+        ),
+    )
     serving_features: Literal["off", "embedded", "production"] = Field(
         default="embedded",
         description=(

@@ -1,6 +1,10 @@
-"""Guards around every decision: per-model circuit breakers and per-tenant daily budgets.
+"""Guards around every decision: per-model circuit breakers, per-tenant daily budgets, and the
+token bucket of the HTTP rate limit.
 
-Both are plain, thread-safe objects with an injectable clock, so tests drive time by hand.
+All are plain, thread-safe objects of one worker process with an injectable clock, so tests
+drive time by hand. Their Redis twins, shared by every worker and replica, are in
+:mod:`serving.shared_state` (``LLMOPT_SERVING_SHARED_STATE=redis``); they have the same
+interface and fall back to these when Redis does not answer.
 
 Examples
 --------
@@ -18,6 +22,8 @@ frozenset()
 0.6
 >>> ledger.settle("d1", 0.1); round(ledger.remaining("acme"), 6)
 0.9
+>>> ledger.try_reserve("acme", "d2", 0.95)  # does not fit in what is left: refused
+False
 """
 
 from __future__ import annotations
@@ -128,6 +134,16 @@ class CircuitBreaker:
                 self._refresh(now)
         return self._blocked
 
+    @property
+    def shared(self) -> bool:
+        """True when the outcomes recorded here are every worker's (never for this class)."""
+        return False
+
+    @property
+    def degraded(self) -> str | None:
+        """Why shared state is not in use although configured (None: fine, or local by design)."""
+        return None
+
     def state(self, model: ArmID) -> str:
         """``closed``, ``open`` or ``half_open``."""
         if model in self.blocked():
@@ -177,6 +193,17 @@ class BudgetLedger:
         """The tenant's daily budget, or None."""
         return self.per_tenant.get(tenant, self.default_usd)
 
+    @property
+    def shared(self) -> bool:
+        """True when this ledger holds every worker's spend (never for this class): then the
+        log follower must not :meth:`add` other workers' spend again."""
+        return False
+
+    @property
+    def degraded(self) -> str | None:
+        """Why shared state is not in use although configured (None: fine, or local by design)."""
+        return None
+
     def _roll(self) -> None:
         day = self._now().date().isoformat()
         if day != self._day:
@@ -202,6 +229,21 @@ class BudgetLedger:
             self._spent[tenant] = self._spent.get(tenant, 0.0) + usd
             self._reserved[decision_id] = (tenant, usd)
 
+    def try_reserve(self, tenant: TenantID, decision_id: DecisionID, usd: float) -> bool:
+        """Reserve ``usd`` only if it fits in what the tenant has left (atomically); False:
+        refused, nothing reserved. Tenants without a budget always fit."""
+        cap = self.budget(tenant)
+        if cap is None:
+            return True
+        with self._lock:
+            self._roll()
+            spent = self._spent.get(tenant, 0.0)
+            if usd > cap - spent:  # the same expression as remaining(): what fits there fits
+                return False
+            self._spent[tenant] = spent + usd
+            self._reserved[decision_id] = (tenant, usd)
+            return True
+
     def add(self, tenant: TenantID, usd: float, *, decided_at: datetime) -> None:
         """Count spend this ledger did not reserve (another worker's decision of today)."""
         if self.budget(tenant) is None:
@@ -219,3 +261,32 @@ class BudgetLedger:
             if held is not None:
                 tenant, usd = held
                 self._spent[tenant] = self._spent.get(tenant, 0.0) - usd + actual_usd
+
+
+class TokenBucket:
+    """Requests per second with a burst, per key (the HTTP rate limit, :mod:`serving.http_guard`).
+
+    >>> t = [0.0]
+    >>> bucket = TokenBucket(rate=1.0, burst=2.0, clock=lambda: t[0])
+    >>> bucket.take("k"), bucket.take("k"), bucket.take("k")  # the burst, then 1 s to wait
+    (0.0, 0.0, 1.0)
+    """
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic):
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str) -> float:
+        """0 if allowed, else the seconds to wait."""
+        now = self._clock()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            if tokens >= 1.0:
+                self._buckets[key] = (tokens - 1.0, now)
+                return 0.0
+            self._buckets[key] = (tokens, now)
+            return (1.0 - tokens) / self.rate

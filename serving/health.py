@@ -9,8 +9,10 @@ would not fix anything it could report, so it depends on nothing else.
 - ``200 {"status": "ok", "reasons": []}`` when every part answers;
 - ``200 {"status": "degraded", "reasons": [...]}`` when it decides, but with a part down: the
   event log's database (decisions and feedback are then kept in the durable local spool,
-  :mod:`llmopt.spool`, and replayed when it returns: nothing is lost) or no learned policy
-  (the static default answers).
+  :mod:`llmopt.spool`, and replayed when it returns: nothing is lost), no learned policy
+  (the static default answers), or the shared state's Redis (``LLMOPT_SERVING_SHARED_STATE=
+  redis``: budgets and circuit breakers are then this worker's own, :mod:`serving.shared_state`;
+  as for the spool, what its last calls saw, not a probe).
 
 **Why degraded is 200, not 503.** A readiness probe that fails takes the replica out of the
 load balancer. The event log's database is shared by every replica, so its outage degrades
@@ -83,6 +85,9 @@ def readiness(runtime: Any) -> Readiness:
         )
     if runtime.fallback:
         reasons.append("no learned policy: the static default policy answers")
+    shared = getattr(runtime, "shared_state_degraded", None)
+    if shared is not None:
+        reasons.append(shared)
     return Readiness("degraded" if reasons else "ok", tuple(reasons))
 
 

@@ -19,7 +19,10 @@
 - A POST whose ``Content-Type`` is not JSON -> 415 (none at all is read as JSON). BentoML
   would parse forms too, and answered a malformed ``multipart/form-data`` body with a 500.
 - ``serving_rate_limit_per_s`` per key (per client address when open): a token bucket with a
-  burst of twice the rate; beyond it -> 429 with ``Retry-After``.
+  burst of twice the rate; beyond it -> 429 with ``Retry-After``. Per worker process, or, with
+  ``serving_shared_state=redis``, one limit over every worker and replica (GCRA in Redis,
+  :class:`serving.shared_state.RedisTokenBucket`: one Redis round trip per request; Redis down:
+  each worker's own bucket, with a warning, retried every 5 s).
 - ``GET /metrics`` answers from :mod:`serving.metrics`.
 
 Refusals have the one error body of :mod:`serving.errors`. Settings are read when the app is
@@ -32,8 +35,6 @@ import hashlib
 import hmac
 import logging
 import re
-import threading
-import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -42,7 +43,9 @@ from typing import Any
 
 from llmopt.settings import Settings
 from serving.errors import ApiError, error_body
+from serving.guards import TokenBucket
 from serving.metrics import get_metrics
+from serving.shared_state import SharedState
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -246,29 +249,6 @@ class KeyRing:
         return ANY if tenants is None else Grant(tenants, endpoint)
 
 
-class TokenBucket:
-    """Requests per second with a burst; thread-safe enough (one event loop per worker)."""
-
-    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic):
-        self.rate = rate
-        self.burst = burst
-        self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
-
-    def take(self, key: str) -> float:
-        """0 if allowed, else the seconds to wait."""
-        now = self._clock()
-        with self._lock:
-            tokens, last = self._buckets.get(key, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - last) * self.rate)
-            if tokens >= 1.0:
-                self._buckets[key] = (tokens - 1.0, now)
-                return 0.0
-            self._buckets[key] = (tokens, now)
-            return (1.0 - tokens) / self.rate
-
-
 async def _reply(
     send: Send, status: int, body: bytes, *, content_type: bytes = b"application/json", **hdr: str
 ) -> None:
@@ -305,7 +285,12 @@ class GuardMiddleware:
         self.auth = self.keys.auth
         self.max_body = s.serving_max_body_bytes
         rate = s.serving_rate_limit_per_s
-        self.bucket = TokenBucket(rate, 2 * rate) if rate > 0 else None
+        self.shared_state = SharedState.from_settings(s) if rate > 0 else None
+        self.bucket: TokenBucket | None = None
+        if self.shared_state is not None:
+            self.bucket = self.shared_state.rate_limit(rate, 2 * rate)
+        elif rate > 0:
+            self.bucket = TokenBucket(rate, 2 * rate)
         self.metrics = get_metrics()
 
     def _key(self, scope: Scope) -> str | None:

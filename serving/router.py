@@ -23,9 +23,13 @@ feedback for a retired version teaches the current champion.
 
 Guards: a per-model :class:`serving.guards.CircuitBreaker` fed by feedback ``error_kind``, a
 per-tenant :class:`serving.guards.BudgetLedger` that decisions never overcommit, and the
-request's own ``max_cost_usd`` / ``max_latency_ms``. If the champion cannot decide (a broken
-policy), a static default policy from the catalog answers and says so; a failing challenger
-falls back to the champion. Nothing but a budget refusal turns into an error for the caller.
+request's own ``max_cost_usd`` / ``max_latency_ms``. The decided model's predicted cost is
+reserved atomically, *only if it fits*: with a ledger shared by several processes
+(:mod:`serving.shared_state`) another worker may have spent the budget since it was read; then
+the router decides again with what is left, or refuses (402). If the champion cannot decide (a
+broken policy), a static default policy from the catalog answers and says so; a failing
+challenger falls back to the champion. Nothing but a budget refusal turns into an error for the
+caller.
 
 One lock serialises decisions and feedback of one router (one process): the policies are not
 thread-safe and the interpreter runs one thread at a time anyway.
@@ -83,6 +87,8 @@ Role = Literal["champion", "challenger", "static_default"]
 TrafficMode = Literal["champion", "canary", "shadow"]
 Assignment = Literal["decision", "tenant"]
 STATIC_LABEL = "static-default"
+RESERVE_ATTEMPTS = 3
+"""Decisions made for one request whose budget reservation other workers' spend refused."""
 
 
 class LabelledPolicy:
@@ -703,26 +709,34 @@ class Router:
         )
         if paced is not None:
             ctx = ctx.model_copy(update={"willingness_to_pay": max(paced[0], 1e-9)})
+        picked = slot
         with self._lock:
             budget_left = self.ledger.remaining(ctx.tenant)
-            try:
-                decision = self._run(slot, ctx, budget_left, live, share)
-            except (BudgetExceededError, NoCandidateError):
-                raise
-            except Exception as exc:  # a broken policy must not fail the request
-                fallback = lineup.champion if slot.role == "challenger" else self._static
-                if slot.role == "challenger":
-                    self.events.challenger_failures += 1
-                else:
-                    self.events.champion_failures += 1
-                log.exception("policy %s failed; %s answers", slot.label, fallback.label)
-                self.events.notes.append(f"{slot.label} failed: {exc!r}")
-                slot = fallback
-                decision = self._run(slot, ctx, budget_left, live)
-            predicted = slot.loop.cost_model.predict(
-                decision.model, estimate_tokens(ctx.prompt or "")
-            )
-            self.ledger.reserve(ctx.tenant, decision.decision_id, predicted or 0.0)
+            refused: list[str] = []
+            for _ in range(RESERVE_ATTEMPTS):
+                slot, decision = self._decide_once(
+                    lineup, picked, ctx, budget_left=budget_left, live=live, share=share
+                )
+                predicted = slot.loop.cost_model.predict(
+                    decision.model, estimate_tokens(ctx.prompt or "")
+                )
+                if self.ledger.try_reserve(ctx.tenant, decision.decision_id, predicted or 0.0):
+                    break
+                # Another worker spent the budget since it was read: decide again with what is
+                # left (the refused decision stays logged without feedback, never served).
+                budget_left = self.ledger.remaining(ctx.tenant)
+                refused.append(
+                    f"budget: {decision.model} ({predicted or 0.0:.6f} USD) no longer fit, other "
+                    f"workers spent the budget meanwhile; decided again with "
+                    f"{max(budget_left or 0.0, 0.0):.6f} USD left"
+                )
+            else:
+                raise BudgetExceededError(
+                    f"tenant {ctx.tenant!r}: the daily budget was spent by concurrent requests "
+                    f"({RESERVE_ATTEMPTS} decisions refused)"
+                )
+            if refused:
+                decision = decision.model_copy(update={"notes": [*decision.notes, *refused]})
             plan = None
             if ctx.mode == "cascade":
                 plan, plan_notes = self._plan(slot, ctx, decision, budget_left, live)
@@ -736,7 +750,35 @@ class Router:
             )
         if paced is not None:
             decision = decision.model_copy(update={"notes": [*decision.notes, paced[1]]})
+        degraded = self.ledger.degraded or self.breaker.degraded
+        if degraded is not None:
+            decision = decision.model_copy(update={"notes": [*decision.notes, degraded]})
         return Routed(decision, slot, predicted, shadow, live, plan)
+
+    def _decide_once(
+        self,
+        lineup: Lineup,
+        slot: Slot,
+        ctx: RequestContext,
+        *,
+        budget_left: float | None,
+        live: RouterFeatures | None,
+        share: float,
+    ) -> tuple[Slot, Decision]:
+        """One decision by ``slot``, or by its fallback if its policy fails (locked)."""
+        try:
+            return slot, self._run(slot, ctx, budget_left, live, share)
+        except (BudgetExceededError, NoCandidateError):
+            raise
+        except Exception as exc:  # a broken policy must not fail the request
+            fallback = lineup.champion if slot.role == "challenger" else self._static
+            if slot.role == "challenger":
+                self.events.challenger_failures += 1
+            else:
+                self.events.champion_failures += 1
+            log.exception("policy %s failed; %s answers", slot.label, fallback.label)
+            self.events.notes.append(f"{slot.label} failed: {exc!r}")
+            return fallback, self._run(fallback, ctx, budget_left, live)
 
     def _plan(
         self,
@@ -785,6 +827,10 @@ class Router:
             parameters_reason=reason,
             notes=[f"cascade step 0 before {decision.model} ({decision.decision_id})"],
         )
+        if not self.ledger.try_reserve(ctx.tenant, first.decision_id, priced[cheap]):
+            return (target,), [
+                f"cascade: the budget left pays for no first step before {decision.model}"
+            ]
         tradeoff = loop.tradeoff_for(ctx)
         self.event_log.record_decision(
             first,
@@ -806,7 +852,6 @@ class Router:
                 "cascade": {"step": 0, "then": decision.decision_id},
             },
         )
-        self.ledger.reserve(ctx.tenant, first.decision_id, priced[cheap])
         self.cascades.start(task, first.decision_id, decision.decision_id, rule)
         step0 = PlannedStep(
             model=cheap,
@@ -1010,6 +1055,10 @@ class Router:
                 if target is not None and slot.role != "static_default":
                     policy.update(ev.model, ev.features, float(target))
                     self.events.log_learned += 1
-                self.breaker.record(ev.model, ok=ev.error_kind is None)
-                self.ledger.add(ev.tenant, float(ev.cost_usd or 0.0), decided_at=ev.decided_at)
+                # A shared breaker and ledger (Redis) hold every worker's outcomes and spend
+                # already: only per-process ones learn other workers' from the log.
+                if not self.breaker.shared:
+                    self.breaker.record(ev.model, ok=ev.error_kind is None)
+                if not self.ledger.shared:
+                    self.ledger.add(ev.tenant, float(ev.cost_usd or 0.0), decided_at=ev.decided_at)
         return events[-1].position if events else cursor

@@ -16,7 +16,9 @@ alias is removed from the bad version, or ``prod`` moves back to the previous ve
 version is tagged ``rolled_back`` with the reason.
 
 Several workers: see ``serving/README.md``. With ``serving_sync_log_s > 0`` a thread learns,
-every that many seconds, the feedback the *other* workers stored in the shared event log.
+every that many seconds, the feedback the *other* workers stored in the shared event log. With
+``serving_shared_state=redis`` the budget ledger and the circuit breaker are shared through Redis
+(:mod:`serving.shared_state`; Redis down: this worker's own, with a warning and a note).
 
 Online features (``serving_features``, :mod:`serving.live_features`): the Feast store is opened
 on a background thread at start-up; once open, the router reads it on every decision (cached,
@@ -50,6 +52,7 @@ from serving.model_source import LocalFileSource, ModelSource, SourceError, sour
 from serving.pacing import BudgetPacing
 from serving.response_cache import ResponseCache
 from serving.router import STATIC_LABEL, Router
+from serving.shared_state import SharedState
 from serving.upstreams import load_upstreams
 
 log = logging.getLogger("llmopt.serving")
@@ -132,10 +135,22 @@ class ServingRuntime:
         self.catalog = catalog or load_catalog(settings.catalog_path)
         self.event_log = event_log or self._open_log(settings)
         self.source = source if source is not None else source_from_settings(settings)
-        ledger = BudgetLedger(
-            default_usd=settings.serving_daily_budget_usd,
-            per_tenant=settings.serving_tenant_budgets,
-        )
+        self.shared_state = SharedState.from_settings(settings)
+        """Budgets and circuit breakers in Redis (``serving_shared_state=redis``; None: local)."""
+        ledger: BudgetLedger
+        breaker: CircuitBreaker
+        if self.shared_state is not None:
+            ledger = self.shared_state.ledger(
+                default_usd=settings.serving_daily_budget_usd,
+                per_tenant=settings.serving_tenant_budgets,
+            )
+            breaker = self.shared_state.breaker()
+        else:
+            ledger = BudgetLedger(
+                default_usd=settings.serving_daily_budget_usd,
+                per_tenant=settings.serving_tenant_budgets,
+            )
+            breaker = CircuitBreaker()
         self.router = Router(
             self.catalog,
             self.event_log,
@@ -143,7 +158,7 @@ class ServingRuntime:
                 willingness_to_pay=settings.default_willingness_to_pay,
                 latency_weight=settings.default_latency_weight,
             ),
-            breaker=CircuitBreaker(),
+            breaker=breaker,
             ledger=ledger,
             pacing=(
                 BudgetPacing(ledger, base_wtp=settings.default_willingness_to_pay)
@@ -437,7 +452,15 @@ class ServingRuntime:
             t.join(timeout=2)
         if self.router.features is not None:
             self.router.features.close()
+        if self.shared_state is not None:
+            self.shared_state.close()
         self.event_log.close()
+
+    @property
+    def shared_state_degraded(self) -> str | None:
+        """Why the configured shared state (Redis) is not in use right now (None: it is, or
+        the state is local by design); ``/readyz`` reports it."""
+        return self.shared_state.degraded if self.shared_state is not None else None
 
     @property
     def fallback(self) -> bool:
