@@ -458,6 +458,9 @@ class RedisBudgetLedger(BudgetLedger):
         self.health.call(shared, lambda: self._settle_local(decision_id, actual_usd))
 
     def add(self, tenant: TenantID, usd: float, *, decided_at: datetime) -> None:
+        """Count spend this ledger did not reserve: in Redis while it is up; while it is down,
+        in the local ledger only (the router adds other workers' spend from the log then, and
+        that spend is in Redis already: this call never retries Redis)."""
         if self.budget(tenant) is None:
             return
         day = decided_at.astimezone(UTC).date().isoformat()
@@ -469,7 +472,13 @@ class RedisBudgetLedger(BudgetLedger):
                     keys=[self.spend_key(tenant, day)], args=[_nano(usd), self._expire_at(day)]
                 )
 
-        self.health.call(shared, lambda: BudgetLedger.add(self, tenant, usd, decided_at=decided_at))
+        def local() -> None:
+            BudgetLedger.add(self, tenant, usd, decided_at=decided_at)
+
+        if self.health.up:
+            self.health.call(shared, local)
+        else:
+            local()
 
     # -- Redis down: this worker's own ledger --------------------------------------------------
     def _local(self, tenant: TenantID, op: Callable[[], T]) -> T:

@@ -358,7 +358,10 @@ def test_spend_during_an_outage_reaches_redis_when_it_answers_again(client, pref
     assert a.try_reserve("acme", "during", 0.2)
     assert not a.try_reserve("acme", "too-much", 0.6)
     a.settle("before", 0.1)  # reserved in Redis: settled there once it answers
+    a.add("acme", 0.05, decided_at=datetime.now(UTC))  # another worker's, from the log
+    assert a.remaining("acme") == pytest.approx(0.45)  # counted here, never pushed to Redis
     outage.end()
+    a.add("acme", 0.05, decided_at=datetime.now(UTC))  # still down for the router: local only
     assert a.remaining("acme") == pytest.approx(1.0 - 0.1 - 0.2)
     assert a.shared and a.degraded is None
     assert b.spent("acme") == pytest.approx(0.3)  # every worker sees it
