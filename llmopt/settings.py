@@ -387,6 +387,14 @@ class Settings(BaseSettings):
             "the event log's database is down, and replays them when it returns."
         ),
     )
+    serving_group_commit: bool = Field(
+        default=True,
+        description=(
+            "Serving writes decisions through one writer thread that commits whatever is queued "
+            "in one transaction (group commit); each request still waits for its own commit "
+            "before it answers. Off: one transaction per decision."
+        ),
+    )
     serving_drift_watch: bool = Field(
         default=True,
         description=(

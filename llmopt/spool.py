@@ -50,7 +50,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -64,7 +64,7 @@ from llmopt.event_log import (
     FeedbackReceipt,
     UnknownDecisionError,
 )
-from llmopt.schemas import Decision, Feedback, RequestContext
+from llmopt.schemas import Feedback
 from llmopt.types import DecisionID
 
 log = logging.getLogger("llmopt.spool")
@@ -118,6 +118,9 @@ class SpooledEventLog(EventLog):
         Spool file name (``events.spool.jsonl`` by default).
     migrate
         Upgrade the schema on open (needs the database).
+    group_commit
+        Decisions written in groups by one writer thread (:meth:`EventLog.deferred_writes`);
+        a group that finds the database down is spooled with one ``fsync``.
     """
 
     def __init__(
@@ -127,8 +130,9 @@ class SpooledEventLog(EventLog):
         spool_dir: Path,
         name: str = "events.spool.jsonl",
         migrate: bool = True,
+        group_commit: bool = False,
     ) -> None:
-        super().__init__(url, migrate=migrate)
+        super().__init__(url, migrate=migrate, group_commit=group_commit)
         spool_dir.mkdir(parents=True, exist_ok=True)
         self.spool_path = spool_dir / name
         self.replaying_path = spool_dir / f"{name}.replaying"
@@ -162,40 +166,38 @@ class SpooledEventLog(EventLog):
 
     # -- writes ----------------------------------------------------------------------------------
     def _append(self, record: Mapping[str, Any]) -> None:
-        line = json.dumps(record, default=_encode, separators=(",", ":")) + "\n"
+        self._append_many([record])
+
+    def _append_many(self, records: Sequence[Mapping[str, Any]]) -> None:
+        text = "".join(
+            json.dumps(r, default=_encode, separators=(",", ":")) + "\n" for r in records
+        )
         with self._spool_lock, self.spool_path.open("a", encoding="utf-8") as f:
-            f.write(line)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        self.spooled += 1
+        self.spooled += len(records)
 
     def _remember(self, row: dict[str, Any]) -> None:
         self._recent[row["decision_id"]] = row
         if len(self._recent) > RECENT_DECISIONS:
             self._recent.popitem(last=False)
 
-    def record_decision(
-        self,
-        decision: Decision,
-        context: RequestContext,
-        *,
-        features: Mapping[str, float],
-        extra: Mapping[str, Any] | None = None,
-        store_prompt: bool = False,
-    ) -> None:
-        """Log one decision; spooled if the database does not answer."""
-        row = self.decision_row(
-            decision, context, features=features, extra=extra, store_prompt=store_prompt
-        )
+    def _flush_decisions(self, rows: Sequence[dict[str, Any]]) -> list[BaseException | None]:
+        """:meth:`EventLog._flush_decisions`; the rows are spooled if the database is down."""
         try:
-            self.insert_decision(row)
+            errors = super()._flush_decisions(rows)
         except UNAVAILABLE as exc:
-            log.warning("event log unavailable (%s): decision spooled", type(exc).__name__)
+            log.warning(
+                "event log unavailable (%s): %d decision(s) spooled", type(exc).__name__, len(rows)
+            )
             self._down()
-            self._append({"kind": "decision", "row": row})
-            self._remember(row)
-        else:
-            self._up()
+            self._append_many([{"kind": "decision", "row": row} for row in rows])
+            for row in rows:
+                self._remember(row)
+            return [None] * len(rows)
+        self._up()
+        return errors
 
     def get_decision(self, decision_id: DecisionID) -> dict[str, Any] | None:
         """The decision row from the database, or from memory while it is down."""

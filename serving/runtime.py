@@ -209,12 +209,14 @@ class ServingRuntime:
 
     @staticmethod
     def _open_log(settings: Settings) -> EventLog:
+        group_commit = settings.serving_group_commit
         if not settings.serving_spool:
-            return EventLog(settings.event_log_url)
+            return EventLog(settings.event_log_url, group_commit=group_commit)
         return SpooledEventLog(
             settings.event_log_url,
             spool_dir=settings.home / "spool",
             name=f"events.{os.getpid()}.spool.jsonl",
+            group_commit=group_commit,
         )
 
     def replay_spool(self) -> int:

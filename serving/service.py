@@ -229,7 +229,13 @@ class DecisionService:
         """Choose the model for one LLM request."""
         ctx = RequestContext.model_validate(fields)
         check_tenant(ctx.tenant)
-        return self._decide(ctx)
+        with self.router.event_log.deferred_writes() as writes:
+            response = self._decide(ctx)
+        try:  # group commit: answer once the decision is durable, other requests run meanwhile
+            await writes.wait_async()
+        except Exception as exc:
+            raise self._unlogged(exc) from None
+        return response
 
     @api(route="/decide_batch", input_spec=DecideBatchRequest)
     def decide_batch(self, requests: list[RequestContext]) -> DecideBatchResponse:
@@ -238,15 +244,26 @@ class DecisionService:
             check_tenant(ctx.tenant, field=f"requests.{i}.tenant")
         decisions: list[DecideResponse | None] = []
         errors: list[BatchItemError] = []
-        for i, ctx in enumerate(requests):
-            try:
-                decisions.append(self._decide(ctx))
-            except ApiError as exc:
-                decisions.append(None)
-                errors.append(
-                    BatchItemError(index=i, status=int(exc.error_code), message=exc.message)
-                )
+        with self.router.event_log.deferred_writes() as writes:  # one group commit per batch
+            for i, ctx in enumerate(requests):
+                try:
+                    decisions.append(self._decide(ctx))
+                except ApiError as exc:
+                    decisions.append(None)
+                    errors.append(
+                        BatchItemError(index=i, status=int(exc.error_code), message=exc.message)
+                    )
+        try:
+            writes.wait()
+        except Exception as exc:
+            raise self._unlogged(exc) from None
         return DecideBatchResponse(decisions=decisions, errors=errors)
+
+    def _unlogged(self, exc: Exception) -> UnavailableError:
+        """A decision made but not logged (the event log failed and nothing spooled it)."""
+        log.error("decision not logged: %r", exc)
+        self.metrics.observe_failed_decision(503)
+        return UnavailableError(f"cannot decide right now: {type(exc).__name__}")
 
     @api(route="/feedback", input_spec=FeedbackRequest)
     async def feedback(self, **fields: Any) -> FeedbackResponse:

@@ -1,0 +1,141 @@
+"""Decisions written by the group writer: committed before the caller answers, grouped under
+concurrency, duplicates refused one by one, spooled together while the database is down."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmopt.event_log import DuplicateDecisionError, EventLog
+from llmopt.schemas import Decision, Feedback, RequestContext
+from llmopt.spool import SpooledEventLog
+
+CTX = RequestContext(tenant="acme", prompt="hello")
+
+
+def decision(model: str = "m") -> Decision:
+    return Decision(model=model, propensity=0.5, policy_name="t")
+
+
+def test_a_write_outside_a_deferred_block_is_committed_on_return(tmp_path: Path) -> None:
+    log = EventLog(f"sqlite:///{tmp_path / 'e.db'}", group_commit=True)
+    d = decision()
+    log.record_decision(d, CTX, features={"x": 1.0})
+    assert log.get_decision(d.decision_id) is not None  # no wait needed
+    assert log.record_feedback(Feedback(decision_id=d.decision_id, quality=1.0)).status == (
+        "stored"
+    )
+    log.close()
+
+
+def test_deferred_writes_are_committed_when_waited_for(tmp_path: Path) -> None:
+    log = EventLog(f"sqlite:///{tmp_path / 'e.db'}", group_commit=True)
+    ds = [decision() for _ in range(5)]
+    with log.deferred_writes() as writes:
+        for d in ds:
+            log.record_decision(d, CTX, features={})
+        with log.deferred_writes() as inner:  # nested: the outer block waits for it too
+            extra = decision()
+            log.record_decision(extra, CTX, features={})
+    assert inner.wait() == 1
+    assert writes.wait() == 6
+    assert all(log.get_decision(d.decision_id) is not None for d in [*ds, extra])
+    log.close()
+
+
+def test_wait_async_lets_the_event_loop_run(tmp_path: Path) -> None:
+    log = EventLog(f"sqlite:///{tmp_path / 'e.db'}", group_commit=True)
+
+    async def one() -> str:
+        d = decision()
+        with log.deferred_writes() as writes:
+            log.record_decision(d, CTX, features={})
+        await writes.wait_async()
+        return d.decision_id
+
+    async def many() -> list[str]:
+        return await asyncio.gather(*(one() for _ in range(40)))
+
+    ids = asyncio.run(many())
+    assert log.counts()["decisions"] == 40
+    assert all(log.get_decision(i) is not None for i in ids)
+    assert log.group is not None and log.group.groups < 40  # they shared commits
+    log.close()
+
+
+def test_without_group_commit_a_deferred_block_writes_at_once(tmp_path: Path) -> None:
+    log = EventLog(f"sqlite:///{tmp_path / 'e.db'}")
+    d = decision()
+    with log.deferred_writes() as writes:
+        log.record_decision(d, CTX, features={})
+        assert log.get_decision(d.decision_id) is not None
+    assert writes.wait() == 0
+
+
+def test_concurrent_threads_all_land_once(tmp_path: Path) -> None:
+    log = EventLog(f"sqlite:///{tmp_path / 'e.db'}", group_commit=True)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(50):
+                log.record_decision(decision(), CTX, features={"x": 0.5})
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert log.counts()["decisions"] == 300
+    log.close()
+
+
+def test_a_duplicate_in_a_group_is_refused_alone(tmp_path: Path) -> None:
+    log = EventLog(f"sqlite:///{tmp_path / 'e.db'}", group_commit=True)
+    dup = decision()
+    log.record_decision(dup, CTX, features={})
+    others = [decision() for _ in range(3)]
+    with log.deferred_writes() as writes:
+        log.record_decision(others[0], CTX, features={})
+        log.record_decision(dup, CTX, features={})
+        log.record_decision(others[1], CTX, features={})
+        log.record_decision(others[2], CTX, features={})
+    with pytest.raises(DuplicateDecisionError):
+        writes.wait()
+    for f in writes.futures:  # the others were written all the same
+        f.exception(timeout=5)
+    assert all(log.get_decision(d.decision_id) is not None for d in others)
+    assert log.counts()["decisions"] == 4
+    log.close()
+
+
+def test_a_group_that_finds_the_database_down_is_spooled_and_replayed(
+    tmp_path: Path, sqlite_outage: Any
+) -> None:
+    db = tmp_path / "db"
+    db.mkdir()
+    log = SpooledEventLog(
+        f"sqlite:///{db / 'events.db'}", spool_dir=tmp_path / "spool", group_commit=True
+    )
+    outage = sqlite_outage(db, log)
+    outage.start()
+    ds = [decision() for _ in range(4)]
+    with log.deferred_writes() as writes:
+        for d in ds:
+            log.record_decision(d, CTX, features={"x": 1.0})
+    assert writes.wait() == 4  # acknowledged: in the spool
+    assert log.spooled_records() == 4 and not log.available
+    # feedback for them is joined from memory meanwhile
+    fb = Feedback(decision_id=ds[0].decision_id, quality=0.9)
+    assert log.record_feedback(fb, reward=0.5).status == "spooled"
+    outage.end()
+    assert log.replay() == 5
+    assert log.counts() == {"decisions": 4, "feedback": 1}
+    log.close()

@@ -1,0 +1,94 @@
+"""Group commit: many submitters, one writer, per-item errors, nothing left waiting."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from llmopt.group_commit import GroupCommit
+
+
+class SlowSink:
+    """Writes groups slowly, so submitters pile up behind a running commit."""
+
+    def __init__(self, delay_s: float = 0.002) -> None:
+        self.delay_s = delay_s
+        self.groups: list[list[int]] = []
+
+    def __call__(self, items: Sequence[int]) -> list[BaseException | None]:
+        time.sleep(self.delay_s)
+        self.groups.append(list(items))
+        return [ValueError(f"odd {i}") if i < 0 else None for i in items]
+
+
+def test_concurrent_submitters_share_transactions_and_all_complete() -> None:
+    sink = SlowSink()
+    gc: GroupCommit[int] = GroupCommit(sink, name="t")
+
+    def submit(base: int) -> None:
+        for i in range(50):
+            assert gc.submit(base + i).result(timeout=10) is None
+
+    threads = [threading.Thread(target=submit, args=(1000 * k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    written = sorted(i for g in sink.groups for i in g)
+    assert written == sorted(1000 * k + i for k in range(8) for i in range(50))
+    assert gc.items == 400
+    assert gc.groups < 400  # the point: some commits carried several requests' rows
+    gc.close()
+
+
+def test_an_item_error_fails_only_that_item() -> None:
+    sink = SlowSink(delay_s=0.05)
+    gc: GroupCommit[int] = GroupCommit(sink, name="t")
+    first = gc.submit(1)  # the writer sleeps on this one; the next three queue up
+    futs = [gc.submit(i) for i in (2, -3, 4)]
+    first.result(timeout=5)
+    assert futs[0].result(timeout=5) is None and futs[2].result(timeout=5) is None
+    with pytest.raises(ValueError, match="odd -3"):
+        futs[1].result(timeout=5)
+    assert sorted(i for g in sink.groups for i in g) == [-3, 1, 2, 4]
+    gc.close()
+
+
+def test_a_failing_flush_fails_its_whole_group_and_the_writer_survives() -> None:
+    calls = []
+
+    def flush(items: Sequence[int]) -> list[BaseException | None]:
+        calls.append(list(items))
+        if len(calls) == 1:
+            raise ConnectionError("database down")
+        return [None] * len(items)
+
+    gc: GroupCommit[int] = GroupCommit(flush, name="t")
+    with pytest.raises(ConnectionError):
+        gc.submit(1).result(timeout=5)
+    assert gc.submit(2).result(timeout=5) is None  # the next group is written
+    gc.close()
+
+
+def test_close_writes_what_is_queued_and_refuses_later_submits() -> None:
+    sink = SlowSink(delay_s=0.01)
+    gc: GroupCommit[int] = GroupCommit(sink, name="t")
+    futs = [gc.submit(i) for i in range(20)]
+    gc.close()
+    assert all(f.done() and f.exception() is None for f in futs)
+    assert sorted(i for g in sink.groups for i in g) == list(range(20))
+    with pytest.raises(RuntimeError, match="closed"):
+        gc.submit(99)
+
+
+def test_max_group_caps_a_transaction() -> None:
+    sink = SlowSink(delay_s=0.02)
+    gc: GroupCommit[int] = GroupCommit(sink, name="t", max_group=4)
+    futs = [gc.submit(i) for i in range(13)]
+    for f in futs:
+        f.result(timeout=5)
+    assert max(len(g) for g in sink.groups) <= 4
+    gc.close()
