@@ -14,8 +14,9 @@ fixed rate, latency measured from each request's due time, so stalls are not hid
   (target: ours >= 0.5 of its throughput).
 
 Measured per server: p50/p99 at a fixed 500 requests/s (the issue's target: p99 <= 5 ms), and
-the throughput under overload (2000 requests/s offered; 6000 to the constant endpoint). Swap under load: while 300 requests/s
-flow, the champion's state file is replaced (local model source, alias poll every 50 ms);
+the throughput under overload (2000 requests/s offered; 6000 to the constant endpoint). Swap
+under load: while 300 requests/s flow, the champion's state file is replaced (local model
+source, alias poll every 50 ms);
 reported: failed requests and the time from the change to the first answer by the new model.
 
 Both use a fresh ``cost_aware_linucb`` over the 27 catalog models, SQLite event log in a temporary

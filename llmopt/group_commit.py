@@ -6,7 +6,8 @@ A request that logs a decision hands the row to :class:`GroupCommit` and waits f
 queued when it wakes and writes it in one transaction (one ``executemany``): no timer, so a
 lone request waits for its own commit only, and under load the requests that arrive while a
 commit runs share the next one. Per row, a group of 16 costs a third to a fifth of a
-single-row transaction (SQLite and PostgreSQL, measured in ``bench/README.md``).
+single-row transaction (SQLite and PostgreSQL; ``python -m bench.decide_profile`` and
+``docs/benchmarks.md``).
 
 Why hand-written: it is a queue, a thread and a loop; SQLAlchemy has no group commit, and an
 external queue would be a second moving part on the path of every decision.
