@@ -355,14 +355,19 @@ class Gateway:
             return None
         return model
 
-    def decide(self, ctx: RequestContext) -> Any:
-        """The router's decision for one attempt, refusals mapped to 4xx."""
+    async def decide(self, ctx: RequestContext) -> Any:
+        """The router's decision for one attempt, refusals mapped to 4xx; returns once the
+        decision is logged (group commit: other requests run meanwhile, as with /decide)."""
+        router = self.runtime.router
         try:
-            return self.runtime.router.decide(ctx)
+            with router.event_log.deferred_writes() as writes:
+                routed = router.decide(ctx)
         except BudgetExceededError as exc:
             raise GatewayError(402, str(exc), "llmopt.tenant") from None
         except NoCandidateError as exc:
             raise GatewayError(400, str(exc), "messages") from None
+        await writes.wait_async()
+        return routed
 
     # -- the response cache --------------------------------------------------------------------
     def cache_probe(
@@ -540,7 +545,7 @@ async def handle_chat(gateway: Gateway, raw: bytes, send: Send) -> None:
     last_error = "no attempt"
     for n in range(1, MAX_ATTEMPTS + 1):
         ctx = first if n == 1 else gateway.context(body, options, tried)
-        routed = gateway.decide(ctx)  # on the event loop, as /decide: no thread hop
+        routed = await gateway.decide(ctx)  # on the event loop, as /decide: no thread hop
         a = _attempt(gateway, body, routed, n)
         if probe is not None:
             a.extra.update(probe.headers())
