@@ -71,6 +71,10 @@ class CostModel:
         self._fits: dict[ArmID, _ArmFit] = {}
         self._out_n = 0.0  # answers observed on priced models, and their implied tokens
         self._out_tokens = 0.0
+        self._theta: dict[ArmID, tuple[float, float] | None] = {}
+        """Per model, the (intercept, per-1000-token slope) in force: a decision predicts
+        every offered model's cost several times, and the coefficients change only when a cost
+        is learned or forgotten (which clears this)."""
 
     def _prior(self, model: ArmID) -> np.ndarray | None:
         """Catalog prior of (intercept, cost per 1000 input tokens), or None if unpriced."""
@@ -86,6 +90,15 @@ class CostModel:
 
     def predict(self, model: ArmID, input_tokens: int) -> float | None:
         """Predicted cost in USD (never negative), or None for an unpriced model never seen."""
+        try:
+            coef = self._theta[model]
+        except KeyError:
+            coef = self._theta[model] = self._coefficients(model)
+        if coef is None:
+            return None
+        return max(coef[0] + coef[1] * input_tokens / 1000.0, 0.0)
+
+    def _coefficients(self, model: ArmID) -> tuple[float, float] | None:
         fit = self._fits.get(model)
         prior = self._prior(model)
         if fit is None:
@@ -96,12 +109,22 @@ class CostModel:
             theta = fit.theta
         else:
             theta = fit.fit(prior, self.prior_weight)
-        return max(float(theta[0] + theta[1] * input_tokens / 1000.0), 0.0)
+        return float(theta[0]), float(theta[1])
+
+    def forget(self, model: ArmID) -> None:
+        """Drop what ``model``'s observed costs taught (back to the catalog's price)."""
+        self._fits.pop(model, None)
+        self._theta.clear()
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._theta = {}  # states pickled before the cache existed
 
     def learn(self, model: ArmID, input_tokens: int, cost_usd: float) -> None:
         """Learn from what one call to ``model`` cost."""
         if not math.isfinite(cost_usd) or cost_usd < 0:
             raise ValueError(f"cost_usd must be a finite number >= 0, got {cost_usd}")
+        self._theta.clear()  # the answer length and this model's fit change
         prior = self._prior(model)
         spec = self.catalog.get(model) if self.catalog is not None else None
         if spec is not None and spec.output_per_mtok > 0:

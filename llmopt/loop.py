@@ -223,8 +223,7 @@ class LearningLoop:
         (no ``discount_arm``, or it raises ``NotImplementedError``).
         """
         if costs:
-            # CostModel has no public "forget one model" yet: its fit for ``arm`` is dropped here.
-            self.cost_model._fits.pop(arm, None)
+            self.cost_model.forget(arm)
             if getattr(self.policy, "cost_aware", False):
                 return False
         discount = getattr(self.policy, "discount_arm", None)

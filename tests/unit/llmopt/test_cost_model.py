@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 import random
 
 import pytest
@@ -49,3 +50,22 @@ def test_predictions_are_never_negative() -> None:
             cm.learn("m", rng.randint(10, 5000), rng.random() * 0.01)
         for t in (0, 1, 100, 10_000, 1_000_000):
             assert cm.predict("m", t) >= 0.0  # type: ignore[operator]
+
+
+def test_cached_coefficients_follow_every_learn_forget_and_pickle() -> None:
+    cm = CostModel(load_catalog())
+    list_price = cm.predict("gpt-4o-mini", 2000)
+    other = cm.predict("gpt-4o", 2000)
+    assert cm.predict("gpt-4o-mini", 2000) == list_price  # cached: the same number
+    for t in (500, 1000, 2000, 4000):  # short answers: cheaper than the list-price prior
+        cm.learn("gpt-4o-mini", t, 0.15e-6 * t + 0.6e-6 * 10)
+    learned = cm.predict("gpt-4o-mini", 2000)
+    assert learned is not None and list_price is not None and learned < list_price
+    # the answer length learned from one priced model moves every priced model's prior
+    assert cm.predict("gpt-4o", 2000) != other
+    clone = pickle.loads(pickle.dumps(cm))
+    assert clone.predict("gpt-4o-mini", 2000) == learned
+    cm.forget("gpt-4o-mini")
+    forgot = cm.predict("gpt-4o-mini", 2000)
+    assert forgot is not None and forgot != learned  # its own fit is gone
+    assert clone.predict("gpt-4o-mini", 2000) == learned  # the copy kept its own
