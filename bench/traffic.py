@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import queue
 import subprocess
 import sys
 import threading
@@ -35,14 +36,82 @@ def accepted_feedback(tally: Counter[str]) -> int:
     return tally["feedback stored"] + tally["feedback spooled"]
 
 
-def run(url: str, *, rate: float, seconds: float, threads: int = 4) -> dict[str, object]:
-    """Drive the traffic; the tally and latency summary."""
-    tally: Counter[str] = Counter()
-    lock = threading.Lock()
+class _Run:
+    """One traffic run's shared state: the tally and the delayed feedback queue."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.tally: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        self.slow: list[float] = []
+        self.later: queue.PriorityQueue[tuple[float, int, dict[str, object]]] = (
+            queue.PriorityQueue()
+        )
+        self.done = threading.Event()
+
+    def count(self, seen: list[str], elapsed: float = 0.0) -> None:
+        with self.lock:
+            self.tally.update(seen)
+            if elapsed > 1.0:
+                self.slow.append(round(elapsed, 2))
+
+    @staticmethod
+    def send_feedback(http: httpx.Client, body: dict[str, object], seen: list[str]) -> None:
+        f = http.post("/feedback", json=body)
+        ok = f.status_code == 200
+        seen.append(f"feedback {f.json()['status'] if ok else f.status_code}")
+
+    def late_sender(self) -> None:
+        """Send the delayed feedback when due, until the rounds are over and it is empty."""
+        with httpx.Client(base_url=self.url, timeout=10.0) as http:
+            while not (self.done.is_set() and self.later.empty()):
+                try:
+                    due, _, body = self.later.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if (wait := due - time.monotonic()) > 0:
+                    time.sleep(wait)
+                seen: list[str] = []
+                try:
+                    self.send_feedback(http, body, seen)
+                except httpx.HTTPError as exc:
+                    seen.append(f"transport {type(exc).__name__}")
+                self.count(seen)
+
+    def round_trip(self, http: httpx.Client, i: int, *, delayed: bool) -> None:
+        seen: list[str] = []
+        started = time.monotonic()
+        try:
+            r = http.post("/decide", json={"tenant": f"t{i % 7}", "prompt": f"q {i}"})
+            seen.append(f"decide {r.status_code}")
+            features = (r.json().get("features") or {}) if r.status_code == 200 else {}
+            if features.get("degraded"):
+                seen.append("features degraded")
+                seen.append(f"degraded: {features.get('reason', '')[:60]}")
+            if r.status_code == 200:
+                body = {"decision_id": r.json()["decision_id"], "quality": (i % 10) / 10}
+                if delayed and i % 2:
+                    lag = 0.5 + 2.5 * ((i * 7919) % 100) / 100
+                    self.later.put((time.monotonic() + lag, i, body))
+                else:
+                    self.send_feedback(http, body, seen)
+        except httpx.HTTPError as exc:
+            seen.append(f"transport {type(exc).__name__}")
+        self.count(seen, time.monotonic() - started)
+
+
+def run(
+    url: str, *, rate: float, seconds: float, threads: int = 4, delayed: bool = False
+) -> dict[str, object]:
+    """Drive the traffic; the tally and latency summary.
+
+    ``delayed``: every other round sends its feedback 0.5-3 s after the decision (from a
+    separate thread), as a caller that runs the model first would; the others at once.
+    """
+    state = _Run(url)
     total = int(rate * seconds)
     next_round = iter(range(total))
     t0 = time.monotonic()
-    slow: list[float] = []
 
     def worker() -> None:
         with httpx.Client(base_url=url, timeout=10.0) as http:
@@ -50,48 +119,33 @@ def run(url: str, *, rate: float, seconds: float, threads: int = 4) -> dict[str,
                 due = t0 + i / rate
                 if (delay := due - time.monotonic()) > 0:
                     time.sleep(delay)
-                seen: list[str] = []
-                started = time.monotonic()
-                try:
-                    r = http.post("/decide", json={"tenant": f"t{i % 7}", "prompt": f"q {i}"})
-                    seen.append(f"decide {r.status_code}")
-                    features = (r.json().get("features") or {}) if r.status_code == 200 else {}
-                    if features.get("degraded"):
-                        seen.append("features degraded")
-                        seen.append(f"degraded: {features.get('reason', '')[:60]}")
-                    if r.status_code == 200:
-                        body = {"decision_id": r.json()["decision_id"], "quality": (i % 10) / 10}
-                        f = http.post("/feedback", json=body)
-                        ok = f.status_code == 200
-                        seen.append(f"feedback {f.json()['status'] if ok else f.status_code}")
-                except httpx.HTTPError as exc:
-                    seen.append(f"transport {type(exc).__name__}")
-                elapsed = time.monotonic() - started
-                with lock:
-                    tally.update(seen)
-                    if elapsed > 1.0:
-                        slow.append(round(elapsed, 2))
+                state.round_trip(http, i, delayed=delayed)
 
     pool = [threading.Thread(target=worker) for _ in range(threads)]
-    for t in pool:
+    sender = threading.Thread(target=state.late_sender)
+    for t in [*pool, sender]:
         t.start()
     for t in pool:
         t.join()
+    state.done.set()
+    sender.join()
+    tally = state.tally
     return {
         "rounds": total,
         "seconds": round(time.monotonic() - t0, 2),
         "tally": dict(tally),
         "accepted_feedback": accepted_feedback(tally),
         "server_errors": sum(n for k, n in tally.items() if k.split()[-1].startswith("5")),
-        "rounds_over_1s": len(slow),
+        "rounds_over_1s": len(state.slow),
     }
 
 
-def spawn(url: str, *, rate: float, seconds: float) -> subprocess.Popen[str]:
+def spawn(url: str, *, rate: float, seconds: float, delayed: bool = False) -> subprocess.Popen[str]:
     """This module in a second process (``communicate()`` returns its JSON line)."""
     return subprocess.Popen(
         [sys.executable, "-m", "bench.traffic", "--url", url, "--rate", str(rate)]
-        + ["--seconds", str(seconds)],
+        + ["--seconds", str(seconds)]
+        + (["--delayed"] if delayed else []),
         cwd=Path(__file__).resolve().parents[1],
         stdout=subprocess.PIPE,
         text=True,
@@ -104,8 +158,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=50.0, help="round trips per second")
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--threads", type=int, default=4)
+    p.add_argument(
+        "--delayed", action="store_true", help="every other feedback 0.5-3 s after its decision"
+    )
     args = p.parse_args(argv)
-    json.dump(run(args.url, rate=args.rate, seconds=args.seconds, threads=args.threads), sys.stdout)
+    result = run(
+        args.url, rate=args.rate, seconds=args.seconds, threads=args.threads, delayed=args.delayed
+    )
+    json.dump(result, sys.stdout)
     sys.stdout.write("\n")
     return 0
 

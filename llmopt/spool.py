@@ -10,7 +10,10 @@ killed, network down: SQLAlchemy's ``OperationalError`` / ``InterfaceError``):
   The same feedback again is a ``duplicate``; a different one for the same decision is refused as
   usual. Feedback whose decision the worker cannot see (made before the outage, or by another
   worker, and not in memory) is spooled unvalidated (:meth:`SpooledEventLog.
-  spool_unvalidated_feedback`) and checked when replayed, never refused;
+  spool_unvalidated_feedback`) and checked when replayed, never refused. So is feedback the
+  database does not know while another worker's spool of the same folder still holds records
+  (its decision may be there, not replayed yet); at replay such feedback waits for later
+  replays while those spools hold records, for up to :data:`UNVALIDATED_GRACE_S`;
 - every append is flushed and ``fsync``-ed before the call returns (the spool survives a crash
   of this process; ~0.1-2 ms per write on local disks, only while the database is down).
 
@@ -49,6 +52,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -71,6 +75,10 @@ log = logging.getLogger("llmopt.spool")
 
 UNAVAILABLE = (OperationalError, InterfaceError)
 """SQLAlchemy errors meaning "the database does not answer" (not "the write is wrong")."""
+
+UNVALIDATED_GRACE_S = 300.0
+"""How long an unvalidated feedback whose decision the database does not have is kept for
+later replays while sibling spools still hold records (then dropped as never made)."""
 
 RECENT_DECISIONS = 200_000
 """Decision rows kept in memory for joins while the database is down (~1 KB each)."""
@@ -143,6 +151,9 @@ class SpooledEventLog(EventLog):
         self.spooled = 0
         self.replayed = 0
         self.dropped = 0
+        self.deferred = 0
+        """Unvalidated feedback put back at replay: its decision may still be in a sibling's
+        spool (:meth:`others_pending`)."""
         self.replayed_feedback_ids: list[int] = []
         """Ids the replayed feedback got (a worker's own feedback: its log follower skips them)."""
         self.replayed_unvalidated_ids: list[int] = []
@@ -214,7 +225,13 @@ class SpooledEventLog(EventLog):
             self._down()
             return self._recent.get(decision_id), False
         self._up()
-        return (row if row is not None else self._recent.get(decision_id)), True
+        if row is None:
+            row = self._recent.get(decision_id)
+        if row is None and self.others_pending():
+            # The database does not have it, but a sibling's spool may (made while it was
+            # down, not replayed yet): cannot tell now, as while it is down.
+            return None, False
+        return row, True
 
     def record_call(self, decision_id: DecisionID, call: Mapping[str, Any]) -> bool:
         """:meth:`EventLog.record_call`; spooled (and applied to the remembered row) while the
@@ -245,7 +262,7 @@ class SpooledEventLog(EventLog):
         row = self.feedback_row(fb)
         if fb.decision_id in self._spooled_feedback:
             return self._spooled_duplicate(fb.decision_id, row["payload_sha256"])
-        self._append({"kind": "feedback", "row": row, "unvalidated": True})
+        self._append({"kind": "feedback", "row": row, "unvalidated": True, "at": time.time()})
         self._spooled_feedback[fb.decision_id] = row["payload_sha256"]
         return FeedbackReceipt("spooled", None, fb.decision_id)
 
@@ -334,8 +351,7 @@ class SpooledEventLog(EventLog):
                     with path.open(encoding="utf-8") as f:
                         for line in f:
                             if line.strip():
-                                self._replay_one(decode_record(line))
-                                done += 1
+                                done += self._replay_one(decode_record(line))
                 except UNAVAILABLE as exc:
                     log.info("event log still unavailable (%s); spool kept", type(exc).__name__)
                     self._down()
@@ -348,17 +364,18 @@ class SpooledEventLog(EventLog):
             log.info("replayed %d spooled event-log records", done)
             return done
 
-    def _replay_one(self, record: dict[str, Any]) -> None:
+    def _replay_one(self, record: dict[str, Any]) -> bool:
+        """Store one spooled record; False if it was put back for a later replay."""
         row = record["row"]
         if record["kind"] == "call":
             super().record_call(row["decision_id"], row["call"])
-            return
+            return True
         if record["kind"] == "decision":
             try:
                 self.insert_decision(row)
             except DuplicateDecisionError:
                 pass  # replayed before (an interrupted replay): already there
-            return
+            return True
         try:
             receipt = self.insert_feedback(row)
             self._spooled_feedback.pop(row["decision_id"], None)
@@ -367,9 +384,37 @@ class SpooledEventLog(EventLog):
                     self.replayed_unvalidated_ids.append(receipt.feedback_id)
                 else:  # learned when it was accepted
                     self.replayed_feedback_ids.append(receipt.feedback_id)
-        except (UnknownDecisionError, ConflictingFeedbackError) as exc:
+        except UnknownDecisionError as exc:
+            if record.get("unvalidated") and self._may_still_come(record):
+                self._append(record)  # its decision may be in a sibling's spool: next time
+                self.deferred += 1
+                return False
+            self.dropped += 1
+            log.warning("spooled feedback dropped at replay: %s", exc)
+        except ConflictingFeedbackError as exc:
             self.dropped += 1
             log.warning("spooled feedback dropped at replay: %s", exc)
         except IntegrityError as exc:  # a constraint the live path would have refused too
             self.dropped += 1
             log.warning("spooled feedback dropped at replay: %s", exc)
+        return True
+
+    def _may_still_come(self, record: Mapping[str, Any]) -> bool:
+        """An unvalidated feedback's decision is unknown: may it still arrive? Yes while
+        another spool of this folder holds records (a sibling worker's, or a dead one's not
+        yet replayed), for :data:`UNVALIDATED_GRACE_S` after the feedback was accepted."""
+        at = float(record.get("at") or 0.0)
+        return time.time() - at < UNVALIDATED_GRACE_S and self.others_pending()
+
+    def others_pending(self) -> bool:
+        """True if a spool of this folder other than this process's holds records."""
+        own = {self.spool_path, self.replaying_path}
+        for path in self.spool_path.parent.glob("*.spool.jsonl*"):
+            if path in own:
+                continue
+            try:
+                if path.stat().st_size > 0:
+                    return True
+            except FileNotFoundError:  # replayed meanwhile
+                continue
+        return False

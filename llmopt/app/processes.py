@@ -44,7 +44,12 @@ def free_port() -> int:
 
 @contextmanager
 def running_service(
-    home: Path, *, port: int | None = None, timeout_s: float = 180.0, **env: str
+    home: Path,
+    *,
+    port: int | None = None,
+    timeout_s: float = 180.0,
+    workers: int = 1,
+    **env: str,
 ) -> Iterator[str]:
     """``llmopt serve`` on a free port with state in ``home``; yields its URL once ready."""
     port = port or free_port()
@@ -54,7 +59,8 @@ def running_service(
     environ = {**os.environ, "LLMOPT_HOME": str(home), **env}
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "llmopt.app.cli", "serve", "--port", str(port)],
+            [sys.executable, "-m", "llmopt.app.cli", "serve", "--port", str(port)]
+            + (["--workers", str(workers)] if workers != 1 else []),
             cwd=REPO,
             env=environ,
             stdout=out,

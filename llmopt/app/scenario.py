@@ -388,7 +388,7 @@ def run_scenario(cfg: ScenarioConfig, echo: Echo | None = None) -> ScenarioResul
 
         started = time.time()
         if cfg.url is None:
-            with running_service(home, port=None, timeout_s=180.0, **env) as url:
+            with running_service(home, port=None, timeout_s=180.0, workers=1, **env) as url:
                 flows.start()
                 records = drive(url, data, cfg, roles, echo=say, on_phase=on_phase)
                 stop_injector.set()

@@ -58,3 +58,38 @@ def test_postgres_killed_under_load_loses_nothing(tmp_path: Path, private_postgr
     assert tally.get("feedback spooled", 0) > 20, tally  # the outage was real and long
     assert feedback == result["accepted_feedback"]
     assert decisions == tally["decide 200"]
+
+
+def test_postgres_killed_with_delayed_feedback_on_two_workers_refuses_none(
+    tmp_path: Path, private_postgres: Any
+) -> None:
+    """Issue 18's fault run: half the feedback comes 0.5-3 s after its decision, on either of
+    two workers, while PostgreSQL is down for 10 s. None is refused (no 404 for a decision a
+    sibling spooled), none lost, none stored twice."""
+    pg = private_postgres
+    env = {
+        "LLMOPT_DATABASE_URL": pg.url,
+        "LLMOPT_SERVING_MODEL_SOURCE": "fresh",
+        "LLMOPT_SERVING_FEATURES": "off",
+        "LLMOPT_SERVING_RATE_LIMIT_PER_S": "0",
+        "LLMOPT_SERVING_POLL_S": "0",
+    }
+    with running_service(tmp_path / "home", workers=2, **env) as url:
+        traffic = spawn(url, rate=30, seconds=20, delayed=True)
+        time.sleep(4)
+        pg.kill()
+        time.sleep(10)
+        pg.start()
+        out, _ = traffic.communicate(timeout=180)
+        result = json.loads(out)
+        tally = result["tally"]
+        deadline = time.monotonic() + 60
+        while counts(pg.url)[1] < result["accepted_feedback"] and time.monotonic() < deadline:
+            time.sleep(0.5)  # each worker replays its spool every second
+        decisions, feedback = counts(pg.url)
+    print(json.dumps(result))
+    assert result["server_errors"] == 0, tally
+    assert set(tally) <= {"decide 200", "feedback stored", "feedback spooled"}, tally
+    assert tally.get("feedback spooled", 0) > 20, tally  # the outage was real and long
+    assert feedback == result["accepted_feedback"], (feedback, tally)  # none lost, none twice
+    assert decisions == tally["decide 200"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +118,48 @@ def test_call_measurements_survive_an_outage(setup: tuple[SpooledEventLog, Any])
         assert row is not None
         fb = Feedback(decision_id=d.decision_id, quality=0.7)
         assert fb.with_measurements(row["context"]["call"]).latency_ms == latency
+
+
+def test_feedback_for_a_decision_in_a_siblings_spool_waits_for_it(
+    tmp_path: Path, sqlite_outage: Any
+) -> None:
+    """Two workers, one folder: B gets feedback for a decision A spooled during an outage and
+    has not replayed yet. B cannot tell it from an unknown id, so it accepts it unvalidated
+    (never a 404) and keeps it through its replays until A's spool is in the database."""
+    db = tmp_path / "db"
+    db.mkdir()
+    url = f"sqlite:///{db / 'events.db'}"
+    # named after live processes, so neither adopts the other's spool as a dead worker's
+    a = SpooledEventLog(url, spool_dir=tmp_path / "spool", name=f"events.{os.getpid()}.spool.jsonl")
+    b = SpooledEventLog(
+        url, spool_dir=tmp_path / "spool", name=f"events.{os.getppid()}.spool.jsonl"
+    )
+    outage = sqlite_outage(db, a)
+    outage.start()
+    d = decision()
+    a.record_decision(d, CTX, features={})
+    outage.end()
+    row, answered = b.lookup_decision(d.decision_id)
+    assert row is None and not answered  # the database answers, but A's spool may hold it
+    fb = Feedback(decision_id=d.decision_id, quality=0.7)
+    assert b.spool_unvalidated_feedback(fb).status == "spooled"
+    assert b.replay() == 0 and b.deferred == 1 and b.dropped == 0  # A has not replayed yet
+    assert b.spooled_records() == 1
+    assert a.replay() == 1  # A's decision reaches the database
+    assert b.replay() == 1 and b.dropped == 0
+    assert b.counts() == {"decisions": 1, "feedback": 1}
+    assert b.replayed_unvalidated_ids  # stored at replay: whoever follows the log learns it
+    assert b.lookup_decision("never-made") == (None, True)  # no spool left: a plain unknown
+
+
+def test_an_unvalidated_feedback_is_dropped_once_its_grace_is_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = tmp_path / "spool"
+    a = SpooledEventLog("sqlite://", spool_dir=spool, name=f"events.{os.getpid()}.spool.jsonl")
+    sibling = spool / f"events.{os.getppid()}.spool.jsonl"  # a live sibling that never replays
+    sibling.write_text('{"kind": "call", "row": {"decision_id": "x", "call": {}}}\n')
+    a.spool_unvalidated_feedback(Feedback(decision_id="never-made", quality=0.5))
+    assert a.replay() == 0 and a.deferred == 1
+    monkeypatch.setattr("llmopt.spool.UNVALIDATED_GRACE_S", 0.0)
+    assert a.replay() == 1 and a.dropped == 1 and a.spooled_records() == 0
