@@ -144,6 +144,19 @@ class CircuitBreaker:
         """Why shared state is not in use although configured (None: fine, or local by design)."""
         return None
 
+    def recent_error_rate(self, model: ArmID) -> float | None:
+        """Share of failures among ``model``'s last ``window`` outcomes here (None: fewer than
+        ``min_calls``): a live error rate that moves with each call, long before a breaker
+        opens (a model failing one call in five never reaches ``error_rate``)."""
+        st = self._states.get(model)
+        if st is None:
+            return None
+        outcomes = st.outcomes
+        n = len(outcomes)
+        if n < self.min_calls:
+            return None
+        return (n - sum(outcomes)) / n
+
     def state(self, model: ArmID) -> str:
         """``closed``, ``open`` or ``half_open``."""
         if model in self.blocked():

@@ -382,6 +382,39 @@ def live_penalties(
     return out, (LIVE_NOTE + "; ".join(used)) if used else None
 
 
+def recent_risk(
+    arms: Sequence[str],
+    error_rate: Callable[[str], float | None],
+    features: RouterFeatures | None,
+    *,
+    expected_quality: Callable[[str], float | None],
+) -> tuple[dict[str, float], list[str]]:
+    """The risk term from this worker's own recent calls (the circuit breaker's window), where
+    it says more than the fleet's 5-minute error rate: ``(recent - fleet) x expected quality``
+    (the fleet's rate, when fresh, is already in :func:`live_penalties`). A model that starts
+    failing one call in five is penalised from its next decisions, not after the next feature
+    push and a 5-minute window, and long before its breaker opens. The note's parts.
+
+    >>> pen, parts = recent_risk(["a", "b"], {"a": 0.2, "b": 0.0}.get, None,
+    ...     expected_quality=lambda m: 0.8)
+    >>> {m: round(x, 3) for m, x in pen.items()}, parts
+    ({'a': 0.16}, ['a recent error rate 20%'])
+    """
+    out: dict[str, float] = {}
+    parts: list[str] = []
+    for arm in arms:
+        rate = error_rate(arm)
+        if not rate:
+            continue
+        fresh = _fresh(arm, features) if features is not None else None
+        fleet = fresh.get(ERROR_RATE, 0.0) if fresh is not None else 0.0
+        q = expected_quality(arm)
+        if rate > fleet and q is not None and q > 0:
+            out[arm] = (rate - fleet) * q
+            parts.append(f"{arm} recent error rate {rate:.0%}")
+    return out, parts
+
+
 def live_priors(
     arms: Sequence[str],
     features: RouterFeatures,

@@ -77,6 +77,7 @@ from serving.live_features import (
     live_exclusions,
     live_penalties,
     live_priors,
+    recent_risk,
 )
 from serving.pacing import BudgetPacing
 from serving.parameters import ServedTuning
@@ -196,10 +197,12 @@ class ServingLoop(LearningLoop):
         """Compute this decision's live penalties (kept for :meth:`penalties`) and seed the
         cold arms with the fleet's per-task quality (:meth:`_seed_cold_arms`); their note."""
         self._live_penalty = {}
+        cost_aware = getattr(self.policy, "cost_aware", False)
         if self.live is None:
-            return None
+            recent = self._recent_risk(arms, None) if cost_aware else []
+            return LIVE_NOTE + "; ".join(recent) if recent else None
         seeded = self._seed_cold_arms(arms)
-        if not getattr(self.policy, "cost_aware", False):
+        if not cost_aware:
             return LIVE_NOTE + "; ".join(seeded) if seeded else None
         tradeoff = self.tradeoff_for(ctx)
         catalog = self.catalog
@@ -216,10 +219,23 @@ class ServingLoop(LearningLoop):
             catalog_latency_ms=catalog_latency,
             expected_quality=arm_mean if arm_mean is not None else (lambda arm: None),
         )
-        if not seeded:
+        parts = [*self._recent_risk(arms, self.live), *seeded]
+        if not parts:
             return note
-        priors = "; ".join(seeded)
-        return f"{note}; {priors}" if note is not None else LIVE_NOTE + priors
+        more = "; ".join(parts)
+        return f"{note}; {more}" if note is not None else LIVE_NOTE + more
+
+    def _recent_risk(self, arms: Sequence[ArmID], live: RouterFeatures | None) -> list[str]:
+        """Add the breaker window's recent error rates to this decision's live penalties
+        (:func:`serving.live_features.recent_risk`); the note's parts."""
+        breaker = self.breaker
+        arm_mean = getattr(self.policy, "arm_mean", None)
+        if breaker is None or arm_mean is None:
+            return []
+        extra, parts = recent_risk(arms, breaker.recent_error_rate, live, expected_quality=arm_mean)
+        for arm, delta in extra.items():
+            self._live_penalty[arm] = self._live_penalty.get(arm, 0.0) + delta
+        return parts
 
     def _seed_cold_arms(self, arms: Sequence[ArmID]) -> list[str]:
         """Start each arm the policy has learned nothing about at the fleet's live quality of

@@ -351,3 +351,32 @@ def test_a_rollback_stops_the_schedule(catalog, log):
         q = 0.1 if routed.slot.role == "challenger" else 0.9
         router.feedback(Feedback(decision_id=routed.decision.decision_id, quality=q))
     assert router.traffic.mode == "champion" and router.traffic.schedule == ()
+
+
+def test_a_model_failing_one_call_in_five_is_penalised_before_its_breaker_opens(catalog, log):
+    """The breaker's window gives a live error rate at once: 20% failures never open it (50%),
+    but the next decisions price the risk in (error rate x expected quality) and say so."""
+    from models.kinds import make_policy  # noqa: PLC0415
+
+    policy = make_policy("cost_aware_cluster_thompson", seed=0)
+    router = make_router(catalog, log)
+    router.swap(champion=(policy, "v1"))
+    models = ["gpt-4o", "gpt-4o-mini"]
+    for _ in range(10):  # both answer well
+        routed = router.decide(ctx(models=models))
+        router.feedback(Feedback(decision_id=routed.decision.decision_id, quality=0.9))
+    loop = router.lineup.champion.loop
+    before = router.decide(ctx(models=models)).decision
+    assert not any("recent error rate" in n for n in before.notes)
+    base = loop.penalties(models, 8, loop.tradeoff_for(ctx()))
+    for i in range(20):  # the breaker's whole window
+        router.breaker.record("gpt-4o", ok=i % 5 != 0)
+    assert router.breaker.state("gpt-4o") == "closed"
+    assert router.breaker.recent_error_rate("gpt-4o") == pytest.approx(0.2)
+    after = router.decide(ctx(models=models)).decision
+    assert any("gpt-4o recent error rate 20%" in n for n in after.notes), after.notes
+    risked = loop.penalties(models, 8, loop.tradeoff_for(ctx()))
+    mean = policy.arm_mean("gpt-4o")
+    assert mean is not None
+    assert risked["gpt-4o"] - base["gpt-4o"] == pytest.approx(0.2 * mean)
+    assert risked["gpt-4o-mini"] == base["gpt-4o-mini"]
