@@ -69,8 +69,9 @@ audit: setup  ## pip-audit of the locked dependencies (needs PyPI's JSON API or 
 	exit $$status
 
 .PHONY: soak
-soak: setup  ## Sustained load: 10 minutes at 300 decide/s + feedback traffic; errors, p99, memory
-	$(BIN)/python -m bench.soak --minutes $${SOAK_MINUTES:-10} --rate $${SOAK_RATE:-300}
+soak: setup  ## Sustained load: 10 minutes at 300 decide/s + feedback; errors, p99, memory (URLS=u1,u2: running replicas)
+	$(BIN)/python -m bench.soak --minutes $${SOAK_MINUTES:-10} --rate $${SOAK_RATE:-300} \
+	  --feedback-rate $${SOAK_FEEDBACK_RATE:-20} $(if $(URLS),--url $(URLS)) $(SOAK_ARGS)
 
 clean:  ## Remove the venv, the tool venv and local state
 	rm -rf $(VENV) .tools .llmopt .pytest_cache .mypy_cache .ruff_cache
@@ -78,14 +79,14 @@ clean:  ## Remove the venv, the tool venv and local state
 # -- production profile on this machine, and its cluster manifests (issue #8): infra/README.md --
 .PHONY: up down status lint-infra
 
-up: setup  ## Start the production profile as processes: PostgreSQL, Redis, MLflow, Prefect, BentoML
-	bash infra/up.sh
+up: setup  ## Start the production profile as processes: PostgreSQL, Redis, MLflow, Prefect, BentoML (REPLICAS=N)
+	$(if $(REPLICAS),LLMOPT_INFRA_REPLICAS=$(REPLICAS) )bash infra/up.sh
 
 down:  ## Stop what `make up` started (PostgreSQL/Redis it found running stay up)
 	bash infra/down.sh
 
 status:  ## Health of every component of `make up`
-	bash infra/status.sh
+	$(if $(REPLICAS),LLMOPT_INFRA_REPLICAS=$(REPLICAS) )bash infra/status.sh
 
 lint-infra: setup  ## Validate infra/k8s (strict schemas), ShellCheck infra scripts, consistency tests
 	$(BIN)/kubernetes-validate --strict --quiet $(filter-out %/kustomization.yaml,$(wildcard infra/k8s/*.yaml))

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# make down: stop what `make up` started, newest first (service, workers, servers), by pid file
-# and process group. PostgreSQL and Redis are stopped only if `make up` started them (a marker in
-# run/); shared ones are left alone. Databases and state under $LLMOPT_INFRA_HOME are kept.
+# make down: stop what `make up` started, newest first (every service replica, workers, servers),
+# by pid file and process group. PostgreSQL and Redis are stopped only if `make up` started them
+# (a marker in run/); shared ones are left alone. Databases and state under $LLMOPT_INFRA_HOME are
+# kept.
 # Idempotent: nothing running, nothing to do.
 set -euo pipefail
 # shellcheck source=infra/lib.sh
 source "$(dirname "$0")/lib.sh"
 mkdir -p "$RUN_DIR"
 
-stop_pid_file serving 30
+for i in $(started_replicas); do  # every replica of the decision service (`make up REPLICAS=N`)
+  stop_pid_file "$(replica_name "$i")" 30
+done
 # Workers before the API server: a worker whose server is gone retries instead of exiting.
 for f in "$RUN_DIR"/prefect-worker-*.pid; do
   [[ -e $f ]] || continue

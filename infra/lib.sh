@@ -26,8 +26,13 @@ MLFLOW_WORKERS=${LLMOPT_INFRA_MLFLOW_WORKERS:-1}
 PREFECT_PORT=${LLMOPT_INFRA_PREFECT_PORT:-4200}
 POOL=${LLMOPT_INFRA_POOL:-llmopt}       # the work pool prefect.yaml's deployments name
 WORKERS=${LLMOPT_INFRA_WORKERS:-1}
-SERVING_PORT=${LLMOPT_INFRA_SERVING_PORT:-3000}
-SERVING_WORKERS=${LLMOPT_INFRA_SERVING_WORKERS:-1}
+SERVING_PORT=${LLMOPT_INFRA_SERVING_PORT:-3000}   # replica i (1-based) listens on SERVING_PORT + i - 1
+SERVING_WORKERS=${LLMOPT_INFRA_SERVING_WORKERS:-1}  # BentoML workers per replica
+REPLICAS=${LLMOPT_INFRA_REPLICAS:-1}    # decision service replicas (`make up REPLICAS=N`)
+if ! [[ $REPLICAS =~ ^[1-9][0-9]*$ ]]; then
+  echo "LLMOPT_INFRA_REPLICAS (make up REPLICAS=N) must be a positive integer, not '$REPLICAS'" >&2
+  exit 1
+fi
 DEPLOY=${LLMOPT_INFRA_DEPLOY:-1}        # 0: skip `prefect deploy --all`
 TIMEOUT=${LLMOPT_INFRA_TIMEOUT:-240}    # seconds a component may take to become healthy
 
@@ -57,7 +62,13 @@ stack_env() {
   export LLMOPT_REDIS_URL=redis://$REDIS_HOST:$REDIS_PORT/$REDIS_DB
   export LLMOPT_PREFECT_HOME=$INFRA_HOME/prefect
   export LLMOPT_SERVING_FEATURES=production
-  if ((SERVING_WORKERS > 1)); then export LLMOPT_SERVING_SYNC_LOG_S=${LLMOPT_SERVING_SYNC_LOG_S:-1}; fi
+  # budgets, circuit breakers and rate limits: one state in Redis for every worker and replica
+  # (serving/shared_state.py); with one process too, so the profile is the same for every N
+  export LLMOPT_SERVING_SHARED_STATE=redis
+  # several processes learn each other's feedback from the shared event log (serving/README.md)
+  if ((SERVING_WORKERS > 1 || REPLICAS > 1)); then
+    export LLMOPT_SERVING_SYNC_LOG_S=${LLMOPT_SERVING_SYNC_LOG_S:-1}
+  fi
   # feature_repo/production/feature_store.yaml
   export LLMOPT_FEAST_PG_HOST=$PG_HOST LLMOPT_FEAST_PG_PORT=$PG_PORT LLMOPT_FEAST_PG_USER=$PG_USER
   export LLMOPT_FEAST_PG_PASSWORD=$PG_PASSWORD LLMOPT_FEAST_PG_DATABASE=$DB_EVENTS
@@ -87,6 +98,23 @@ pg_cluster_version() {  # the Debian cluster's version folder (/etc/postgresql/1
 }
 
 pid_file() { printf '%s/%s.pid' "$RUN_DIR" "$1"; }
+
+# -- decision service replicas: replica 1 is `serving` on SERVING_PORT (as with one replica),
+# replica i is `serving-i` on SERVING_PORT + i - 1, each its own process group, log and pid file
+replica_name() { if (($1 == 1)); then echo serving; else echo "serving-$1"; fi; }
+replica_port() { echo $((SERVING_PORT + $1 - 1)); }
+replica_url() { echo "http://127.0.0.1:$(replica_port "$1")"; }
+replica_bentoml_home() {  # its own: BentoML empties its Prometheus folder there at start-up
+  if (($1 == 1)); then echo "$INFRA_HOME/bentoml"; else echo "$INFRA_HOME/bentoml-$1"; fi
+}
+started_replicas() {  # the numbers of the replicas that have a pid file, ascending
+  local f n
+  for f in "$RUN_DIR"/serving.pid "$RUN_DIR"/serving-*.pid; do
+    [[ -e $f ]] || continue
+    n=$(basename "$f" .pid)
+    if [[ $n == serving ]]; then echo 1; else echo "${n#serving-}"; fi
+  done | sort -n
+}
 
 alive() {  # alive NAME: its process (group) still runs
   local f pid
@@ -154,7 +182,8 @@ port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 http_ok() { curl -fsS -o /dev/null --max-time 3 "$1" 2>/dev/null; }
 check_mlflow() { http_ok "http://127.0.0.1:$MLFLOW_PORT/health"; }
 check_prefect() { http_ok "http://127.0.0.1:$PREFECT_PORT/api/health"; }
-check_serving() { http_ok "http://127.0.0.1:$SERVING_PORT/readyz"; }
+check_replica() { http_ok "$(replica_url "$1")/readyz"; }  # check_replica I
+check_serving() { check_replica 1; }
 
 prefect_api() {  # prefect_api METHOD PATH [JSON]: the server's REST API, body on stdout
   curl -fsS --max-time 5 -X "$1" -H 'Content-Type: application/json' \

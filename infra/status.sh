@@ -4,6 +4,8 @@
 set -euo pipefail
 # shellcheck source=infra/lib.sh
 source "$(dirname "$0")/lib.sh"
+# the replicas the last `make up` started, unless LLMOPT_INFRA_REPLICAS (REPLICAS=N) says
+if [[ -z ${LLMOPT_INFRA_REPLICAS:-} && -f $RUN_DIR/replicas ]]; then REPLICAS=$(<"$RUN_DIR/replicas"); fi
 stack_env
 
 bad=0
@@ -22,7 +24,7 @@ printf '%-18s %-5s %-34s %-8s %s\n' COMPONENT STATE ENDPOINT PID "BACKING STORE 
 row postgres "$(ok check_postgres)" "$PG_HOST:$PG_PORT" "$(owner postgres)" \
   "databases $DB_EVENTS $DB_MLFLOW $DB_PREFECT $DB_OPTUNA"
 row redis "$(ok check_redis)" "$REDIS_HOST:$REDIS_PORT/$REDIS_DB" "$(owner redis)" \
-  "Feast online store"
+  "Feast online store; serving state ($LLMOPT_SERVING_SHARED_STATE)"
 row mlflow "$(ok check_mlflow)" "http://127.0.0.1:$MLFLOW_PORT" "$(pid_of mlflow)" \
   "postgres/$DB_MLFLOW, artifacts $INFRA_HOME/mlartifacts"
 row prefect-server "$(ok check_prefect)" "http://127.0.0.1:$PREFECT_PORT" \
@@ -44,6 +46,9 @@ row deployments "$deploy_ok" "$PREFECT_API_URL" - "$deployments deployments (pre
 projects=$(feast_projects)
 row feast "$(ok test -n "$projects")" "registry postgres/$DB_EVENTS" - \
   "projects: ${projects:-none}; online store redis db $REDIS_DB"
-row serving "$(ok check_serving)" "http://127.0.0.1:$SERVING_PORT" "$(pid_of serving)" \
-  "event log postgres/$DB_EVENTS (readyz)"
+# every replica the last `make up` started, and any other that still has a pid file
+for i in $( (seq 1 "$REPLICAS"; started_replicas) | sort -nu); do
+  row "$(replica_name "$i")" "$(ok check_replica "$i")" "$(replica_url "$i")" \
+    "$(pid_of "$(replica_name "$i")")" "replica $i of $REPLICAS; event log postgres/$DB_EVENTS (readyz)"
+done
 exit "$bad"

@@ -2,10 +2,13 @@
 # make up: the production profile on this machine, as processes (no containers), health-checked.
 #
 #   PostgreSQL   event log, Feast registry + offline store, Optuna, MLflow and Prefect databases
-#   Redis        Feast online store
+#   Redis        Feast online store; the decision service's shared state
 #   MLflow       tracking server + model registry (backend on PostgreSQL, artifacts proxied)
 #   Prefect      server (database on PostgreSQL), a process work pool, N workers, the deployments
-#   BentoML      the decision service (serving.service:DecisionService)
+#   BentoML      the decision service (serving.service:DecisionService): LLMOPT_INFRA_REPLICAS
+#                processes (`make up REPLICAS=N`, 1 by default) on ports SERVING_PORT (3000) ..
+#                SERVING_PORT + N - 1, sharing PostgreSQL and Redis (shared state: budgets,
+#                circuit breakers, rate limits)
 #
 # PostgreSQL and Redis that already answer are used as they are, and `make down` leaves them
 # alone; only when they do not answer are they started here (and then stopped by `make down`).
@@ -108,14 +111,26 @@ say "feast apply (production profile: registry + offline store on PostgreSQL, on
 
 wait_for mlflow "$TIMEOUT" check_mlflow
 
-serving_cmd=(env)
-if ((SERVING_WORKERS > 1)); then
-  # BentoML's configuration override (the service's own decorator says workers=1)
-  serving_cmd+=("BENTOML_CONFIG_OVERRIDES={\"services\": {\"llmopt-router\": {\"workers\": $SERVING_WORKERS}}}")
-fi
-serving_cmd+=("$BIN/bentoml" serve serving.service:DecisionService --host 127.0.0.1
-  --port "$SERVING_PORT" --working-dir "$REPO")
-start_unless_running serving "$SERVING_PORT" "${serving_cmd[@]}"
+# The decision service: REPLICAS processes (`make up REPLICAS=N`), replica i on port
+# SERVING_PORT + i - 1. They share the event log (PostgreSQL), the online store and the serving
+# state (Redis: budgets, circuit breakers, rate limits) and LLMOPT_HOME (spool files are named
+# by pid, and a live replica replays a dead one's); each has its own BENTOML_HOME (BentoML
+# empties the Prometheus folder there when it starts, and /metrics reads it).
+start_replica() {  # start_replica I
+  local i=$1 cmd=(env "BENTOML_HOME=$(replica_bentoml_home "$1")")
+  if ((SERVING_WORKERS > 1)); then
+    # BentoML's configuration override (the service's own decorator says workers=1)
+    cmd+=("BENTOML_CONFIG_OVERRIDES={\"services\": {\"llmopt-router\": {\"workers\": $SERVING_WORKERS}}}")
+  fi
+  cmd+=("$BIN/bentoml" serve serving.service:DecisionService --host 127.0.0.1
+    --port "$(replica_port "$i")" --working-dir "$REPO")
+  start_unless_running "$(replica_name "$i")" "$(replica_port "$i")" "${cmd[@]}"
+}
+for i in $(started_replicas); do  # a smaller REPLICAS than the last `make up`: stop the rest
+  if ((i > REPLICAS)); then stop_pid_file "$(replica_name "$i")" 30; fi
+done
+for ((i = 1; i <= REPLICAS; i++)); do start_replica "$i"; done
+echo "$REPLICAS" >"$RUN_DIR/replicas"  # what `make status` reports
 
 wait_for prefect-server "$TIMEOUT" check_prefect
 if ! prefect_api GET "/work_pools/$POOL" >/dev/null 2>&1; then
@@ -135,7 +150,9 @@ if [[ $DEPLOY == 1 ]]; then
     || { fail "deploy (prefect deploy --all)"; exit 1; }
 fi
 
-wait_for serving "$TIMEOUT" check_serving
+for ((i = 1; i <= REPLICAS; i++)); do
+  wait_for "$(replica_name "$i")" "$TIMEOUT" check_replica "$i"
+done
 wait_for prefect-worker-1 "$TIMEOUT" check_workers
 say "up in $((SECONDS - T0)) s; shell environment: source $INFRA_HOME/env.sh"
 exec bash "$(dirname "$0")/status.sh"

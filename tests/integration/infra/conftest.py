@@ -3,8 +3,9 @@
 :func:`stack_env` is the environment of a second stack beside any running one: its own ports,
 infra home, database prefix and Redis database, on the shared PostgreSQL and Redis (which
 ``up`` uses as they are and ``down`` leaves running); afterwards ``down``, its databases dropped
-and its Feast keys deleted. :func:`stack` also starts it (``infra/up.sh``, what ``make up``
-runs) and hands over a :class:`Stack` that knows its URLs, pid files, logs and settings.
+and its Feast and serving-state keys deleted. :func:`stack` also starts it (``infra/up.sh``,
+what ``make up`` runs) and hands over a :class:`Stack` that knows its URLs, pid files, logs and
+settings.
 """
 
 from __future__ import annotations
@@ -164,7 +165,9 @@ def stack_env(postgres_url: str, redis_url: str, tmp_path: Path) -> Iterator[dic
 
         r = redis.Redis(host="127.0.0.1", port=6379, db=redis_db)
         for key in r.scan_iter():
-            if key.endswith(b"llmopt"):  # Feast's keys end with the project's name
+            # Feast's keys end with the project's name; the serving state's (budgets, breakers,
+            # rate limits: LLMOPT_SERVING_SHARED_STATE=redis) start with its prefix
+            if key.endswith(b"llmopt") or key.startswith(b"llmopt:serving:"):
                 r.delete(key)
 
 

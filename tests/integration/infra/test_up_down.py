@@ -2,10 +2,12 @@
 
 A second stack beside any running one: its own ports, infra home, databases (a prefix) and
 Redis database, on the shared PostgreSQL and Redis, which ``up`` must use as they are and
-``down`` must leave running. Checks each component's health endpoint, a decision and its
-feedback through the BentoML service (the feedback lands in PostgreSQL's event log, the
-online features come from Redis), the work pool's worker and the deployments of prefect.yaml
-on the Prefect server, then that ``down`` leaves no process of the stack behind.
+``down`` must leave running; the decision service as two replicas (``make up REPLICAS=2``) on
+consecutive ports. Checks each component's health endpoint, a decision on one replica and its
+feedback through the other (the feedback lands in PostgreSQL's event log, the online features
+come from Redis, the serving state is shared in Redis), the work pool's worker and the
+deployments of prefect.yaml on the Prefect server, then that ``down`` leaves no process of the
+stack behind.
 """
 
 from __future__ import annotations
@@ -19,18 +21,37 @@ import sqlalchemy as sa
 from pipelines.deployments import FLOWS
 from serving.schemas import EXAMPLE_DECIDE
 
-from .conftest import alive, http, port_open, script, shared_servers_answer, stack_pids
+from .conftest import (
+    alive,
+    free_port,
+    http,
+    port_open,
+    script,
+    shared_servers_answer,
+    stack_pids,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.services, pytest.mark.slow]
+
+
+def free_port_pair() -> int:
+    """A port free on 127.0.0.1 whose successor is free too (replicas 1 and 2)."""
+    while True:
+        port = free_port()
+        if port < 65535 and not port_open(port + 1):
+            return port
 
 
 @pytest.mark.timeout(480)
 def test_up_serves_learns_and_down_stops_everything(stack_env: dict[str, str]) -> None:
     env = stack_env
+    env["LLMOPT_INFRA_REPLICAS"] = "2"  # make up REPLICAS=2
+    env["LLMOPT_INFRA_SERVING_PORT"] = str(free_port_pair())
     home = Path(env["LLMOPT_INFRA_HOME"])
     mlflow, prefect, serving = (
         int(env[f"LLMOPT_INFRA_{c}_PORT"]) for c in ("MLFLOW", "PREFECT", "SERVING")
     )
+    serving_2 = serving + 1
 
     started = time.monotonic()
     up = script("up.sh", env, timeout=400)
@@ -40,7 +61,7 @@ def test_up_serves_learns_and_down_stops_everything(stack_env: dict[str, str]) -
     healthy = {line.split()[0] for line in up.stdout.splitlines() if line.split()[1:2] == ["up"]}
     assert healthy == {
         *("postgres", "redis", "mlflow", "prefect-server", "prefect-worker-1"),
-        *("deployments", "feast", "serving"),
+        *("deployments", "feast", "serving", "serving-2"),
     }, up.stdout
     # the shared servers were found running: used, not started (so down leaves them alone)
     assert "PostgreSQL answers" in up.stderr and "Redis answers" in up.stderr
@@ -49,8 +70,11 @@ def test_up_serves_learns_and_down_stops_everything(stack_env: dict[str, str]) -
     # health endpoints
     assert http(f"http://127.0.0.1:{mlflow}/health") == (200, "OK")
     assert http(f"http://127.0.0.1:{prefect}/api/health") == (200, True)
-    assert http(f"http://127.0.0.1:{serving}/healthz")[0] == 200
-    assert http(f"http://127.0.0.1:{serving}/readyz")[0] == 200
+    for port in (serving, serving_2):
+        assert http(f"http://127.0.0.1:{port}/healthz")[0] == 200
+        assert http(f"http://127.0.0.1:{port}/readyz") == (200, {"status": "ok", "reasons": []})
+    assert (home / "bentoml-2").is_dir()  # its own BentoML home (Prometheus folder)
+    assert "LLMOPT_SERVING_SHARED_STATE='redis'" in (home / "env.sh").read_text()
     status, models = http(
         f"http://127.0.0.1:{mlflow}/api/2.0/mlflow/registered-models/search?max_results=10"
     )
@@ -64,10 +88,10 @@ def test_up_serves_learns_and_down_stops_everything(stack_env: dict[str, str]) -
     assert {d["name"] for d in deployments} == set(FLOWS)
     assert all(d["work_pool_name"] == "llmopt" and d["schedules"] for d in deployments)
 
-    # a decision and its feedback through the service; online features from Redis
+    # a decision on replica 2 and its feedback through replica 1; online features from Redis
     deadline = time.monotonic() + 90
     while True:
-        _, decision = http(f"http://127.0.0.1:{serving}/decide", EXAMPLE_DECIDE)
+        _, decision = http(f"http://127.0.0.1:{serving_2}/decide", EXAMPLE_DECIDE)
         if decision["features"]["state"] == "open" or time.monotonic() > deadline:
             break
         time.sleep(2)
@@ -101,11 +125,12 @@ def test_up_serves_learns_and_down_stops_everything(stack_env: dict[str, str]) -
     while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not [p for p in pids if alive(p)]
-    assert not [p for p in (mlflow, prefect, serving) if port_open(p)]
+    assert not [p for p in (mlflow, prefect, serving, serving_2) if port_open(p)]
     assert not list((home / "run").glob("*.pid"))
     assert shared_servers_answer()
     status = script("status.sh", env, timeout=60)
     assert status.returncode == 1 and "serving            DOWN" in status.stdout
+    assert "serving-2          DOWN" in status.stdout  # the replicas the last up started
 
     again = script("down.sh", env, timeout=60)  # idempotent
     assert again.returncode == 0

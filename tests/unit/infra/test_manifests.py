@@ -166,14 +166,56 @@ def test_production_settings_are_set() -> None:
         assert name not in config, f"{name} must not be in the ConfigMap"
     assert set(ENV_DEFAULTS) <= set(config) | set(secret)
     assert config["LLMOPT_SERVING_FEATURES"] == "production"
-    # several replicas: each must follow the others' feedback (serving/README.md)
+    # several replicas: each must follow the others' feedback (serving/README.md) and share one
+    # budget, breaker and rate limit per tenant/model/key (serving/shared_state.py)
+    assert by_kind("Deployment")["llmopt-router"]["spec"]["replicas"] > 1
     assert float(config["LLMOPT_SERVING_SYNC_LOG_S"]) > 0
+    assert config["LLMOPT_SERVING_SHARED_STATE"] == "redis"
     fields = {  # the values parse as Settings reads them
         k.removeprefix("LLMOPT_").lower(): v
         for k, v in config.items()
         if k.startswith("LLMOPT_") and k not in ENV_DEFAULTS
     }
-    assert Settings(**fields).serving_features == "production"
+    parsed = Settings(**fields)
+    assert parsed.serving_features == "production" and parsed.serving_shared_state == "redis"
+
+
+def test_local_profile_shares_serving_state_and_spreads_replicas_over_ports(
+    tmp_path: Path,
+) -> None:
+    """``make up`` (infra/lib.sh) shares the serving state in Redis for any REPLICAS and follows
+    the log with several; replica i listens on SERVING_PORT + i - 1 with a BENTOML_HOME of its
+    own (BentoML empties the Prometheus folder there at start-up)."""
+    script = (
+        f"source {INFRA / 'lib.sh'}; stack_env;"
+        ' echo "$LLMOPT_SERVING_SHARED_STATE ${LLMOPT_SERVING_SYNC_LOG_S:--}";'
+        ' for i in 1 2 3; do echo "$(replica_name $i) $(replica_port $i)'
+        ' $(replica_bentoml_home $i)"; done'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOPT_")}
+    env["LLMOPT_INFRA_HOME"] = str(tmp_path)
+    for replicas, sync in (("1", "-"), ("3", "1")):
+        out = subprocess.run(
+            ["bash", "-c", script],
+            env={**env, "LLMOPT_INFRA_REPLICAS": replicas},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
+        assert out == [
+            f"redis {sync}",
+            f"serving 3000 {tmp_path}/bentoml",
+            f"serving-2 3001 {tmp_path}/bentoml-2",
+            f"serving-3 3002 {tmp_path}/bentoml-3",
+        ]
+    bad = subprocess.run(
+        ["bash", "-c", f"source {INFRA / 'lib.sh'}"],
+        env={**env, "LLMOPT_INFRA_REPLICAS": "0"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 1 and "positive integer" in bad.stderr
 
 
 def test_references_resolve() -> None:
