@@ -350,6 +350,14 @@ class Settings(BaseSettings):
             "back to its own state, warns, and /readyz says degraded)."
         ),
     )
+    serving_shared_state_prefix: str = Field(
+        default="llmopt:serving:",
+        min_length=1,
+        description=(
+            "Prefix of serving's shared-state keys in Redis: two deployments on one Redis "
+            "database keep apart budgets, breakers and rate limits with different prefixes."
+        ),
+    )
     serving_features: Literal["off", "embedded", "production"] = Field(
         default="embedded",
         description=(

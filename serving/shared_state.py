@@ -743,7 +743,7 @@ class SharedState:
         """The shared state the settings ask for (None: ``local``)."""
         if settings.serving_shared_state != "redis":
             return None
-        return cls(settings.redis_url)
+        return cls(settings.redis_url, prefix=settings.serving_shared_state_prefix)
 
     def ledger(
         self,

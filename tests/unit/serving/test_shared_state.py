@@ -433,3 +433,25 @@ def test_shared_state_from_settings(redis_url: str):
     assert state is not None and state.degraded is None
     state.close()
     assert NANO == 10**9
+
+
+def test_the_settings_prefix_keeps_two_deployments_apart(redis_url, prefix):
+    from llmopt.settings import Settings  # noqa: PLC0415
+    from serving.shared_state import SharedState  # noqa: PLC0415
+
+    mine, theirs = (
+        SharedState.from_settings(
+            Settings(
+                serving_shared_state="redis",
+                redis_url=redis_url,
+                serving_shared_state_prefix=f"{prefix}{name}:",
+            )
+        )
+        for name in ("a", "b")
+    )
+    assert mine is not None and theirs is not None
+    a = mine.ledger(per_tenant={"acme": 1.0})
+    b = theirs.ledger(per_tenant={"acme": 1.0})
+    assert a.try_reserve("acme", "d1", 0.75)
+    assert b.remaining("acme") == pytest.approx(1.0)  # the other deployment's budget is its own
+    assert a.remaining("acme") == pytest.approx(0.25)
