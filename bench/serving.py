@@ -18,6 +18,7 @@ the throughput under overload (2000 requests/s offered; 6000 to the constant end
 under load: while 300 requests/s flow, the champion's state file is replaced (local model
 source, alias poll every 50 ms);
 reported: failed requests and the time from the change to the first answer by the new model.
+``/decide_batch``: two closed-loop clients posting batches of 100 (decisions per second).
 
 Both use a fresh ``cost_aware_linucb`` over the 27 catalog models, SQLite event log in a temporary
 folder, rate limit off. The generator shares the machine's two cores with the server.
@@ -143,6 +144,52 @@ def _swap_under_load(url: str, home: Path, seconds: float) -> dict[str, Any]:
     return {"kind": "swap_under_load", "swap_ms": swap_ms, "poll_s": 0.05, **result}
 
 
+BATCH = 100
+"""Requests per ``/decide_batch`` call."""
+
+
+def decide_batch(url: str, *, seconds: float, clients: int = 2) -> dict[str, Any]:
+    """Closed loop: ``clients`` threads post batches of :data:`BATCH` for ``seconds``; the
+    decisions per second (the issue's target: 10,000) and each call's latency."""
+    body = json.dumps(
+        {"requests": [{"tenant": "acme", "prompt": f"What is {i} + {i}?"} for i in range(BATCH)]}
+    )
+    calls: list[float] = []
+    failed = 0
+    lock = threading.Lock()
+
+    def client() -> None:
+        nonlocal failed
+        with httpx.Client(base_url=url, timeout=60) as http:
+            http.post("/decide_batch", content=body)  # warm-up
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                started = time.perf_counter()
+                ok = http.post("/decide_batch", content=body).status_code == 200
+                with lock:
+                    calls.append(time.perf_counter() - started)
+                    failed += not ok
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.monotonic() - started
+    ms = sorted(1000 * c for c in calls)
+    return {
+        "kind": "decide_batch",
+        "batch": BATCH,
+        "clients": clients,
+        "calls": len(calls),
+        "failed": failed,
+        "decisions_per_s": round(len(calls) * BATCH / wall, 1),
+        "call_p50_ms": round(ms[len(ms) // 2], 2) if ms else None,
+        "call_p99_ms": round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 2) if ms else None,
+    }
+
+
 TARGET_RATE = 500.0
 OVERLOAD_RATE = 2000.0
 CONSTANT_OVERLOAD_RATE = 6000.0
@@ -190,6 +237,7 @@ def run(*, quick: bool = False, features: str = "embedded") -> list[dict[str, An
                 row = load(url, rate=rate, seconds=seconds / 2, connections=16)
                 results.append({"kind": "overload", "server": name, "features": state, **row})
                 if name == "bentoml":
+                    results.append({"server": name, **decide_batch(url, seconds=seconds)})
                     results.append({"server": name, **_swap_under_load(url, home, seconds)})
             finally:
                 _stop(proc)
@@ -221,6 +269,12 @@ def summary(results: list[dict[str, Any]]) -> list[str]:
                 f"{r['server']:23} {r['kind']:10} offered {r['target_rate']:6.0f}/s: "
                 f"{r['requests_per_s']:7.1f} req/s  p50 {r['p50_ms']:.2f} ms  "
                 f"p99 {r['p99_ms']:.2f} ms  failed {r['failed']}  features {r['features']}"
+            )
+        elif r["kind"] == "decide_batch":
+            lines.append(
+                f"/decide_batch ({r['batch']} per call, {r['clients']} clients): "
+                f"{r['decisions_per_s']:.0f} decisions/s (target 10,000), call p50 "
+                f"{r['call_p50_ms']} ms, failed {r['failed']} of {r['calls']}"
             )
         elif r["kind"] == "swap_under_load":
             lines.append(
