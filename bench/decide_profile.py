@@ -9,8 +9,9 @@ asyncio tasks that decide exactly as ``POST /decide`` does (the router inside
 decision's own work. Reported per mode: process CPU per decision, decisions per second, the
 mean group size, and the share of the sampled CPU by part (the flame summary).
 
-Run: ``python -m bench.decide_profile [--quick]`` (needs ``py-spy``, a dev dependency, and the
-right to trace a child process). Results: ``bench/results/decide_profile.json``.
+Run: ``python -m bench.decide_profile [--quick] [--database-url URL]`` (needs ``py-spy``, a dev
+dependency, and the right to trace a child process). Results:
+``bench/results/decide_profile.json`` (``decide_profile_postgresql.json`` with a database URL).
 """
 
 from __future__ import annotations
@@ -139,8 +140,9 @@ def summarize_flame(path: Path) -> dict[str, float]:
     return {k: round(v / total, 3) for k, v in parts.most_common()} if total else {}
 
 
-def run(*, quick: bool = False) -> list[dict[str, Any]]:
-    """Profile both modes; result rows."""
+def run(*, quick: bool = False, database_url: str | None = None) -> list[dict[str, Any]]:
+    """Profile both modes (on ``database_url``'s event log, else the embedded SQLite one);
+    result rows."""
     n = 1500 if quick else 6000
     concurrency = 16
     results: list[dict[str, Any]] = []
@@ -154,6 +156,8 @@ def run(*, quick: bool = False) -> list[dict[str, Any]]:
                 "LLMOPT_SERVING_POLL_S": "0",
             }
             env.pop("LLMOPT_DATABASE_URL", None)
+            if database_url:
+                env["LLMOPT_DATABASE_URL"] = database_url
             out = subprocess.run(
                 [str(BIN / "py-spy"), "record", "-r", "400", "-f", "raw", "-o", str(flame)]
                 + ["--", sys.executable, "-m", "bench.decide_profile", "--worker"]
@@ -169,6 +173,7 @@ def run(*, quick: bool = False) -> list[dict[str, Any]]:
                 {
                     "kind": "mode",
                     "mode": mode,
+                    "event_log": "postgresql" if database_url else "sqlite",
                     "concurrency": concurrency,
                     **figures,
                     "flame": summarize_flame(flame),
@@ -213,6 +218,11 @@ def main() -> int:
     """``python -m bench.decide_profile [--quick]``."""
     parser = argparse.ArgumentParser(prog="python -m bench.decide_profile")
     parser.add_argument("--quick", action="store_true", help="1500 decisions instead of 6000")
+    parser.add_argument(
+        "--database-url",
+        help="event log on this database (e.g. PostgreSQL) instead of the embedded SQLite file; "
+        "results then go to decide_profile_postgresql.json",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=6000, help=argparse.SUPPRESS)
     parser.add_argument("--concurrency", type=int, default=16, help=argparse.SUPPRESS)
@@ -220,10 +230,11 @@ def main() -> int:
     if args.worker:
         print(RESULT + json.dumps(_worker(args.n, args.concurrency)), flush=True)
         return 0
-    results = run(quick=args.quick)
-    doc = _common.document(NAME, results, quick=args.quick)
+    results = run(quick=args.quick, database_url=args.database_url)
+    name = f"{NAME}_postgresql" if args.database_url else NAME
+    doc = _common.document(name, results, quick=args.quick)
     path = _common.write_document(doc)
-    print(f"== {NAME} -> {_common.display_path(path)}")
+    print(f"== {name} -> {_common.display_path(path)}")
     for line in summary(results):
         print("  ", line)
     return 0
