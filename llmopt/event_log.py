@@ -283,7 +283,9 @@ class PendingWrites:
         """:meth:`wait` without blocking the event loop (other requests run meanwhile)."""
         for fut in self.futures:
             if not fut.done():
-                await asyncio.wrap_future(fut)
+                # shielded: a cancelled request (client gone, timeout) stops waiting, it does
+                # not cancel the write
+                await asyncio.shield(asyncio.wrap_future(fut))
             fut.result()
         return len(self.futures)
 

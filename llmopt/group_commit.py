@@ -108,15 +108,24 @@ class GroupCommit(Generic[T]):
                 return
 
     def _write(self, group: list[tuple[T, Future[None]]]) -> None:
+        # Running from here on: a waiter that gives up (its request cancelled) can no longer
+        # cancel the future, so setting its result below cannot fail and kill the writer. Its
+        # item is written all the same (a decision made is logged, answered or not).
+        waiting = [fut.set_running_or_notify_cancel() for _, fut in group]
         items = [item for item, _ in group]
         try:
-            errors: Sequence[BaseException | None] = self._flush(items)
+            errors = list(self._flush(items))
+            if len(errors) != len(items):
+                got = f"{len(errors)} results for {len(items)} items"
+                raise RuntimeError(f"{self.name}: the flush gave {got}")
         except BaseException as exc:  # the whole group failed: every waiter hears it
             log.debug("%s: group of %d failed: %r", self.name, len(items), exc)
             errors = [exc] * len(items)
         self.groups += 1
         self.items += len(items)
-        for (_, fut), err in zip(group, errors, strict=True):
+        for (_, fut), err, live in zip(group, errors, waiting, strict=True):
+            if not live:  # cancelled before the writer took it
+                continue
             if err is None:
                 fut.set_result(None)
             else:

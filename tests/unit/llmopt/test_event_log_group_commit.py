@@ -139,3 +139,22 @@ def test_a_group_that_finds_the_database_down_is_spooled_and_replayed(
     assert log.replay() == 5
     assert log.counts() == {"decisions": 4, "feedback": 1}
     log.close()
+
+
+def test_a_cancelled_request_does_not_cancel_its_write(tmp_path: Path) -> None:
+    log = EventLog(f"sqlite:///{tmp_path / 'e.db'}", group_commit=True)
+
+    async def cancelled_then_more() -> None:
+        d = decision()
+        with log.deferred_writes() as writes:
+            log.record_decision(d, CTX, features={})
+        task = asyncio.ensure_future(writes.wait_async())
+        await asyncio.sleep(0)
+        task.cancel()  # the client went away while its decision was being written
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        log.record_decision(decision(), CTX, features={})  # the writer still answers
+
+    asyncio.run(cancelled_then_more())
+    assert log.counts()["decisions"] == 2
+    log.close()

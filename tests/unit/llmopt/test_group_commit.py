@@ -92,3 +92,31 @@ def test_max_group_caps_a_transaction() -> None:
         f.result(timeout=5)
     assert max(len(g) for g in sink.groups) <= 4
     gc.close()
+
+
+def test_a_waiter_that_gives_up_never_stops_the_writer() -> None:
+    """A request cancelled while it waits (client gone, timeout) cancels its future; the item
+    is written all the same and the writer goes on with the next groups."""
+    sink = SlowSink(delay_s=0.05)
+    gc: GroupCommit[int] = GroupCommit(sink, name="t")
+    first = gc.submit(1)  # the writer sleeps on this one
+    gone = gc.submit(2)
+    assert gone.cancel()  # still queued: cancellable
+    first.result(timeout=5)
+    assert gc.submit(3).result(timeout=5) is None  # the writer is alive
+    assert sorted(i for g in sink.groups for i in g) == [1, 2, 3]
+    gc.close()
+
+
+def test_a_flush_with_the_wrong_number_of_results_fails_its_group_only() -> None:
+    calls = []
+
+    def flush(items: Sequence[int]) -> list[BaseException | None]:
+        calls.append(list(items))
+        return [] if len(calls) == 1 else [None] * len(items)
+
+    gc: GroupCommit[int] = GroupCommit(flush, name="t")
+    with pytest.raises(RuntimeError, match="results"):
+        gc.submit(1).result(timeout=5)
+    assert gc.submit(2).result(timeout=5) is None
+    gc.close()
