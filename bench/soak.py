@@ -61,6 +61,7 @@ from bench import _common
 from bench.loadgen import _Conn, summarize
 from bench.serving import BIN, _env, _free_port, _start, _stop, _wait_features
 from bench.traffic import accepted_feedback
+from bench.traffic import decide as post_decide
 
 NAME = "soak"
 NAME_URLS = "soak_replicas"
@@ -199,14 +200,8 @@ def one_round(decide: httpx.Client, feedback: httpx.Client, i: int) -> tuple[lis
     tally's keys) and the decision id if its feedback was acknowledged."""
     seen: list[str] = []
     try:
-        r = decide.post("/decide", json={"tenant": f"t{i % 7}", "prompt": f"q {i}"})
-        seen.append(f"decide {r.status_code}")
-        features = (r.json().get("features") or {}) if r.status_code == 200 else {}
-        if features.get("degraded"):
-            seen.append("features degraded")
-            seen.append(f"degraded: {features.get('reason', '')[:60]}")
-        if r.status_code == 200:
-            decision_id = str(r.json()["decision_id"])
+        decision_id = post_decide(decide, i, seen)
+        if decision_id is not None:
             f = feedback.post(
                 "/feedback", json={"decision_id": decision_id, "quality": (i % 10) / 10}
             )

@@ -36,6 +36,21 @@ def accepted_feedback(tally: Counter[str]) -> int:
     return tally["feedback stored"] + tally["feedback spooled"]
 
 
+def decide(http: httpx.Client, i: int, seen: list[str]) -> str | None:
+    """Round ``i``'s ``POST /decide``; its tally keys go to ``seen`` (status, degraded
+    features); the decision id, or None if it was not answered 200."""
+    r = http.post("/decide", json={"tenant": f"t{i % 7}", "prompt": f"q {i}"})
+    seen.append(f"decide {r.status_code}")
+    if r.status_code != 200:
+        return None
+    doc = r.json()
+    features = doc.get("features") or {}
+    if features.get("degraded"):
+        seen.append("features degraded")
+        seen.append(f"degraded: {features.get('reason', '')[:60]}")
+    return str(doc["decision_id"])
+
+
 class _Run:
     """One traffic run's shared state: the tally and the delayed feedback queue."""
 
@@ -82,14 +97,9 @@ class _Run:
         seen: list[str] = []
         started = time.monotonic()
         try:
-            r = http.post("/decide", json={"tenant": f"t{i % 7}", "prompt": f"q {i}"})
-            seen.append(f"decide {r.status_code}")
-            features = (r.json().get("features") or {}) if r.status_code == 200 else {}
-            if features.get("degraded"):
-                seen.append("features degraded")
-                seen.append(f"degraded: {features.get('reason', '')[:60]}")
-            if r.status_code == 200:
-                body = {"decision_id": r.json()["decision_id"], "quality": (i % 10) / 10}
+            decision_id = decide(http, i, seen)
+            if decision_id is not None:
+                body = {"decision_id": decision_id, "quality": (i % 10) / 10}
                 if delayed and i % 2:
                     lag = 0.5 + 2.5 * ((i * 7919) % 100) / 100
                     self.later.put((time.monotonic() + lag, i, body))

@@ -29,15 +29,29 @@ def counts(url: str) -> tuple[int, int]:
         engine.dispose()
 
 
-def test_postgres_killed_under_load_loses_nothing(tmp_path: Path, private_postgres: Any) -> None:
-    pg = private_postgres
-    env = {
-        "LLMOPT_DATABASE_URL": pg.url,
+def service_env(database_url: str) -> dict[str, str]:
+    """The service of these tests: its event log on ``database_url``, nothing else moving."""
+    return {
+        "LLMOPT_DATABASE_URL": database_url,
         "LLMOPT_SERVING_MODEL_SOURCE": "fresh",
         "LLMOPT_SERVING_FEATURES": "off",
         "LLMOPT_SERVING_RATE_LIMIT_PER_S": "0",
         "LLMOPT_SERVING_POLL_S": "0",
     }
+
+
+def replayed_counts(url: str, accepted: int, timeout_s: float) -> tuple[int, int]:
+    """:func:`counts` once the spools replayed ``accepted`` feedback (every second per
+    worker), or after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while counts(url)[1] < accepted and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return counts(url)
+
+
+def test_postgres_killed_under_load_loses_nothing(tmp_path: Path, private_postgres: Any) -> None:
+    pg = private_postgres
+    env = service_env(pg.url)
     with running_service(tmp_path / "home", **env) as url:
         traffic = spawn(url, rate=40, seconds=15)
         time.sleep(4)
@@ -47,10 +61,7 @@ def test_postgres_killed_under_load_loses_nothing(tmp_path: Path, private_postgr
         out, _ = traffic.communicate(timeout=120)
         result = json.loads(out)
         tally = result["tally"]
-        deadline = time.monotonic() + 30
-        while counts(pg.url)[1] < result["accepted_feedback"] and time.monotonic() < deadline:
-            time.sleep(0.5)  # the service replays its spool every second
-        decisions, feedback = counts(pg.url)
+        decisions, feedback = replayed_counts(pg.url, result["accepted_feedback"], 30)
     print(json.dumps(result))
     assert result["server_errors"] == 0, tally
     assert set(tally) <= {"decide 200", "feedback stored", "feedback spooled"}, tally
@@ -67,13 +78,7 @@ def test_postgres_killed_with_delayed_feedback_on_two_workers_refuses_none(
     two workers, while PostgreSQL is down for 10 s. None is refused (no 404 for a decision a
     sibling spooled), none lost, none stored twice."""
     pg = private_postgres
-    env = {
-        "LLMOPT_DATABASE_URL": pg.url,
-        "LLMOPT_SERVING_MODEL_SOURCE": "fresh",
-        "LLMOPT_SERVING_FEATURES": "off",
-        "LLMOPT_SERVING_RATE_LIMIT_PER_S": "0",
-        "LLMOPT_SERVING_POLL_S": "0",
-    }
+    env = service_env(pg.url)
     with running_service(tmp_path / "home", workers=2, **env) as url:
         traffic = spawn(url, rate=30, seconds=20, delayed=True)
         time.sleep(4)
@@ -83,10 +88,7 @@ def test_postgres_killed_with_delayed_feedback_on_two_workers_refuses_none(
         out, _ = traffic.communicate(timeout=180)
         result = json.loads(out)
         tally = result["tally"]
-        deadline = time.monotonic() + 60
-        while counts(pg.url)[1] < result["accepted_feedback"] and time.monotonic() < deadline:
-            time.sleep(0.5)  # each worker replays its spool every second
-        decisions, feedback = counts(pg.url)
+        decisions, feedback = replayed_counts(pg.url, result["accepted_feedback"], 60)
     print(json.dumps(result))
     assert result["server_errors"] == 0, tally
     assert set(tally) <= {"decide 200", "feedback stored", "feedback spooled"}, tally
