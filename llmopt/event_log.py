@@ -258,6 +258,20 @@ class TrainingEvent:
         return LogCursor(self.tx_id, self.feedback_id)
 
 
+@dataclass(frozen=True, slots=True)
+class ParameterFeedback:
+    """The reward of a decision served with tuned generation parameters: what fitting the
+    served tuning reads (:meth:`EventLog.parameter_feedback`)."""
+
+    feedback_id: int
+    tuning: dict[str, Any]
+    """The decision's tuning record (``context.tuning``: the pair's key and trial number)."""
+    parameters: dict[str, Any]
+    """The parameters served (the decision's ``parameters`` column)."""
+    reward: float
+    error_kind: str | None
+
+
 def _decode(value: Any) -> Any:
     return fast_json.loads(value) if isinstance(value, str | bytes) else value
 
@@ -824,6 +838,48 @@ class EventLog:
             cursor = batch[-1].position
             if len(rows) < batch_size:
                 return
+
+    def parameter_feedback(
+        self, *, until_id: int | None = None, batch_size: int = 5000
+    ) -> Iterator[ParameterFeedback]:
+        """Every rewarded feedback (``feedback_id <= until_id``) whose decision carries a tuning
+        record (``context.tuning``), oldest first: what :mod:`serving.parameters` learned
+        online, to fit its snapshot from the log (nightly training). Read in keyset-paginated
+        batches of ``batch_size`` rows, each one short query."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        cursor = 0
+        while True:
+            query = (
+                sa.select(
+                    feedback.c.feedback_id,
+                    decisions.c.context,
+                    decisions.c.parameters,
+                    feedback.c.reward,
+                    feedback.c.error_kind,
+                )
+                .join(decisions, decisions.c.decision_id == feedback.c.decision_id)
+                .where(feedback.c.feedback_id > cursor, feedback.c.reward.is_not(None))
+                .order_by(feedback.c.feedback_id)
+                .limit(batch_size)
+            )
+            if until_id is not None:
+                query = query.where(feedback.c.feedback_id <= until_id)
+            with self._engine.connect() as conn:
+                rows = conn.execute(query).all()
+            for r in rows:
+                record = (_decode(r.context) or {}).get("tuning")
+                if isinstance(record, dict):
+                    yield ParameterFeedback(
+                        int(r.feedback_id),
+                        record,
+                        dict(_decode(r.parameters) or {}),
+                        float(r.reward),
+                        r.error_kind,
+                    )
+            if len(rows) < batch_size:
+                return
+            cursor = rows[-1].feedback_id
 
     def stable_cursor(self, after: LogCursor | None = None) -> LogCursor:
         """The last position a reader may go up to now (at least ``after``): every feedback at or

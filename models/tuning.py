@@ -352,22 +352,7 @@ class ParameterTuner(Stateful):
             raise ValueError(f"reward must be a number, got {reward!r}")
         if not math.isfinite(reward):
             raise ValueError(f"reward must be a finite number, got {reward}")
-        if set(params) != set(self._specs):
-            raise ValueError(
-                f"params must name exactly {sorted(self._specs)}, got {sorted(params)}"
-            )
-        values: dict[str, Any] = {}
-        for name, dist in self._distributions.items():
-            value = params[name]
-            if isinstance(dist, IntDistribution) and isinstance(value, float):
-                value = int(value) if value.is_integer() else value
-            try:
-                inside = dist._contains(dist.to_internal_repr(value))
-            except ValueError:
-                inside = False
-            if not inside:
-                raise ValueError(f"parameter {name}={value!r} is outside its range {dist}")
-            values[name] = value
+        values = self.validate(params)
         trial = create_trial(
             state=TrialState.COMPLETE,
             value=float(reward),
@@ -376,6 +361,28 @@ class ParameterTuner(Stateful):
         )
         self._study(task_type).add_trial(trial)
         return self
+
+    def validate(self, params: Mapping[str, Any]) -> dict[str, ParamValue]:
+        """``params`` as the space's values (a whole float for an integer parameter becomes an
+        int), or a ValueError when they do not name exactly the space's parameters, each within
+        its range."""
+        if set(params) != set(self._specs):
+            raise ValueError(
+                f"params must name exactly {sorted(self._specs)}, got {sorted(params)}"
+            )
+        values: dict[str, ParamValue] = {}
+        for name, dist in self._distributions.items():
+            value = params[name]
+            if isinstance(dist, IntDistribution) and isinstance(value, float):
+                value = int(value) if value.is_integer() else value
+            try:
+                inside = dist._contains(dist.to_internal_repr(value))
+            except (ValueError, TypeError):
+                inside = False
+            if not inside:
+                raise ValueError(f"parameter {name}={value!r} is outside its range {dist}")
+            values[name] = value
+        return values
 
     def expire(self, task_type: str, keep: int) -> int:
         """Fail all but the newest ``keep`` pending suggestions of ``task_type``; returns how many.
@@ -394,6 +401,10 @@ class ParameterTuner(Stateful):
         for trial in stale:
             study.tell(trial.number, state=TrialState.FAIL)
         return len(stale)
+
+    def results(self, task_type: str) -> list[tuple[dict[str, ParamValue], float]]:
+        """The completed trials of ``task_type``, oldest first: ``(parameters, reward)``."""
+        return [(dict(t.params), float(t.value)) for t in self._completed(task_type)]  # type: ignore[arg-type]
 
     def n_trials(self, task_type: str) -> int:
         """Number of completed trials (rewards received) of ``task_type``."""

@@ -42,20 +42,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.tuning import Choice, FloatRange, IntRange, ParameterTuner, ParamSpec, ParamValue
+from models.tuning import ParameterTuner, ParamValue
+from models.tuning_snapshot import (
+    DEFAULT_SETTINGS,
+    PairSnapshot,
+    TuningSnapshot,
+)
+
+# Re-exported (``X as X``): the snapshot's module owns them (pipelines fit it without serving).
+from models.tuning_snapshot import SERVING_SPACE as SERVING_SPACE  # noqa: PLC0414
+from models.tuning_snapshot import UNINFORMATIVE_ERRORS as UNINFORMATIVE_ERRORS  # noqa: PLC0414
+from models.tuning_snapshot import tuning_key as tuning_key  # noqa: PLC0414
 
 log = logging.getLogger("llmopt.serving")
-
-SERVING_SPACE: dict[str, ParamSpec] = {
-    "temperature": FloatRange(0.0, 1.2, default=0.7),
-    "top_p": FloatRange(0.5, 1.0, default=1.0),
-    "max_tokens": IntRange(128, 4096, log=True, default=1024),
-    "prompt_template": Choice(("plain", "step_by_step", "concise"), default="plain"),
-}
-"""What is tuned, and the safe default of each parameter."""
-
-UNINFORMATIVE_ERRORS = frozenset({"timeout", "rate_limit", "server_error"})
-"""Failures not caused by the parameters: not learned."""
 
 
 @dataclass(frozen=True)
@@ -66,15 +65,6 @@ class Suggested:
     reason: str
     record: dict[str, Any] = field(default_factory=dict)
     """``{"key": "code/gpt-4o", "trial": 12 | None}``: stored as ``context.tuning``."""
-
-
-def tuning_key(task_type: str, model: str) -> str:
-    """The study of a (task type, model) pair.
-
-    >>> tuning_key("code", "gpt-4o")
-    'code/gpt-4o'
-    """
-    return f"{task_type}/{model}"
 
 
 class ServedTuning:
@@ -116,6 +106,70 @@ class ServedTuning:
         self._n: dict[str, int] = {}
         self._best: dict[str, dict[str, ParamValue]] = {}
         self._ready: dict[str, tuple[int, dict[str, ParamValue]]] = {}
+
+    @classmethod
+    def from_snapshot(cls, snapshot: TuningSnapshot, *, seed: int | None = None) -> ServedTuning:
+        """A tuning that goes on from ``snapshot`` (a policy version's, fitted from the log).
+
+        The snapshot's hyperparameters (``min_feedback``, ...) apply; its trials are replayed
+        into fresh studies (trials outside today's :data:`SERVING_SPACE` are skipped), its best
+        is served as it is (recomputed from the trials if it no longer fits the space), and one
+        TPE suggestion per pair is made ready: afterwards a decision is a dictionary lookup, as
+        ever. Feedback then keeps teaching it online.
+        """
+        settings = {**DEFAULT_SETTINGS, **snapshot.settings}
+        tuning = cls(
+            min_feedback=int(settings["min_feedback"]),
+            explore=float(settings["explore"]),
+            max_trials=int(settings["max_trials"]),
+            max_pending=int(settings["max_pending"]),
+            seed=seed,
+        )
+        for key, pair in snapshot.pairs.items():
+            tuning._restore(key, pair)
+        return tuning
+
+    def snapshot(self, *, until_feedback_id: int | None = None) -> TuningSnapshot:
+        """What this tuning learned, as data: per pair its rewards, best and most recent
+        ``max_trials`` trials (:class:`models.tuning_snapshot.TuningSnapshot`)."""
+        pairs = {}
+        for key in self.tuner.task_types:
+            n = self.n_feedback(key)
+            if n == 0:
+                continue
+            trials = self.tuner.results(key)[-self.max_trials :]
+            best = self._best.get(key) or self.tuner.best(key)
+            pairs[key] = PairSnapshot(n, dict(best), tuple(trials))
+        return TuningSnapshot(
+            pairs,
+            space={name: spec.to_dict() for name, spec in self.space.items()},
+            settings={
+                "min_feedback": self.min_feedback,
+                "explore": self.explore,
+                "max_trials": self.max_trials,
+                "max_pending": self.max_pending,
+            },
+            until_feedback_id=until_feedback_id,
+        )
+
+    def _restore(self, key: str, pair: PairSnapshot) -> None:
+        for params, reward in pair.trials:
+            try:
+                self.tuner.record(key, params, reward)
+            except ValueError:  # a parameter since added, removed or narrowed
+                continue
+        n = max(pair.n_feedback, self.tuner.n_trials(key))
+        if n == 0:
+            return
+        self._n[key] = n
+        try:
+            self._best[key] = self.tuner.validate(pair.best)
+        except ValueError:
+            if self.tuner.n_trials(key):
+                self._best[key] = self.tuner.best(key)
+        if self.min_feedback <= n < self.max_trials and key in self._best:
+            s = self.tuner.suggest(key)
+            self._ready[key] = (s.trial_number, s.params)
 
     def defaults(self, catalog_params: Mapping[str, ParamValue]) -> dict[str, ParamValue]:
         """The safe default: the catalog's parameters over the space's defaults."""

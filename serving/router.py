@@ -430,8 +430,10 @@ class Router:
         Called (outside the decision path's work, under the router's lock) after each automatic
         rollback, to make it durable (the runtime updates the registry) and to alert.
     tuning
-        Generation parameters per (task type x model) (default: a fresh
-        :class:`serving.parameters.ServedTuning`; not yet versioned in the registry).
+        Generation parameters per (task type x model) of the slots whose version brings no
+        tuning of its own (default: a fresh :class:`serving.parameters.ServedTuning`). A
+        version registered with a tuning snapshot serves and teaches its own: per slot, see
+        :meth:`swap`.
     clock
         Monotonic time source of the canary schedule.
     pacing
@@ -460,7 +462,7 @@ class Router:
         self.catalog = catalog
         self.pacing = pacing
         self.tuning = tuning or ServedTuning()
-        """Generation parameters per (task type x model), shared by every slot."""
+        """Generation parameters per (task type x model) of every slot given none of its own."""
         self.cascades = ServedCascades(
             willingness_to_pay=(
                 default_tradeoff or TradeOff(willingness_to_pay=0.05)
@@ -496,8 +498,16 @@ class Router:
         self._live: dict[str, VersionStats] = {}
 
     # -- lineup -------------------------------------------------------------------------------
-    def slot(self, policy: Any, label: str, *, role: Role = "champion") -> Slot:
-        """A slot serving ``policy`` under ``label`` (it learns into ``policy`` itself)."""
+    def slot(
+        self,
+        policy: Any,
+        label: str,
+        *,
+        role: Role = "champion",
+        tuning: ServedTuning | None = None,
+    ) -> Slot:
+        """A slot serving ``policy`` under ``label`` (it learns into ``policy`` itself) with the
+        version's ``tuning`` (None: the router's shared :attr:`tuning`)."""
         wrapped = policy if role == "static_default" else LabelledPolicy(policy, label)
         loop = ServingLoop(
             wrapped,
@@ -506,7 +516,7 @@ class Router:
             event_log=self.event_log,
             default_tradeoff=self.default_tradeoff,
             breaker=self.breaker,
-            tuning=self.tuning,
+            tuning=tuning if tuning is not None else self.tuning,
             store_prompt_tenants=self.store_prompt_tenants,
             default_arms=self.default_arms,
         )
@@ -528,16 +538,24 @@ class Router:
         challenger: tuple[Any, str] | None = None,
         *,
         keep_challenger: bool = True,
+        champion_tuning: ServedTuning | None = None,
+        challenger_tuning: ServedTuning | None = None,
     ) -> Lineup:
         """Serve new policies, given as ``(policy, label)``; one atomic reference replacement.
 
         ``champion=None`` keeps the current champion; ``challenger=None`` keeps the current
-        challenger unless ``keep_challenger`` is False.
+        challenger unless ``keep_challenger`` is False. ``champion_tuning`` and
+        ``challenger_tuning``: the generation-parameter tuning each new version brings (its
+        registry snapshot, :meth:`ServedTuning.from_snapshot`); None: the router's shared one.
         """
         old = self._lineup
-        champ = self.slot(champion[0], champion[1]) if champion is not None else old.champion
+        champ = (
+            self.slot(champion[0], champion[1], tuning=champion_tuning)
+            if champion is not None
+            else old.champion
+        )
         chall = (
-            self.slot(challenger[0], challenger[1], role="challenger")
+            self.slot(challenger[0], challenger[1], role="challenger", tuning=challenger_tuning)
             if challenger is not None
             else (old.challenger if keep_challenger else None)
         )
@@ -953,7 +971,7 @@ class Router:
             latency_ms=fb.latency_ms,
         )
         try:
-            self.tuning.observe(
+            (slot.loop.tuning or self.tuning).observe(
                 (row.get("context") or {}).get("tuning"),
                 row.get("parameters") or {},
                 reward,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -10,6 +11,7 @@ from llmopt.catalog import load_catalog
 from llmopt.event_log import EventLog
 from llmopt.schemas import Feedback, RequestContext
 from models.tuning import ParameterTuner
+from models.tuning_snapshot import TuningSnapshot
 from serving.parameters import SERVING_SPACE, ServedTuning
 from serving.router import Router
 
@@ -105,3 +107,79 @@ def test_every_decision_carries_parameters_and_their_reason() -> None:
     row = r.event_log.get_decision(d.decision_id)
     assert row is not None and row["context"]["tuning"]["key"] == f"general/{d.model}"
     assert row["parameters"] == d.parameters
+
+
+def taught(min_feedback: int = 3, n: int = 12, seed: int = 0) -> ServedTuning:
+    """A tuning taught ``n`` rewards of pair code/m, best at temperature 0.2."""
+    t = ServedTuning(min_feedback=min_feedback, explore=0.5, seed=seed)
+    rng = random.Random(seed)
+    for _ in range(n):
+        s = t.suggest("code", "m", CATALOG_PARAMS)
+        t.observe(
+            s.record,
+            s.params,
+            1.0 - (float(s.params["temperature"]) - 0.2) ** 2 + rng.random() / 50,
+        )
+    return t
+
+
+def test_snapshot_round_trip_restores_counts_best_and_serves_tuned() -> None:
+    t = taught()
+    snap = t.snapshot(until_feedback_id=7)
+    restored = ServedTuning.from_snapshot(TuningSnapshot.from_json(snap.to_json()))
+    assert restored.min_feedback == 3 and restored.explore == 0.5
+    assert restored.n_feedback("code/m") == 12
+    assert restored.tuner.results("code/m") == t.tuner.results("code/m")
+    assert restored._best["code/m"] == t._best["code/m"]
+    assert "code/m" in restored._ready  # one TPE suggestion ready: the decision is a lookup
+    assert restored.snapshot(until_feedback_id=7) == snap
+    reasons = {
+        restored.suggest("code", "m", CATALOG_PARAMS).reason.split(":")[0] for _ in range(20)
+    }
+    assert "tuned" in reasons and "default" not in reasons
+    # a pair the snapshot does not know starts from the safe default
+    assert restored.suggest("chat", "m", CATALOG_PARAMS).reason.startswith("default: 0 of 3")
+
+
+def test_a_restored_tuning_keeps_learning_online() -> None:
+    restored = ServedTuning.from_snapshot(taught().snapshot())
+    s = restored.suggest("code", "m", CATALOG_PARAMS)
+    assert restored.observe(s.record, s.params, 0.9)
+    assert restored.n_feedback("code/m") == 13 and restored.tuner.n_trials("code/m") == 13
+
+
+def test_a_pair_below_min_feedback_stays_on_the_default_after_restore() -> None:
+    restored = ServedTuning.from_snapshot(taught(min_feedback=20, n=5).snapshot())
+    s = restored.suggest("code", "m", CATALOG_PARAMS)
+    assert s.reason.startswith("default: 5 of 20 feedback needed")
+
+
+def test_trials_outside_todays_space_are_skipped_and_the_best_recomputed() -> None:
+    snap = taught().snapshot()
+    pair = snap.pairs["code/m"]
+    bad = {**pair.best, "prompt_template": "retired"}
+    changed = dataclasses.replace(
+        snap,
+        pairs={"code/m": dataclasses.replace(pair, best=bad, trials=((bad, 9.0), *pair.trials))},
+    )
+    restored = ServedTuning.from_snapshot(changed)
+    assert restored.tuner.n_trials("code/m") == 12
+    assert restored._best["code/m"]["prompt_template"] != "retired"
+
+
+def test_router_slots_serve_and_learn_their_own_versions_tuning() -> None:
+    r = Router(load_catalog(), EventLog("sqlite://"), arms=["gpt-4o-mini"])
+    snap = taught().snapshot()
+    pairs = {"code/gpt-4o-mini": snap.pairs["code/m"]}  # the same rewards, for the served model
+    champion_tuning = ServedTuning.from_snapshot(dataclasses.replace(snap, pairs=pairs))
+    r.swap((r.lineup.champion.loop.policy, "v-champion"), champion_tuning=champion_tuning)
+    r.swap(challenger=(r.lineup.champion.loop.policy, "v-challenger"))
+    assert r.lineup.champion.loop.tuning is champion_tuning
+    assert r.lineup.challenger is not None and r.lineup.challenger.loop.tuning is r.tuning
+    ctx = RequestContext(tenant="acme", prompt="write a sort", task_hints=["code"])
+    d = r.decide(ctx).decision
+    assert d.policy_version == "v-champion"
+    assert d.parameters_reason.startswith(("tuned", "tuning"))
+    r.feedback(Feedback(decision_id=d.decision_id, quality=0.9))
+    assert champion_tuning.n_feedback("code/gpt-4o-mini") == 13  # the slot's own tuning learned
+    assert r.tuning.n_feedback("code/gpt-4o-mini") == 0  # not the shared one

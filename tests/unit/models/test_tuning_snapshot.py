@@ -1,0 +1,84 @@
+"""The served tuning as data: fitted from logged rewards, a JSON round trip, a strict format."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from llmopt.event_log import ParameterFeedback
+from models.tuning_snapshot import FORMAT, PairSnapshot, TuningSnapshot, fit_snapshot
+
+DEFAULT = {"temperature": 0.7, "top_p": 1.0, "max_tokens": 1024, "prompt_template": "plain"}
+
+
+def rewarded(
+    key: str, params: dict[str, object], reward: float, *, i: int = 0, error: str | None = None
+) -> ParameterFeedback:
+    return ParameterFeedback(i, {"key": key, "trial": None}, dict(params), reward, error)
+
+
+def surface(seed: int, n: int, key: str = "code/m") -> list[ParameterFeedback]:
+    """``n`` rewards of random configurations on a surface whose best temperature is 0.2."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        t = rng.uniform(0.0, 1.2)
+        params = {**DEFAULT, "temperature": t, "max_tokens": rng.choice([256, 1024])}
+        rows.append(rewarded(key, params, 1.0 - (t - 0.2) ** 2 + rng.gauss(0, 0.02), i=i))
+    return rows
+
+
+def test_fit_learns_the_best_configuration_per_pair_and_counts_its_feedback() -> None:
+    rows = surface(0, 60) + [rewarded("chat/m", DEFAULT, 0.5, i=99)]
+    snap = fit_snapshot(rows, min_feedback=20, until_feedback_id=99)
+    assert set(snap.pairs) == {"code/m", "chat/m"}
+    assert snap.pairs["code/m"].n_feedback == 60 and snap.pairs["chat/m"].n_feedback == 1
+    assert abs(float(snap.pairs["code/m"].best["temperature"]) - 0.2) < 0.2
+    assert snap.n_feedback == 61 and snap.n_tuned == 1 and snap.until_feedback_id == 99
+    assert "61 feedback over 2" in snap.summary()
+
+
+def test_fit_skips_what_serving_would_not_learn() -> None:
+    rows = [
+        rewarded("code/m", DEFAULT, 0.0, error="timeout"),  # says nothing about the parameters
+        rewarded("code/m", {**DEFAULT, "max_tokens": 64}, 0.9),  # capped below the space
+        rewarded("code/m", {"temperature": 0.7}, 0.9),  # parameters missing
+        ParameterFeedback(3, {"trial": 4}, DEFAULT, 0.9, None),  # no key
+        rewarded("code/m", DEFAULT, 0.3, error="context_length"),  # learned
+        rewarded("code/m", {**DEFAULT, "max_tokens": 512.0}, 0.4),  # a whole float: an int
+    ]
+    snap = fit_snapshot(rows)
+    assert snap.pairs["code/m"].n_feedback == 2
+    assert [p["max_tokens"] for p, _ in snap.pairs["code/m"].trials] == [1024, 512]
+
+
+def test_fit_keeps_the_most_recent_max_trials_but_counts_them_all() -> None:
+    snap = fit_snapshot(surface(1, 50), min_feedback=5, max_trials=10)
+    pair = snap.pairs["code/m"]
+    assert pair.n_feedback == 50 and len(pair.trials) == 10
+    last = surface(1, 50)[-1]
+    assert pair.trials[-1] == (last.parameters, last.reward)
+
+
+def test_json_round_trip_is_exact_and_the_format_is_checked() -> None:
+    snap = fit_snapshot(surface(2, 30), min_feedback=10, until_feedback_id=29)
+    text = snap.to_json()
+    data = json.loads(text)
+    assert data["format"] == FORMAT and data["settings"]["min_feedback"] == 10
+    assert TuningSnapshot.from_json(text) == snap
+    assert TuningSnapshot.from_json(text).to_json() == text
+    with pytest.raises(ValueError, match="format"):
+        TuningSnapshot.from_dict({**data, "format": "llmopt.served-tuning/0"})
+    with pytest.raises(ValueError, match="format"):
+        TuningSnapshot.from_dict({k: v for k, v in data.items() if k != "format"})
+
+
+def test_an_empty_log_fits_an_empty_snapshot() -> None:
+    snap = fit_snapshot([])
+    assert snap.pairs == {} and snap.n_feedback == 0
+    assert TuningSnapshot.from_json(snap.to_json()) == snap
+    assert PairSnapshot.from_dict(PairSnapshot(1, DEFAULT, ((DEFAULT, 0.5),)).to_dict()) == (
+        PairSnapshot(1, DEFAULT, ((DEFAULT, 0.5),))
+    )
