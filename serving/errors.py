@@ -186,6 +186,12 @@ def _validation(data: dict[str, Any]) -> bytes:
     return error_body(400, "; ".join(parts), code=VALIDATION, field=_loc(details[0].get("loc")))
 
 
+def validation_body(exc: ValidationError) -> bytes:
+    """The 400 body of a request that does not fit its model, as BentoML's is reshaped."""
+    detail = exc.errors(include_url=False, include_input=False, include_context=False)
+    return _validation({"error": str(exc), "detail": detail})
+
+
 def _message(status: int, data: Any) -> bytes:
     """The one shape from another JSON body (BentoML's, Starlette's)."""
     if isinstance(data, list) and len(data) == 1:

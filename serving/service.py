@@ -43,6 +43,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import bentoml
+from pydantic import BaseModel, ValidationError
 
 from llmopt.event_log import ConflictingFeedbackError, UnknownDecisionError
 from llmopt.loop import ContextWindowError, NoCandidateError
@@ -56,8 +57,11 @@ from serving.errors import (
     ErrorShapeMiddleware,
     NotFoundError,
     UnavailableError,
+    error_body,
     quiet_client_errors,
+    validation_body,
 )
+from serving.fast_path import FastPathMiddleware
 from serving.gateway import GatewayMiddleware
 from serving.guards import BudgetExceededError
 from serving.health import ProbeMiddleware
@@ -224,10 +228,7 @@ class DecisionService:
         )
         return to_response(routed, self.runtime.features_state)
 
-    @api(route="/decide", input_spec=DecideRequest)
-    async def decide(self, **fields: Any) -> DecideResponse:
-        """Choose the model for one LLM request."""
-        ctx = RequestContext.model_validate(fields)
+    async def _decide_one(self, ctx: RequestContext) -> DecideResponse:
         check_tenant(ctx.tenant)
         with self.router.event_log.deferred_writes() as writes:
             response = self._decide(ctx)
@@ -236,6 +237,11 @@ class DecisionService:
         except Exception as exc:
             raise self._unlogged(exc) from None
         return response
+
+    @api(route="/decide", input_spec=DecideRequest)
+    async def decide(self, **fields: Any) -> DecideResponse:
+        """Choose the model for one LLM request."""
+        return await self._decide_one(RequestContext.model_validate(fields))
 
     @api(route="/decide_batch", input_spec=DecideBatchRequest)
     def decide_batch(self, requests: list[RequestContext]) -> DecideBatchResponse:
@@ -268,7 +274,9 @@ class DecisionService:
     @api(route="/feedback", input_spec=FeedbackRequest)
     async def feedback(self, **fields: Any) -> FeedbackResponse:
         """Report what happened to a decision; stored once and learned from."""
-        fb = Feedback.model_validate(fields)
+        return self._feedback(Feedback.model_validate(fields))
+
+    def _feedback(self, fb: Feedback) -> FeedbackResponse:
         if current_grant().tenants is not None:
             self._check_decision_tenant(fb.decision_id)
         try:
@@ -296,6 +304,29 @@ class DecisionService:
             reward=outcome.reward,
             feedback_id=outcome.feedback_id,
         )
+
+    async def answer(self, path: str, raw: bytes) -> tuple[int, bytes]:
+        """``POST /decide`` or ``POST /feedback`` from the raw body: (status, JSON body).
+
+        What :mod:`serving.fast_path` answers with, in front of BentoML's request machinery:
+        the same validation (the endpoints' input models, 400 ``validation_error`` naming the
+        field), the same handlers and errors, the same response model.
+        """
+        raw = raw if raw.strip() else b"{}"  # as BentoML: no body is an empty object
+        try:
+            if path == "/decide":
+                response: BaseModel = await self._decide_one(DecideRequest.model_validate_json(raw))
+            else:
+                response = self._feedback(FeedbackRequest.model_validate_json(raw))
+        except ValidationError as exc:
+            return 400, validation_body(exc)
+        except ApiError as exc:
+            status = int(exc.error_code)
+            return status, error_body(status, exc.message, code=exc.code, field=exc.field)
+        except Exception:  # a bug: the one shape, no details
+            log.exception("%s failed", path)
+            return 500, error_body(500, "internal error")
+        return 200, response.model_dump_json().encode()
 
     def _check_decision_tenant(self, decision_id: str) -> None:
         """403 unless the request's key may act for the decision's tenant (bound keys only:
@@ -372,4 +403,5 @@ _svc.add_asgi_middleware(ErrorShapeMiddleware)
 _svc.add_asgi_middleware(GuardMiddleware)
 _svc.add_asgi_middleware(ParetoMiddleware)  # GET /pareto, behind the guard
 _svc.add_asgi_middleware(GatewayMiddleware)  # /v1/models, /v1/chat/completions, behind the guard
+_svc.add_asgi_middleware(FastPathMiddleware)  # POST /decide, /feedback without BentoML's machinery
 quiet_client_errors()
