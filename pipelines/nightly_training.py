@@ -9,6 +9,12 @@ from, under the same rule as incremental training (:mod:`pipelines.registration`
 policy learned every event anew, so on any log of ``LLMOPT_REGISTER_MIN_EVENTS`` events or
 more it registers). A rebuild that does not register leaves incremental training's lineage as
 it was.
+
+It also fits the served generation-parameter tuning (:mod:`models.tuning_snapshot`) from the
+rewards of the logged decisions that carried a tuning record, over the same data window, when
+there are any: the run logs it, and a registered version carries it (its tag
+``tuning_n_feedback`` says how many rewards it was fitted on), so serving loads each version's
+tuning with its policy instead of tuning from scratch on every restart.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from models.kinds import RECOMMENDED
 from pipelines.tasks import (
     decide,
     evaluate_against_previous,
+    fit_served_tuning,
     log_training_run,
     rebuild_from_history,
     registered_version,
@@ -60,6 +67,8 @@ def nightly_training(
     if result.n_events == 0:
         get_run_logger().info("the event log has no feedback yet: nothing to train")
         return summary
+    tuning = fit_served_tuning(result.last_feedback_id)
+    summary["tuning_n_feedback"] = tuning.n_feedback if tuning is not None else 0
     previous = registered_version("dev")
     evaluation = evaluate_against_previous(result.policy, previous.version, eval_window)
     decision = decide(result.n_events, evaluation, previous.version)
@@ -70,6 +79,7 @@ def nightly_training(
         alias="dev",
         evaluation=evaluation,
         params={"batch_size": batch_size, "use_hpo": use_hpo},
+        tuning=tuning,
     )
     if summary["version"] is not None:
         reset_checkpoint(result)

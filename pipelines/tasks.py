@@ -23,6 +23,7 @@ from llmopt.event_log import EventLog, LogCursor
 from llmopt.settings import Settings, get_settings
 from models.base import BasePolicy
 from models.kinds import kind_of, make_policy
+from models.tuning_snapshot import TuningSnapshot, fit_snapshot
 from pipelines.checkpoint import CheckpointStore
 from pipelines.evaluation import estimate_of, ope_report
 from pipelines.promotion import PromotionOutcome, PromotionPolicy, promote
@@ -150,6 +151,22 @@ def rebuild_from_history(
     return result
 
 
+@task(name="fit-served-tuning", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
+def fit_served_tuning(until_feedback_id: int) -> TuningSnapshot | None:
+    """The served generation-parameter tuning fitted from the log's rewarded decisions that
+    carry a tuning record, up to ``until_feedback_id`` (the policy's data window), or None when
+    there are none (:mod:`models.tuning_snapshot`)."""
+    log = _log(get_settings())
+    try:
+        snapshot = fit_snapshot(
+            log.parameter_feedback(until_id=until_feedback_id),
+            until_feedback_id=until_feedback_id,
+        )
+    finally:
+        log.close()
+    return snapshot if snapshot.pairs else None
+
+
 @task(name="reset-checkpoint", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
 def reset_checkpoint(result: TrainingResult, checkpoint: str = INCREMENTAL_CHECKPOINT) -> None:
     """Make incremental training continue from a rebuilt policy."""
@@ -262,6 +279,7 @@ def version_description(
     *,
     flow_name: str,
     policy_name: str,
+    tuning: TuningSnapshot | None = None,
 ) -> str:
     """What a registered version learned from and why it was registered, in a few sentences."""
     since = f"version {decision.previous_version}" if decision.previous_version else "the start"
@@ -286,6 +304,8 @@ def version_description(
             f"Drift: {result.drift_responses} model(s) discounted where serving's detectors "
             "fired on these events."
         )
+    if tuning is not None:
+        lines.append(f"Generation parameters tuned on {tuning.summary()}.")
     lines.append(f"Registered because: {decision.detail}.")
     if evaluation is not None and evaluation.report is not None:
         est = evaluation.report["snips"]
@@ -313,12 +333,15 @@ def log_training_run(
     alias: str = "dev",
     evaluation: Evaluation | None = None,
     params: dict[str, Any] | None = None,
+    tuning: TuningSnapshot | None = None,
 ) -> str | None:
     """One MLflow run in the flow's experiment: the run's parameters, learning metrics (OPE
     with its interval, lift over the previous version, events learned) and why it did or did
     not register (tags ``registered``, ``registration_reason``, ``registration_detail``); and,
-    when ``decision.register``, a new version aliased ``alias`` with its description. The
-    version number, or None."""
+    when ``decision.register``, a new version aliased ``alias`` with its description. With
+    ``tuning`` (the served-tuning snapshot), the run logs it (``tuning/served_tuning.json``,
+    metrics ``tuning_n_feedback`` and ``tuning_pairs``) and the version carries it
+    (:func:`registry.mlflow_registry.log_policy_version`). The version number, or None."""
     settings = get_settings()
     client = registry.configure(settings)
     exp = registry.experiment_id(client, settings, flow_name)
@@ -349,6 +372,16 @@ def log_training_run(
             }
         )
         mlflow.log_metrics(run_metrics(result, decision, evaluation))
+        if tuning is not None:
+            mlflow.log_metrics(
+                {
+                    "tuning_n_feedback": float(tuning.n_feedback),
+                    "tuning_pairs": float(len(tuning.pairs)),
+                    "tuning_pairs_tuned": float(tuning.n_tuned),
+                }
+            )
+            if not decision.register:  # a registered version logs it with the model
+                mlflow.log_dict(tuning.to_dict(), "tuning/served_tuning.json")
         if evaluation is not None and evaluation.report is not None:
             mlflow.log_dict(evaluation.report, "ope_report.json")
             if evaluation.previous is not None:
@@ -380,8 +413,14 @@ def log_training_run(
                 aliases=[alias],
                 example_features=evaluation.example_features if evaluation else None,
                 description=version_description(
-                    result, decision, evaluation, flow_name=flow_name, policy_name=kind
+                    result,
+                    decision,
+                    evaluation,
+                    flow_name=flow_name,
+                    policy_name=kind,
+                    tuning=tuning,
                 ),
+                tuning=tuning,
             )
             mlflow.set_tag("registered_version", version)
     logger = get_run_logger()

@@ -12,6 +12,10 @@ model has an input example (one request's features). Promotion moves **aliases**
 
 Serving loads ``models:/llm-router@prod`` either as a pyfunc or, faster,
 with :func:`load_policy`, which reads the state file straight from the version's artifacts.
+A version may also carry the served generation-parameter tuning it was trained with
+(:mod:`models.tuning_snapshot`, fitted from the event log by nightly training): the model
+artifact ``served_tuning.json``, tags ``tuning_sha256`` / ``tuning_n_feedback``, read by
+:func:`load_tuning`; serving gives it to the slot that serves the version.
 
 MLflow is configured explicitly (:func:`configure`), never at import time: tracking URI from
 the settings (SQLite under ``LLMOPT_HOME`` by default), and every experiment created with an
@@ -48,6 +52,7 @@ from llmopt.settings import Settings
 from models.base import BasePolicy
 from models.kinds import kind_of
 from models.state import Stateful
+from models.tuning_snapshot import TuningSnapshot
 
 # Re-exported (``X as X``) for callers that hold only this module; the package owns the names.
 from registry import ALIASES as ALIASES  # noqa: PLC0414
@@ -58,6 +63,7 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
 STATE_FILE = "policy_state.json"
+TUNING_FILE = "served_tuning.json"
 PROD_HISTORY_TAG = "prod_history"
 _REPO = Path(__file__).resolve().parents[1]
 
@@ -221,6 +227,7 @@ def log_policy_version(
     example_features: Mapping[str, float] | None = None,
     description: str | None = None,
     name: str = MODEL_NAME,
+    tuning: TuningSnapshot | None = None,
 ) -> str:
     """Log ``policy`` in the active run as a pyfunc model and register it; return the version.
 
@@ -228,7 +235,11 @@ def log_policy_version(
     given ``tags`` go on the version (``validation_status`` defaults to ``pending``,
     ``policy_name`` to :func:`models.kinds.kind_of`). ``example_features`` (one request's features;
     default: the features the policy knows, at 0) are the model's input example and signature;
-    ``description`` becomes the version's description.
+    ``description`` becomes the version's description. ``tuning``: the served generation
+    parameters' snapshot (:mod:`models.tuning_snapshot`), versioned with the policy as a model
+    artifact (``served_tuning.json``, also the run artifact ``tuning/served_tuning.json``) with
+    the tags ``tuning_sha256``, ``tuning_format``, ``tuning_n_feedback`` (rewards it was
+    fitted on) and ``tuning_pairs``; :func:`load_tuning` reads it back.
     """
     from mlflow.models import infer_signature  # noqa: PLC0415
 
@@ -240,6 +251,20 @@ def log_policy_version(
         path = Path(tmp) / STATE_FILE
         path.write_bytes(payload)
         mlflow.log_artifact(str(path), artifact_path="policy")
+        artifacts = {"policy_state": str(path)}
+        tuning_tags: dict[str, str] = {}
+        if tuning is not None:
+            tuning_payload = tuning.to_json().encode()
+            tuning_path = Path(tmp) / TUNING_FILE
+            tuning_path.write_bytes(tuning_payload)
+            mlflow.log_artifact(str(tuning_path), artifact_path="tuning")
+            artifacts["served_tuning"] = str(tuning_path)
+            tuning_tags = {
+                "tuning_sha256": hashlib.sha256(tuning_payload).hexdigest(),
+                "tuning_format": str(tuning.to_dict()["format"]),
+                "tuning_n_feedback": str(tuning.n_feedback),
+                "tuning_pairs": str(len(tuning.pairs)),
+            }
         known = state["state"].get("features") or ["bias"]
         features = dict(example_features or dict.fromkeys(known, 0.0))
         example = pd.DataFrame([{k: float(v) for k, v in sorted(features.items())}])
@@ -249,7 +274,7 @@ def log_policy_version(
             info = mlflow.pyfunc.log_model(
                 name="policy",
                 python_model=RouterModel(),
-                artifacts={"policy_state": str(path)},
+                artifacts=artifacts,
                 registered_model_name=name,
                 pip_requirements=["mlflow", "numpy", "pandas", "river"],
                 signature=signature,
@@ -261,6 +286,7 @@ def log_policy_version(
         "artifact_sha256": digest,
         "code_version": code_version(),
         "policy_name": kind_of(policy),
+        **tuning_tags,
         **dict(tags or {}),
     }
     for key, value in all_tags.items():
@@ -420,16 +446,7 @@ def load_state(
     mismatch or a missing tag raises :class:`ArtifactIntegrityError` (nothing is deserialised).
     """
     mv = _resolve(client, ref, name)
-    source = str(mv.source)
-    if source.startswith("models:/"):
-        location = client.get_logged_model(source.rsplit("/", 1)[-1]).artifact_location
-    else:
-        location = source
-    uri = f"{location.rstrip('/')}/artifacts/{STATE_FILE}"
-    local = _local_path(uri)
-    if local is None or not local.exists():
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-    payload = local.read_bytes()
+    payload = _model_artifact(client, mv, STATE_FILE)
     expected = (mv.tags or {}).get("artifact_sha256")
     if not expected:
         raise ArtifactIntegrityError(
@@ -443,6 +460,40 @@ def load_state(
             f"artifact_sha256 tag {expected[:12]}...; refused"
         )
     return str(mv.version), fast_json.loads(payload)
+
+
+def _model_artifact(client: MlflowClient, mv: ModelVersion, filename: str) -> bytes:
+    """The bytes of ``filename`` among a version's model artifacts (a plain read when local)."""
+    source = str(mv.source)
+    if source.startswith("models:/"):
+        location = client.get_logged_model(source.rsplit("/", 1)[-1]).artifact_location
+    else:
+        location = source
+    uri = f"{location.rstrip('/')}/artifacts/{filename}"
+    local = _local_path(uri)
+    if local is None or not local.exists():
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    return local.read_bytes()
+
+
+def load_tuning(client: MlflowClient, ref: str, name: str = MODEL_NAME) -> TuningSnapshot | None:
+    """The served-tuning snapshot of a version (number or alias), or None when it has none.
+
+    Checked against the version's ``tuning_sha256`` tag like the policy state
+    (:class:`ArtifactIntegrityError` on a mismatch).
+    """
+    mv = _resolve(client, ref, name)
+    expected = (mv.tags or {}).get("tuning_sha256")
+    if not expected:
+        return None
+    payload = _model_artifact(client, mv, TUNING_FILE)
+    actual = hashlib.sha256(payload).hexdigest()
+    if actual != expected:
+        raise ArtifactIntegrityError(
+            f"version {mv.version}: served tuning SHA-256 {actual[:12]}... does not match its "
+            f"tuning_sha256 tag {expected[:12]}...; refused"
+        )
+    return TuningSnapshot.from_json(payload)
 
 
 def load_policy(
@@ -490,6 +541,7 @@ def register_policy(
     metrics: Mapping[str, float] | None = None,
     experiment: str = "bootstrap",
     run_name: str = "register-policy",
+    tuning: TuningSnapshot | None = None,
 ) -> str:
     """Log ``policy`` in its own run and register it under ``aliases``; return the version.
 
@@ -512,6 +564,7 @@ def register_policy(
             policy,
             tags={"source_flow": experiment, **dict(tags or {})},
             aliases=[a for a in aliases if a != CHAMPION_ALIAS],
+            tuning=tuning,
         )
     if CHAMPION_ALIAS in aliases:
         set_alias(client, version, CHAMPION_ALIAS)

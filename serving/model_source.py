@@ -2,8 +2,10 @@
 
 One small interface, :class:`ModelSource`: ``version(alias)`` is the cheap check the poller
 runs (which version does ``prod`` point at now?), ``load(alias)`` returns the policy and its
-label. :class:`RegistrySource` reads ``models:/llm-router@<alias>`` through
-:mod:`registry.mlflow_registry` (imported lazily: MLflow costs seconds at import);
+label, and the generation-parameter tuning versioned with it (registry versions trained by the
+nightly flow; :mod:`models.tuning_snapshot`). :class:`RegistrySource` reads
+``models:/llm-router@<alias>`` through :mod:`registry.mlflow_registry` (imported lazily:
+MLflow costs seconds at import);
 :class:`LocalFileSource` reads the embedded profile's state file (the CLI's ``policy.pkl``, or
 a ``to_dict`` JSON file); :class:`ChainSource` tries several in order. A source that fails
 raises :class:`SourceError`; the service then keeps the models it has.
@@ -34,6 +36,7 @@ from llmopt.settings import Settings
 from registry import MODEL_NAME, registry_exists
 
 if TYPE_CHECKING:
+    from models.tuning_snapshot import TuningSnapshot
     from serving.autopilot import Rollback
 
 
@@ -43,11 +46,14 @@ class SourceError(RuntimeError):
 
 @dataclass(frozen=True)
 class LoadedPolicy:
-    """A policy ready to serve, with its version label and where it came from."""
+    """A policy ready to serve, with its version label and where it came from, and the
+    generation-parameter tuning versioned with it (None: the version has none; serving then
+    tunes from scratch, :mod:`serving.parameters`)."""
 
     label: str
     policy: Any
     source: str
+    tuning: TuningSnapshot | None = None
 
 
 class ModelSource(Protocol):
@@ -178,13 +184,19 @@ class RegistrySource:
             return None
         registry, client = self._registry()
         try:
-            if registry.version_for_alias(client, alias) is None:
+            version = registry.version_for_alias(client, alias)
+            if version is None:
                 return None
-            version, policy = registry.load_policy(client, alias)
+            # By number, both: the alias may move between the two reads.
+            version, policy = registry.load_policy(client, version)
+            tuning = registry.load_tuning(client, version)
         except Exception as exc:
             raise SourceError(f"cannot load {registry.MODEL_NAME}@{alias}: {exc}") from exc
         return LoadedPolicy(
-            registry.version_label(version), policy, f"models:/{registry.MODEL_NAME}@{alias}"
+            registry.version_label(version),
+            policy,
+            f"models:/{registry.MODEL_NAME}@{alias}",
+            tuning,
         )
 
 

@@ -32,6 +32,14 @@ Feedback teaches the pair the decision was made for with its reward (quality min
 parameters served and the trial number are stored with the decision in the event log
 (``parameters`` and ``context.tuning``). Failures that say nothing about the parameters
 (timeout, rate limit, server error) are not learned.
+
+Versioned with the policy: nightly training fits a :class:`models.tuning_snapshot.TuningSnapshot`
+from those rewards in the event log and registers it with the policy version;
+:meth:`ServedTuning.from_snapshot` restores one (trials replayed into fresh studies, the best
+and one suggestion per pair made ready at load, so a decision stays a lookup) and
+:meth:`ServedTuning.snapshot` gives one back. The runtime restores it per slot: champion and
+challenger each serve their version's tuning, a version without one the router's shared tuning,
+learned from scratch (:mod:`serving.runtime`).
 """
 
 from __future__ import annotations

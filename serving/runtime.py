@@ -8,6 +8,15 @@ policy"); if even that fails, the static default policy answers. A poller thread
 aliases every ``serving_poll_s`` seconds and swaps changed versions in; if the source is
 unreachable the current models stay. ``/admin/reload`` runs the same check at once.
 
+Generation-parameter tuning (:mod:`serving.parameters`) is **per slot**: a version registered
+with a tuning snapshot (nightly training fits one from the event log,
+:mod:`models.tuning_snapshot`) serves with its own :class:`~serving.parameters.ServedTuning`
+restored from it, so the champion and the challenger each tune as their version learned, and a
+swap (poll or reload) replaces the tuning with the version. Online feedback to a slot's
+decisions keeps teaching that slot's tuning (until the next swap: the next nightly version
+learns it from the log). A version without a snapshot uses the router's shared tuning, which
+starts from scratch in each process, as before.
+
 Autopilot (``settings.autopilot``, :mod:`serving.autopilot`): a challenger loaded from the
 ``staging`` alias gets canary traffic at once, with no operator; when the router rolls a canary
 or a fresh champion back, the runtime counts it (``llmopt_autopilot_rollbacks_total``), raises
@@ -48,8 +57,15 @@ from serving.gateway import Gateway
 from serving.guards import BudgetLedger, CircuitBreaker
 from serving.live_features import LiveFeatures, open_in_background
 from serving.metrics import get_metrics
-from serving.model_source import LocalFileSource, ModelSource, SourceError, source_from_settings
+from serving.model_source import (
+    LoadedPolicy,
+    LocalFileSource,
+    ModelSource,
+    SourceError,
+    source_from_settings,
+)
 from serving.pacing import BudgetPacing
+from serving.parameters import ServedTuning
 from serving.response_cache import ResponseCache
 from serving.router import STATIC_LABEL, Router
 from serving.shared_state import SharedState
@@ -72,6 +88,21 @@ class ReloadResult:
     changed: bool
     elapsed_ms: float
     notes: list[str] = field(default_factory=list)
+
+
+def served_tuning(loaded: LoadedPolicy) -> ServedTuning | None:
+    """The tuning a loaded version serves with: restored from its snapshot, or None (the
+    router's shared tuning) when it has none or the snapshot cannot be restored (logged: the
+    version still serves, with parameters tuned from scratch)."""
+    if loaded.tuning is None:
+        return None
+    try:
+        return ServedTuning.from_snapshot(loaded.tuning)
+    except Exception:
+        log.exception(
+            "%s: its tuning snapshot cannot be restored; tuning from scratch", loaded.label
+        )
+        return None
 
 
 def fresh_policy(
@@ -251,7 +282,9 @@ class ServingRuntime:
             except SourceError as exc2:
                 log.warning("local policy file unusable: %s", exc2)
         if champion is not None:
-            self.router.swap((champion.policy, champion.label))
+            self.router.swap(
+                (champion.policy, champion.label), champion_tuning=served_tuning(champion)
+            )
             self.versions["prod"] = champion.label
             log.info("champion %s from %s", champion.label, champion.source)
         else:
@@ -264,7 +297,10 @@ class ServingRuntime:
             except Exception:  # the static default answers; the response says so
                 log.exception("no starting policy; the static default answers")
         if challenger is not None:
-            self.router.swap(challenger=(challenger.policy, challenger.label))
+            self.router.swap(
+                challenger=(challenger.policy, challenger.label),
+                challenger_tuning=served_tuning(challenger),
+            )
             self.versions["staging"] = challenger.label
         counts = self.event_log.counts()
         self._log_cursor = self.event_log.stable_cursor() if counts["feedback"] else LogCursor()
@@ -307,10 +343,13 @@ class ServingRuntime:
                         changed = True
                     self.versions[alias] = None
                     continue
+                tuning = served_tuning(loaded)
                 if role == "champion":
-                    self.router.swap((loaded.policy, loaded.label))
+                    self.router.swap((loaded.policy, loaded.label), champion_tuning=tuning)
                 else:
-                    self.router.swap(challenger=(loaded.policy, loaded.label))
+                    self.router.swap(
+                        challenger=(loaded.policy, loaded.label), challenger_tuning=tuning
+                    )
                     if (
                         self.router.lineup.challenger is not None
                         and self.router.traffic.mode == "champion"
@@ -318,7 +357,9 @@ class ServingRuntime:
                     ):
                         notes.append(f"autopilot: canary of {loaded.label} started")
                 self.versions[alias] = loaded.label
-                notes.append(f"{role} is now {loaded.label}")
+                snap = loaded.tuning if tuning is not None else None
+                tuned = f" (tuning: {snap.summary()})" if snap is not None else ""
+                notes.append(f"{role} is now {loaded.label}{tuned}")
                 changed = True
         return ReloadResult(changed, (time.perf_counter() - started) * 1000, notes)
 
