@@ -344,10 +344,11 @@ class Settings(BaseSettings):
     serving_shared_state: Literal["local", "redis"] = Field(
         default="local",
         description=(
-            "Where budgets, circuit breakers and rate limits live: 'local' (each worker process "
-            "its own, the embedded profile) or 'redis' (redis_url, shared by every worker and "
-            "replica: a tenant's budget is reserved atomically; Redis down: each worker falls "
-            "back to its own state, warns, and /readyz says degraded)."
+            "Where budgets, circuit breakers, rate limits and conversation affinity live: "
+            "'local' (each worker process its own, the embedded profile) or 'redis' (redis_url, "
+            "shared by every worker and replica: a tenant's budget is reserved atomically; "
+            "Redis down: each worker falls back to its own state, warns, and /readyz says "
+            "degraded)."
         ),
     )
     serving_shared_state_prefix: str = Field(
@@ -356,6 +357,15 @@ class Settings(BaseSettings):
         description=(
             "Prefix of serving's shared-state keys in Redis: two deployments on one Redis "
             "database keep apart budgets, breakers and rate limits with different prefixes."
+        ),
+    )
+    serving_affinity_ttl_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        description=(
+            "Seconds after its last turn at which the gateway forgets a conversation's model "
+            "(llmopt.conversation); with serving_shared_state='redis' the key's expiry in "
+            "Redis, shared by every worker and replica, else each worker's own map."
         ),
     )
     serving_features: Literal["off", "embedded", "production"] = Field(

@@ -240,13 +240,15 @@ class Gateway:
         timeout_s: float = 60.0,
         client: httpx.AsyncClient | None = None,
         cache: ResponseCache | None = None,
+        affinity: ConversationAffinity | None = None,
     ) -> None:
         self.runtime = runtime
         self.upstreams = dict(upstreams)
         self.timeout_s = timeout_s
         self._client = client
-        self.affinity = ConversationAffinity()
-        """One model per conversation (:mod:`serving.affinity`)."""
+        self.affinity = affinity if affinity is not None else ConversationAffinity()
+        """One model per conversation (:mod:`serving.affinity`; shared in Redis or this
+        worker's own)."""
         self.cache = cache
         """The semantic response cache (:mod:`serving.response_cache`; None: off)."""
 

@@ -26,7 +26,8 @@ version is tagged ``rolled_back`` with the reason.
 
 Several workers: see ``serving/README.md``. With ``serving_sync_log_s > 0`` a thread learns,
 every that many seconds, the feedback the *other* workers stored in the shared event log. With
-``serving_shared_state=redis`` the budget ledger and the circuit breaker are shared through Redis
+``serving_shared_state=redis`` the budget ledger, the circuit breaker and the gateway's
+conversation affinity are shared through Redis
 (:mod:`serving.shared_state`; Redis down: this worker's own, with a warning and a note).
 
 Online features (``serving_features``, :mod:`serving.live_features`): the Feast store is opened
@@ -51,6 +52,7 @@ from llmopt.priors import apply_catalog_priors
 from llmopt.reward import TradeOff
 from llmopt.settings import Settings
 from llmopt.spool import SpooledEventLog
+from serving.affinity import conversation_affinity
 from serving.autopilot import Rollback
 from serving.drift import DriftWatch
 from serving.gateway import Gateway
@@ -207,6 +209,7 @@ class ServingRuntime:
                 upstreams,
                 timeout_s=settings.gateway_timeout_s,
                 cache=ResponseCache.from_settings(settings),
+                affinity=conversation_affinity(settings, self.shared_state),
             )
             if upstreams
             else None

@@ -23,6 +23,8 @@ them):
 - :class:`RedisTokenBucket`: the HTTP rate limit per key as GCRA (one timestamp per key, one Lua
   script on the server's clock), the same limit as :class:`serving.guards.TokenBucket` but
   counted over every worker and replica.
+- The gateway's conversation affinity, one key per conversation with a TTL:
+  :class:`serving.affinity.RedisConversationAffinity` (on this module's client and health).
 
 **Redis down.** Every call goes through :class:`RedisHealth`: a Redis error (connection refused,
 0.25 s timeout) logs one warning, marks the shared state down, and the call is answered by the
@@ -274,8 +276,9 @@ class RedisHealth:
             self.since = datetime.now(UTC)
             self.error = f"{type(exc).__name__}: {exc}"
         log.warning(
-            "shared state: Redis at %s does not answer (%s); budgets, circuit breakers and "
-            "rate limits fall back to this worker's own state, Redis is retried every %.0f s",
+            "shared state: Redis at %s does not answer (%s); budgets, circuit breakers, rate "
+            "limits and conversation affinity fall back to this worker's own state, Redis is "
+            "retried every %.0f s",
             self.where,
             self.error,
             self.retry_s,
@@ -299,8 +302,8 @@ class RedisHealth:
         since = self.since.isoformat(timespec="seconds") if self.since else "?"
         return (
             f"shared state unavailable since {since}: Redis at {self.where} does not answer "
-            f"({self.error}); budgets, circuit breakers and rate limits are this worker's own "
-            "until it answers"
+            f"({self.error}); budgets, circuit breakers, rate limits and conversation affinity "
+            "are this worker's own until it answers"
         )
 
     def call(self, shared: Callable[[], T], local: Callable[[], T]) -> T:
@@ -351,7 +354,7 @@ class RedisBudgetLedger(BudgetLedger):
         super().__init__(default_usd=default_usd, per_tenant=per_tenant, now=now)
         self._r = client
         self.prefix = prefix
-        self.health = health or RedisHealth(_where(client))
+        self.health = health or RedisHealth(where(client))
         self.reservation_ttl_s = reservation_ttl_s
         self._reserve_script = client.register_script(_RESERVE)
         self._settle_script = client.register_script(_SETTLE)
@@ -572,7 +575,8 @@ class RedisBudgetLedger(BudgetLedger):
         log.info("shared state: this worker's spend during the Redis outage added to Redis")
 
 
-def _where(client: redis.Redis) -> str:
+def where(client: redis.Redis) -> str:
+    """The client's server as a URL without credentials (for logs and notes)."""
     kw = client.connection_pool.connection_kwargs
     return f"redis://{kw.get('host', '?')}:{kw.get('port', '?')}/{kw.get('db', 0)}"
 
@@ -610,7 +614,7 @@ class RedisCircuitBreaker(CircuitBreaker):
         )
         self._r = client
         self.prefix = prefix
-        self.health = health or RedisHealth(_where(client))
+        self.health = health or RedisHealth(where(client))
         self.cache_s = cache_s
         self._now = now
         self._record_script = client.register_script(_RECORD)
@@ -705,7 +709,7 @@ class RedisTokenBucket(TokenBucket):
         super().__init__(rate, burst, clock)
         self._r = client
         self.prefix = prefix
-        self.health = health or RedisHealth(_where(client))
+        self.health = health or RedisHealth(where(client))
         self._now = now
         self._script = client.register_script(_GCRA)
         self._interval_us = 1_000_000 / rate
