@@ -9,6 +9,9 @@ and its circuit breaker is closed; otherwise the router decides again and the co
 moves to the new model. The pinned decision is logged like any other (its propensity is 1:
 given the conversation, nothing else could have been chosen).
 
+A conversation belongs to its tenant: the map's key is :func:`conversation_key`, so two
+tenants naming the same conversation id never share (or move) each other's pins.
+
 Every answered turn pins again, so a conversation is forgotten ``ttl_s``
 (``LLMOPT_SERVING_AFFINITY_TTL_S``, 24 h) after its last turn. Where the map lives:
 
@@ -16,7 +19,7 @@ Every answered turn pins again, so a conversation is forgotten ``ttl_s``
   bounded (least recently used conversations are forgotten first), so with several workers or
   replicas a conversation stays pinned only where its turns land.
 - :class:`RedisConversationAffinity` (``redis``): one map for every worker and replica, a key
-  per conversation (``<prefix>affinity:<conversation>``, expiring ``ttl_s`` after its last pin,
+  per conversation (``<prefix>affinity:<key>``, expiring ``ttl_s`` after its last pin,
   so the TTL bounds it, not a count). A turn that names a conversation costs one GET, and one
   ``SET ... PX`` once answered; other requests cost nothing. Redis down: the calls go through
   the process's :class:`serving.shared_state.RedisHealth` like the other shared guards, and are
@@ -47,6 +50,16 @@ DEFAULT_MAX_CONVERSATIONS = 100_000
 """Conversations one worker's own map holds (the least recently used go first)."""
 DEFAULT_TTL_S = 86_400.0
 """A conversation is forgotten this long after its last pin."""
+
+
+def conversation_key(tenant: str, conversation: str) -> str:
+    """The map's key of a tenant's conversation (the tenant's length first: unambiguous
+    whatever either contains).
+
+    >>> conversation_key("acme", "c-123"), conversation_key("a:1", "c")
+    ('4:acme:c-123', '3:a:1:c')
+    """
+    return f"{len(tenant)}:{tenant}:{conversation}"
 
 
 class ConversationAffinity:

@@ -55,7 +55,7 @@ from pydantic import ValidationError
 from llmopt.catalog import ModelCatalog
 from llmopt.loop import NoCandidateError
 from llmopt.schemas import ErrorKind, Feedback, RequestContext
-from serving.affinity import ConversationAffinity
+from serving.affinity import ConversationAffinity, conversation_key
 from serving.errors import error_body
 from serving.guards import BudgetExceededError
 from serving.health import RuntimeOfApp
@@ -352,7 +352,10 @@ class Gateway:
                 400, "llmopt.conversation must be a string of 1 to 200 characters",
                 "llmopt.conversation",
             )  # fmt: skip
-        model = self.affinity.model(conversation)
+        tenant = options.get("tenant")
+        if not isinstance(tenant, str):  # refused when the context is built
+            return None
+        model = self.affinity.model(conversation_key(tenant, conversation))
         if model is None or model not in models or model in self.runtime.router.breaker.blocked():
             return None
         return model
@@ -560,7 +563,8 @@ async def handle_chat(gateway: Gateway, raw: bytes, send: Send) -> None:
                 answered = await _once(gateway, a, send)
             if answered:
                 if isinstance(options.get("conversation"), str):
-                    gateway.affinity.pin(options["conversation"], a.model)
+                    key = conversation_key(str(options["tenant"]), options["conversation"])
+                    gateway.affinity.pin(key, a.model)
                 if probe is not None:
                     gateway.cache_answered(probe, a)
                 return

@@ -22,6 +22,7 @@ from serving.affinity import (
     ConversationAffinity,
     RedisConversationAffinity,
     conversation_affinity,
+    conversation_key,
 )
 from serving.health import readiness
 from serving.runtime import ServingRuntime
@@ -52,6 +53,11 @@ def test_use_refreshes_and_the_oldest_is_forgotten() -> None:
         ConversationAffinity(0)
     with pytest.raises(ValueError):
         ConversationAffinity(ttl_s=0)
+
+
+def test_a_conversations_key_names_its_tenant_unambiguously() -> None:
+    assert conversation_key("acme", "c1") != conversation_key("other", "c1")
+    assert conversation_key("a:b", "c") != conversation_key("a", "b:c")
 
 
 def test_a_conversation_is_forgotten_ttl_after_its_last_pin() -> None:
