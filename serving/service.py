@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -184,6 +185,9 @@ class DecisionService:
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 50, 1000)
+        # The event loop and the group-commit writer share the GIL: hand it over every 0.5 ms
+        # instead of 5 (a request no longer waits up to 5 ms for the writer's Python code).
+        sys.setswitchinterval(settings.serving_switch_interval_ms / 1000)
 
     def __is_ready__(self) -> bool:
         return self.router.ready
