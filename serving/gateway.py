@@ -6,7 +6,7 @@ and guards); a catalog model id bypasses the choice but is still logged and meas
 options ride in an ``llmopt`` object of the body (the OpenAI SDK's ``extra_body``): ``tenant``,
 ``willingness_to_pay``, ``latency_weight``, ``max_cost_usd``, ``max_latency_ms``, ``models``
 (allowed), ``exclude_models``, ``task_hints``, ``conversation`` (its turns keep one model:
-:mod:`serving.affinity`). The call is forwarded to the model's upstream
+:mod:`serving.affinity`; the ``x-llmopt-session`` header names it too, the body's option wins). The call is forwarded to the model's upstream
 (:mod:`serving.upstreams`) with httpx; the answer comes back with ``model`` set to the chosen
 model and the headers ``x-llmopt-decision-id``, ``x-llmopt-model``, ``x-llmopt-policy-version``.
 
@@ -533,10 +533,17 @@ def _attempt(gateway: Gateway, body: dict[str, Any], routed: Any, n: int) -> Att
     )
 
 
-async def handle_chat(gateway: Gateway, raw: bytes, send: Send) -> None:
-    """One ``POST /v1/chat/completions``: decide, forward (with fallback), answer, measure."""
+async def handle_chat(
+    gateway: Gateway, raw: bytes, send: Send, *, session: str | None = None
+) -> None:
+    """One ``POST /v1/chat/completions``: decide, forward (with fallback), answer, measure.
+
+    ``session``: the ``x-llmopt-session`` header, the conversation when the body names none.
+    """
     started = time.perf_counter()
     body, options = parse_request(raw)
+    if session is not None:
+        options.setdefault("conversation", session)
     tenant = options.setdefault("tenant", default_tenant())
     why = tenant_refusal(tenant) if isinstance(tenant, str) else None  # else: 400 below
     if why is not None:
@@ -766,9 +773,21 @@ class GatewayMiddleware(RuntimeOfApp):
             return
         raw = await _read_body(receive)
         try:
-            await handle_chat(gateway, raw, send)
+            await handle_chat(gateway, raw, send, session=_header(scope, SESSION_HEADER))
         except GatewayError as exc:
             await _reply(send, exc.status, error_json(exc.status, exc.message, exc.field, exc.code))
+
+
+SESSION_HEADER = b"x-llmopt-session"
+"""Names the request's conversation (as ``llmopt.conversation``): its turns keep one model."""
+
+
+def _header(scope: Any, name: bytes) -> str | None:
+    """A request header's value (the first), or None."""
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
 
 
 def _feedback_of(raw: bytes) -> Feedback | None:

@@ -199,6 +199,21 @@ def test_a_conversation_keeps_its_model_until_that_model_fails(
     assert bad.status_code == 400 and bad.json()["error"]["field"] == "llmopt.conversation"
 
 
+def test_the_session_header_names_the_conversation(gw: TestClient) -> None:
+    def turn(session: str, **options: str) -> str:
+        body = {**ASK, "llmopt": options} if options else ASK
+        r = gw.post("/v1/chat/completions", json=body, headers={"x-llmopt-session": session})
+        assert r.status_code == 200, r.text
+        return r.headers["x-llmopt-model"]
+
+    first = turn("sess-1")
+    assert {turn("sess-1") for _ in range(8)} == {first}  # the router would spread these
+    # the body's conversation wins over the header: the same as naming it in the body
+    assert turn("sess-other", conversation="sess-1") == first
+    bad = gw.post("/v1/chat/completions", json=ASK, headers={"x-llmopt-session": ""})
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "llmopt.conversation"
+
+
 def test_tools_and_images_go_only_to_models_that_support_them(gw: TestClient) -> None:
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
     vision = {
