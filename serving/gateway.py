@@ -6,7 +6,8 @@ and guards); a catalog model id bypasses the choice but is still logged and meas
 options ride in an ``llmopt`` object of the body (the OpenAI SDK's ``extra_body``): ``tenant``,
 ``willingness_to_pay``, ``latency_weight``, ``max_cost_usd``, ``max_latency_ms``, ``models``
 (allowed), ``exclude_models``, ``task_hints``, ``conversation`` (its turns keep one model:
-:mod:`serving.affinity`; the ``x-llmopt-session`` header names it too, the body's option wins). The call is forwarded to the model's upstream
+:mod:`serving.affinity`; the ``x-llmopt-session`` header names it too, the body's option wins).
+The call is forwarded to the model's upstream
 (:mod:`serving.upstreams`) with httpx; the answer comes back with ``model`` set to the chosen
 model and the headers ``x-llmopt-decision-id``, ``x-llmopt-model``, ``x-llmopt-policy-version``.
 
@@ -542,8 +543,7 @@ async def handle_chat(
     """
     started = time.perf_counter()
     body, options = parse_request(raw)
-    if session is not None:
-        options.setdefault("conversation", session)
+    _name_conversation(options, session)
     tenant = options.setdefault("tenant", default_tenant())
     why = tenant_refusal(tenant) if isinstance(tenant, str) else None  # else: 400 below
     if why is not None:
@@ -780,6 +780,12 @@ class GatewayMiddleware(RuntimeOfApp):
 
 SESSION_HEADER = b"x-llmopt-session"
 """Names the request's conversation (as ``llmopt.conversation``): its turns keep one model."""
+
+
+def _name_conversation(options: dict[str, Any], session: str | None) -> None:
+    """The session header names the conversation unless the body's options do."""
+    if session is not None:
+        options.setdefault("conversation", session)
 
 
 def _header(scope: Any, name: bytes) -> str | None:
