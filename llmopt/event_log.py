@@ -840,15 +840,17 @@ class EventLog:
                 return
 
     def parameter_feedback(
-        self, *, until_id: int | None = None, batch_size: int = 5000
+        self, *, after_id: int = 0, until_id: int | None = None, batch_size: int = 5000
     ) -> Iterator[ParameterFeedback]:
-        """Every rewarded feedback (``feedback_id <= until_id``) whose decision carries a tuning
-        record (``context.tuning``), oldest first: what :mod:`serving.parameters` learned
-        online, to fit its snapshot from the log (nightly training). Read in keyset-paginated
-        batches of ``batch_size`` rows, each one short query."""
+        """Every rewarded feedback (``after_id < feedback_id <= until_id``) whose decision
+        carries a tuning record (``context.tuning``), oldest first: what
+        :mod:`serving.parameters` learned online, to fit its snapshot from the log (nightly
+        training; incremental training reads only the rows after the snapshot it continues,
+        ``after_id``). Read in keyset-paginated batches of ``batch_size`` rows, each one short
+        query."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        cursor = 0
+        cursor = after_id
         while True:
             query = (
                 sa.select(

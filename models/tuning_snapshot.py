@@ -10,8 +10,10 @@ O(n^2) in the trials kept). :func:`fit_snapshot` rebuilds it from the rewards th
 decisions that carried a tuning record (``context.tuning``), exactly as serving would have learned
 them online (failures that say nothing about the parameters are not learned, parameters outside
 the space are not either). Nightly training fits one and registers it with the policy version;
-serving replays its trials into fresh studies (``add_trial``, no pickled Optuna objects) and
-keeps learning from there.
+incremental training continues the snapshot of the version it continues from with the feedback
+logged after it (:func:`continue_snapshot`: the same snapshot as a refit, read from the new rows
+only) and registers that with its version. Serving replays its trials into fresh studies
+(``add_trial``, no pickled Optuna objects) and keeps learning from there.
 
 The JSON form (:meth:`TuningSnapshot.to_dict`) is plain data with a ``format`` field,
 :data:`FORMAT`; a reader refuses any other format rather than guess.
@@ -37,7 +39,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from models.tuning import Choice, FloatRange, IntRange, ParameterTuner, ParamSpec, ParamValue
+from models.tuning import (
+    Choice,
+    FloatRange,
+    IntRange,
+    ParameterTuner,
+    ParamSpec,
+    ParamValue,
+    parse_space,
+)
 
 if TYPE_CHECKING:
     from llmopt.event_log import ParameterFeedback
@@ -192,10 +202,98 @@ def fit_snapshot(
     ``max_trials`` trials are kept and the best is computed over them.
     """
     specs = dict(SERVING_SPACE if space is None else space)
-    checker = ParameterTuner(specs)
+    settings = {
+        "min_feedback": min_feedback,
+        "explore": explore,
+        "max_trials": max_trials,
+        "max_pending": max_pending,
+    }
+    pairs = _learn(specs, {}, feedback, max_trials=max_trials)
+    return TuningSnapshot(
+        pairs,
+        space={name: spec.to_dict() for name, spec in specs.items()},
+        settings=settings,
+        until_feedback_id=until_feedback_id,
+    )
+
+
+def continue_snapshot(
+    previous: TuningSnapshot,
+    feedback: Iterable[ParameterFeedback],
+    *,
+    until_feedback_id: int | None = None,
+) -> TuningSnapshot:
+    """``previous`` after also learning ``feedback``: the rewards logged after it (oldest first).
+
+    What incremental training does with the tuning of the version it continues from: it reads
+    only the feedback after ``previous.until_feedback_id`` (rows at or below it are skipped, so
+    handing over a few too many never counts one twice). Per pair the new trials are appended to
+    the kept ones, the last ``max_trials`` of them kept, the count grows by the rewards learned
+    and the best is recomputed over the kept trials (pairs without new rewards are kept as they
+    are). Given the rows after the previous snapshot's last feedback id, the result **equals**
+    :func:`fit_snapshot` of all the rows at once (same pairs, counts, trials and best), except:
+
+    - the previous snapshot's ``space`` and ``settings`` apply (a refit takes the arguments it
+      is given, today's :data:`SERVING_SPACE` by default), so a space changed in between only
+      takes effect at the next full refit (nightly training);
+    - rows are split by feedback id: on PostgreSQL, where ids commit out of order, a reward
+      whose id is at or below ``previous.until_feedback_id`` but committed after the previous
+      fit is never added by a continuation; the next full refit counts it.
+
+    ``until_feedback_id``: the last feedback id the rows were read up to (rows above it are
+    not learned; default: the largest of the previous one and the rows' ids); the result's is
+    never below the previous one.
+
+    >>> from llmopt.event_log import ParameterFeedback
+    >>> served = {"temperature": 0.2, "top_p": 1.0, "max_tokens": 512, "prompt_template": "plain"}
+    >>> rows = [ParameterFeedback(i, {"key": "code/m"}, served, 0.8, None) for i in range(1, 6)]
+    >>> first = fit_snapshot(rows[:2], until_feedback_id=2)
+    >>> more = continue_snapshot(first, rows, until_feedback_id=5)  # ids 1, 2 skipped
+    >>> more == fit_snapshot(rows, until_feedback_id=5), more.pairs["code/m"].n_feedback
+    (True, 5)
+    """
+    specs = parse_space(previous.space)
+    settings = {**DEFAULT_SETTINGS, **previous.settings}
+    rows = list(feedback)
+    after = previous.until_feedback_id
+    pairs = _learn(
+        specs,
+        previous.pairs,
+        rows,
+        max_trials=int(settings["max_trials"]),
+        after_id=after,
+        until_id=until_feedback_id,
+    )
+    candidates = [i for i in (after, until_feedback_id) if i is not None]
+    if until_feedback_id is None:
+        candidates += [fb.feedback_id for fb in rows]
+    return TuningSnapshot(
+        pairs,
+        space=dict(previous.space),
+        settings=settings,
+        until_feedback_id=max(candidates) if candidates else None,
+    )
+
+
+def _learn(
+    specs: Mapping[str, ParamSpec],
+    start: Mapping[str, PairSnapshot],
+    feedback: Iterable[ParameterFeedback],
+    *,
+    max_trials: int,
+    after_id: int | None = None,
+    until_id: int | None = None,
+) -> dict[str, PairSnapshot]:
+    """The pairs of ``start`` after learning the rows of ``feedback`` with
+    ``after_id < feedback_id <= until_id`` (either bound None: none)."""
+    checker = ParameterTuner(dict(specs))
     counts: dict[str, int] = {}
     recent: dict[str, deque[tuple[dict[str, ParamValue], float]]] = {}
     for fb in feedback:
+        if (after_id is not None and fb.feedback_id <= after_id) or (
+            until_id is not None and fb.feedback_id > until_id
+        ):
+            continue
         key = fb.tuning.get("key")
         if not isinstance(key, str) or not key or fb.error_kind in UNINFORMATIVE_ERRORS:
             continue
@@ -203,22 +301,17 @@ def fit_snapshot(
             params = checker.validate({name: fb.parameters.get(name) for name in specs})
         except ValueError:  # e.g. max_tokens capped below the space by a context window
             continue
-        counts[key] = counts.get(key, 0) + 1
-        recent.setdefault(key, deque(maxlen=max(max_trials, 1))).append((params, fb.reward))
-    pairs = {}
+        if key not in recent:
+            before = start.get(key)
+            counts[key] = before.n_feedback if before is not None else 0
+            kept = before.trials if before is not None else ()
+            recent[key] = deque(kept, maxlen=max(max_trials, 1))
+        counts[key] += 1
+        recent[key].append((params, fb.reward))
+    pairs = dict(start)
     for key, trials in recent.items():
-        tuner = ParameterTuner(specs)
+        tuner = ParameterTuner(dict(specs))
         for params, reward in trials:
             tuner.record(key, params, reward)
         pairs[key] = PairSnapshot(counts[key], tuner.best(key), tuple(trials))
-    return TuningSnapshot(
-        pairs,
-        space={name: spec.to_dict() for name, spec in specs.items()},
-        settings={
-            "min_feedback": min_feedback,
-            "explore": explore,
-            "max_trials": max_trials,
-            "max_pending": max_pending,
-        },
-        until_feedback_id=until_feedback_id,
-    )
+    return pairs

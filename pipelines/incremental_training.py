@@ -8,6 +8,15 @@ aliased ``dev`` **only when it has something to show** (:mod:`pipelines.registra
 ``LLMOPT_REGISTER_MIN_EVENTS`` events learned since the ``dev`` version, or an off-policy
 estimate outside that version's confidence interval. Every run that learned something logs its
 metrics and its ``registration_reason``, registered or not.
+
+A version it registers carries the served generation-parameter tuning
+(:mod:`models.tuning_snapshot`) as nightly's do: the tuning of the version it would replace
+(the alias's) continued with the tuned rewards logged after that snapshot's last feedback id,
+up to this run's last feedback id (:func:`pipelines.tasks.continue_served_tuning`; the same
+snapshot a refit would give, reading only the new rows), or, when that version has none, fitted
+from the whole log up to the same id. So promoting an incrementally trained version keeps its
+tuning instead of falling back to serving's shared one, learned from scratch. Runs that do not
+register fit no tuning.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from prefect import flow, get_run_logger
 
 from models.kinds import RECOMMENDED
 from pipelines.tasks import (
+    continue_served_tuning,
     count_new_events,
     decide,
     evaluate_against_previous,
@@ -67,6 +77,14 @@ def incremental_training(
         return summary
     evaluation = evaluate_against_previous(result.policy, previous.version, eval_window)
     decision = decide(n_new, evaluation, previous.version)
+    # Only a version carries the tuning (the next run continues the alias version's, not an
+    # unregistered run's): fitted when registering, so most runs read no tuning at all.
+    tuning = (
+        continue_served_tuning(previous.version, result.last_feedback_id)
+        if decision.register
+        else None
+    )
+    summary["tuning_n_feedback"] = tuning.n_feedback if tuning is not None else 0
     summary["registration_reason"] = decision.reason
     summary["registration_detail"] = decision.detail
     summary["ope_lift"] = decision.lift
@@ -77,5 +95,6 @@ def incremental_training(
         alias=alias,
         evaluation=evaluation,
         params={"batch_size": batch_size},
+        tuning=tuning,
     )
     return summary

@@ -23,7 +23,7 @@ from llmopt.event_log import EventLog, LogCursor
 from llmopt.settings import Settings, get_settings
 from models.base import BasePolicy
 from models.kinds import kind_of, make_policy
-from models.tuning_snapshot import TuningSnapshot, fit_snapshot
+from models.tuning_snapshot import TuningSnapshot, continue_snapshot, fit_snapshot
 from pipelines.checkpoint import CheckpointStore
 from pipelines.evaluation import estimate_of, ope_report
 from pipelines.promotion import PromotionOutcome, PromotionPolicy, promote
@@ -151,16 +151,59 @@ def rebuild_from_history(
     return result
 
 
+def _fit_tuning(settings: Settings, until_feedback_id: int) -> TuningSnapshot | None:
+    log = _log(settings)
+    try:
+        snapshot = fit_snapshot(
+            log.parameter_feedback(until_id=until_feedback_id),
+            until_feedback_id=until_feedback_id,
+        )
+    finally:
+        log.close()
+    return snapshot if snapshot.pairs else None
+
+
 @task(name="fit-served-tuning", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
 def fit_served_tuning(until_feedback_id: int) -> TuningSnapshot | None:
     """The served generation-parameter tuning fitted from the log's rewarded decisions that
     carry a tuning record, up to ``until_feedback_id`` (the policy's data window), or None when
     there are none (:mod:`models.tuning_snapshot`)."""
-    log = _log(get_settings())
+    return _fit_tuning(get_settings(), until_feedback_id)
+
+
+@task(name="continue-served-tuning", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
+def continue_served_tuning(
+    previous_version: str | None, until_feedback_id: int
+) -> TuningSnapshot | None:
+    """The served tuning of the registry version ``previous_version`` continued with the
+    log's tuned rewards after its last feedback id, up to ``until_feedback_id``
+    (:func:`models.tuning_snapshot.continue_snapshot`: what a refit would give, reading only
+    the new rows). Without a previous snapshot (no version, a version without tuning, or one
+    that cannot be read: a warning), fitted from the log up to ``until_feedback_id`` as
+    :func:`fit_served_tuning` does. None when there is no tuned feedback at all."""
+    settings = get_settings()
+    previous = None
+    if previous_version is not None:
+        try:
+            previous = registry.load_tuning(registry.configure(settings), previous_version)
+        except (registry.RegistryError, ValueError) as exc:  # tampered, or a newer format
+            get_run_logger().warning(
+                "version %s: served tuning unreadable (%s); refitting it from the log",
+                previous_version,
+                exc,
+            )
+    if previous is None or previous.until_feedback_id is None:
+        return _fit_tuning(settings, until_feedback_id)
+    after = previous.until_feedback_id
+    log = _log(settings)
     try:
-        snapshot = fit_snapshot(
-            log.parameter_feedback(until_id=until_feedback_id),
-            until_feedback_id=until_feedback_id,
+        rows = (
+            log.parameter_feedback(after_id=after, until_id=until_feedback_id)
+            if until_feedback_id > after
+            else iter(())
+        )
+        snapshot = continue_snapshot(
+            previous, rows, until_feedback_id=max(after, until_feedback_id)
         )
     finally:
         log.close()

@@ -8,7 +8,14 @@ import random
 import pytest
 
 from llmopt.event_log import ParameterFeedback
-from models.tuning_snapshot import FORMAT, PairSnapshot, TuningSnapshot, fit_snapshot
+from models.tuning import FloatRange
+from models.tuning_snapshot import (
+    FORMAT,
+    PairSnapshot,
+    TuningSnapshot,
+    continue_snapshot,
+    fit_snapshot,
+)
 
 DEFAULT = {"temperature": 0.7, "top_p": 1.0, "max_tokens": 1024, "prompt_template": "plain"}
 
@@ -82,3 +89,54 @@ def test_an_empty_log_fits_an_empty_snapshot() -> None:
     assert PairSnapshot.from_dict(PairSnapshot(1, DEFAULT, ((DEFAULT, 0.5),)).to_dict()) == (
         PairSnapshot(1, DEFAULT, ((DEFAULT, 0.5),))
     )
+
+
+def mixed_log(n: int, seed: int) -> list[ParameterFeedback]:
+    """Two pairs interleaved, a third appearing late, and rows serving would not learn; ids
+    1..N in log order."""
+    rng = random.Random(seed)
+    code, chat = surface(seed, n, "code/m"), surface(seed + 1, n // 2, "chat/m")
+    rows: list[ParameterFeedback] = []
+    for i, fb in enumerate(code):
+        rows.append(fb)
+        if i % 2 and chat:
+            rows.append(chat.pop())
+        if rng.random() < 0.1:
+            rows.append(rewarded("code/m", DEFAULT, 0.0, error="timeout"))
+        if i > n * 3 // 4:
+            rows.append(rewarded("math/m", {**DEFAULT, "temperature": rng.uniform(0, 1)}, 0.6))
+    return [
+        ParameterFeedback(i, r.tuning, r.parameters, r.reward, r.error_kind)
+        for i, r in enumerate(rows, start=1)
+    ]
+
+
+@pytest.mark.parametrize("split", [0, 1, 17, 60, 95, 130])
+def test_continuing_a_snapshot_with_the_later_rows_equals_fitting_them_all(split: int) -> None:
+    rows = mixed_log(80, seed=split)
+    last = rows[-1].feedback_id
+    whole = fit_snapshot(rows, min_feedback=5, max_trials=12, until_feedback_id=last)
+    first = fit_snapshot(rows[:split], min_feedback=5, max_trials=12, until_feedback_id=split)
+    stored = TuningSnapshot.from_json(first.to_json())  # as a registered version carries it
+    continued = continue_snapshot(stored, rows[split:], until_feedback_id=last)
+    assert continued == whole
+    assert continued.to_json() == whole.to_json()  # same bytes: same tuning_sha256
+    # in two steps, and handed every row each time (those already learned are skipped)
+    middle = (split + last) // 2
+    step = continue_snapshot(stored, rows, until_feedback_id=middle)
+    assert continue_snapshot(step, rows) == whole
+
+
+def test_a_continuation_keeps_the_previous_settings_and_space_and_its_last_id() -> None:
+    space = {"temperature": FloatRange(0.0, 1.0, default=0.5)}
+    rows = [rewarded("code/m", {"temperature": t / 10}, t / 10, i=t) for t in range(1, 9)]
+    first = fit_snapshot(rows[:4], space=space, min_feedback=3, max_trials=3, until_feedback_id=4)
+    out = continue_snapshot(first, rows[4:] + [rewarded("code/m", {"temperature": 1.1}, 1, i=9)])
+    assert out.settings == first.settings and out.space == first.space
+    pair = out.pairs["code/m"]
+    assert pair.n_feedback == 8 and [p["temperature"] for p, _ in pair.trials] == [0.6, 0.7, 0.8]
+    assert out.until_feedback_id == 9  # the largest id read, learned or not
+    whole = fit_snapshot(rows, space=space, min_feedback=3, max_trials=3, until_feedback_id=9)
+    assert out == whole
+    # nothing new: the same snapshot, its last id never going back
+    assert continue_snapshot(out, [], until_feedback_id=5) == out
