@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -242,6 +242,18 @@ class Settings(BaseSettings):
             'client_keys, or its digest -> its tenants; "*": any tenant). Once set, a client key '
             "not listed may act for no tenant (403); admin keys act for every tenant. Empty: "
             "every key may act for any tenant."
+        ),
+    )
+    client_key_limits: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            'Limits of a key of its own, JSON: {"sha256:<hex>": {"daily_budget_usd": 2.0, '
+            '"rate_per_s": 5}} (a key of client_keys or admin_keys, or its digest -> its limits, '
+            "each optional). rate_per_s replaces serving_rate_limit_per_s for that key (burst: "
+            "twice it; 0: no limit); daily_budget_usd caps the key's spend of the UTC day on top "
+            "of its tenant's budget (a decision must fit both). Unknown keys or fields, "
+            "negative or non-numeric values stop the start. Empty: every key has the global "
+            "rate limit and only its tenant's budget."
         ),
     )
     metrics_require_key: bool = Field(

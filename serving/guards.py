@@ -257,6 +257,10 @@ class BudgetLedger:
             self._reserved[decision_id] = (tenant, usd)
             return True
 
+    def release(self, decision_id: DecisionID) -> None:
+        """Give a reservation back (its decision is not served): a settle at no cost."""
+        self.settle(decision_id, 0.0)
+
     def add(self, tenant: TenantID, usd: float, *, decided_at: datetime) -> None:
         """Count spend this ledger did not reserve (another worker's decision of today)."""
         if self.budget(tenant) is None:

@@ -23,6 +23,13 @@
   ``serving_shared_state=redis``, one limit over every worker and replica (GCRA in Redis,
   :class:`serving.shared_state.RedisTokenBucket`: one Redis round trip per request; Redis down:
   each worker's own bucket, with a warning, retried every 5 s).
+- **Keys' own limits**: ``LLMOPT_CLIENT_KEY_LIMITS`` (JSON, a key or its ``sha256:<hex>``
+  digest -> ``{"daily_budget_usd": ..., "rate_per_s": ...}``, both optional; parsed by
+  :func:`parse_key_limits`). A key's ``rate_per_s`` replaces the global rate for it (a bucket of
+  its own, in Redis too under shared state; 0: no limit). For a key with a ``daily_budget_usd``
+  the guard names the key (its digest) to the router (:func:`serving.key_limits.use_key`),
+  which makes its decisions fit the key's budget as well as the tenant's
+  (:mod:`serving.key_limits`).
 - ``GET /metrics`` answers from :mod:`serving.metrics`.
 
 Refusals have the one error body of :mod:`serving.errors`. Settings are read when the app is
@@ -34,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from contextvars import ContextVar
@@ -44,6 +52,7 @@ from typing import Any
 from llmopt.settings import Settings
 from serving.errors import ApiError, error_body
 from serving.guards import TokenBucket
+from serving.key_limits import LIMIT_FIELDS, KeyLimit, reset_key, short, use_key
 from serving.metrics import get_metrics
 from serving.shared_state import SharedState
 
@@ -100,17 +109,15 @@ class KeyConfigError(ValueError):
     """The keys' settings do not hold together (the service does not start)."""
 
 
-def _entry_digest(entry: str) -> str:
+def _entry_digest(entry: str, setting: str = "LLMOPT_CLIENT_KEY_TENANTS") -> str:
     """The digest of one mapping entry (a key or ``sha256:<hex>``); :class:`KeyConfigError`."""
     if not entry.strip():
-        raise KeyConfigError("LLMOPT_CLIENT_KEY_TENANTS: an empty key")
+        raise KeyConfigError(f"{setting}: an empty key")
     if not entry.startswith("sha256:"):
         return key_digest(entry.strip())
     digest = entry.removeprefix("sha256:").strip().lower()
     if not _SHA256.match(digest):
-        raise KeyConfigError(
-            f"LLMOPT_CLIENT_KEY_TENANTS: {entry[:16]!r}... is not sha256:<64 hex digits>"
-        )
+        raise KeyConfigError(f"{setting}: {entry[:16]!r}... is not sha256:<64 hex digits>")
     return digest
 
 
@@ -152,6 +159,67 @@ def parse_key_tenants(
             raise KeyConfigError(f"{where}: {bad[0]!r} is not a tenant id (1 to 200 characters)")
         out[digest] = None if ANY_TENANT in tenants else frozenset(tenants)
     return out
+
+
+def _limit(value: Any, where: str, name: str) -> float:
+    """One limit: a finite number >= 0 (JSON true/false are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise KeyConfigError(f"{where}: {name} must be a number, not {value!r}")
+    if value < 0:
+        raise KeyConfigError(f"{where}: {name} is negative ({value!r})")
+    return float(value)
+
+
+def parse_key_limits(
+    mapping: Mapping[str, Any], client_keys: frozenset[str], admin_keys: frozenset[str]
+) -> dict[str, KeyLimit]:
+    """Each limited key's digest -> its :class:`serving.key_limits.KeyLimit`;
+    :class:`KeyConfigError` naming the entry (by position and digest prefix, never the key).
+
+    Every entry must be a key of ``client_keys`` or ``admin_keys`` (digests), give at least
+    one of ``daily_budget_usd`` and ``rate_per_s``, nothing else, each a number >= 0.
+
+    >>> d = key_digest("k")
+    >>> parse_key_limits({"k": {"rate_per_s": 5}}, frozenset({d}), frozenset())[d]
+    KeyLimit(daily_budget_usd=None, rate_per_s=5.0)
+    >>> parse_key_limits({"k": {"rate": 5}}, frozenset({d}), frozenset())  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    serving.http_guard.KeyConfigError: LLMOPT_CLIENT_KEY_LIMITS: key #1 (8254c329...): unknown ...
+    """
+    setting = "LLMOPT_CLIENT_KEY_LIMITS"
+    out: dict[str, KeyLimit] = {}
+    for n, (entry, limits) in enumerate(mapping.items(), start=1):
+        digest = _entry_digest(entry, setting)
+        where = f"{setting}: key #{n} ({short(digest)})"
+        if digest not in client_keys and digest not in admin_keys:
+            raise KeyConfigError(
+                f"{where} is not in LLMOPT_CLIENT_KEYS or LLMOPT_ADMIN_KEYS (limits apply to "
+                "known keys; list the key or its sha256:<hex> there too)"
+            )
+        if digest in out:
+            raise KeyConfigError(f"{where} is listed twice (as a key and as its digest)")
+        if not isinstance(limits, dict):
+            raise KeyConfigError(
+                f'{where}: give an object, e.g. {{"daily_budget_usd": 2.0, "rate_per_s": 5}}'
+            )
+        unknown = sorted(str(f) for f in limits if f not in LIMIT_FIELDS)
+        if unknown:
+            raise KeyConfigError(
+                f"{where}: unknown field {unknown[0]!r} (known: {', '.join(LIMIT_FIELDS)})"
+            )
+        if not limits:
+            raise KeyConfigError(f"{where} sets no limit ({' or '.join(LIMIT_FIELDS)})")
+        budget, rate = (_limit(limits[f], where, f) if f in limits else None for f in LIMIT_FIELDS)
+        out[digest] = KeyLimit(daily_budget_usd=budget, rate_per_s=rate)
+    return out
+
+
+def key_limits(s: Settings) -> dict[str, KeyLimit]:
+    """The keys' own limits of the settings (:func:`parse_key_limits`), by digest."""
+    return parse_key_limits(
+        s.client_key_limits, key_digests(s.client_keys), key_digests(s.admin_keys)
+    )
 
 
 @dataclass(frozen=True)
@@ -222,15 +290,18 @@ class KeyRing:
     admin: frozenset[str] = frozenset()
     tenants: Mapping[str, frozenset[str] | None] = field(default_factory=dict)
     metrics_require_key: bool = False
+    limits: Mapping[str, KeyLimit] = field(default_factory=dict)
+    """Keys' own rate limits and daily budgets (``LLMOPT_CLIENT_KEY_LIMITS``), by digest."""
 
     @classmethod
     def from_settings(cls, s: Settings) -> KeyRing:
         """:class:`KeyConfigError` when they do not hold together."""
         client, admin = key_digests(s.client_keys), key_digests(s.admin_keys)
         tenants = parse_key_tenants(s.client_key_tenants, client, admin)
+        limits = parse_key_limits(s.client_key_limits, client, admin)
         if s.metrics_require_key and not admin:
             raise KeyConfigError("LLMOPT_METRICS_REQUIRE_KEY needs LLMOPT_ADMIN_KEYS")
-        return cls(client, admin, tenants, s.metrics_require_key)
+        return cls(client, admin, tenants, s.metrics_require_key, limits)
 
     @property
     def auth(self) -> bool:
@@ -285,13 +356,28 @@ class GuardMiddleware:
         self.auth = self.keys.auth
         self.max_body = s.serving_max_body_bytes
         rate = s.serving_rate_limit_per_s
-        self.shared_state = SharedState.from_settings(s) if rate > 0 else None
-        self.bucket: TokenBucket | None = None
-        if self.shared_state is not None:
-            self.bucket = self.shared_state.rate_limit(rate, 2 * rate)
-        elif rate > 0:
-            self.bucket = TokenBucket(rate, 2 * rate)
+        own = {d: lim.rate_per_s for d, lim in self.keys.limits.items() if lim.rate_per_s}
+        self.shared_state = SharedState.from_settings(s) if rate > 0 or own else None
+        self.bucket = self._bucket(rate)
+        self.key_buckets: dict[str, TokenBucket | None] = {
+            d: self._bucket(lim.rate_per_s)
+            for d, lim in self.keys.limits.items()
+            if lim.rate_per_s is not None
+        }
+        """Keys with a rate of their own (0: none): their bucket replaces :attr:`bucket`."""
+        self.budgeted = frozenset(
+            d for d, lim in self.keys.limits.items() if lim.daily_budget_usd is not None
+        )
+        """Keys with a daily budget of their own: named to the router (:func:`use_key`)."""
         self.metrics = get_metrics()
+
+    def _bucket(self, rate: float) -> TokenBucket | None:
+        """A bucket of ``rate`` per second, burst twice that (in Redis under shared state)."""
+        if rate <= 0:
+            return None
+        if self.shared_state is not None:
+            return self.shared_state.rate_limit(rate, 2 * rate)
+        return TokenBucket(rate, 2 * rate)
 
     def _key(self, scope: Scope) -> str | None:
         for name, value in scope.get("headers", ()):
@@ -324,6 +410,8 @@ class GuardMiddleware:
         endpoint = path.rsplit("/", 1)[-1] or "/"
         ident = self._client_ident(scope)
         grant = ANY
+        bucket = self.bucket
+        budgeted: str | None = None
         if self.auth:
             known = await self._authenticate(scope, send, endpoint)
             if known is None:
@@ -335,8 +423,11 @@ class GuardMiddleware:
                 return
             ident = digest  # rate limits per key, kept by digest
             grant = self.keys.grant(digest, admin=is_admin, endpoint=endpoint)
-        if self.bucket is not None:
-            wait = self.bucket.take(ident)
+            if digest in self.key_buckets:  # the key's own rate
+                bucket, ident = self.key_buckets[digest], f"key:{digest}"
+            budgeted = digest if digest in self.budgeted else None
+        if bucket is not None:
+            wait = bucket.take(ident)
             if wait > 0:
                 self.metrics.refusals.labels(endpoint, "429").inc()
                 await _reply(
@@ -347,9 +438,12 @@ class GuardMiddleware:
                 )
                 return
         token = _GRANT.set(grant)
+        key_token = use_key(budgeted) if budgeted is not None else None
         try:
             await self._limited(scope, receive, send, endpoint)
         finally:
+            if key_token is not None:
+                reset_key(key_token)
             _GRANT.reset(token)
 
     async def _authenticate(

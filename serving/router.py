@@ -63,13 +63,14 @@ from llmopt.reward import TradeOff
 from llmopt.schemas import Decision, Feedback, RequestContext
 from llmopt.settings import AutopilotRules
 from llmopt.tasks import task_type
-from llmopt.types import ArmID, Features
+from llmopt.types import ArmID, DecisionID, Features, TenantID
 from models.base import BasePolicy
 from models.kinds import kind_of
 from serving.autopilot import Rollback, VersionStats, guard_verdict
 from serving.cascade import PlannedStep, ServedCascades
 from serving.drift import DriftWatch
 from serving.guards import BudgetExceededError, BudgetLedger, CircuitBreaker
+from serving.key_limits import KeyBudgets
 from serving.live_features import (
     LIVE_NOTE,
     LIVE_PRIOR_WEIGHT,
@@ -423,6 +424,9 @@ class Router:
         Per-model circuit breaker (default: a fresh one).
     ledger
         Per-tenant daily budgets (default: no caps).
+    key_budgets
+        Keys' own daily budgets (:mod:`serving.key_limits`), on top of the tenants' (default:
+        none).
     rules
         The autopilot's rules: when a canary or a fresh champion is rolled back, how a canary
         started by :meth:`start_canary` is drawn and stepped (None: never rolled back).
@@ -452,6 +456,7 @@ class Router:
         default_tradeoff: TradeOff | None = None,
         breaker: CircuitBreaker | None = None,
         ledger: BudgetLedger | None = None,
+        key_budgets: KeyBudgets | None = None,
         rules: AutopilotRules | None = None,
         on_rollback: Callable[[Rollback], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -479,6 +484,7 @@ class Router:
         self.default_tradeoff = default_tradeoff or TradeOff(willingness_to_pay=0.05)
         self.breaker = breaker or CircuitBreaker()
         self.ledger = ledger or BudgetLedger()
+        self.key_budgets = key_budgets or KeyBudgets()
         self.rules = rules
         self.on_rollback = on_rollback
         self.rolled_back: list[Rollback] = []
@@ -745,30 +751,36 @@ class Router:
             ctx = ctx.model_copy(update={"willingness_to_pay": max(paced[0], 1e-9)})
         picked = slot
         with self._lock:
-            budget_left = self.ledger.remaining(ctx.tenant)
+            key = self.key_budgets.current()  # the request's key, if it has a budget of its own
+            budget_left, by_key = self.key_budgets.left(self.ledger.remaining(ctx.tenant), key)
             refused: list[str] = []
             for _ in range(RESERVE_ATTEMPTS):
-                slot, decision = self._decide_once(
-                    lineup, picked, ctx, budget_left=budget_left, live=live, share=share
-                )
+                try:
+                    slot, decision = self._decide_once(
+                        lineup, picked, ctx, budget_left=budget_left, live=live, share=share
+                    )
+                except BudgetExceededError as exc:  # the key's budget the tighter: say so
+                    raise KeyBudgets.exceeded(exc, by_key, budget_left, tenant=ctx.tenant) from None
                 predicted = slot.loop.cost_model.predict(
                     decision.model, estimate_tokens(ctx.prompt or "")
                 )
-                if self.ledger.try_reserve(ctx.tenant, decision.decision_id, predicted or 0.0):
+                if self._try_reserve(ctx.tenant, key, decision.decision_id, predicted or 0.0):
                     break
                 # Another worker spent the budget since it was read: decide again with what is
                 # left (the refused decision stays logged without feedback, never served).
-                budget_left = self.ledger.remaining(ctx.tenant)
+                budget_left, by_key = self.key_budgets.left(self.ledger.remaining(ctx.tenant), key)
                 refused.append(
                     f"budget: {decision.model} ({predicted or 0.0:.6f} USD) no longer fit, other "
                     f"workers spent the budget meanwhile; decided again with "
                     f"{max(budget_left or 0.0, 0.0):.6f} USD left"
                 )
             else:
+                whose = f"tenant {ctx.tenant!r}" if key is None else f"tenant {ctx.tenant!r} or key"
                 raise BudgetExceededError(
-                    f"tenant {ctx.tenant!r}: the daily budget was spent by concurrent requests "
+                    f"{whose}: the daily budget was spent by concurrent requests "
                     f"({RESERVE_ATTEMPTS} decisions refused)"
                 )
+            refused += KeyBudgets.notes(by_key, budget_left)
             if refused:
                 decision = decision.model_copy(update={"notes": [*decision.notes, *refused]})
             plan = None
@@ -788,6 +800,18 @@ class Router:
         if degraded is not None:
             decision = decision.model_copy(update={"notes": [*decision.notes, degraded]})
         return Routed(decision, slot, predicted, shadow, live, plan)
+
+    def _try_reserve(
+        self, tenant: TenantID, key: str | None, decision_id: DecisionID, usd: float
+    ) -> bool:
+        """Reserve ``usd`` on the tenant's budget and, if it has one, the key's: both or neither
+        (the key's refused: the tenant's reservation is released)."""
+        if not self.ledger.try_reserve(tenant, decision_id, usd):
+            return False
+        if self.key_budgets.try_reserve(key, decision_id, usd):
+            return True
+        self.ledger.release(decision_id)
+        return False
 
     def _decide_once(
         self,
@@ -861,7 +885,8 @@ class Router:
             parameters_reason=reason,
             notes=[f"cascade step 0 before {decision.model} ({decision.decision_id})"],
         )
-        if not self.ledger.try_reserve(ctx.tenant, first.decision_id, priced[cheap]):
+        key = self.key_budgets.current()
+        if not self._try_reserve(ctx.tenant, key, first.decision_id, priced[cheap]):
             return (target,), [
                 f"cascade: the budget left pays for no first step before {decision.model}"
             ]
@@ -962,6 +987,7 @@ class Router:
         self.breaker.record(row["model"], ok=not failed)
         cost = self._actual_cost(fb, row)
         self.ledger.settle(fb.decision_id, cost)
+        self.key_budgets.settle(fb.decision_id, cost)
         stats = self._live.setdefault(slot.label, VersionStats())
         stats.add(
             reward,

@@ -28,7 +28,8 @@ Several workers: see ``serving/README.md``. With ``serving_sync_log_s > 0`` a th
 every that many seconds, the feedback the *other* workers stored in the shared event log. With
 ``serving_shared_state=redis`` the budget ledger, the circuit breaker and the gateway's
 conversation affinity are shared through Redis
-(:mod:`serving.shared_state`; Redis down: this worker's own, with a warning and a note).
+(:mod:`serving.shared_state`; Redis down: this worker's own, with a warning and a note), and so
+are keys' own daily budgets (``LLMOPT_CLIENT_KEY_LIMITS``, :mod:`serving.key_limits`).
 
 Online features (``serving_features``, :mod:`serving.live_features`): the Feast store is opened
 on a background thread at start-up; once open, the router reads it on every decision (cached,
@@ -57,6 +58,8 @@ from serving.autopilot import Rollback
 from serving.drift import DriftWatch
 from serving.gateway import Gateway
 from serving.guards import BudgetLedger, CircuitBreaker
+from serving.http_guard import key_limits
+from serving.key_limits import KeyBudgets
 from serving.live_features import LiveFeatures, open_in_background
 from serving.metrics import get_metrics
 from serving.model_source import (
@@ -184,6 +187,18 @@ class ServingRuntime:
                 per_tenant=settings.serving_tenant_budgets,
             )
             breaker = CircuitBreaker()
+        key_budgets = {
+            d: lim.daily_budget_usd
+            for d, lim in key_limits(settings).items()
+            if lim.daily_budget_usd is not None
+        }
+        key_ledger: BudgetLedger | None = None
+        if key_budgets:  # keys' own budgets: a ledger of their own (serving/key_limits.py)
+            key_ledger = (
+                self.shared_state.ledger(per_tenant=key_budgets, namespace="keys:")
+                if self.shared_state is not None
+                else BudgetLedger(per_tenant=key_budgets)
+            )
         self.router = Router(
             self.catalog,
             self.event_log,
@@ -193,6 +208,7 @@ class ServingRuntime:
             ),
             breaker=breaker,
             ledger=ledger,
+            key_budgets=KeyBudgets(key_ledger),
             pacing=(
                 BudgetPacing(ledger, base_wtp=settings.default_willingness_to_pay)
                 if settings.serving_budget_pacing

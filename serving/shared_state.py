@@ -20,6 +20,8 @@ them):
   decision path, so it is cached for ``cache_s`` (0.5 s): a model opened by another worker is
   left out here within 0.5 s plus one round trip; one opened by this worker's own feedback,
   at once.
+- Keys' own daily budgets (:mod:`serving.key_limits`): a second :class:`RedisBudgetLedger`
+  under ``<prefix>keys:``, its "tenants" the keys' digests.
 - :class:`RedisTokenBucket`: the HTTP rate limit per key as GCRA (one timestamp per key, one Lua
   script on the server's clock), the same limit as :class:`serving.guards.TokenBucket` but
   counted over every worker and replica.
@@ -754,13 +756,15 @@ class SharedState:
         *,
         default_usd: float | None = None,
         per_tenant: Mapping[TenantID, float] | None = None,
+        namespace: str = "",
     ) -> RedisBudgetLedger:
-        """The shared budget ledger."""
+        """The shared budget ledger (``namespace``: a ledger of its own under
+        ``<prefix><namespace>``, e.g. the keys' budgets, ``keys:``)."""
         return RedisBudgetLedger(
             self.client,
             default_usd=default_usd,
             per_tenant=per_tenant,
-            prefix=self.prefix,
+            prefix=self.prefix + namespace,
             health=self.health,
         )
 
