@@ -428,7 +428,7 @@ class Settings(BaseSettings):
     serving_fast_path: bool = Field(
         default=True,
         description=(
-            "POST /decide and POST /feedback are answered by an ASGI handler in front of "
+            "POST /decide, /decide_batch and /feedback are answered by an ASGI handler in front of "
             "BentoML's request machinery (serving.fast_path): the same validation, guards, "
             "errors and response, about a third less CPU per request. Off: through BentoML."
         ),

@@ -1,4 +1,4 @@
-"""``POST /decide`` and ``POST /feedback`` answered in front of BentoML's request machinery.
+"""``POST /decide``, ``/decide_batch`` and ``/feedback`` answered in front of BentoML's machinery.
 
 BentoML's path for a JSON endpoint costs about as much CPU as the decision itself (py-spy,
 ``python -m bench.decide_profile`` and ``make bench-serving``: the service answered ~0.65 of
@@ -7,11 +7,11 @@ building a Starlette ``Request``, parsing the body into a dict, validating it in
 model, calling the handler through its signature, serialising the returned model through
 BentoML's IO descriptors, and OpenTelemetry's context. :class:`FastPathMiddleware` sits
 innermost, behind the key/size/rate guard, the gateway and the error shape, and hands the raw
-body of these two endpoints to the service's :meth:`serving.service.DecisionService.answer`,
+body of these endpoints to the service's :meth:`serving.service.DecisionService.answer`,
 which validates it with the same input models, runs the same handlers (tenant checks, group
 commit, metrics) and answers the same errors and the same response model.
 
-Everything else, and these two paths when ``LLMOPT_SERVING_FAST_PATH=false``, goes through
+Everything else, and these paths when ``LLMOPT_SERVING_FAST_PATH=false``, goes through
 BentoML unchanged. The OpenAPI document is BentoML's (the endpoints are still declared there).
 """
 
@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from serving.errors import ASGIApp, Message, Receive, Scope, Send
 
-PATHS = frozenset({"/decide", "/feedback"})
+PATHS = frozenset({"/decide", "/decide_batch", "/feedback"})
 """What the fast path answers (``POST`` only; anything else goes to BentoML)."""
 
 
@@ -48,7 +48,7 @@ _JSON = (b"content-type", b"application/json")
 
 
 class FastPathMiddleware:
-    """ASGI middleware: ``POST /decide`` and ``POST /feedback`` to the service's ``answer``.
+    """ASGI middleware: ``POST`` to :data:`PATHS` goes to the service's ``answer``.
 
     The service is found when the app's lifespan start-up completes (BentoML builds it then),
     so several apps in one process, as in tests, each use their own; until then, and when the

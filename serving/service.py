@@ -36,11 +36,12 @@ OpenTelemetry spans are skipped for ``/decide`` and ``/feedback``.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import bentoml
@@ -250,6 +251,9 @@ class DecisionService:
     @api(route="/decide_batch", input_spec=DecideBatchRequest)
     def decide_batch(self, requests: list[RequestContext]) -> DecideBatchResponse:
         """Choose the model for each of several requests (each independently)."""
+        return self._decide_batch(requests)
+
+    def _decide_batch(self, requests: Sequence[RequestContext]) -> DecideBatchResponse:
         for i, ctx in enumerate(requests):  # all or nothing: a foreign tenant refuses the batch
             check_tenant(ctx.tenant, field=f"requests.{i}.tenant")
         decisions: list[DecideResponse | None] = []
@@ -310,7 +314,7 @@ class DecisionService:
         )
 
     async def answer(self, path: str, raw: bytes) -> tuple[int, bytes]:
-        """``POST /decide`` or ``POST /feedback`` from the raw body: (status, JSON body).
+        """``POST /decide``, ``/decide_batch`` or ``/feedback`` from the raw body: (status, body).
 
         What :mod:`serving.fast_path` answers with, in front of BentoML's request machinery:
         the same validation (the endpoints' input models, 400 ``validation_error`` naming the
@@ -320,6 +324,9 @@ class DecisionService:
         try:
             if path == "/decide":
                 response: BaseModel = await self._decide_one(DecideRequest.model_validate_json(raw))
+            elif path == "/decide_batch":
+                batch = DecideBatchRequest.model_validate_json(raw)
+                response = await asyncio.to_thread(self._decide_batch, batch.requests)
             else:
                 response = self._feedback(FeedbackRequest.model_validate_json(raw))
         except ValidationError as exc:

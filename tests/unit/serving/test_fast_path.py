@@ -55,7 +55,12 @@ def test_decide_and_feedback_go_to_the_service_with_the_whole_body() -> None:
     mw.service = service = Service()
     sent = _run(mw, "POST", "/decide", [b'{"ten', b'ant": ', b'"acme"}'])
     _run(mw, "POST", "/feedback", [b"{}"])
-    assert service.calls == [("/decide", b'{"tenant": "acme"}'), ("/feedback", b"{}")]
+    _run(mw, "POST", "/decide_batch", [b"{}"])
+    assert service.calls == [
+        ("/decide", b'{"tenant": "acme"}'),
+        ("/feedback", b"{}"),
+        ("/decide_batch", b"{}"),
+    ]
     assert seen == []
     assert sent[0]["status"] == 201
     assert dict(sent[0]["headers"]) == {
@@ -69,10 +74,10 @@ def test_everything_else_goes_to_the_app() -> None:
     mw, seen = _app_calls()
     mw.service = service = Service()
     _run(mw, "GET", "/decide", [b""])
-    _run(mw, "POST", "/decide_batch", [b"{}"])
+    _run(mw, "POST", "/admin/reload", [b"{}"])
     _run(mw, "POST", "/decide/", [b"{}"])
     assert service.calls == []
-    assert seen == ["GET /decide", "POST /decide_batch", "POST /decide/"]
+    assert seen == ["GET /decide", "POST /admin/reload", "POST /decide/"]
 
 
 def test_without_a_service_requests_pass_through() -> None:
