@@ -3,11 +3,12 @@
 One small interface, :class:`ModelSource`: ``version(alias)`` is the cheap check the poller
 runs (which version does ``prod`` point at now?), ``load(alias)`` returns the policy and its
 label, and the generation-parameter tuning versioned with it (registry versions trained by the
-nightly flow; :mod:`models.tuning_snapshot`). :class:`RegistrySource` reads
+nightly or incremental flow; :mod:`models.tuning_snapshot`). :class:`RegistrySource` reads
 ``models:/llm-router@<alias>`` through :mod:`registry.mlflow_registry` (imported lazily:
 MLflow costs seconds at import);
 :class:`LocalFileSource` reads the embedded profile's state file (the CLI's ``policy.pkl``, or
-a ``to_dict`` JSON file); :class:`ChainSource` tries several in order. A source that fails
+a ``to_dict`` JSON file), and its tuning from ``<policy file>.tuning.json`` next to it when
+there is one; :class:`ChainSource` tries several in order. A source that fails
 raises :class:`SourceError`; the service then keeps the models it has.
 
 Examples
@@ -75,36 +76,75 @@ def save_policy_file(policy: Any, path: Path) -> None:
     tmp.replace(path)
 
 
+def tuning_file(path: Path) -> Path:
+    """Where :class:`LocalFileSource` looks for the tuning of the policy file ``path``: next to
+    it, ``<policy file>.tuning.json`` (e.g. ``policy.pkl.tuning.json``)."""
+    path = Path(path)
+    return path.with_name(path.name + ".tuning.json")
+
+
+def save_tuning_file(snapshot: TuningSnapshot, path: Path) -> Path:
+    """Write ``snapshot`` (:meth:`TuningSnapshot.to_json`) atomically as the tuning of the
+    policy file ``path`` (:func:`tuning_file`); its path."""
+    target = tuning_file(path)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(snapshot.to_json())
+    tmp.replace(target)
+    return target
+
+
 class LocalFileSource:
     """The champion from a local state file (pickle or JSON); it never has a challenger.
 
-    The label is ``local/<first 12 hex of the file's SHA-256>``, so a rewritten file is a new
-    version to the poller.
+    When ``<policy file>.tuning.json`` lies next to it (:func:`tuning_file`, a
+    :class:`~models.tuning_snapshot.TuningSnapshot` in JSON, e.g. a registry version's
+    ``served_tuning.json``; :func:`save_tuning_file`), it is the policy's served tuning,
+    as a registry version's is (:class:`LoadedPolicy`); absent, serving tunes from scratch.
+
+    The label is ``local/<first 12 hex of the file's SHA-256>`` (with a tuning file, of the
+    policy file's bytes followed by the tuning's), so a rewritten file is a new version to the
+    poller.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self.tuning_path = tuning_file(self.path)
 
-    def _read(self) -> bytes | None:
+    @staticmethod
+    def _read_file(path: Path) -> bytes | None:
         try:
-            return self.path.read_bytes()
+            return path.read_bytes()
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise SourceError(f"cannot read {self.path}: {exc}") from exc
+            raise SourceError(f"cannot read {path}: {exc}") from exc
+
+    def _read(self) -> tuple[bytes, bytes | None] | None:
+        data = self._read_file(self.path)
+        if data is None:
+            return None
+        return data, self._read_file(self.tuning_path)
+
+    @staticmethod
+    def _label(data: bytes, tuning: bytes | None) -> str:
+        digest = hashlib.sha256(data)
+        if tuning is not None:
+            digest.update(tuning)
+        return f"local/{digest.hexdigest()[:12]}"
 
     def version(self, alias: str) -> str | None:
         if alias != "prod":
             return None
-        data = self._read()
-        return None if data is None else f"local/{hashlib.sha256(data).hexdigest()[:12]}"
+        files = self._read()
+        return None if files is None else self._label(*files)
 
     def load(self, alias: str) -> LoadedPolicy | None:
         if alias != "prod":
             return None
-        data = self._read()
-        if data is None:
+        files = self._read()
+        if files is None:
             return None
+        data, tuning_data = files
         try:
             if data[:1] == b"{":
                 from models.state import Stateful  # noqa: PLC0415
@@ -114,8 +154,15 @@ class LocalFileSource:
                 policy = pickle.loads(data)  # noqa: S301 - our own state file
         except Exception as exc:
             raise SourceError(f"cannot load the policy in {self.path}: {exc}") from exc
-        label = f"local/{hashlib.sha256(data).hexdigest()[:12]}"
-        return LoadedPolicy(label, policy, str(self.path))
+        tuning = None
+        if tuning_data is not None:
+            from models.tuning_snapshot import TuningSnapshot  # noqa: PLC0415
+
+            try:
+                tuning = TuningSnapshot.from_json(tuning_data)
+            except Exception as exc:
+                raise SourceError(f"cannot load the tuning in {self.tuning_path}: {exc}") from exc
+        return LoadedPolicy(self._label(data, tuning_data), policy, str(self.path), tuning)
 
 
 FAIL_FAST_MLFLOW_HTTP = {

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from llmopt.event_log import EventLog
+from llmopt.event_log import EventLog, ParameterFeedback
 from llmopt.schemas import Feedback, RequestContext
 from llmopt.settings import Settings
 from models.kinds import RECOMMENDED, make_policy
+from models.tuning_snapshot import fit_snapshot
 from serving.guards import BudgetLedger, CircuitBreaker
 from serving.http_guard import TokenBucket
 from serving.model_source import (
@@ -20,8 +21,11 @@ from serving.model_source import (
     LocalFileSource,
     SourceError,
     save_policy_file,
+    save_tuning_file,
     source_from_settings,
+    tuning_file,
 )
+from serving.parameters import ServedTuning
 from serving.runtime import ServingRuntime
 
 
@@ -77,6 +81,28 @@ def test_local_file_source_reads_pickle_and_json_and_labels_by_content(tmp_path:
     path.write_text("{not json")
     with pytest.raises(SourceError):
         src.load("prod")
+
+
+def test_local_file_source_reads_the_tuning_next_to_the_policy_file(tmp_path: Path):
+    path = tmp_path / "policy.pkl"
+    path.write_bytes(pickle.dumps(make_policy("ucb1", seed=0)))
+    src = LocalFileSource(path)
+    untuned = src.load("prod")
+    assert untuned is not None and untuned.tuning is None  # no file: tuned from scratch
+    served = {"temperature": 0.2, "top_p": 1.0, "max_tokens": 512, "prompt_template": "concise"}
+    rows = [ParameterFeedback(i, {"key": "code/m"}, served, 0.9, None) for i in range(1, 31)]
+    snap = fit_snapshot(rows, until_feedback_id=30)
+    assert save_tuning_file(snap, path) == tuning_file(path) == tmp_path / "policy.pkl.tuning.json"
+    loaded = src.load("prod")
+    assert loaded is not None and loaded.tuning == snap
+    assert loaded.label == src.version("prod") != untuned.label  # a new tuning: a new version
+    s = ServedTuning.from_snapshot(loaded.tuning).suggest("code", "m", {"temperature": 0.7})
+    assert s.reason.startswith(("tuned", "tuning")) and s.params["prompt_template"] == "concise"
+    tuning_file(path).write_text('{"format": "llmopt.served-tuning/0"}')
+    with pytest.raises(SourceError, match="tuning"):
+        src.load("prod")
+    tuning_file(path).unlink()
+    assert src.version("prod") == untuned.label
 
 
 class Failing:
