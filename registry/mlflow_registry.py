@@ -13,9 +13,10 @@ model has an input example (one request's features). Promotion moves **aliases**
 Serving loads ``models:/llm-router@prod`` either as a pyfunc or, faster,
 with :func:`load_policy`, which reads the state file straight from the version's artifacts.
 A version may also carry the served generation-parameter tuning it was trained with
-(:mod:`models.tuning_snapshot`, fitted from the event log by nightly training): the model
-artifact ``served_tuning.json``, tags ``tuning_sha256`` / ``tuning_n_feedback``, read by
-:func:`load_tuning`; serving gives it to the slot that serves the version.
+(:mod:`models.tuning_snapshot`, fitted from the event log by nightly training, continued by
+incremental training): the model artifact ``served_tuning.json``, tags ``tuning_sha256`` /
+``tuning_n_feedback``, read by :func:`load_tuning`; serving gives it to the slot that serves the
+version.
 
 MLflow is configured explicitly (:func:`configure`), never at import time: tracking URI from
 the settings (SQLite under ``LLMOPT_HOME`` by default), and every experiment created with an
