@@ -23,8 +23,9 @@ feedback for a retired version teaches the current champion.
 
 Guards: a per-model :class:`serving.guards.CircuitBreaker` fed by feedback ``error_kind``, a
 per-tenant :class:`serving.guards.BudgetLedger` that decisions never overcommit (and, for a key
-with a daily budget of its own, the key's: :mod:`serving.key_limits`), and the request's own ``max_cost_usd`` / ``max_latency_ms``. The decided model's predicted cost is
-reserved atomically, *only if it fits*: with a ledger shared by several processes
+with a daily budget of its own, the key's: :mod:`serving.key_limits`), and the request's own
+``max_cost_usd`` / ``max_latency_ms``. The decided model's predicted cost is reserved
+atomically, *only if it fits*: with a ledger shared by several processes
 (:mod:`serving.shared_state`) another worker may have spent the budget since it was read; then
 the router decides again with what is left, or refuses (402). If the champion cannot decide (a
 broken policy), a static default policy from the catalog answers and says so; a failing
