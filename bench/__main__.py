@@ -25,6 +25,7 @@ from bench import (
     routing,
     training,
     tuning,
+    upstream_client,
 )
 
 BENCHMARKS: dict[str, ModuleType] = {
@@ -41,6 +42,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         pacing,
         cascade,
         tuning,
+        upstream_client,
     )
 }
 

@@ -31,7 +31,8 @@ measured faster than BentoML's hop to a thread pool (bench/serving.py); batch an
 endpoints, which may take longer (MLflow), run in the pool. The access log and BentoML's own
 request metrics are off and the start-up heap is frozen out of the garbage collector at the
 end of ``__init__`` (``docs/stack_notes.md``: without it BentoML's p99 exceeds 100 ms);
-OpenTelemetry spans are skipped for ``/decide`` and ``/feedback``.
+OpenTelemetry spans are skipped for ``/decide``, ``/decide_batch``, ``/feedback`` and
+``/v1/chat/completions``.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ def to_response(routed: Routed, features_state: str = "off") -> DecideResponse:
     metrics={"enabled": False},  # /metrics is ours (serving.metrics): no per-request middleware
     # No tracing exporter is configured: skip OpenTelemetry's per-request spans on the hot path
     # (with both off, ~+40% requests/s in bench/serving.py).
-    tracing={"excluded_urls": ["/decide", "/feedback"]},
+    tracing={"excluded_urls": ["/decide", "/decide_batch", "/feedback", "/v1/chat/completions"]},
     traffic={"timeout": 30},
     workers=1,
 )
