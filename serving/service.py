@@ -38,11 +38,13 @@ OpenTelemetry spans are skipped for ``/decide``, ``/decide_batch``, ``/feedback`
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import bentoml
@@ -172,6 +174,8 @@ class DecisionService:
                 keys.unbound,
             )
         self.runtime = ServingRuntime(settings)
+        self._batches = ThreadPoolExecutor(1, thread_name_prefix="decide-batch")
+        """Batches decided one at a time, off the event loop (two at once contend for the GIL)."""
         self.router = self.runtime.router
         self.metrics = get_metrics()
         self.metrics.hooks[:] = [self._refresh_gauges]  # one service per process
@@ -327,7 +331,12 @@ class DecisionService:
                 response: BaseModel = await self._decide_one(DecideRequest.model_validate_json(raw))
             elif path == "/decide_batch":
                 batch = DecideBatchRequest.model_validate_json(raw)
-                response = await asyncio.to_thread(self._decide_batch, batch.requests)
+                response = await asyncio.get_running_loop().run_in_executor(
+                    self._batches,
+                    contextvars.copy_context().run,
+                    self._decide_batch,
+                    batch.requests,
+                )
             else:
                 response = self._feedback(FeedbackRequest.model_validate_json(raw))
         except ValidationError as exc:
