@@ -24,11 +24,14 @@ is checked against its decision's tenant. Nothing else is an error: a failing po
 falls back (see :mod:`serving.router`). The OpenAPI document is 3.1 (:mod:`serving.openapi`).
 
 Run: ``bentoml serve serving.service:DecisionService --port 3000`` from the repository root,
-or ``llmopt serve --port 3000``. Handlers return pydantic models (a ``dict`` return type costs
-a JSON schema per request); ``/decide`` and ``/feedback`` are ``async``: their work (~1 ms:
-policy, guards, one event-log write) runs on the event loop, as in the bare baseline, which
-measured faster than BentoML's hop to a thread pool (bench/serving.py); batch and admin
-endpoints, which may take longer (MLflow), run in the pool. The access log and BentoML's own
+or ``llmopt serve --port 3000``. ``POST /decide``, ``/decide_batch`` and ``/feedback`` are
+answered by :meth:`DecisionService.answer` through :mod:`serving.fast_path`, in front of
+BentoML's request machinery (``LLMOPT_SERVING_FAST_PATH=false``: through the endpoints below,
+which stay declared for the OpenAPI document and answer the same). Handlers return pydantic
+models (a ``dict`` return type costs a JSON schema per request); ``/decide`` and ``/feedback``
+run on the event loop, as in the bare baseline, which measured faster than a hop to a thread
+pool (bench/serving.py); batches run on one thread of their own, admin endpoints (MLflow) in
+BentoML's pool. The access log and BentoML's own
 request metrics are off and the start-up heap is frozen out of the garbage collector at the
 end of ``__init__`` (``docs/stack_notes.md``: without it BentoML's p99 exceeds 100 ms);
 OpenTelemetry spans are skipped for ``/decide``, ``/decide_batch``, ``/feedback`` and
