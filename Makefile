@@ -69,8 +69,8 @@ audit: setup  ## pip-audit of the locked dependencies (needs PyPI's JSON API or 
 	exit $$status
 
 .PHONY: soak
-soak: setup  ## Sustained load: 10 minutes at 300 decide/s + feedback; errors, p99, memory (URLS=u1,u2: running replicas)
-	$(BIN)/python -m bench.soak --minutes $${SOAK_MINUTES:-10} --rate $${SOAK_RATE:-300} \
+soak: setup  ## Sustained load: 10 minutes at 500 decide/s + feedback; errors, p99, memory (URLS=u1,u2: running replicas)
+	$(BIN)/python -m bench.soak --minutes $${SOAK_MINUTES:-10} --rate $${SOAK_RATE:-500} \
 	  --feedback-rate $${SOAK_FEEDBACK_RATE:-20} $(if $(URLS),--url $(URLS)) $(SOAK_ARGS)
 
 clean:  ## Remove the venv, the tool venv and local state

@@ -27,7 +27,7 @@ service is found by the process listening on its port; on another machine it is 
 of the RSS after the first slice (warm-up: imports, caches, the feature store). Results go to
 ``bench/results/soak.json`` (started service) or ``bench/results/soak_replicas.json`` (URLs).
 
-Run: ``make soak`` (10 minutes at 300/s) or ``python -m bench.soak --minutes 1 --rate 200``.
+Run: ``make soak`` (10 minutes at 500/s) or ``python -m bench.soak --minutes 1 --rate 200``.
 
 Example
 -------

@@ -28,10 +28,11 @@ or ``llmopt serve --port 3000``. ``POST /decide``, ``/decide_batch`` and ``/feed
 answered by :meth:`DecisionService.answer` through :mod:`serving.fast_path`, in front of
 BentoML's request machinery (``LLMOPT_SERVING_FAST_PATH=false``: through the endpoints below,
 which stay declared for the OpenAPI document and answer the same). Handlers return pydantic
-models (a ``dict`` return type costs a JSON schema per request); ``/decide`` and ``/feedback``
-run on the event loop, as in the bare baseline, which measured faster than a hop to a thread
-pool (bench/serving.py); batches run on one thread of their own, admin endpoints (MLflow) in
-BentoML's pool. The access log and BentoML's own
+models (a ``dict`` return type costs a JSON schema per request); ``/decide`` runs on the event
+loop, as in the bare baseline, which measured faster than a hop to a thread pool
+(bench/serving.py), and waits for its group commit there; ``/feedback`` runs on a worker thread
+(its own transaction may wait for the database's write lock); batches run on one thread of
+their own, admin endpoints (MLflow) in BentoML's pool. The access log and BentoML's own
 request metrics are off and the start-up heap is frozen out of the garbage collector at the
 end of ``__init__`` (``docs/stack_notes.md``: without it BentoML's p99 exceeds 100 ms);
 OpenTelemetry spans are skipped for ``/decide``, ``/decide_batch``, ``/feedback`` and
@@ -290,9 +291,13 @@ class DecisionService:
     @api(route="/feedback", input_spec=FeedbackRequest)
     async def feedback(self, **fields: Any) -> FeedbackResponse:
         """Report what happened to a decision; stored once and learned from."""
-        return self._feedback(Feedback.model_validate(fields))
+        return await asyncio.to_thread(self._feedback, Feedback.model_validate(fields))
 
     def _feedback(self, fb: Feedback) -> FeedbackResponse:
+        """Store and learn one feedback; on a worker thread, never on the event loop: its
+        transaction can wait for the event log's write lock (SQLite's busy handler sleeps 1, 2,
+        5, 10 ms ... while the group-commit writer commits), and on the loop every request
+        would wait with it."""
         if current_grant().tenants is not None:
             self._check_decision_tenant(fb.decision_id)
         try:
@@ -341,7 +346,8 @@ class DecisionService:
                     batch.requests,
                 )
             else:
-                response = self._feedback(FeedbackRequest.model_validate_json(raw))
+                fb = FeedbackRequest.model_validate_json(raw)
+                response = await asyncio.to_thread(self._feedback, fb)
         except ValidationError as exc:
             return 400, validation_body(exc)
         except ApiError as exc:
