@@ -99,7 +99,12 @@ def test_feedback_features_training_registry_swap_and_drift(stack: Stack, tmp_pa
     started = time.monotonic()
     online = wait_until(
         "online features to count every feedback",
-        lambda: (c := online_counts(reader, models))["models_1h"] == N_BEFORE and c,
+        # both views: the pusher writes the per-model and the per-task one in turn
+        lambda: (
+            (c := online_counts(reader, models))["models_1h"] == N_BEFORE
+            and c["task_24h"] == N_BEFORE
+            and c
+        ),
         60,
         every_s=0.2,
     )
