@@ -58,6 +58,7 @@ from llmopt.loop import NoCandidateError
 from llmopt.schemas import ErrorKind, Feedback, RequestContext
 from serving.affinity import ConversationAffinity, conversation_key
 from serving.errors import error_body
+from serving.fast_path import read_body
 from serving.guards import BudgetExceededError
 from serving.health import RuntimeOfApp
 from serving.http_guard import default_tenant, tenant_refusal
@@ -493,18 +494,6 @@ async def _reply(
     await send({"type": "http.response.body", "body": body})
 
 
-async def _read_body(receive: Callable[[], Awaitable[Mapping[str, Any]]]) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            break
-    return b"".join(chunks)
-
-
 @dataclass
 class Attempt:
     """One model tried for a request: its decision, where it goes, what it measured."""
@@ -803,7 +792,7 @@ class GatewayMiddleware(RuntimeOfApp):
         if path == "/v1/models":
             await _reply(send, 200, json.dumps(gateway.models()).encode())
             return
-        raw = await _read_body(receive)
+        raw = await read_body(receive)
         try:
             await handle_chat(gateway, raw, send, session=_header(scope, SESSION_HEADER))
         except GatewayError as exc:
@@ -868,7 +857,7 @@ async def _cache_feedback(
     (:meth:`ResponseCache.hit_feedback`: a hit is no model's decision, the event log and the
     policies never see it); a routed decision the cache waits for goes to the service as usual,
     and once stored its reward teaches the cache too; any other passes through untouched."""
-    raw = await _read_body(receive)
+    raw = await read_body(receive)
     fb = _feedback_of(raw)
     tenant, watched = None, False
     try:
