@@ -34,6 +34,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import islice
 
 from llmopt.types import ArmID, DecisionID, TenantID
 
@@ -50,8 +51,11 @@ class CircuitBreaker:
 
     Outcomes come from feedback (``error_kind`` set: a failure). A model opens when at least
     ``min_calls`` of its last ``window`` outcomes are known and their error rate reaches
-    ``error_rate``; it stays excluded for ``cooldown_s``; then it is half-open: offered
-    again, and the next outcome closes it (success) or re-opens it (failure).
+    ``error_rate``, or when its last ``consecutive_errors`` outcomes all failed (Envoy's
+    ``consecutive_5xx``: a model that starts failing every call after a long healthy history
+    is out after that many calls, not after half its window); it stays excluded for
+    ``cooldown_s``; then it is half-open: offered again, and the next outcome closes it
+    (success) or re-opens it (failure).
 
     Parameters
     ----------
@@ -61,6 +65,8 @@ class CircuitBreaker:
         Outcomes needed before the breaker may open.
     error_rate
         Error rate that opens the breaker.
+    consecutive_errors
+        Failures in a row that open the breaker whatever the window holds (0: off).
     cooldown_s
         How long an open model is excluded.
     clock
@@ -73,12 +79,14 @@ class CircuitBreaker:
         window: int = 20,
         min_calls: int = 5,
         error_rate: float = 0.5,
+        consecutive_errors: int = 5,
         cooldown_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.window = window
         self.min_calls = min_calls
         self.error_rate = error_rate
+        self.consecutive_errors = consecutive_errors
         self.cooldown_s = cooldown_s
         self._clock = clock
         self._states: dict[ArmID, _BreakerState] = {}
@@ -108,7 +116,9 @@ class CircuitBreaker:
             else:
                 n = len(st.outcomes)
                 errors = n - sum(st.outcomes)
-                if n >= self.min_calls and errors / n >= self.error_rate:
+                k = self.consecutive_errors
+                in_a_row = 0 < k <= n and not any(islice(reversed(st.outcomes), k))
+                if in_a_row or (n >= self.min_calls and errors / n >= self.error_rate):
                     st.open_until = now + self.cooldown_s
                     st.half_open = False
             self._refresh(now)

@@ -137,7 +137,8 @@ _RECORD = (
     """
 -- KEYS[1] the model's last outcomes ('1' ok, '0' error), KEYS[2] open-until per model (zset)
 -- ARGV[1] now (-1: the server's clock), ARGV[2] model, ARGV[3] '1'/'0', ARGV[4] window,
--- ARGV[5] min_calls, ARGV[6] error_rate, ARGV[7] cooldown_s, ARGV[8] TTL of KEYS[1]
+-- ARGV[5] min_calls, ARGV[6] error_rate, ARGV[7] cooldown_s, ARGV[8] TTL of KEYS[1],
+-- ARGV[9] consecutive errors that open it (0: off)
 """
     + _NOW
     + """
@@ -163,7 +164,14 @@ else
   for i = 1, #outcomes do
     if outcomes[i] == '0' then errors = errors + 1 end
   end
-  if #outcomes >= tonumber(ARGV[5]) and errors / #outcomes >= tonumber(ARGV[6]) then
+  local k = tonumber(ARGV[9])
+  local in_a_row = k > 0 and #outcomes >= k
+  if in_a_row then
+    for i = 1, k do  -- newest first (LPUSH)
+      if outcomes[i] ~= '0' then in_a_row = false end
+    end
+  end
+  if in_a_row or (#outcomes >= tonumber(ARGV[5]) and errors / #outcomes >= tonumber(ARGV[6])) then
     open_until = now + tonumber(ARGV[7])
   end
 end
@@ -600,6 +608,7 @@ class RedisCircuitBreaker(CircuitBreaker):
         window: int = 20,
         min_calls: int = 5,
         error_rate: float = 0.5,
+        consecutive_errors: int = 5,
         cooldown_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], float] | None = None,
@@ -611,6 +620,7 @@ class RedisCircuitBreaker(CircuitBreaker):
             window=window,
             min_calls=min_calls,
             error_rate=error_rate,
+            consecutive_errors=consecutive_errors,
             cooldown_s=cooldown_s,
             clock=clock,
         )
@@ -654,6 +664,7 @@ class RedisCircuitBreaker(CircuitBreaker):
                     self.error_rate,
                     self.cooldown_s,
                     BREAKER_TTL_S,
+                    self.consecutive_errors,
                 ],
             )
             opened = float(open_until) > float(now)

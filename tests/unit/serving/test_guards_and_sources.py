@@ -46,6 +46,21 @@ def test_breaker_needs_min_calls_and_reopens_on_a_failed_probe():
     assert cb.state("m") == "closed"
 
 
+def test_breaker_opens_after_consecutive_errors_despite_a_healthy_window():
+    cb = CircuitBreaker(window=20, min_calls=5, error_rate=0.5, consecutive_errors=5)
+    for _ in range(20):
+        cb.record("m", ok=True)
+    for _ in range(4):
+        cb.record("m", ok=False)
+    assert cb.state("m") == "closed"  # 4 in a row, 4 of 20 failed
+    cb.record("m", ok=False)
+    assert cb.state("m") == "open"  # 5 in a row, though only 5 of 20 failed
+    off = CircuitBreaker(window=20, min_calls=5, error_rate=0.5, consecutive_errors=0)
+    for ok in [True] * 20 + [False] * 9:
+        off.record("m", ok=ok)
+    assert off.state("m") == "closed"  # the rule off: 9 of 20 is under the error rate
+
+
 def test_ledger_resets_each_utc_day_and_ignores_uncapped_tenants():
     day = [datetime(2026, 1, 1, 23, 0, tzinfo=UTC)]
     ledger = BudgetLedger(default_usd=1.0, per_tenant={"big": 10.0}, now=lambda: day[0])

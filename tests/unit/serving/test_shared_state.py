@@ -277,6 +277,22 @@ def test_the_shared_breaker_needs_min_calls_over_every_worker(client, prefix):
     assert all(w.blocked() == {"m"} for w in workers)
 
 
+def test_the_shared_breaker_opens_after_consecutive_errors_over_every_worker(client, prefix):
+    mono = Clock(0.0)
+    a, b = (
+        RedisCircuitBreaker(client, min_calls=5, consecutive_errors=3, prefix=prefix, clock=mono)
+        for _ in range(2)
+    )
+    for _ in range(10):
+        a.record("m", ok=True)
+    a.record("m", ok=False)
+    b.record("m", ok=False)
+    assert a.blocked() == frozenset()  # 2 in a row, 2 of 12 failed
+    b.record("m", ok=False)  # the third in a row, over both workers
+    mono.t = 1.0
+    assert a.blocked() == {"m"} and b.blocked() == {"m"}
+
+
 def test_the_server_clock_is_used_by_default(client, prefix):
     b = RedisCircuitBreaker(client, min_calls=1, cooldown_s=30, prefix=prefix)
     b.record("m", ok=False)
