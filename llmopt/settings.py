@@ -444,6 +444,17 @@ class Settings(BaseSettings):
             "throughput (make bench-serving)."
         ),
     )
+    serving_tuning_cpu_share: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description=(
+            "Most of one core the serving process spends on tuning generation parameters "
+            "(TPE's next suggestion and the smoothed best per task type x model, 5-22 ms of "
+            "CPU each), on a background thread: off the feedback path, where it held the "
+            "router's lock and every decision waited behind it."
+        ),
+    )
     serving_drift_watch: bool = Field(
         default=True,
         description=(

@@ -320,6 +320,10 @@ class ParameterTuner(Stateful):
             raise ValueError(f"unknown task type {task_type!r}: no suggestion was made for it")
         try:
             study.tell(int(trial_number), float(reward))
+        except optuna.exceptions.UpdateFinishedTrialError as exc:  # expired by another thread
+            raise ValueError(
+                f"finished trial {trial_number} of task type {task_type!r}: feedback refused"
+            ) from exc
         except ValueError as exc:
             what = "unknown trial" if "not been created" in str(exc) else "finished trial"
             raise ValueError(
@@ -398,9 +402,14 @@ class ParameterTuner(Stateful):
             return 0
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         stale = running[: max(len(running) - keep, 0)]
+        expired = 0
         for trial in stale:
-            study.tell(trial.number, state=TrialState.FAIL)
-        return len(stale)
+            try:
+                study.tell(trial.number, state=TrialState.FAIL)
+            except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+                continue  # its reward arrived meanwhile (another thread told it)
+            expired += 1
+        return expired
 
     def results(self, task_type: str) -> list[tuple[dict[str, ParamValue], float]]:
         """The completed trials of ``task_type``, oldest first: ``(parameters, reward)``."""

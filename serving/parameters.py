@@ -17,11 +17,16 @@ What a decision gets, and its ``reason``:
 - **tuning**: afterwards, with probability ``explore``, a TPE suggestion (a trial);
 - **tuned**: otherwise the best configuration so far (smoothed reward, :meth:`ParameterTuner.best`).
 
-Cost on the decision path is a dictionary lookup: TPE's ``ask`` (4 ms at 50 trials, 12 ms at
-200) and the smoothed best (O(n^2)) run on the *feedback* path, which keeps one suggestion ready
-per pair and the best cached. After ``max_trials`` rewards a pair stops exploring and keeps its
-best. Pending suggestions beyond ``max_pending`` per pair are expired (their late feedback is
-recorded as a plain trial of the parameters served).
+Cost on the decision path is a dictionary lookup: TPE's ``ask`` (5 ms at 100 trials, 22 ms at
+300, CPU time that holds the GIL) and the smoothed best (O(n^2)) keep one suggestion ready per
+pair and the best cached. They run on the feedback path, or with :attr:`ServedTuning.deferred`
+(what the service does) on a background thread that calls :meth:`ServedTuning.refresh` within a
+CPU share (``LLMOPT_SERVING_TUNING_CPU_SHARE``): on the feedback path, under the router's lock,
+they made every decision wait behind them (the soak's p99 tail). After ``max_trials`` rewards a
+pair stops exploring, keeps its best and records no more trials (memory stays bounded: a trial
+is ~2 KB in Optuna's storage); its rewards are still counted. Pending suggestions beyond
+``max_pending`` per pair are expired (their late feedback is recorded as a plain trial of the
+parameters served).
 
 ``max_tokens`` is capped at what the model's context window leaves after the prompt; the cap is
 said in the reason. ``prompt_template`` names how to wrap the prompt (``plain``: as is,
@@ -78,7 +83,10 @@ class Suggested:
 class ServedTuning:
     """Per (task type x model) parameters for serving: safe default, then TPE (module docstring).
 
-    Not thread-safe: the router calls it under its lock.
+    The router calls :meth:`suggest` and :meth:`observe` under its lock. With ``deferred``
+    True, :meth:`observe` only records the reward and marks the pair stale; one other thread
+    calls :meth:`refresh` (Optuna's in-memory storage is thread-safe; the ready suggestion and
+    the best are replaced whole, each a single dictionary store).
 
     Examples
     --------
@@ -114,6 +122,9 @@ class ServedTuning:
         self._n: dict[str, int] = {}
         self._best: dict[str, dict[str, ParamValue]] = {}
         self._ready: dict[str, tuple[int, dict[str, ParamValue]]] = {}
+        self._stale: set[str] = set()
+        self.deferred = False
+        """True: :meth:`observe` leaves the TPE work to :meth:`refresh` (a background thread)."""
 
     @classmethod
     def from_snapshot(cls, snapshot: TuningSnapshot, *, seed: int | None = None) -> ServedTuning:
@@ -245,6 +256,10 @@ class ServedTuning:
         ):
             return False
         key: str = record["key"]
+        n = self.n_feedback(key)
+        if n >= self.max_trials:  # the search is over: counted, not kept (bounded memory)
+            self._n[key] = n + 1
+            return False
         trial = record.get("trial")
         learned = False
         if isinstance(trial, int):
@@ -259,14 +274,34 @@ class ServedTuning:
                 self.tuner.record(key, served, reward)  # type: ignore[arg-type]
             except ValueError:  # e.g. max_tokens capped below the space: nothing to learn
                 return False
-        n = self.n_feedback(key) + 1
-        self._n[key] = n
-        if n >= self.min_feedback:
-            self._refresh(key, n)
+        self._n[key] = n + 1
+        if n + 1 >= self.min_feedback:
+            if self.deferred:
+                self._stale.add(key)
+            else:
+                self._refresh(key, n + 1)
         return True
 
+    @property
+    def stale(self) -> int:
+        """Pairs whose best and ready suggestion wait for :meth:`refresh` (deferred mode)."""
+        return len(self._stale)
+
+    def refresh(self, limit: int | None = None) -> int:
+        """Recompute the best and the ready suggestion of up to ``limit`` stale pairs (all: None);
+        how many. Deferred mode's background work; the feedback path's otherwise."""
+        done = 0
+        while self._stale and (limit is None or done < limit):
+            try:
+                key = self._stale.pop()
+            except KeyError:  # emptied meanwhile
+                break
+            self._refresh(key, self.n_feedback(key))
+            done += 1
+        return done
+
     def _refresh(self, key: str, n: int) -> None:
-        """Recompute the best, keep one suggestion ready, expire stale ones (feedback path)."""
+        """Recompute the best, keep one suggestion ready, expire stale ones."""
         if n <= self.max_trials or key not in self._best:
             self._best[key] = self.tuner.best(key)
         if n < self.max_trials and key not in self._ready:

@@ -82,6 +82,10 @@ WARM_START_EVENTS = 50_000
 """Most logged feedback a fresh starting policy learns from at start-up."""
 SPOOL_REPLAY_S = 1.0
 """Seconds between attempts to replay the spool into the event log's database."""
+TUNING_IDLE_S = 0.05
+"""How often the tuning refresher looks for stale pairs when there were none."""
+TUNING_MIN_PAUSE_S = 0.005
+"""Shortest wait between two refreshes (a cheap refresh still yields)."""
 FEATURE_BACKFILL_EVENTS = 50_000
 """Most logged feedback pushed to a just-opened online store (the newest)."""
 
@@ -95,14 +99,17 @@ class ReloadResult:
     notes: list[str] = field(default_factory=list)
 
 
-def served_tuning(loaded: LoadedPolicy) -> ServedTuning | None:
+def served_tuning(loaded: LoadedPolicy, *, deferred: bool = False) -> ServedTuning | None:
     """The tuning a loaded version serves with: restored from its snapshot, or None (the
     router's shared tuning) when it has none or the snapshot cannot be restored (logged: the
-    version still serves, with parameters tuned from scratch)."""
+    version still serves, with parameters tuned from scratch). ``deferred``: its TPE work is
+    left to the runtime's ``tuning-refresh`` thread (:attr:`ServedTuning.deferred`)."""
     if loaded.tuning is None:
         return None
     try:
-        return ServedTuning.from_snapshot(loaded.tuning)
+        tuning = ServedTuning.from_snapshot(loaded.tuning)
+        tuning.deferred = deferred
+        return tuning
     except Exception:
         log.exception(
             "%s: its tuning snapshot cannot be restored; tuning from scratch", loaded.label
@@ -218,6 +225,7 @@ class ServingRuntime:
             on_rollback=self._on_rollback,
             store_prompt_tenants=settings.store_prompt_tenants,
         )
+        self.router.tuning.deferred = background  # TPE off the feedback path ("tuning-refresh")
         upstreams = load_upstreams(settings, self.catalog)  # a wrong config fails the start
         self.gateway: Gateway | None = (
             Gateway(
@@ -302,7 +310,8 @@ class ServingRuntime:
                 log.warning("local policy file unusable: %s", exc2)
         if champion is not None:
             self.router.swap(
-                (champion.policy, champion.label), champion_tuning=served_tuning(champion)
+                (champion.policy, champion.label),
+                champion_tuning=served_tuning(champion, deferred=self._background),
             )
             self.versions["prod"] = champion.label
             log.info("champion %s from %s", champion.label, champion.source)
@@ -318,7 +327,7 @@ class ServingRuntime:
         if challenger is not None:
             self.router.swap(
                 challenger=(challenger.policy, challenger.label),
-                challenger_tuning=served_tuning(challenger),
+                challenger_tuning=served_tuning(challenger, deferred=self._background),
             )
             self.versions["staging"] = challenger.label
         counts = self.event_log.counts()
@@ -362,7 +371,7 @@ class ServingRuntime:
                         changed = True
                     self.versions[alias] = None
                     continue
-                tuning = served_tuning(loaded)
+                tuning = served_tuning(loaded, deferred=self._background)
                 if role == "champion":
                     self.router.swap((loaded.policy, loaded.label), champion_tuning=tuning)
                 else:
@@ -436,10 +445,42 @@ class ServingRuntime:
             self._thread(self._poll, "model-poller")
         if self.settings.serving_sync_log_s > 0:
             self._thread(self._follow_log, "log-follower")
+        self._thread(self._refresh_tuning, "tuning-refresh")
         if self.router.features is None and self.settings.serving_features != "off":
             self._threads.append(
                 open_in_background(self.settings, self.event_log, self._features_ready)
             )
+
+    def _tunings(self) -> list[ServedTuning]:
+        """The router's shared tuning and each serving slot's own (deduplicated)."""
+        lineup = self.router.lineup
+        found = [self.router.tuning]
+        for slot in (lineup.champion, lineup.challenger):
+            if slot is not None and slot.loop.tuning is not None:
+                found.append(slot.loop.tuning)
+        return list({id(t): t for t in found}.values())
+
+    def refresh_tuning_once(self) -> float:
+        """Refresh one stale (task type x model) pair of each tuning: its best and its next
+        TPE suggestion; the CPU seconds this thread spent on it."""
+        started = time.thread_time()
+        for tuning in self._tunings():
+            tuning.refresh(limit=1)
+        return time.thread_time() - started
+
+    def _refresh_tuning(self) -> None:
+        """The deferred TPE work, within ``serving_tuning_cpu_share`` of one core: after ``c``
+        CPU seconds of work it waits ``c * (1 - share) / share`` (TPE holds the GIL: the event
+        loop gets it back every switch interval, and the rest of the time)."""
+        share = self.settings.serving_tuning_cpu_share
+        pause = TUNING_IDLE_S
+        while not self._stop.wait(pause):
+            try:
+                spent = self.refresh_tuning_once()
+            except Exception:  # the refresher must survive anything
+                log.exception("parameter tuning refresh failed; retrying")
+                spent = 0.0
+            pause = max(spent * (1 - share) / share, TUNING_MIN_PAUSE_S) if spent else TUNING_IDLE_S
 
     def _features_ready(self, features: LiveFeatures | None) -> None:
         if features is None:

@@ -59,6 +59,34 @@ def test_safe_default_until_enough_feedback_then_tuned() -> None:
     assert t.suggest("chat", "m", CATALOG_PARAMS).reason.startswith("default: 0 of 3")
 
 
+def test_a_finished_search_counts_rewards_but_keeps_no_more_trials() -> None:
+    t = ServedTuning(min_feedback=2, max_trials=6, seed=0)
+    for _ in range(10):
+        s = t.suggest("code", "m", CATALOG_PARAMS)
+        t.observe(s.record, s.params, random.random())
+    assert t.n_feedback("code/m") == 10  # every reward counted
+    assert t.tuner.n_trials("code/m") == 6  # memory bounded by max_trials
+    s = t.suggest("code", "m", CATALOG_PARAMS)
+    assert s.reason.startswith("tuned: best of 10 feedback") and "search finished" in s.reason
+    assert not t.observe(s.record, s.params, 1.0)  # not learned: the search is over
+
+
+def test_deferred_tuning_leaves_tpe_to_refresh() -> None:
+    t = ServedTuning(min_feedback=2, explore=1.0, seed=0)
+    t.deferred = True
+    for _ in range(3):
+        s = t.suggest("code", "m", CATALOG_PARAMS)
+        assert t.observe(s.record, s.params, 0.5)
+    assert t.stale == 1  # the feedback path only recorded the rewards
+    s = t.suggest("code", "m", CATALOG_PARAMS)
+    assert s.reason.startswith("default")  # no best computed yet: still the safe default
+    assert t.refresh() == 1 and t.stale == 0
+    s = t.suggest("code", "m", CATALOG_PARAMS)  # explore=1: the ready TPE suggestion
+    assert s.reason.startswith("tuning: TPE trial") and isinstance(s.record["trial"], int)
+    assert t.observe(s.record, s.params, 0.9)
+    assert t.stale == 1 and t.refresh(limit=0) == 0 and t.stale == 1
+
+
 def test_uninformative_failures_are_not_learned() -> None:
     t = ServedTuning(min_feedback=3, seed=0)
     s = t.suggest("code", "m", CATALOG_PARAMS)

@@ -1,0 +1,49 @@
+"""The serving runtime's background work: the parameter tuning refreshed off the feedback path."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from llmopt.schemas import Feedback, RequestContext
+from llmopt.settings import Settings
+from serving.runtime import ServingRuntime
+
+
+def test_tuning_is_refreshed_by_the_background_thread_not_the_feedback_path(tmp_path: Path) -> None:
+    s = Settings(
+        home=tmp_path / "h",
+        serving_model_source="fresh",
+        serving_features="off",
+        serving_tuning_cpu_share=0.5,
+    )
+    rt = ServingRuntime(s)
+    try:
+        tuning = rt.router.tuning
+        assert tuning.deferred
+        assert any(t.name == "tuning-refresh" for t in rt._threads)
+        for _ in range(60):
+            ctx = RequestContext(tenant="t", prompt="What is 2 + 2?", models=["gpt-4o-mini"])
+            d = rt.router.decide(ctx).decision
+            rt.router.feedback(Feedback(decision_id=d.decision_id, quality=0.7))
+        tuned = [k for k in tuning.tuner.task_types if tuning.n_feedback(k) >= 20]
+        assert tuned  # some (task type x model) pair has enough feedback to be tuned
+        deadline = time.monotonic() + 20
+        while tuning.stale and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert tuning.stale == 0
+        task, model = tuned[0].split("/", 1)
+        reason = tuning.suggest(task, model, {"temperature": 0.7}).reason
+        assert reason.startswith(("tuned", "tuning")), reason
+    finally:
+        rt.close()
+
+
+def test_a_foreground_runtime_tunes_on_the_feedback_path(tmp_path: Path) -> None:
+    s = Settings(home=tmp_path / "h", serving_model_source="fresh", serving_features="off")
+    rt = ServingRuntime(s, background=False)
+    try:
+        assert not rt.router.tuning.deferred
+        assert rt.refresh_tuning_once() >= 0.0  # nothing stale: nothing to do
+    finally:
+        rt.close()
