@@ -54,6 +54,7 @@ import aiohttp
 from pydantic import ValidationError
 
 from llmopt.catalog import ModelCatalog
+from llmopt.event_log import PendingWrites
 from llmopt.loop import NoCandidateError
 from llmopt.schemas import ErrorKind, Feedback, RequestContext
 from serving.affinity import ConversationAffinity, conversation_key
@@ -379,9 +380,11 @@ class Gateway:
             return None
         return model
 
-    async def decide(self, ctx: RequestContext) -> Any:
-        """The router's decision for one attempt, refusals mapped to 4xx; returns once the
-        decision is logged (group commit: other requests run meanwhile, as with /decide)."""
+    def decide(self, ctx: RequestContext) -> tuple[Any, PendingWrites]:
+        """The router's decision for one attempt, refusals mapped to 4xx, and its log write
+        (group commit), still pending: the upstream call starts while it commits, and the
+        attempt waits for it (:meth:`Attempt.logged`) before the client sees a byte or the
+        call is measured, so an answered decision is a logged one, as with /decide."""
         router = self.runtime.router
         try:
             with router.event_log.deferred_writes() as writes:
@@ -390,8 +393,7 @@ class Gateway:
             raise GatewayError(402, str(exc), "llmopt.tenant") from None
         except NoCandidateError as exc:
             raise GatewayError(400, str(exc), "messages") from None
-        await writes.wait_async()
-        return routed
+        return routed, writes
 
     # -- the response cache --------------------------------------------------------------------
     def cache_probe(
@@ -510,6 +512,14 @@ class Attempt:
     """Keep the answer (for the response cache)."""
     answer: dict[str, Any] | None = None
     """The answer as one chat completion (streamed ones reassembled), when collected."""
+    writes: PendingWrites | None = None
+    """The decision's log write, until :meth:`logged` has waited for it."""
+
+    async def logged(self) -> None:
+        """Wait until the decision is in the event log (before answering or measuring)."""
+        if self.writes is not None:
+            writes, self.writes = self.writes, None
+            await writes.wait_async()
 
     @property
     def decision_id(self) -> str:
@@ -519,7 +529,9 @@ class Attempt:
         return (time.perf_counter() - self.started) * 1000
 
 
-def _attempt(gateway: Gateway, body: dict[str, Any], routed: Any, n: int) -> Attempt:
+def _attempt(
+    gateway: Gateway, body: dict[str, Any], routed: Any, n: int, writes: PendingWrites | None
+) -> Attempt:
     model = routed.decision.model
     upstream = gateway.upstreams[model]
     payload = {**body, "model": upstream.upstream_model(model)}
@@ -537,6 +549,7 @@ def _attempt(gateway: Gateway, body: dict[str, Any], routed: Any, n: int) -> Att
         payload,
         headers,
         {"x-llmopt-attempts": str(n)},
+        writes=writes,
     )
 
 
@@ -563,8 +576,8 @@ async def handle_chat(
     last_error = "no attempt"
     for n in range(1, MAX_ATTEMPTS + 1):
         ctx = first if n == 1 else gateway.context(body, options, tried)
-        routed = await gateway.decide(ctx)  # on the event loop, as /decide: no thread hop
-        a = _attempt(gateway, body, routed, n)
+        routed, writes = gateway.decide(ctx)  # on the event loop, as /decide: no thread hop
+        a = _attempt(gateway, body, routed, n, writes)
         if probe is not None:
             a.extra.update(probe.headers())
             a.collect = True
@@ -590,6 +603,7 @@ async def handle_chat(
             a.call.error, last_error = ErrorKind.OTHER, f"{a.model}: upstream answer is not JSON"
         a.call.latency_ms = a.call.latency_ms or a.elapsed_ms()
         a.call.error = a.call.error or ErrorKind.SERVER_ERROR
+        await a.logged()
         await asyncio.to_thread(gateway.settle, a.decision_id, a.model, a.call)
         log.warning("gateway: %s failed (%s); falling back", a.model, last_error)
     raise GatewayError(502, f"every attempt failed; last: {last_error}", code="upstream_error")
@@ -649,6 +663,7 @@ async def _serve_hit(
 
 async def _pass_on(gateway: Gateway, a: Attempt, send: Send, status: int, body: bytes) -> bool:
     """An upstream 4xx other than 429 (the request is wrong): the client gets it as is."""
+    await a.logged()
     await asyncio.to_thread(gateway.settle, a.decision_id, a.model, a.call)
     await _reply(send, status, body, _headers(a.routed, a.extra))
     return True
@@ -673,6 +688,7 @@ async def _once(gateway: Gateway, a: Attempt, send: Send) -> bool:
         a.answer = data
     tokens = gateway.cost(a.model, data.get("usage"))
     a.call.input_tokens, a.call.output_tokens, a.call.cost_usd = tokens
+    await a.logged()
     await asyncio.to_thread(gateway.settle, a.decision_id, a.model, a.call)
     await _reply(send, 200, json.dumps(data).encode(), _headers(a.routed, a.extra))
     return True
@@ -701,6 +717,7 @@ async def _stream(gateway: Gateway, a: Attempt, send: Send, body: dict[str, Any]
                 *_headers(a.routed, a.extra),
             ],
         }
+        await a.logged()
         await send(start)
         usage: Any = None
         parts: list[Any] = []
