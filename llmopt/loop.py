@@ -73,6 +73,17 @@ class FeedbackOutcome:
     feedback_id: int | None
 
 
+@dataclass(frozen=True)
+class StoredFeedback:
+    """A feedback :meth:`LearningLoop.store_feedback` stored, not yet learned from."""
+
+    outcome: FeedbackOutcome
+    feedback: Feedback
+    model: ArmID
+    features: Mapping[str, float]
+    input_tokens: int = 0
+
+
 class NoCandidateError(ValueError):
     """The request's ``models`` names no model the loop serves."""
 
@@ -481,10 +492,27 @@ class LearningLoop:
 
         ``decision_row``: the decision's event-log row when the caller has just read it (the
         router does), so it is not read twice (a second read could also fail mid-outage).
+        The same as :meth:`store_feedback` then :meth:`learn_feedback`.
+        """
+        stored = self.store_feedback(fb, decision_row=decision_row)
+        self.learn_feedback(stored)
+        return stored.outcome
+
+    def store_feedback(
+        self, fb: Feedback, *, decision_row: Mapping[str, Any] | None = None
+    ) -> StoredFeedback:
+        """Compute the reward and store the feedback in the event log, without learning.
+
+        The router stores outside its lock (the transaction may wait for the database's write
+        lock) and learns inside it (:meth:`learn_feedback`), so decisions never wait on a
+        feedback's transaction.
         """
         if fb.decision_id in self._answered:  # in-memory mode only: the log tracks it otherwise
-            return FeedbackOutcome(
-                "duplicate", fb.decision_id, self._answered[fb.decision_id], None
+            return StoredFeedback(
+                FeedbackOutcome("duplicate", fb.decision_id, self._answered[fb.decision_id], None),
+                fb,
+                "",
+                {},
             )
         pending = self._lookup(fb.decision_id, decision_row)
         spec = self.catalog.get(pending.model) if self.catalog is not None else None
@@ -506,13 +534,19 @@ class LearningLoop:
                 fb, reward=r, cost_usd=cost, latency_ms=latency
             )
             status, feedback_id = receipt.status, receipt.feedback_id
-        if status != "duplicate":  # stored, or spooled while the database is down
-            if fb.cost_usd is not None:
-                self.cost_model.learn(pending.model, pending.input_tokens, fb.cost_usd)
-            if getattr(self.policy, "cost_aware", False):  # cost is known up front: learn quality
-                self.policy.update(pending.model, pending.features, fb.normalized_quality())
-            else:
-                self.policy.update(pending.model, pending.features, r)
-            if self._pending.pop(fb.decision_id, None) is not None:
-                self._answered[fb.decision_id] = r
-        return FeedbackOutcome(status, fb.decision_id, r, feedback_id)
+        outcome = FeedbackOutcome(status, fb.decision_id, r, feedback_id)
+        return StoredFeedback(outcome, fb, pending.model, pending.features, pending.input_tokens)
+
+    def learn_feedback(self, stored: StoredFeedback) -> None:
+        """Teach the policy a :meth:`store_feedback` result (nothing for a duplicate)."""
+        outcome, fb = stored.outcome, stored.feedback
+        if outcome.status == "duplicate" or outcome.reward is None:
+            return
+        if fb.cost_usd is not None:
+            self.cost_model.learn(stored.model, stored.input_tokens, fb.cost_usd)
+        if getattr(self.policy, "cost_aware", False):  # cost is known up front: learn quality
+            self.policy.update(stored.model, stored.features, fb.normalized_quality())
+        else:
+            self.policy.update(stored.model, stored.features, outcome.reward)
+        if self._pending.pop(fb.decision_id, None) is not None:
+            self._answered[fb.decision_id] = outcome.reward

@@ -975,9 +975,13 @@ class Router:
             slot = self._static
         else:
             slot = lineup.champion
-        with self._lock:
-            outcome = slot.loop.feedback(fb, decision_row=row)
-            if outcome.status != "duplicate" and outcome.reward is not None:
+        # Stored outside the lock: the transaction may wait for the database's write lock (and
+        # SQLite's busy handler sleeps), and every decision takes this lock.
+        stored = slot.loop.store_feedback(fb, decision_row=row)
+        outcome = stored.outcome
+        if outcome.status != "duplicate" and outcome.reward is not None:
+            with self._lock:
+                slot.loop.learn_feedback(stored)
                 self._after_feedback(fb, row, slot, outcome.reward)
         return outcome
 

@@ -380,3 +380,34 @@ def test_a_model_failing_one_call_in_five_is_penalised_before_its_breaker_opens(
     assert mean is not None
     assert risked["gpt-4o"] - base["gpt-4o"] == pytest.approx(0.2 * mean)
     assert risked["gpt-4o-mini"] == base["gpt-4o-mini"]
+
+
+def test_a_decision_never_waits_for_a_feedback_transaction(
+    catalog: ModelCatalog, log: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r = make_router(catalog, log)
+    r.swap((FakePolicy("gpt-4o-mini"), "v1"))
+    d = r.decide(ctx()).decision
+    entered, release = threading.Event(), threading.Event()
+    store = log.record_feedback
+
+    def slow_store(*args: Any, **kwargs: Any) -> Any:  # waits like a busy database write lock
+        entered.set()
+        release.wait(10)
+        return store(*args, **kwargs)
+
+    monkeypatch.setattr(log, "record_feedback", slow_store)
+    outcomes: list[Any] = []
+    fb = Feedback(decision_id=d.decision_id, quality=0.9)
+    t = threading.Thread(target=lambda: outcomes.append(r.feedback(fb)))
+    t.start()
+    assert entered.wait(5)
+    started = time.monotonic()
+    r.decide(ctx())  # while the feedback's transaction is stuck
+    waited = time.monotonic() - started
+    release.set()
+    t.join(10)
+    assert waited < 2, f"the decision waited {waited:.1f} s behind the feedback"
+    assert outcomes[0].status == "stored"
+    learned = r.lineup.champion.loop.policy.inner.updates  # type: ignore[attr-defined]
+    assert learned == [("gpt-4o-mini", outcomes[0].reward)]
