@@ -15,6 +15,7 @@ from typing import Any
 from bench import (
     _common,
     cascade,
+    decision_ids,
     feature_store,
     features,
     pacing,
@@ -43,6 +44,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         cascade,
         tuning,
         upstream_client,
+        decision_ids,
     )
 }
 

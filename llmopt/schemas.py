@@ -16,6 +16,7 @@ Examples
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Generator, Iterator, Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -34,27 +35,36 @@ from pydantic import (
 from llmopt.types import ArmID, DecisionID, TenantID
 
 _ID_BATCH = 64
-"""Decision ids drawn from the operating system at once (one system call for 64 ids)."""
+"""Random parts of decision ids drawn from the operating system at once (one system call)."""
 _ids: list[str] = []
 
 
 def new_decision_id() -> DecisionID:
-    """A fresh, globally unique decision id (32 hex characters, 128 random bits).
+    """A fresh, globally unique decision id: 32 hex characters, the time of issue in
+    milliseconds (12) then 80 random bits (20), as a UUIDv7 orders its bits.
 
-    The bits come from ``os.urandom`` (what uuid4 draws, without building a UUID object), 64 ids
-    per system call: ``list.pop`` hands each to one caller only, even across threads, and a
-    forked child drops the ids its parent had drawn (it would hand out the same ones).
+    Ids sort by when they were issued, so the event log's primary-key index receives them at
+    its right edge. Random ids spread each group commit over pages all across the index, and the
+    table grows to hundreds of MB in a day at 500 decisions/s: ``python -m bench decision_ids``
+    measured a group commit of 8 rows at 0.30-0.38 ms (p99 1.0-1.5 ms) with these ids, against
+    0.46-0.63 ms (p99 6.8-10.5 ms) with random ones, over 300,000 decisions. The id reveals
+    when the decision was made, which its ``created_at`` says anyway.
+
+    The random bits come from ``os.urandom``, 64 ids' worth per system call: ``list.pop`` hands
+    each to one caller only, even across threads, and a forked child drops the bits its parent
+    had drawn (it would hand out the same ones).
 
     >>> a, b = new_decision_id(), new_decision_id()
     >>> len(a), a != b, int(a, 16) >= 0
     (32, True, True)
     """
     try:
-        return _ids.pop()
+        random_part = _ids.pop()
     except IndexError:
-        batch = os.urandom(16 * _ID_BATCH).hex()
-        _ids.extend(batch[k : k + 32] for k in range(32, len(batch), 32))
-        return batch[:32]
+        batch = os.urandom(10 * _ID_BATCH).hex()
+        _ids.extend(batch[k : k + 20] for k in range(20, len(batch), 20))
+        random_part = batch[:20]
+    return f"{time.time_ns() // 1_000_000:012x}{random_part}"
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork

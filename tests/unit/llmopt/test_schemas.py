@@ -149,6 +149,20 @@ def test_a_field_set_before_the_fill_is_kept_in_its_place() -> None:
     assert d.model_dump()["explanation"] is None
 
 
+def test_decision_ids_sort_by_their_time_of_issue() -> None:
+    import time  # noqa: PLC0415
+
+    from llmopt.schemas import new_decision_id  # noqa: PLC0415
+
+    before = time.time_ns() // 1_000_000
+    first = new_decision_id()
+    time.sleep(0.003)
+    later = [new_decision_id() for _ in range(100)]  # across a refill of the random parts
+    after = time.time_ns() // 1_000_000
+    assert before <= int(first[:12], 16) <= after
+    assert all(first < i for i in later) and len(set(later)) == 100
+
+
 def test_decision_ids_stay_unique_across_threads_and_forks() -> None:
     import multiprocessing  # noqa: PLC0415
     import os  # noqa: PLC0415
