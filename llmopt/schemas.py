@@ -45,10 +45,10 @@ def new_decision_id() -> DecisionID:
 
     Ids sort by when they were issued, so the event log's primary-key index receives them at
     its right edge. Random ids spread each group commit over pages all across the index, and the
-    table grows to hundreds of MB in a day at 500 decisions/s: ``python -m bench decision_ids``
-    measured a group commit of 8 rows at 0.30-0.38 ms (p99 1.0-1.5 ms) with these ids, against
-    0.46-0.63 ms (p99 6.8-10.5 ms) with random ones, over 300,000 decisions. The id reveals
-    when the decision was made, which its ``created_at`` says anyway.
+    table grows by hundreds of MB an hour at 500 decisions/s: ``python -m bench decision_ids``
+    (300,000 rows in groups of 8) measured the last sixth's commits x1.6-2.0 faster on average
+    and x4-5 shorter at p99 with these ids (``bench/results/decision_ids.json``). The id
+    reveals when the decision was made, which its ``created_at`` says anyway.
 
     The random bits come from ``os.urandom``, 64 ids' worth per system call: ``list.pop`` hands
     each to one caller only, even across threads, and a forked child drops the bits its parent
