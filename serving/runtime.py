@@ -462,11 +462,10 @@ class ServingRuntime:
 
     def refresh_tuning_once(self) -> float:
         """Refresh one stale (task type x model) pair of each tuning: its best and its next
-        TPE suggestion; the CPU seconds this thread spent on it."""
+        TPE suggestion; the CPU seconds this thread spent on it (0.0: nothing was stale)."""
         started = time.thread_time()
-        for tuning in self._tunings():
-            tuning.refresh(limit=1)
-        return time.thread_time() - started
+        refreshed = sum(tuning.refresh(limit=1) for tuning in self._tunings())
+        return time.thread_time() - started if refreshed else 0.0
 
     def _refresh_tuning(self) -> None:
         """The deferred TPE work, within ``serving_tuning_cpu_share`` of one core: after ``c``
