@@ -79,9 +79,8 @@ class StoredFeedback:
 
     outcome: FeedbackOutcome
     feedback: Feedback
-    model: ArmID
-    features: Mapping[str, float]
-    input_tokens: int = 0
+    decision: _Pending | None
+    """What the decision was made from (None: a duplicate, nothing to learn)."""
 
 
 class NoCandidateError(ValueError):
@@ -508,12 +507,10 @@ class LearningLoop:
         feedback's transaction.
         """
         if fb.decision_id in self._answered:  # in-memory mode only: the log tracks it otherwise
-            return StoredFeedback(
-                FeedbackOutcome("duplicate", fb.decision_id, self._answered[fb.decision_id], None),
-                fb,
-                "",
-                {},
+            duplicate = FeedbackOutcome(
+                "duplicate", fb.decision_id, self._answered[fb.decision_id], None
             )
+            return StoredFeedback(duplicate, fb, None)
         pending = self._lookup(fb.decision_id, decision_row)
         spec = self.catalog.get(pending.model) if self.catalog is not None else None
         cost = realized_cost(fb, spec, pending.predicted_cost_usd)
@@ -535,18 +532,18 @@ class LearningLoop:
             )
             status, feedback_id = receipt.status, receipt.feedback_id
         outcome = FeedbackOutcome(status, fb.decision_id, r, feedback_id)
-        return StoredFeedback(outcome, fb, pending.model, pending.features, pending.input_tokens)
+        return StoredFeedback(outcome, fb, pending)
 
     def learn_feedback(self, stored: StoredFeedback) -> None:
         """Teach the policy a :meth:`store_feedback` result (nothing for a duplicate)."""
-        outcome, fb = stored.outcome, stored.feedback
-        if outcome.status == "duplicate" or outcome.reward is None:
+        outcome, fb, d = stored.outcome, stored.feedback, stored.decision
+        if d is None or outcome.status == "duplicate" or outcome.reward is None:
             return
         if fb.cost_usd is not None:
-            self.cost_model.learn(stored.model, stored.input_tokens, fb.cost_usd)
+            self.cost_model.learn(d.model, d.input_tokens, fb.cost_usd)
         if getattr(self.policy, "cost_aware", False):  # cost is known up front: learn quality
-            self.policy.update(stored.model, stored.features, fb.normalized_quality())
+            self.policy.update(d.model, d.features, fb.normalized_quality())
         else:
-            self.policy.update(stored.model, stored.features, outcome.reward)
+            self.policy.update(d.model, d.features, outcome.reward)
         if self._pending.pop(fb.decision_id, None) is not None:
             self._answered[fb.decision_id] = outcome.reward
