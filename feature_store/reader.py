@@ -66,6 +66,9 @@ class RouterFeatures:
     defaulted_features: Mapping[str, frozenset[str]] = field(default_factory=dict)
     """Model of ``defaulted`` -> the full names of its features that are defaults (a model
     missing here while in ``defaulted``: all of them may be)."""
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+    """What consumers derived from these (unchanging) values, kept with them: a served
+    :class:`RouterFeatures` is cached and read by many decisions (:mod:`serving.live_features`)."""
 
     def known(self, model: str, features: Iterable[str]) -> bool:
         """True when none of ``model``'s values of ``features`` is a default: each was read from

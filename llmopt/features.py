@@ -93,6 +93,20 @@ _IMPERATIVE = frozenset(
     "fix convert".split()
 )
 _EN_STOP = frozenset("the a an of to and in is it that for on with as this you are be".split())
+_HINT_NAMES = tuple(f"hint_{hint}" for hint in KNOWN_HINTS)
+_NO_HINTS = {**dict.fromkeys(_HINT_NAMES, 0.0), "hint_other": 0.0}
+_NAMES: dict[tuple[str, int], tuple[str, ...]] = {}
+WORD_HASH_CACHE_SIZE = 100_000
+"""Distinct words whose CRC-32 :func:`hashed_words` keeps (cleared, not evicted, when full)."""
+_WORD_HASHES: dict[str, int] = {}
+
+
+def _names(prefix: str, n: int) -> tuple[str, ...]:
+    """``prefix0`` .. ``prefix{n-1}``, built once per (prefix, n)."""
+    names = _NAMES.get((prefix, n))
+    if names is None:
+        names = _NAMES[prefix, n] = tuple(f"{prefix}{i}" for i in range(n))
+    return names
 
 
 def estimate_tokens(text: str) -> int:
@@ -140,11 +154,16 @@ def _question_type(words: Sequence[str], text: str) -> dict[str, float]:
 def hashed_words(words: Sequence[str], n_buckets: int = N_HASH_BUCKETS) -> dict[str, float]:
     """Signed hashing trick over lower-cased words, L2-normalised (stable across processes)."""
     buckets = [0.0] * n_buckets
+    hashes = _WORD_HASHES
     for w in words:
-        h = zlib.crc32(w.encode())
+        h = hashes.get(w)
+        if h is None:
+            if len(hashes) >= WORD_HASH_CACHE_SIZE:
+                hashes.clear()  # cheaper than LRU bookkeeping on every hit
+            h = hashes[w] = zlib.crc32(w.encode())
         buckets[h % n_buckets] += 1.0 if (h >> 16) & 1 else -1.0
     norm = math.sqrt(sum(b * b for b in buckets)) or 1.0
-    return {f"hw_{i}": b / norm for i, b in enumerate(buckets)}
+    return dict(zip(_names("hw_", n_buckets), [b / norm for b in buckets], strict=True))
 
 
 def prefix_bucket(text: str, n_buckets: int = N_PREFIX_BUCKETS) -> dict[str, float]:
@@ -160,9 +179,12 @@ def prefix_bucket(text: str, n_buckets: int = N_PREFIX_BUCKETS) -> dict[str, flo
     >>> sum(prefix_bucket("anything").values()), sum(prefix_bucket("").values())
     (1.0, 0.0)
     """
-    opening = " ".join(text[: PREFIX_CHARS * 2].lower().split())[:PREFIX_CHARS]
-    bucket = zlib.crc32(opening.encode()) % n_buckets if text else -1
-    return {f"pfx_{i}": float(i == bucket) for i in range(n_buckets)}
+    names = _names("pfx_", n_buckets)
+    out = dict.fromkeys(names, 0.0)
+    if text:
+        opening = " ".join(text[: PREFIX_CHARS * 2].lower().split())[:PREFIX_CHARS]
+        out[names[zlib.crc32(opening.encode()) % n_buckets]] = 1.0
+    return out
 
 
 def request_features(
@@ -207,13 +229,17 @@ def request_features(
     feats["lang_en"] = min(feats["lang_en"], 1.0)
     feats.update(_script_shares(sample))
     feats.update(_question_type(words, sample))
-    hints = set(clean_hints(task_hints))
-    for hint in KNOWN_HINTS:
-        feats[f"hint_{hint}"] = float(hint in hints)
-    feats["hint_other"] = float(bool(hints - set(KNOWN_HINTS)))
+    if task_hints:
+        hints = set(clean_hints(task_hints))
+        for hint, name in zip(KNOWN_HINTS, _HINT_NAMES, strict=True):
+            feats[name] = float(hint in hints)
+        feats["hint_other"] = float(not hints.issubset(KNOWN_HINTS))
+    else:  # the common case: no hints, every hint feature 0
+        feats.update(_NO_HINTS)
     feats.update(hashed_words(words, n_hash_buckets))
     feats.update(prefix_bucket(text))
-    feats.update(hashed_client_features(client_features or {}))
+    if client_features:
+        feats.update(hashed_client_features(client_features))
     if embeddings:
         feats.update(get_embedder().features(text))
     return feats

@@ -25,6 +25,7 @@ Examples
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -41,6 +42,11 @@ from llmopt.types import ArmID, DecisionID
 
 DEFAULT_OUTPUT_TOKENS = 256
 """Output length assumed when predicting latency before a request runs."""
+
+
+def _json_number(x: float) -> float | None:
+    """``x`` as the context's JSON dump writes it (pydantic writes infinities as null)."""
+    return x if math.isfinite(x) else None
 
 
 def realized_cost(fb: Feedback, spec: ModelSpec | None, predicted: float | None) -> float:
@@ -247,6 +253,8 @@ class LearningLoop:
 
     def tradeoff_for(self, ctx: RequestContext) -> TradeOff:
         """The request's trade-off, falling back to the default one field by field."""
+        if ctx.willingness_to_pay is None and ctx.latency_weight is None:
+            return self.default_tradeoff  # (frozen)
         return TradeOff(
             willingness_to_pay=ctx.willingness_to_pay or self.default_tradeoff.willingness_to_pay,
             latency_weight=(
@@ -265,16 +273,20 @@ class LearningLoop:
         tried, and its first feedback teaches its cost.
         """
         out: dict[ArmID, float] = {}
+        wtp, weight = tradeoff.willingness_to_pay, tradeoff.latency_weight
+        penalty(0.0, willingness_to_pay=wtp, latency_weight=weight)  # checks the trade-off
+        predict = self.cost_model.predict
+        get = self.catalog.get if self.catalog is not None else None
         for arm in arms:
-            cost = self.cost_model.predict(arm, input_tokens)
-            spec = self.catalog.get(arm) if self.catalog is not None else None
-            latency = spec.expected_latency_ms(DEFAULT_OUTPUT_TOKENS) if spec else None
-            out[arm] = penalty(
-                cost or 0.0,
-                latency,
-                willingness_to_pay=tradeoff.willingness_to_pay,
-                latency_weight=tradeoff.latency_weight,
-            )
+            cost = predict(arm, input_tokens) or 0.0
+            if not math.isfinite(cost):  # (predictions are never negative)
+                raise ValueError(f"cost_usd must be a finite number >= 0, got {cost}")
+            spec = get(arm) if get is not None else None
+            # penalty(cost, latency, ...) inlined, the same operations: it ran once per arm
+            pen = cost / wtp
+            if spec:
+                pen += weight * spec.expected_latency_ms(DEFAULT_OUTPUT_TOKENS) / 1000.0
+            out[arm] = pen
         return out
 
     def candidates(self, ctx: RequestContext) -> list[ArmID]:
@@ -421,18 +433,14 @@ class LearningLoop:
             tuning = {**tuning, "traffic_share": self.traffic_share}
         decision = decision.model_copy(update=update)
         if self.event_log is not None:
-            logged_ctx = ctx.model_copy(
-                update={
-                    "willingness_to_pay": tradeoff.willingness_to_pay,
-                    "latency_weight": tradeoff.latency_weight,
-                }
-            )
             self.event_log.record_decision(
                 decision,
-                logged_ctx,
+                ctx,
                 store_prompt=ctx.tenant in self.store_prompt_tenants,
                 features=feats,
-                extra={
+                extra={  # the trade-off in force replaces the request's own (None: default)
+                    "willingness_to_pay": _json_number(tradeoff.willingness_to_pay),
+                    "latency_weight": _json_number(tradeoff.latency_weight),
                     "predicted_cost_usd": predicted_cost,
                     "predicted_latency_ms": predicted_latency,
                     "input_tokens": in_tokens,

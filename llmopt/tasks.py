@@ -39,12 +39,16 @@ OTHER_TASK = "other"
 
 def clean_hints(hints: Iterable[object] | None) -> list[str]:
     """The hints trimmed and lower-cased, empty ones dropped, each once, in their order."""
-    cleaned = (str(h).strip().lower() for h in hints or ())
+    if not hints:
+        return []
+    cleaned = (str(h).strip().lower() for h in hints)
     return list(dict.fromkeys(h for h in cleaned if h))
 
 
 def task_type(hints: Iterable[object] | None) -> str:
     """The task type of a request: its first known hint, else ``other`` / ``general``."""
+    if not hints:
+        return GENERAL_TASK
     cleaned = clean_hints(hints)
     for hint in cleaned:
         if hint in KNOWN_HINTS:

@@ -284,6 +284,11 @@ def live_exclusions(
     >>> sorted(live_exclusions(["a", "b", "c"], f, max_latency_ms=500))
     ['a', 'b']
     """
+    key = ("exclusions", tuple(arms), max_latency_ms)
+    memo = features.memo
+    hit = memo.get(key)
+    if hit is not None:
+        return hit  # type: ignore[no-any-return]
     out: dict[str, str] = {}
     for arm in arms:
         if arm not in features.stale and not features.known(arm, MODEL_LIVE):
@@ -300,7 +305,51 @@ def live_exclusions(
                 f"{arm} excluded: observed p95 latency {p95:.0f} ms over the last 5 minutes > "
                 "max_latency_ms"
             )
+    _remember(memo, key, out)
     return out
+
+
+MEMO_SIZE = 256
+"""Entries a :class:`RouterFeatures` keeps of what was derived from it (cleared when full:
+offers and latency caps vary per request, the features are replaced within seconds)."""
+
+
+def _remember(memo: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(memo) >= MEMO_SIZE:
+        memo.clear()
+    memo[key] = value
+
+
+def _fresh_values(features: RouterFeatures) -> dict[str, dict[str, float]]:
+    """Every model's :func:`_fresh` values, of those it has (computed once per features)."""
+    fresh = features.memo.get("fresh")
+    if fresh is None:
+        fresh = {}
+        for arm in features.values:
+            v = _fresh(arm, features)
+            if v is not None:
+                fresh[arm] = v
+        features.memo["fresh"] = fresh
+    return fresh
+
+
+def _task_priors(features: RouterFeatures) -> dict[str, float]:
+    """Each model's live prior quality on the task type, where :func:`live_priors` may use it
+    (computed once per features; the policy's own means are checked per call)."""
+    priors = features.memo.get("priors")
+    if priors is None:
+        priors = {}
+        if not features.degraded:
+            for arm, v in features.values.items():
+                if arm in features.stale or not features.known(arm, TASK_LIVE):
+                    continue
+                q = v.get(TASK_QUALITY_24H)
+                if q is None or v.get(TASK_REQUESTS_24H, 0.0) < LIVE_MIN_REQUESTS:
+                    continue
+                if 0.0 <= q <= 1.0:
+                    priors[arm] = float(q)
+        features.memo["priors"] = priors
+    return priors
 
 
 def open_in_background(
@@ -360,8 +409,11 @@ def live_penalties(
     """
     out: dict[str, float] = {}
     used: list[str] = []
+    fresh = _fresh_values(features)
+    if not fresh:
+        return out, None
     for arm in arms:
-        v = _fresh(arm, features)
+        v = fresh.get(arm)
         if v is None:
             continue
         delta, parts = 0.0, []
@@ -406,7 +458,7 @@ def recent_risk(
         rate = error_rate(arm)
         if not rate:
             continue
-        fresh = _fresh(arm, features) if features is not None else None
+        fresh = _fresh_values(features).get(arm) if features is not None else None
         fleet = fresh.get(ERROR_RATE, 0.0) if fresh is not None else 0.0
         q = expected_quality(arm)
         if rate > fleet and q is not None and q > 0:
@@ -436,16 +488,7 @@ def live_priors(
     ...     arm_mean=lambda m: 0.6 if m == "known" else None)
     {'new': 0.72}
     """
-    if features.degraded:
+    priors = _task_priors(features)
+    if not priors:
         return {}
-    out: dict[str, float] = {}
-    for arm in arms:
-        if arm in features.stale or not features.known(arm, TASK_LIVE) or arm_mean(arm) is not None:
-            continue
-        v = features.values.get(arm) or {}
-        q = v.get(TASK_QUALITY_24H)
-        if q is None or v.get(TASK_REQUESTS_24H, 0.0) < LIVE_MIN_REQUESTS:
-            continue
-        if 0.0 <= q <= 1.0:
-            out[arm] = float(q)
-    return out
+    return {arm: q for arm in arms if (q := priors.get(arm)) is not None and arm_mean(arm) is None}

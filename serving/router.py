@@ -248,8 +248,9 @@ class ServingLoop(LearningLoop):
         arm_mean = getattr(self.policy, "arm_mean", None)
         if set_prior is None or arm_mean is None or self.live is None:
             return []
-        fresh = [a for a in arms if a not in self._live_seeded]
-        priors = live_priors(fresh, self.live, arm_mean=arm_mean) if fresh else {}
+        priors = live_priors(arms, self.live, arm_mean=arm_mean)  # usually none: one lookup
+        if priors and self._live_seeded:
+            priors = {a: q for a, q in priors.items() if a not in self._live_seeded}
         for arm, quality in priors.items():
             set_prior(arm, quality, LIVE_PRIOR_WEIGHT)
             self._live_seeded.add(arm)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import zlib
 
 import pytest
 
@@ -90,6 +91,30 @@ def test_hashed_words_stable_normalised_and_sized() -> None:
     assert hw == [b[f"hw_{i}"] for i in range(N_HASH_BUCKETS)]
     assert math.sqrt(sum(v * v for v in hw)) == pytest.approx(1.0)
     assert len([k for k in request_features("x y", n_hash_buckets=4) if k.startswith("hw_")]) == 4
+
+
+def test_hashed_words_the_same_whatever_the_word_cache_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The words' hashes are kept in a bounded cache: cold, warm or cleared when full, the
+    buckets are the same (CRC-32 of each word, as computed afresh)."""
+    from llmopt import features  # noqa: PLC0415
+
+    words = [f"w{i}x" for i in range(40)]
+    monkeypatch.setattr(features, "_WORD_HASHES", {})
+    cold = features.hashed_words(words)
+    warm = features.hashed_words(words)
+    monkeypatch.setattr(features, "_WORD_HASHES", {})
+    monkeypatch.setattr(features, "WORD_HASH_CACHE_SIZE", 7)  # cleared several times per call
+    small = features.hashed_words(words)
+    assert cold == warm == small
+    assert len(features._WORD_HASHES) <= 7
+    buckets = [0.0] * N_HASH_BUCKETS
+    for w in words:
+        h = zlib.crc32(w.encode())
+        buckets[h % N_HASH_BUCKETS] += 1.0 if (h >> 16) & 1 else -1.0
+    norm = math.sqrt(sum(b * b for b in buckets))
+    assert [cold[f"hw_{i}"] for i in range(N_HASH_BUCKETS)] == [b / norm for b in buckets]
 
 
 def test_lengths_grow_with_text() -> None:

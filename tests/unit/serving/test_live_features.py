@@ -296,3 +296,29 @@ def test_reads_that_do_not_depend_on_the_tenant_are_cached_per_task_type_alone()
     assert reader.calls == 4  # one read for every tenant of "general", one for "code"
     assert live.get(["a"], tenant="t5", task_type="general").values["a"] == {"x": 1.0}
     assert reader.calls == 4
+
+
+def test_what_is_derived_from_a_read_follows_the_read() -> None:
+    """Exclusions, penalties and priors are worked out once per read and kept with it: a
+    later read (the refresher's next one) is worked out again, and a different offer or
+    latency cap on the same read gets its own answer."""
+    healthy = {ERROR_RATE: 0.0, LATENCY_P95: 400.0, REQUESTS_1H: 50.0}
+    first = RouterFeatures(values={"a": dict(healthy), "b": dict(healthy)})
+    assert live_exclusions(["a", "b"], first, None) == {}
+    assert live_exclusions(["a", "b"], first, None) == {}  # the kept answer
+    assert sorted(live_exclusions(["a", "b"], first, max_latency_ms=300)) == ["a", "b"]
+    assert list(live_exclusions(["b"], first, max_latency_ms=300)) == ["b"]
+    failing = RouterFeatures(values={"a": {**healthy, ERROR_RATE: 0.9}, "b": dict(healthy)})
+    assert list(live_exclusions(["a", "b"], failing, None)) == ["a"]
+    pen, note = live_penalties(
+        ["a", "b"],
+        failing,
+        latency_weight=0.0,
+        catalog_latency_ms=lambda m: None,
+        expected_quality=lambda m: 0.5,
+    )
+    assert pen == pytest.approx({"a": 0.45}) and note is not None and "a error rate 90%" in note
+    priors = RouterFeatures(values={"a": {TASK_QUALITY_24H: 0.7, TASK_REQUESTS_24H: 40.0}})
+    assert live_priors(["a"], priors, arm_mean=lambda m: None) == {"a": 0.7}
+    # the policy's own mean is checked on every call, not kept with the read
+    assert live_priors(["a"], priors, arm_mean=lambda m: 0.6) == {}
