@@ -21,8 +21,9 @@ source, alias poll every 50 ms);
 reported: failed requests and the time from the change to the first answer by the new model.
 ``/decide_batch``: two closed-loop clients posting batches of 100 (decisions per second).
 
-Both use a fresh ``cost_aware_linucb`` over the 27 catalog models, SQLite event log in a temporary
-folder, rate limit off. The generator shares the machine's two cores with the server.
+Every server starts as a fresh service does: the recommended policy over the default catalog,
+SQLite event log in a temporary folder, rate limit off (the swap replaces the champion with a
+``cost_aware_linucb``). The generator shares the machine's two cores with the server.
 Run: ``make bench-serving`` or ``python -m bench.serving [--quick] [--features ...]``.
 """
 

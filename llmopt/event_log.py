@@ -283,8 +283,11 @@ def _duplicate(row: Mapping[str, Any]) -> DuplicateDecisionError:
 class PendingWrites:
     """The writes queued inside :meth:`EventLog.deferred_writes`; wait before answering."""
 
-    def __init__(self) -> None:
+    def __init__(self, group: GroupCommit[Any] | None = None) -> None:
         self.futures: list[Future[None]] = []
+        self.group = group
+        """The writer the futures came from (its :meth:`GroupCommit.waiter` wakes the event
+        loop once per group); None: each future is awaited on its own."""
 
     def wait(self, timeout: float | None = 30.0) -> int:
         """Block until every write is committed (or spooled); re-raises the first failure.
@@ -295,11 +298,15 @@ class PendingWrites:
 
     async def wait_async(self) -> int:
         """:meth:`wait` without blocking the event loop (other requests run meanwhile)."""
+        group = self.group
         for fut in self.futures:
             if not fut.done():
-                # shielded: a cancelled request (client gone, timeout) stops waiting, it does
-                # not cancel the write
-                await asyncio.shield(asyncio.wrap_future(fut))
+                # A cancelled request (client gone, timeout) stops waiting; the write goes on.
+                waiter = group.waiter(fut) if group is not None else None
+                if waiter is not None:
+                    await waiter
+                elif not fut.done():
+                    await asyncio.shield(asyncio.wrap_future(fut))
             fut.result()
         return len(self.futures)
 
@@ -552,7 +559,7 @@ class EventLog:
         3
         >>> log.close()
         """
-        writes = PendingWrites()
+        writes = PendingWrites(self.group)
         outer: list[Future[None]] | None = getattr(self._local, "pending", None)
         self._local.pending = writes.futures
         try:

@@ -25,6 +25,7 @@ Example
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -68,6 +69,9 @@ class GroupCommit(Generic[T]):
         """Transactions written so far."""
         self.items = 0
         """Items written so far (``items / groups`` is the mean group size)."""
+        self._waiters: dict[Future[None], tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]
+        self._waiters = {}
+        self._waiters_lock = threading.Lock()
 
     def submit(self, item: T) -> Future[None]:
         """Queue ``item``; the future completes when its group is written (or failed)."""
@@ -78,6 +82,38 @@ class GroupCommit(Generic[T]):
             self._start()
         self._queue.put((item, fut))
         return fut
+
+    def waiter(self, fut: Future[None]) -> asyncio.Future[None] | None:
+        """An asyncio future of the running loop, done once ``fut`` (a :meth:`submit` future)
+        is; None if it is done already. Then read ``fut.result()``.
+
+        The writer wakes each event loop once per group, for all of the group's waiters on it,
+        where ``asyncio.wrap_future`` costs a cross-thread wake-up (a write to the loop's
+        self-pipe) and two more futures per item. Cancelling the returned future (the request
+        was cancelled) leaves the write alone.
+        """
+        loop = asyncio.get_running_loop()
+        with self._waiters_lock:
+            if fut.done():
+                return None
+            waiting = self._waiters[fut] = (loop, loop.create_future())
+        return waiting[1]
+
+    def _wake(self, futures: list[Future[None]]) -> None:
+        """Wake the asyncio waiters of ``futures`` (done): one call per event loop."""
+        if not self._waiters:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+        with self._waiters_lock:
+            for fut in futures:
+                waiting = self._waiters.pop(fut, None)
+                if waiting is not None:
+                    by_loop.setdefault(waiting[0], []).append(waiting[1])
+        for loop, waiters in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_release, waiters)
+            except RuntimeError:  # that loop is closed: nobody waits there any more
+                pass
 
     def _start(self) -> None:
         with self._start_lock:
@@ -130,6 +166,7 @@ class GroupCommit(Generic[T]):
                 fut.set_result(None)
             else:
                 fut.set_exception(err)
+        self._wake([fut for _, fut in group])
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued, then stop the writer (submits after this raise)."""
@@ -145,3 +182,11 @@ class GroupCommit(Generic[T]):
                 return
             if isinstance(late, tuple):
                 late[1].set_exception(RuntimeError(f"{self.name}: closed"))
+                self._wake([late[1]])
+
+
+def _release(waiters: list[asyncio.Future[None]]) -> None:
+    """On the waiters' event loop: mark each done (its write's outcome is in its own future)."""
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)

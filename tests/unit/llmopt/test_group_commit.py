@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import Any
 
 import pytest
 
+from llmopt.group_commit import _STOP as _STOP_FOR_TEST
 from llmopt.group_commit import GroupCommit
 
 
@@ -120,3 +124,94 @@ def test_a_flush_with_the_wrong_number_of_results_fails_its_group_only() -> None
         gc.submit(1).result(timeout=5)
     assert gc.submit(2).result(timeout=5) is None
     gc.close()
+
+
+class CountingLoop(asyncio.SelectorEventLoop):
+    """An event loop that counts the wake-ups other threads ask of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wakeups = 0
+
+    def call_soon_threadsafe(self, *args: Any, **kwargs: Any) -> Any:
+        self.wakeups += 1
+        return super().call_soon_threadsafe(*args, **kwargs)
+
+
+def test_asyncio_waiters_of_a_group_are_woken_once_per_loop() -> None:
+    """Requests waiting on an event loop for items of one group are released together: one
+    cross-thread wake-up for the group, where a wrapped future costs one per item. Each still
+    gets its own item's outcome."""
+    sink = SlowSink(delay_s=0.05)
+    gc: GroupCommit[int] = GroupCommit(sink, name="t")
+    loop = CountingLoop()
+
+    async def main() -> list[str]:
+        first = gc.submit(0)  # the writer sleeps on this one; the next six form one group
+        futs = [gc.submit(i) for i in (1, 2, -3, 4, 5, 6)]
+
+        async def wait(fut: Future[None]) -> str:
+            waiter = gc.waiter(fut)
+            assert waiter is not None
+            await waiter
+            try:
+                fut.result()
+            except ValueError as exc:
+                return str(exc)
+            return "ok"
+
+        outcomes = await asyncio.gather(*(wait(f) for f in futs))
+        first.result(timeout=5)
+        return outcomes
+
+    try:
+        outcomes = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert outcomes == ["ok", "ok", "odd -3", "ok", "ok", "ok"]
+    assert sum(len(g) for g in sink.groups) == 7 and len(sink.groups) <= 2  # [1, 6] or [7]
+    assert loop.wakeups == 1  # the six waited items were in one group
+    gc.close()
+
+
+def test_a_done_item_needs_no_waiter_and_a_cancelled_waiter_leaves_its_write() -> None:
+    sink = SlowSink(delay_s=0.05)
+    gc: GroupCommit[int] = GroupCommit(sink, name="t")
+
+    async def main() -> None:
+        done = gc.submit(1)
+        done.result(timeout=5)
+        assert gc.waiter(done) is None  # nothing to wait for
+        busy = gc.submit(2)  # the writer sleeps on this one
+        fut = gc.submit(3)
+        waiter = gc.waiter(fut)
+        assert waiter is not None
+        task = asyncio.ensure_future(waiter)
+        await asyncio.sleep(0)
+        task.cancel()  # the request went away
+        assert fut.result(timeout=5) is None and busy.result(timeout=5) is None
+        await asyncio.sleep(0.01)  # the writer's wake-up of a cancelled waiter is harmless
+
+    asyncio.run(main())
+    assert sorted(i for g in sink.groups for i in g) == [1, 2, 3]
+    assert not gc._waiters  # nothing kept once the group is written
+    gc.close()
+
+
+def test_close_releases_asyncio_waiters_of_refused_items() -> None:
+    """An item queued behind the stop is refused at close; its waiter is released too."""
+    gc: GroupCommit[int] = GroupCommit(SlowSink(delay_s=0.0), name="t")
+
+    async def main() -> None:
+        late: Future[None] = Future()
+        gc._queue.put(_STOP_FOR_TEST)  # the writer stops before the late item
+        gc._queue.put((9, late))
+        waiter = gc.waiter(late)
+        assert waiter is not None
+        await asyncio.to_thread(gc.close)
+        await asyncio.wait_for(waiter, timeout=5)
+        with pytest.raises(RuntimeError, match="closed"):
+            late.result()
+
+    gc.submit(1).result(timeout=5)  # the writer runs
+    asyncio.run(main())
