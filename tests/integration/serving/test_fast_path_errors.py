@@ -18,7 +18,7 @@ def test_a_bug_is_a_500_in_the_one_shape(tmp_path: Path, monkeypatch: pytest.Mon
     def broken(*_: Any, **__: Any) -> Any:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr("serving.service.to_response", broken)
+    monkeypatch.setattr("serving.service.response_json", broken)  # what the fast path writes with
     with asgi_service(tmp_path, LLMOPT_SERVING_RATE_LIMIT_PER_S="0") as c:
         r = c.post("/decide", json={"tenant": "acme"})
     assert r.status_code == 500

@@ -76,7 +76,9 @@ def test_a_canary_drawn_per_decision_logs_its_share_in_the_propensity(catalog, l
             0.2 if d.model == "gpt-4o-mini" else 0.8
         )
     share = len(seen["v2"]) / 600
-    assert 0.15 < share < 0.25  # 20% of the decisions, not of the tenants
+    # 20% of the decisions, not of the tenants: within 4.5 standard deviations (0.016) of 0.2
+    # (the draws are not seeded; 0.15 failed once at 0.147, 3.3 sd below)
+    assert 0.126 < share < 0.274
     assert seen["v2"] == pytest.approx([0.5 * 0.2] * len(seen["v2"]))
     assert seen["v1"] == pytest.approx([0.5 * 0.8] * len(seen["v1"]))
     assert tenants["v2"] == {"one-tenant", "other"}  # one tenant sees both sides
