@@ -453,8 +453,8 @@ class Settings(BaseSettings):
             "(TPE's next suggestion and the smoothed best per task type x model, 5-22 ms of "
             "CPU each), on a background thread: off the feedback path, where it held the "
             "router's lock and every decision waited behind it. The thread still shares the "
-            "GIL with requests: at 500 decide/s + 20 feedback/s the soak's p99 was 6.3-6.9 ms "
-            "at 0.1 and 5.7 ms at 0.02."
+            "GIL with requests: at 500 decide/s + 20 feedback/s the 2-minute soak's p99 was "
+            "6.3-6.9 ms at 0.1 and 5.7-5.9 ms at 0.02-0.05."
         ),
     )
     serving_drift_watch: bool = Field(

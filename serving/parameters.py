@@ -19,9 +19,7 @@ What a decision gets, and its ``reason``:
 
 Cost on the decision path is a dictionary lookup: TPE's ``ask`` (5 ms at 100 trials, 22 ms at
 300, CPU time that holds the GIL) and the smoothed best (O(n^2)) keep one suggestion ready per
-pair and the best cached (recomputed after :data:`BEST_REFIT_SHARE` more feedback, not on each;
-a new suggestion only once the ready one was served). They run on the feedback path, or with
-:attr:`ServedTuning.deferred`
+pair and the best cached. They run on the feedback path, or with :attr:`ServedTuning.deferred`
 (what the service does) on a background thread that calls :meth:`ServedTuning.refresh` within a
 CPU share (``LLMOPT_SERVING_TUNING_CPU_SHARE``): on the feedback path, under the router's lock,
 they made every decision wait behind them (the soak's p99 tail). After ``max_trials`` rewards a
@@ -70,11 +68,6 @@ from models.tuning_snapshot import UNINFORMATIVE_ERRORS as UNINFORMATIVE_ERRORS 
 from models.tuning_snapshot import tuning_key as tuning_key  # noqa: PLC0414
 
 log = logging.getLogger("llmopt.serving")
-
-BEST_REFIT_SHARE = 0.1
-"""A pair's smoothed best is recomputed once its feedback grew by this share since the last
-time (every feedback below 20, then every 2nd, ..., every 29th near 300): the best's cost grows
-with the trials while one more reward barely moves it."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +123,6 @@ class ServedTuning:
         self._best: dict[str, dict[str, ParamValue]] = {}
         self._ready: dict[str, tuple[int, dict[str, ParamValue]]] = {}
         self._stale: set[str] = set()
-        self._best_at: dict[str, int] = {}  # feedback count of each pair's best
         self.deferred = False
         """True: :meth:`observe` leaves the TPE work to :meth:`refresh` (a background thread)."""
 
@@ -283,21 +275,12 @@ class ServedTuning:
             except ValueError:  # e.g. max_tokens capped below the space: nothing to learn
                 return False
         self._n[key] = n + 1
-        if n + 1 >= self.min_feedback and (self._best_due(key, n + 1) or key not in self._ready):
+        if n + 1 >= self.min_feedback:
             if self.deferred:
                 self._stale.add(key)
             else:
                 self._refresh(key, n + 1)
         return True
-
-    def _best_due(self, key: str, n: int) -> bool:
-        """Whether the pair's best is recomputed at its ``n``-th feedback: the first time, at
-        the last trial, and after :data:`BEST_REFIT_SHARE` more of its feedback (a smoothed
-        best over n trials costs ~n/70 ms, and one more reward moves it little)."""
-        at = self._best_at.get(key)
-        if at is None or key not in self._best or n == self.max_trials:
-            return True
-        return n <= self.max_trials and n - at >= max(1, int(n * BEST_REFIT_SHARE))
 
     @property
     def stale(self) -> int:
@@ -318,10 +301,9 @@ class ServedTuning:
         return done
 
     def _refresh(self, key: str, n: int) -> None:
-        """Recompute the best (when due), keep one suggestion ready, expire stale ones."""
-        if self._best_due(key, n):
+        """Recompute the best, keep one suggestion ready, expire stale ones."""
+        if n <= self.max_trials or key not in self._best:
             self._best[key] = self.tuner.best(key)
-            self._best_at[key] = n
         if n < self.max_trials and key not in self._ready:
             s = self.tuner.suggest(key)
             self._ready[key] = (s.trial_number, s.params)

@@ -87,33 +87,6 @@ def test_deferred_tuning_leaves_tpe_to_refresh() -> None:
     assert t.stale == 1 and t.refresh(limit=0) == 0 and t.stale == 1
 
 
-def test_the_best_is_recomputed_as_feedback_grows_not_on_every_reward() -> None:
-    """Below 20 feedback every reward recomputes the pair's best, then after 10% more of them;
-    with a suggestion ready and the best not due, a reward leaves nothing for the refresher."""
-    t = ServedTuning(min_feedback=2, explore=0.0, max_trials=300, seed=0)  # never explores
-    t.deferred = True
-    fits: list[int] = []
-    best = t.tuner.best
-
-    def counted(key: str) -> dict[str, object]:
-        fits.append(t.n_feedback(key))
-        return best(key)
-
-    t.tuner.best = counted  # type: ignore[method-assign]
-    idle = 0
-    for _ in range(120):
-        s = t.suggest("code", "m", CATALOG_PARAMS)
-        t.observe(s.record, s.params, random.random())
-        idle += t.stale == 0  # the reward needed no refresh
-        t.refresh()
-    assert fits[:18] == list(range(2, 20))  # every feedback while the pair is young
-    gaps = [b - a for a, b in zip(fits, fits[1:], strict=False)]
-    assert all(gap == max(1, int(b * 0.1)) for gap, b in zip(gaps, fits[1:], strict=True))
-    assert len(fits) < 45 and fits[-1] > 105  # ~36 fits for 119 rewards, the last one recent
-    assert idle > 60
-    assert t.suggest("code", "m", CATALOG_PARAMS).reason.startswith("tuned: best of 120")
-
-
 def test_uninformative_failures_are_not_learned() -> None:
     t = ServedTuning(min_feedback=3, seed=0)
     s = t.suggest("code", "m", CATALOG_PARAMS)
