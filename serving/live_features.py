@@ -269,7 +269,8 @@ class LiveFeatures:
 def live_exclusions(
     arms: Sequence[str], features: RouterFeatures, max_latency_ms: float | None
 ) -> dict[str, str]:
-    """Arms the fleet's live statistics rule out, with the reason.
+    """Arms the fleet's live statistics rule out, with the reason (kept with ``features`` per
+    offer and cap, and shared by the decisions that read them: not to be changed).
 
     A model is left out when, over the last 5 minutes, its share of failed calls reached
     :data:`LIVE_ERROR_EXCLUDE`, or its observed 95th-percentile latency exceeds the request's

@@ -205,6 +205,18 @@ def response_json(routed: Routed, features_state: str = "off") -> bytes:
     )
 
 
+def batch_response_json(
+    routed: Sequence[Routed | None], errors: Sequence[BatchItemError], features_state: str = "off"
+) -> bytes:
+    """``DecideBatchResponse(...).model_dump_json()`` for these decisions (None: refused) and
+    errors, the same bytes, each decision written by :func:`response_json`."""
+    items = b",".join(
+        response_json(r, features_state) if r is not None else b"null" for r in routed
+    )
+    listed = b",".join(e.model_dump_json().encode() for e in errors)
+    return b'{"decisions":[' + items + b'],"errors":[' + listed + b"]}"
+
+
 @bentoml.service(
     name="llmopt-router",
     logging={"access": {"enabled": False}},
@@ -325,12 +337,9 @@ class DecisionService:
         )
 
     def _decide_batch_json(self, requests: Sequence[RequestContext]) -> bytes:
-        """:meth:`decide_batch`'s answer as JSON, each decision written by :func:`response_json`."""
+        """:meth:`decide_batch`'s answer as JSON (:func:`batch_response_json`)."""
         routed, errors = self._decide_batch(requests)
-        state = self.runtime.features_state
-        items = b",".join(response_json(r, state) if r is not None else b"null" for r in routed)
-        listed = b",".join(e.model_dump_json().encode() for e in errors)
-        return b'{"decisions":[' + items + b'],"errors":[' + listed + b"]}"
+        return batch_response_json(routed, errors, self.runtime.features_state)
 
     def _decide_batch(
         self, requests: Sequence[RequestContext]

@@ -14,7 +14,8 @@ from llmopt.event_log import EventLog
 from llmopt.schemas import RequestContext
 from models.kinds import RECOMMENDED, make_policy
 from serving.router import Routed, Router
-from serving.service import response_json, to_response
+from serving.schemas import BatchItemError, DecideBatchResponse
+from serving.service import batch_response_json, response_json, to_response
 
 
 def _same(routed: Routed, state: str = "open") -> str:
@@ -72,3 +73,19 @@ def test_the_same_bytes_with_features_shadow_static_default_and_odd_numbers(
     static = Router(load_catalog(), EventLog("sqlite://")).decide(ctx)  # nothing loaded
     assert static.slot.role == "static_default"
     _same(static)
+
+
+def test_a_batch_answer_is_the_batch_models_bytes(router: Router) -> None:
+    routed = [
+        router.decide(RequestContext(tenant="acme", prompt=p, mode=m))
+        for p, m in (("What is 2 + 2?", "single"), ("Prove it.", "cascade"))
+    ]
+    errors = [BatchItemError(index=1, status=402, message='budget: "acme" spent')]
+    items = [routed[0], None, routed[1]]
+    expected = DecideBatchResponse(
+        decisions=[to_response(r, "open") if r is not None else None for r in items],
+        errors=errors,
+    ).model_dump_json()
+    assert batch_response_json(items, errors, "open") == expected.encode()
+    empty = DecideBatchResponse(decisions=[], errors=[]).model_dump_json().encode()
+    assert batch_response_json([], [], "open") == empty
