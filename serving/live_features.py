@@ -164,7 +164,10 @@ class LiveFeatures:
             self.degraded_reads += 1
         if len(self._cache) > 10_000:  # tenants x task types: bounded memory
             self._cache.clear()
-        self._cache[key] = Cached(features, now)
+        # A first read the store answered late (or not) is kept already expired: the next
+        # decision refreshes it in the background, with the refresh's budget, instead of
+        # serving the fallback for a whole ttl (the demo's ~33 requests a second did).
+        self._cache[key] = Cached(features, now - self.ttl_s if features.degraded else now)
         return features
 
     def _refresh(self, key: tuple[str, str], models: Sequence[str]) -> None:

@@ -91,6 +91,24 @@ def test_cache_per_tenant_and_task_stale_served_while_refreshed() -> None:
     live.close()
 
 
+def test_a_late_first_read_is_refreshed_at_the_next_decision_not_a_ttl_later() -> None:
+    """A key's first read is on the decision path, within a few milliseconds: when the store
+    answers late, that decision gets the flagged fallback, and the next one starts a
+    background refresh at once (the time has not moved) instead of a ttl later."""
+    reader, clock = ScriptedReader(), Clock()
+    live = LiveFeatures(reader, ttl_s=60.0, clock=clock)
+    reader.values["a"] = {"x": 1.0}
+    reader.degraded = True
+    assert live.get(["a"], tenant="t", task_type="general").degraded
+    reader.degraded = False
+    assert live.get(["a"], tenant="t", task_type="general").degraded  # served, while ...
+    assert live.settle() and reader.calls == 2  # ... refreshed in the background
+    fresh = live.get(["a"], tenant="t", task_type="general")
+    assert not fresh.degraded and fresh.values["a"] == {"x": 1.0}
+    assert live.settle() and reader.calls == 2  # a good read lives for its ttl
+    live.close()
+
+
 def test_a_new_candidate_model_is_a_miss() -> None:
     reader = ScriptedReader()
     live = LiveFeatures(reader, ttl_s=60)
