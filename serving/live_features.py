@@ -9,7 +9,9 @@
   reader's budget (3 ms). So a decision never waits for the store after the first one of a
   tenant and task type, and a served value is at most ``ttl_s`` + one refresh old while the
   store answers. A slow or failed store gives the reader's last values or defaults, flagged
-  ``degraded`` and cached like any answer: decisions say so until a refresh succeeds.
+  ``degraded`` and cached like any answer: decisions say so until a refresh succeeds. A key's
+  first read that came back degraded is cached already expired, so the next decision starts
+  that refresh at once.
 - ``follow_log_once()`` (called by the runtime's background thread) reads the feedback stored in
   the event log since the last call, aggregates it with :class:`feature_store.writer.FeatureWriter`
   and pushes the rows online (and offline). It reads the shared log rather than this worker's own
