@@ -12,6 +12,8 @@ stack behind.
 
 from __future__ import annotations
 
+import random
+import socket
 import time
 from pathlib import Path
 
@@ -23,7 +25,6 @@ from serving.schemas import EXAMPLE_DECIDE
 
 from .conftest import (
     alive,
-    free_port,
     http,
     port_open,
     script,
@@ -35,11 +36,24 @@ pytestmark = [pytest.mark.integration, pytest.mark.services, pytest.mark.slow]
 
 
 def free_port_pair() -> int:
-    """A port free on 127.0.0.1 whose successor is free too (replicas 1 and 2)."""
+    """A port free on 127.0.0.1 whose successor is free too (replicas 1 and 2), below Linux's
+    ephemeral range (32768-60999): replica 2 binds ~40 s after the pick, and a port from
+    that range had meanwhile gone to an outgoing connection of the stack starting up (CI:
+    serving-2 "Address already in use")."""
+    rng = random.Random()
     while True:
-        port = free_port()
-        if port < 65535 and not port_open(port + 1):
+        port = rng.randrange(20_000, 32_000)
+        if _bindable(port) and _bindable(port + 1):
             return port
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return not port_open(port)
 
 
 @pytest.mark.timeout(480)
