@@ -274,19 +274,17 @@ class LearningLoop:
         """
         out: dict[ArmID, float] = {}
         wtp, weight = tradeoff.willingness_to_pay, tradeoff.latency_weight
-        penalty(0.0, willingness_to_pay=wtp, latency_weight=weight)  # checks the trade-off
         predict = self.cost_model.predict
         get = self.catalog.get if self.catalog is not None else None
         for arm in arms:
-            cost = predict(arm, input_tokens) or 0.0
-            if not math.isfinite(cost):  # (predictions are never negative)
-                raise ValueError(f"cost_usd must be a finite number >= 0, got {cost}")
             spec = get(arm) if get is not None else None
-            # penalty(cost, latency, ...) inlined, the same operations: it ran once per arm
-            pen = cost / wtp
-            if spec:
-                pen += weight * spec.expected_latency_ms(DEFAULT_OUTPUT_TOKENS) / 1000.0
-            out[arm] = pen
+            latency = spec.expected_latency_ms(DEFAULT_OUTPUT_TOKENS) if spec else None
+            out[arm] = penalty(
+                predict(arm, input_tokens) or 0.0,
+                latency,
+                willingness_to_pay=wtp,
+                latency_weight=weight,
+            )
         return out
 
     def candidates(self, ctx: RequestContext) -> list[ArmID]:
