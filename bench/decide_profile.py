@@ -51,7 +51,7 @@ PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # first match wins, in this order (a frame name contained in the stack)
     (
         "event-log write (insert, JSON, commit)",
-        ("_flush_decisions", "insert_decision", "GroupCommit._run"),
+        ("_flush_writes", "insert_decision", "GroupCommit._run"),
     ),
     ("decision row (context dump, prompt hash)", ("decision_row",)),
     ("request features (embedding, markers)", ("request_features",)),

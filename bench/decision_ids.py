@@ -4,7 +4,7 @@
 in ten minutes; where in its index each commit's rows land decides how many pages a commit
 dirties (and later checkpoints copy). This benchmark writes ``N`` realistic decision rows (a
 prompt's context, 30 features, 11 scores) into a fresh SQLite event log in groups of 8, as the
-group-commit writer does (``EventLog._flush_decisions``), once with random 128-bit ids (what
+group-commit writer does (``EventLog._flush_writes``), once with random 128-bit ids (what
 ``llmopt.schemas.new_decision_id`` issued before 2026-12-06) and once with its time-ordered
 ids, and reports the time per group over the first and the last sixth of the run.
 
@@ -51,7 +51,7 @@ def _run(make_id: Callable[[], str], n: int) -> dict[str, Any]:
         for _ in range(n // GROUP):
             rows = [{**row, "decision_id": make_id()} for _ in range(GROUP)]
             t = time.perf_counter()
-            log._flush_decisions(rows)
+            log._flush_writes(rows)
             ms.append((time.perf_counter() - t) * 1000)
         log.close()
         size_mb = Path(f"{tmp}/events.db").stat().st_size / 1e6

@@ -280,6 +280,28 @@ def _duplicate(row: Mapping[str, Any]) -> DuplicateDecisionError:
     return DuplicateDecisionError(f"decision_id {row['decision_id']!r} is already logged")
 
 
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """A gateway's measurements of one call, for its decision's ``context.call``
+    (:meth:`EventLog.record_call`)."""
+
+    decision_id: DecisionID
+    call: dict[str, Any]
+
+
+_SET_CALL: dict[str, sa.TextClause] = {
+    "sqlite": sa.text(
+        "UPDATE decisions SET context = json_set(context, '$.call', json(:call)) "
+        "WHERE decision_id = :decision_id"
+    ),
+    "postgresql": sa.text(
+        "UPDATE decisions SET context = CAST(jsonb_set(CAST(context AS jsonb), '{call}', "
+        "CAST(:call AS jsonb)) AS json) WHERE decision_id = :decision_id"
+    ),
+}
+"""Per dialect: the one statement that sets a decision's ``context.call`` in place."""
+
+
 class PendingWrites:
     """The writes queued inside :meth:`EventLog.deferred_writes`; wait before answering."""
 
@@ -490,8 +512,8 @@ class EventLog:
         self._insert_decision = decisions.insert()
         self._insert_feedback = feedback.insert()
         self._local = threading.local()
-        self.group: GroupCommit[dict[str, Any]] | None = (
-            GroupCommit(self._flush_decisions, name="event-log-writer") if group_commit else None
+        self.group: GroupCommit[dict[str, Any] | CallRecord] | None = (
+            GroupCommit(self._flush_writes, name="event-log-writer") if group_commit else None
         )
         """The decision writer when ``group_commit`` is on (see :meth:`deferred_writes`)."""
 
@@ -527,7 +549,7 @@ class EventLog:
             decision, context, features=features, extra=extra, store_prompt=store_prompt
         )
         if self.group is None:
-            error = self._flush_decisions([row])[0]
+            error = self._flush_writes([row])[0]
             if error is not None:
                 raise error
             return
@@ -569,24 +591,37 @@ class EventLog:
             if outer is not None:  # nested: the outer block waits for these too
                 outer.extend(writes.futures)
 
-    def _flush_decisions(self, rows: Sequence[dict[str, Any]]) -> list[BaseException | None]:
-        """Insert decision rows in one transaction; per row, None or its own error (a
-        :class:`DuplicateDecisionError`). Other database errors raise."""
+    def _flush_writes(
+        self, items: Sequence[dict[str, Any] | CallRecord]
+    ) -> list[BaseException | None]:
+        """Insert decision rows and apply call records (:class:`CallRecord`, queued by
+        :meth:`record_call`) in one transaction; per item, in order, None or its own error (a
+        :class:`DuplicateDecisionError`). Other database errors raise. The calls are applied
+        after the rows: a call is recorded for a decision already committed."""
+        rows = [r for r in items if not isinstance(r, CallRecord)]
+        calls = [r for r in items if isinstance(r, CallRecord)]
         try:
             with self._engine.begin() as conn:
-                conn.execute(self._insert_decision, list(rows))
+                if rows:
+                    conn.execute(self._insert_decision, rows)
+                if calls:
+                    self._update_calls(conn, calls)
         except IntegrityError:
-            if len(rows) == 1:
+            if len(items) == 1:
                 return [_duplicate(rows[0])]
-            errors: list[BaseException | None] = []
-            for row in rows:  # find the duplicate(s); the others are written
+            errors: dict[int, BaseException] = {}
+            for i, row in enumerate(items):  # find the duplicate(s); the others are written
+                if isinstance(row, CallRecord):
+                    continue
                 try:
                     self.insert_decision(row)
-                    errors.append(None)
                 except DuplicateDecisionError as exc:
-                    errors.append(exc)
-            return errors
-        return [None] * len(rows)
+                    errors[i] = exc
+            if calls:
+                with self._engine.begin() as conn:
+                    self._update_calls(conn, calls)
+            return [errors.get(i) for i in range(len(items))]
+        return [None] * len(items)
 
     @staticmethod
     def decision_row(
@@ -638,21 +673,42 @@ class EventLog:
     def record_call(self, decision_id: DecisionID, call: Mapping[str, Any]) -> bool:
         """Keep what a gateway measured of the call a decision led to (latency, time to first
         token, tokens, cost) in the decision's context, under ``"call"``; feedback that arrives
-        later without those values is completed from it. False: no such decision."""
+        later without those values is completed from it. False: no such decision.
+
+        One statement (the database sets the key: SQLite's ``json_set``, PostgreSQL's
+        ``jsonb_set``), no read. Inside :meth:`deferred_writes` with group commit it is queued
+        with the block's writes and shares the writer's next transaction (True: the decision is
+        not looked up then; a call of an unknown decision changes nothing).
+        """
+        record = CallRecord(decision_id, dict(call))
+        pending: list[Future[None]] | None = getattr(self._local, "pending", None)
+        if self.group is not None and pending is not None:
+            pending.append(self.group.submit(record))
+            return True
         with self._engine.begin() as conn:
+            return self._update_calls(conn, [record]) > 0
+
+    def _update_calls(self, conn: sa.Connection, calls: Sequence[CallRecord]) -> int:
+        """Set ``context.call`` of each record's decision; how many rows changed."""
+        dialect = conn.dialect.name
+        if dialect in _SET_CALL:
+            params = [{"decision_id": c.decision_id, "call": _json_dumps(c.call)} for c in calls]
+            return int(conn.execute(_SET_CALL[dialect], params).rowcount or 0)
+        changed = 0
+        for c in calls:  # another database: read, change, write
             row = conn.execute(
-                sa.select(decisions.c.context).where(decisions.c.decision_id == decision_id)
+                sa.select(decisions.c.context).where(decisions.c.decision_id == c.decision_id)
             ).first()
             if row is None:
-                return False
-            context = dict(_decode(row.context) or {})
-            context["call"] = dict(call)
+                continue
+            context = {**(_decode(row.context) or {}), "call": c.call}
             conn.execute(
                 decisions.update()
-                .where(decisions.c.decision_id == decision_id)
+                .where(decisions.c.decision_id == c.decision_id)
                 .values(context=context)
             )
-        return True
+            changed += 1
+        return changed
 
     def lookup_decision(self, decision_id: DecisionID) -> tuple[dict[str, Any] | None, bool]:
         """``(row, database_answered)``; here the database always answers (or raises).

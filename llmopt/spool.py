@@ -62,6 +62,7 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 
 from llmopt.event_log import (
+    CallRecord,
     ConflictingFeedbackError,
     DuplicateDecisionError,
     EventLog,
@@ -194,19 +195,30 @@ class SpooledEventLog(EventLog):
         if len(self._recent) > RECENT_DECISIONS:
             self._recent.popitem(last=False)
 
-    def _flush_decisions(self, rows: Sequence[dict[str, Any]]) -> list[BaseException | None]:
-        """:meth:`EventLog._flush_decisions`; the rows are spooled if the database is down."""
+    def _flush_writes(
+        self, items: Sequence[dict[str, Any] | CallRecord]
+    ) -> list[BaseException | None]:
+        """:meth:`EventLog._flush_writes`; the decisions and calls are spooled, in order, if
+        the database is down."""
         try:
-            errors = super()._flush_decisions(rows)
+            errors = super()._flush_writes(items)
         except UNAVAILABLE as exc:
             log.warning(
-                "event log unavailable (%s): %d decision(s) spooled", type(exc).__name__, len(rows)
+                "event log unavailable (%s): %d decision(s) and call(s) spooled",
+                type(exc).__name__,
+                len(items),
             )
             self._down()
-            self._append_many([{"kind": "decision", "row": row} for row in rows])
-            for row in rows:
-                self._remember(row)
-            return [None] * len(rows)
+            records = []
+            for item in items:
+                if isinstance(item, CallRecord):
+                    row = {"decision_id": item.decision_id, "call": item.call}
+                    records.append({"kind": "call", "row": row})
+                else:
+                    records.append({"kind": "decision", "row": item})
+                    self._remember(item)
+            self._append_many(records)
+            return [None] * len(items)
         self._up()
         return errors
 

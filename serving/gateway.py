@@ -443,23 +443,37 @@ class Gateway:
         spec = self.catalog.get(model)
         return pt, ct, (spec.expected_cost_usd(pt, ct) if spec is not None else None)
 
-    def settle(self, decision_id: str, model: str, call: Call) -> None:
-        """Keep the measurements (success) or feed the failure back (error, cost 0)."""
-        router = self.runtime.router
+    async def settle(self, decision_id: str, model: str, call: Call) -> None:
+        """Keep the measurements (success) or feed the failure back (error, cost 0).
+
+        The measurements join the event-log writer's next transaction (group commit: no
+        thread hop, no transaction of their own, no second writer waiting for SQLite's lock)
+        and are committed before this returns, so feedback posted as soon as the client has
+        its answer finds them. Never raises: measuring must not fail an answer.
+        """
+        events = self.runtime.event_log
         try:
             if call.error is not None:
-                router.feedback(
-                    Feedback(
-                        decision_id=decision_id,
-                        error_kind=call.error,
-                        latency_ms=min(call.latency_ms, 3_600_000.0),
-                        cost_usd=0.0,
-                    )
-                )
+                await asyncio.to_thread(self._failed, decision_id, call)
+            elif events.group is None:
+                await asyncio.to_thread(events.record_call, decision_id, call.record())
             else:
-                self.runtime.event_log.record_call(decision_id, call.record())
-        except Exception:  # measuring must never fail the answer already given
+                with events.deferred_writes() as writes:
+                    events.record_call(decision_id, call.record())
+                await writes.wait_async()
+        except Exception:
             log.exception("gateway: could not record the call of %s (%s)", decision_id, model)
+
+    def _failed(self, decision_id: str, call: Call) -> None:
+        """The failed call's feedback: its error and latency, cost 0 (never charged)."""
+        self.runtime.router.feedback(
+            Feedback(
+                decision_id=decision_id,
+                error_kind=call.error,
+                latency_ms=min(call.latency_ms, 3_600_000.0),
+                cost_usd=0.0,
+            )
+        )
 
 
 def _failure(status: int) -> ErrorKind | None:
@@ -604,7 +618,7 @@ async def handle_chat(
         a.call.latency_ms = a.call.latency_ms or a.elapsed_ms()
         a.call.error = a.call.error or ErrorKind.SERVER_ERROR
         await a.logged()
-        await asyncio.to_thread(gateway.settle, a.decision_id, a.model, a.call)
+        await gateway.settle(a.decision_id, a.model, a.call)
         log.warning("gateway: %s failed (%s); falling back", a.model, last_error)
     raise GatewayError(502, f"every attempt failed; last: {last_error}", code="upstream_error")
 
@@ -664,7 +678,7 @@ async def _serve_hit(
 async def _pass_on(gateway: Gateway, a: Attempt, send: Send, status: int, body: bytes) -> bool:
     """An upstream 4xx other than 429 (the request is wrong): the client gets it as is."""
     await a.logged()
-    await asyncio.to_thread(gateway.settle, a.decision_id, a.model, a.call)
+    await gateway.settle(a.decision_id, a.model, a.call)
     await _reply(send, status, body, _headers(a.routed, a.extra))
     return True
 
@@ -689,7 +703,7 @@ async def _once(gateway: Gateway, a: Attempt, send: Send) -> bool:
     tokens = gateway.cost(a.model, data.get("usage"))
     a.call.input_tokens, a.call.output_tokens, a.call.cost_usd = tokens
     await a.logged()
-    await asyncio.to_thread(gateway.settle, a.decision_id, a.model, a.call)
+    await gateway.settle(a.decision_id, a.model, a.call)
     await _reply(send, 200, json.dumps(data).encode(), _headers(a.routed, a.extra))
     return True
 
@@ -752,7 +766,7 @@ async def _stream(gateway: Gateway, a: Attempt, send: Send, body: dict[str, Any]
         call.input_tokens, call.output_tokens, call.cost_usd = gateway.cost(a.model, usage)
         if a.collect and call.error is None:
             a.answer = assemble(parts, a.model, usage)
-        await asyncio.to_thread(gateway.settle, a.decision_id, a.model, call)
+        await gateway.settle(a.decision_id, a.model, call)
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
     return True
 

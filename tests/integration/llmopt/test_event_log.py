@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from llmopt.event_log import (
+    CallRecord,
     ConflictingFeedbackError,
     DuplicateDecisionError,
     EventLog,
@@ -118,6 +119,62 @@ def test_prompt_is_hashed_unless_opted_in(url: str) -> None:
     )
     kept = log.get_decision(d.decision_id)
     assert kept is not None and kept["context"]["prompt"] == "keep me"
+
+
+@pytest.mark.parametrize("group_commit", [False, True])
+def test_a_call_record_sets_context_call_and_leaves_the_rest_as_it_was(
+    url: str, group_commit: bool
+) -> None:
+    """One statement sets ``context.call`` (and replaces it when recorded again); every other
+    context value reads back unchanged, odd numbers included; an unknown decision is untouched."""
+    log = EventLog(url, group_commit=group_commit)
+    d = Decision(model="m", propensity=1.0, policy_name="p")
+    extra = {"predicted_cost_usd": 1e-05, "tiny": 3e-7, "third": 1 / 3, "big": 2**53 + 1}
+    log.record_decision(d, RequestContext(tenant="t", prompt="p"), features={}, extra=extra)
+    before = log.get_decision(d.decision_id)
+    assert before is not None
+    call = {"latency_ms": 12.5, "ttft_ms": 0.1, "input_tokens": 7, "cost_usd": 2.5e-06}
+    if group_commit:
+        with log.deferred_writes() as writes:
+            assert log.record_call(d.decision_id, call)
+            assert log.record_call("never-made", {"latency_ms": 1.0})  # queued: not looked up
+        assert writes.wait() == 2
+    else:
+        assert log.record_call(d.decision_id, call)
+        assert not log.record_call("never-made", {"latency_ms": 1.0})
+    after = log.get_decision(d.decision_id)
+    assert after is not None
+    assert after["context"].pop("call") == call
+    assert after == before
+    assert log.get_decision("never-made") is None
+    assert log.record_call(d.decision_id, {"latency_ms": 99.0})  # again: replaced
+    again = log.get_decision(d.decision_id)
+    assert again is not None and again["context"]["call"] == {"latency_ms": 99.0}
+    log.close()
+
+
+def test_a_group_of_decisions_and_calls_reports_each_duplicate_in_place(url: str) -> None:
+    """A group mixing decisions and call records, one decision a duplicate: that one (in its
+    place) is refused, every other decision is written and every call applied."""
+    log = EventLog(url, group_commit=True)
+    old = Decision(model="m", propensity=1.0, policy_name="p")
+    log.record_decision(old, RequestContext(tenant="t"), features={})
+    new = [Decision(model="m", propensity=1.0, policy_name="p") for _ in range(2)]
+    rows = [
+        log.decision_row(x, RequestContext(tenant="t"), features={}) for x in [new[0], old, new[1]]
+    ]
+    items = [rows[0], CallRecord(old.decision_id, {"latency_ms": 5.0}), rows[1], rows[2]]
+    errors = log._flush_writes(items)
+    assert [type(e).__name__ if e else None for e in errors] == [
+        None,
+        None,
+        "DuplicateDecisionError",
+        None,
+    ]
+    assert all(log.get_decision(x.decision_id) is not None for x in new)
+    got = log.get_decision(old.decision_id)
+    assert got is not None and got["context"]["call"] == {"latency_ms": 5.0}
+    log.close()
 
 
 def test_concurrent_duplicates_store_exactly_once(url: str) -> None:

@@ -19,7 +19,7 @@ def test_summary_counts_measured_and_writer_samples_by_part(tmp_path: Path) -> N
                 "_measured (d.py:9);EpollSelector.select (selectors.py:468) 99",  # idle
                 "Thread._bootstrap (t.py:1);GroupCommit._run (g.py:92) 77",  # idle writer
                 "Thread._bootstrap (t.py:1);GroupCommit._run (g.py:106);"
-                "EventLog._flush_decisions (e.py:1) 40",
+                "EventLog._flush_writes (e.py:1) 40",
             ]
         )
         + "\n"

@@ -141,6 +141,35 @@ def test_a_group_that_finds_the_database_down_is_spooled_and_replayed(
     log.close()
 
 
+def test_calls_queued_while_the_database_is_down_are_spooled_after_their_decisions(
+    tmp_path: Path, sqlite_outage: Any
+) -> None:
+    """A gateway's call records share the decisions' group; down, both are spooled in order,
+    the call is visible on the remembered decision at once and lands after it at replay."""
+    db = tmp_path / "db"
+    db.mkdir()
+    log = SpooledEventLog(
+        f"sqlite:///{db / 'events.db'}", spool_dir=tmp_path / "spool", group_commit=True
+    )
+    outage = sqlite_outage(db, log)
+    outage.start()
+    d = decision()
+    with log.deferred_writes() as writes:
+        log.record_decision(d, CTX, features={})
+    writes.wait()
+    with log.deferred_writes() as writes:
+        assert log.record_call(d.decision_id, {"latency_ms": 42.0})
+    assert writes.wait() == 1  # acknowledged: in the spool
+    assert log.spooled_records() == 2
+    row = log.get_decision(d.decision_id)
+    assert row is not None and row["context"]["call"] == {"latency_ms": 42.0}
+    outage.end()
+    assert log.replay() == 2
+    row = log.get_decision(d.decision_id)
+    assert row is not None and row["context"]["call"] == {"latency_ms": 42.0}
+    log.close()
+
+
 def test_a_cancelled_request_does_not_cancel_its_write(tmp_path: Path) -> None:
     log = EventLog(f"sqlite:///{tmp_path / 'e.db'}", group_commit=True)
 
