@@ -27,6 +27,7 @@ from bench import (
     training,
     tuning,
     upstream_client,
+    wal_checkpoint,
 )
 
 BENCHMARKS: dict[str, ModuleType] = {
@@ -45,6 +46,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         tuning,
         upstream_client,
         decision_ids,
+        wal_checkpoint,
     )
 }
 
