@@ -100,11 +100,16 @@ class GroupCommit(Generic[T]):
         return waiting[1]
 
     def _wake(self, futures: list[Future[None]]) -> None:
-        """Wake the asyncio waiters of ``futures`` (done): one call per event loop."""
-        if not self._waiters:
-            return
+        """Wake the asyncio waiters of ``futures`` (done): one call per event loop.
+
+        The check for waiters is under the lock: a :meth:`waiter` that saw its future not done
+        yet may still be registering (it holds the lock until it has), and a check outside the
+        lock could miss it and leave that request waiting for ever.
+        """
         by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         with self._waiters_lock:
+            if not self._waiters:
+                return
             for fut in futures:
                 waiting = self._waiters.pop(fut, None)
                 if waiting is not None:

@@ -215,3 +215,37 @@ def test_close_releases_asyncio_waiters_of_refused_items() -> None:
 
     gc.submit(1).result(timeout=5)  # the writer runs
     asyncio.run(main())
+
+
+def test_a_waiter_registering_while_its_group_completes_is_still_woken() -> None:
+    """The race that hung a gateway request now and then: the waiter sees its item not done,
+    and before it has registered, the writer completes the item and wakes the waiters. The
+    writer must see the registration (the check and the wake-up are under the waiters' lock)."""
+    gc: GroupCommit[int] = GroupCommit(lambda items: [None] * len(items), name="t")
+    fut: Future[None] = Future()
+    fut.set_running_or_notify_cancel()  # the writer has taken it
+    writer_done = threading.Event()
+
+    def writer() -> None:  # the writer's end of a group: the result, then the wake-up
+        fut.set_result(None)
+        gc._wake([fut])
+        writer_done.set()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        create = loop.create_future
+
+        def create_while_the_writer_runs() -> asyncio.Future[Any]:
+            threading.Thread(target=writer).start()
+            writer_done.wait(0.3)  # fixed: the writer waits for this registration instead
+            return create()
+
+        loop.create_future = create_while_the_writer_runs  # type: ignore[method-assign]
+        waiter = gc.waiter(fut)
+        loop.create_future = create  # type: ignore[method-assign]
+        assert waiter is not None
+        await asyncio.wait_for(waiter, timeout=5)  # before the fix: a timeout
+
+    asyncio.run(main())
+    assert writer_done.wait(5) and not gc._waiters
+    gc.close()
