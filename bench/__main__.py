@@ -27,7 +27,6 @@ from bench import (
     training,
     tuning,
     upstream_client,
-    wal_checkpoint,
 )
 
 BENCHMARKS: dict[str, ModuleType] = {
@@ -46,7 +45,6 @@ BENCHMARKS: dict[str, ModuleType] = {
         tuning,
         upstream_client,
         decision_ids,
-        wal_checkpoint,
     )
 }
 

@@ -65,7 +65,6 @@ from llmopt import fast_json
 from llmopt.group_commit import GroupCommit
 from llmopt.schemas import Decision, Feedback, RequestContext, utc_now
 from llmopt.types import DecisionID
-from llmopt.wal_checkpoint import WalCheckpointer
 
 metadata = sa.MetaData()
 
@@ -449,11 +448,6 @@ def upgrade_schema(engine: Engine) -> None:
 _IN_MEMORY = ("sqlite://", "sqlite:///:memory:")
 
 
-def _sqlite_file(engine: Engine) -> bool:
-    """A SQLite database in a file (WAL mode), not in memory."""
-    return engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:")
-
-
 def create_engine(url: str) -> Engine:
     """An engine for the event log; SQLite gets WAL and a busy timeout for concurrent writers."""
     if url.startswith("sqlite"):
@@ -522,11 +516,6 @@ class EventLog:
             GroupCommit(self._flush_writes, name="event-log-writer") if group_commit else None
         )
         """The decision writer when ``group_commit`` is on (see :meth:`deferred_writes`)."""
-        self.checkpointer: WalCheckpointer | None = None
-        """With group commit on a SQLite file: its WAL checkpoints, off the commit path
-        (:mod:`llmopt.wal_checkpoint`)."""
-        if group_commit and _sqlite_file(self._engine):
-            self.checkpointer = WalCheckpointer(self._engine)
 
     @property
     def engine(self) -> Engine:
@@ -538,8 +527,6 @@ class EventLog:
         """Write what the group writer holds, then release the connection pool."""
         if self.group is not None:
             self.group.close()
-        if self.checkpointer is not None:
-            self.checkpointer.close()
         self._engine.dispose()
 
     def record_decision(
