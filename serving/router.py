@@ -1105,6 +1105,10 @@ class Router:
         cursor = after if isinstance(after, LogCursor) else LogCursor(0, after)
         events = self.event_log.feedback_after(cursor, limit=10_000)
         lineup = self._lineup
+        serving = {lineup.champion.label}
+        if lineup.challenger is not None:
+            serving.add(lineup.challenger.label)
+        counted = False
         with self._lock:
             for ev in events:
                 if ev.feedback_id in own:
@@ -1127,4 +1131,17 @@ class Router:
                     self.breaker.record(ev.model, ok=ev.error_kind is None)
                 if not self.ledger.shared:
                     self.ledger.add(ev.tenant, float(ev.cost_usd or 0.0), decided_at=ev.decided_at)
+                # The canary's statistics are the fleet's: another worker's feedback for a
+                # version serving now counts here too (a retired version's is not revived).
+                if ev.reward is not None and ev.policy_version in serving:
+                    self._live.setdefault(ev.policy_version, VersionStats()).add(
+                        ev.reward,
+                        ev.error_kind is not None,
+                        quality=ev.quality,
+                        cost_usd=ev.cost_usd,
+                        latency_ms=ev.latency_ms,
+                    )
+                    counted = True
+            if counted:
+                self._check_guards()
         return events[-1].position if events else cursor

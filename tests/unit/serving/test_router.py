@@ -314,6 +314,39 @@ def test_learn_from_log_applies_other_workers_feedback_once(catalog, log):
     assert len(pa.updates) == 3  # its own feedback is not learned twice
 
 
+def test_the_canary_statistics_count_every_workers_feedback(catalog, log):
+    """Two workers, one log: all the feedback reaches worker a, yet worker b's canary
+    statistics hold it once b follows the log, and b rolls the bad canary back on that
+    evidence; a retired version's late feedback does not revive its statistics."""
+    rule = AutopilotRules(min_feedback=20, reward_margin=0.05, error_margin=0.1)
+    a, b = make_router(catalog, log, rules=rule), make_router(catalog, log, rules=rule)
+    for w in (a, b):
+        w.swap(champion=(FakePolicy("gpt-4o-mini"), "good"), challenger=(FakePolicy("x"), "bad"))
+        w.set_traffic("canary", 50.0)
+    own: set[int] = set()
+    for i in range(60):
+        routed = a.decide(ctx(f"t{i}"))
+        bad = routed.slot.role == "challenger"
+        out = a.feedback(
+            Feedback(decision_id=routed.decision.decision_id, quality=0.2 if bad else 0.9)
+        )
+        assert out.feedback_id is not None
+        own.add(out.feedback_id)
+        if a.traffic.mode != "canary":
+            break
+    assert a.traffic.mode == "champion"  # a saw it all and rolled back
+    assert b.live_stats() == {} and b.traffic.mode == "canary"
+    cursor = b.learn_from_log(0, set())
+    assert b.traffic.mode == "champion" and b.events.rollbacks == 1  # on a's evidence
+    assert a.learn_from_log(0, own) == cursor and a.events.rollbacks == 1  # nothing twice
+    assert a.rolled_back[0].verdict == b.rolled_back[0].verdict  # the same statistics
+    assert b.live_stats() == {}  # cleared at the rollback
+    routed = a.decide(ctx("late"))
+    a.feedback(Feedback(decision_id=routed.decision.decision_id, quality=0.9))
+    b.learn_from_log(cursor, set())
+    assert set(b.live_stats()) == {"good"}
+
+
 def test_unknown_traffic_modes_are_refused(catalog, log):
     router = make_router(catalog, log)
     router.swap(champion=(FakePolicy("gpt-4o"), "v1"), challenger=(FakePolicy("x"), "v2"))
