@@ -21,7 +21,10 @@ for (or the default) is multiplied by the pacer's factor, ``w(t) / w_start``: a 
 asks for quality keeps asking for more than one that does not. The factor and the figures
 behind it are in the decision's notes (its explanation).
 
-State is per worker process, like the ledger's (issue 18 moves budgets to shared state).
+With several workers or replicas the pacer steers on the ledger's spend, which is the
+fleet's under ``LLMOPT_SERVING_SHARED_STATE=redis`` (and other workers' committed spend read
+from the log otherwise); the hourly traffic counts behind the forecast are each worker's own,
+a share of the tenant's traffic with the same daily shape, which is all the plan uses.
 
 Example
 -------
