@@ -27,7 +27,7 @@ Methods, at the same number of trials (one trial = one request = one noisy rewar
 
 - ``served``: :class:`serving.parameters.ServedTuning` exactly as serving builds it (same class,
   TPE sampler, defaults: the safe default for the first 20 requests, then a TPE trial with
-  probability 0.2, otherwise the best so far); it recommends its smoothed best (the default
+  probability 0.5, otherwise the best so far); it recommends its smoothed best (the default
   before 20 rewards);
 - ``tpe``: the same ``ServedTuning`` with ``min_feedback=0, explore=1.0``: every request after the
   first (the safe default) is a TPE trial; the tuner as an optimiser, comparable with the grid;

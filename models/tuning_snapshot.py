@@ -68,7 +68,7 @@ UNINFORMATIVE_ERRORS = frozenset({"timeout", "rate_limit", "server_error"})
 
 DEFAULT_SETTINGS: dict[str, Any] = {
     "min_feedback": 20,
-    "explore": 0.2,
+    "explore": 0.5,
     "max_trials": 300,
     "max_pending": 32,
 }

@@ -102,7 +102,7 @@ class ServedTuning:
         self,
         *,
         min_feedback: int = 20,
-        explore: float = 0.2,
+        explore: float = 0.5,
         max_trials: int = 300,
         max_pending: int = 32,
         seed: int | None = None,
