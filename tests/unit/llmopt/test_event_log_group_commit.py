@@ -116,9 +116,8 @@ def test_a_duplicate_in_a_group_is_refused_alone(tmp_path: Path) -> None:
     log.close()
 
 
-def test_a_group_that_finds_the_database_down_is_spooled_and_replayed(
-    tmp_path: Path, sqlite_outage: Any
-) -> None:
+def _down(tmp_path: Path, sqlite_outage: Any) -> tuple[SpooledEventLog, Any]:
+    """A spooled group-commit log whose SQLite database is down (the outage started)."""
     db = tmp_path / "db"
     db.mkdir()
     log = SpooledEventLog(
@@ -126,6 +125,13 @@ def test_a_group_that_finds_the_database_down_is_spooled_and_replayed(
     )
     outage = sqlite_outage(db, log)
     outage.start()
+    return log, outage
+
+
+def test_a_group_that_finds_the_database_down_is_spooled_and_replayed(
+    tmp_path: Path, sqlite_outage: Any
+) -> None:
+    log, outage = _down(tmp_path, sqlite_outage)
     ds = [decision() for _ in range(4)]
     with log.deferred_writes() as writes:
         for d in ds:
@@ -146,13 +152,7 @@ def test_calls_queued_while_the_database_is_down_are_spooled_after_their_decisio
 ) -> None:
     """A gateway's call records share the decisions' group; down, both are spooled in order,
     the call is visible on the remembered decision at once and lands after it at replay."""
-    db = tmp_path / "db"
-    db.mkdir()
-    log = SpooledEventLog(
-        f"sqlite:///{db / 'events.db'}", spool_dir=tmp_path / "spool", group_commit=True
-    )
-    outage = sqlite_outage(db, log)
-    outage.start()
+    log, outage = _down(tmp_path, sqlite_outage)
     d = decision()
     with log.deferred_writes() as writes:
         log.record_decision(d, CTX, features={})
