@@ -607,7 +607,7 @@ class EventLog:
                 if calls:
                     self._update_calls(conn, calls)
         except IntegrityError:
-            if len(items) == 1:
+            if len(items) == 1 and rows:
                 return [_duplicate(rows[0])]
             errors: dict[int, BaseException] = {}
             for i, row in enumerate(items):  # find the duplicate(s); the others are written
