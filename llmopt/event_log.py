@@ -299,7 +299,8 @@ _SET_CALL: dict[str, sa.TextClause] = {
         "CAST(:call AS jsonb)) AS json) WHERE decision_id = :decision_id"
     ),
 }
-"""Per dialect: the one statement that sets a decision's ``context.call`` in place."""
+"""The one statement that sets a decision's ``context.call`` in place: PostgreSQL's, else
+SQLite's (the log's two databases, as everywhere in this module)."""
 
 
 class PendingWrites:
@@ -690,25 +691,9 @@ class EventLog:
 
     def _update_calls(self, conn: sa.Connection, calls: Sequence[CallRecord]) -> int:
         """Set ``context.call`` of each record's decision; how many rows changed."""
-        dialect = conn.dialect.name
-        if dialect in _SET_CALL:
-            params = [{"decision_id": c.decision_id, "call": _json_dumps(c.call)} for c in calls]
-            return int(conn.execute(_SET_CALL[dialect], params).rowcount or 0)
-        changed = 0
-        for c in calls:  # another database: read, change, write
-            row = conn.execute(
-                sa.select(decisions.c.context).where(decisions.c.decision_id == c.decision_id)
-            ).first()
-            if row is None:
-                continue
-            context = {**(_decode(row.context) or {}), "call": c.call}
-            conn.execute(
-                decisions.update()
-                .where(decisions.c.decision_id == c.decision_id)
-                .values(context=context)
-            )
-            changed += 1
-        return changed
+        params = [{"decision_id": c.decision_id, "call": _json_dumps(c.call)} for c in calls]
+        statement = _SET_CALL["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]
+        return int(conn.execute(statement, params).rowcount or 0)
 
     def lookup_decision(self, decision_id: DecisionID) -> tuple[dict[str, Any] | None, bool]:
         """``(row, database_answered)``; here the database always answers (or raises).
