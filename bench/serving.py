@@ -19,7 +19,9 @@ the throughput under overload (4000 requests/s offered; 6000 to the constant end
 under load: while 300 requests/s flow, the champion's state file is replaced (local model
 source, alias poll every 50 ms);
 reported: failed requests and the time from the change to the first answer by the new model.
-``/decide_batch``: two closed-loop clients posting batches of 100 (decisions per second).
+``/decide_batch``: two closed-loop clients posting batches of 100 (decisions per second), and
+four against the same service with two worker processes (``llmopt serve --workers 2``, the way
+to use both cores: batches are decided on one thread per worker).
 
 Every server starts as a fresh service does: the recommended policy over the default catalog,
 SQLite event log in a temporary folder, rate limit off (the swap replaces the champion with a
@@ -228,6 +230,17 @@ def run(*, quick: bool = False, features: str = "embedded") -> list[dict[str, An
             ),
             # the yardstick: parse the body, answer a constant
             "bare_constant": ([*uvicorn, "bench.serving_bare:build_constant"], {}),
+            # both cores: two worker processes (``llmopt serve --workers 2``), batches only
+            "bentoml_2_workers": (
+                bento,
+                {
+                    **local,
+                    "LLMOPT_SERVING_SYNC_LOG_S": "1",
+                    "BENTOML_CONFIG_OVERRIDES": json.dumps(
+                        {"services": {"llmopt-router": {"workers": 2}}}
+                    ),
+                },
+            ),
         }
         for name, (cmd, extra) in servers.items():
             home = root / name
@@ -241,6 +254,10 @@ def run(*, quick: bool = False, features: str = "embedded") -> list[dict[str, An
             )
             try:
                 state = "off" if name == "bare_constant" else _wait_features(url)
+                if name == "bentoml_2_workers":
+                    row = decide_batch(url, seconds=seconds, clients=4)
+                    results.append({"server": name, "features": state, **row})
+                    continue
                 load(url, rate=200, seconds=2)  # warm-up
                 row = load(url, rate=TARGET_RATE, seconds=seconds)
                 results.append({"kind": "fixed_rate", "server": name, "features": state, **row})
@@ -267,6 +284,9 @@ def run(*, quick: bool = False, features: str = "embedded") -> list[dict[str, An
                 "overload", "requests_per_s", "bentoml_no_fast_path"
             ),
             "p99_at_target_vs_no_fast_path": ratio("fixed_rate", "p99_ms", "bentoml_no_fast_path"),
+            "batch_2_workers_vs_1": ratio(
+                "decide_batch", "decisions_per_s", "bentoml", server="bentoml_2_workers"
+            ),
             "throughput_group_commit_vs_not": ratio(
                 "overload",
                 "requests_per_s",
@@ -290,7 +310,7 @@ def summary(results: list[dict[str, Any]]) -> list[str]:
             )
         elif r["kind"] == "decide_batch":
             lines.append(
-                f"/decide_batch ({r['batch']} per call, {r['clients']} clients): "
+                f"/decide_batch ({r['server']}, {r['batch']} per call, {r['clients']} clients): "
                 f"{r['decisions_per_s']:.0f} decisions/s (target 10,000), call p50 "
                 f"{r['call_p50_ms']} ms, failed {r['failed']} of {r['calls']}"
             )
@@ -306,7 +326,9 @@ def summary(results: list[dict[str, Any]]) -> list[str]:
                 f"endpoint: throughput {r.get('throughput_vs_constant')} (target >= 0.5); "
                 f"fast path on / off: throughput {r.get('throughput_vs_no_fast_path')}, p99 at "
                 f"{TARGET_RATE:.0f}/s {r.get('p99_at_target_vs_no_fast_path')}; group commit on / "
-                f"off (both through BentoML): throughput {r.get('throughput_group_commit_vs_not')}"
+                f"off (both through BentoML): throughput "
+                f"{r.get('throughput_group_commit_vs_not')}; /decide_batch, 2 workers / 1: "
+                f"{r.get('batch_2_workers_vs_1')}"
             )
     return lines
 
