@@ -52,8 +52,13 @@ depend on the similarity. Nothing else is learned, on purpose:
   waits :data:`PENDING_FEEDBACK_S` for its feedback, then is forgotten (counted as unrated).
 
 A hit or an answer whose feedback has a quality below :data:`DROP_BELOW` removes that answer
-from the cache. The store and the learners are per worker process: with several workers, a hit's
-feedback is learned only by the worker that served it (another answers 404).
+from the cache. The stores and the learners are per worker process. What awaits feedback is too,
+unless it is shared (:class:`SharedPending`, with ``LLMOPT_SERVING_SHARED_STATE=redis``):
+then any worker or replica takes a hit's feedback (once: the first feedback claims the hit in
+Redis; the same again is a duplicate, a different one a 409) and teaches its own learner, and
+a miss's feedback teaches the arm it drew wherever the service stores it. Without it (or while
+Redis is down), a hit's feedback is known only to the worker that served it (another answers
+404).
 
 >>> cache = ResponseCache(["acme"], ttl_s=60, max_entries=100, seed=0)
 >>> key = cache.key({"model": "auto", "messages": [{"role": "user", "content": "What is 2 + 2?"}]},
@@ -82,12 +87,15 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import orjson
+import redis
 
 from llmopt.embeddings import MAX_EMBED_CHARS, get_embedder
 from llmopt.reward import reward as reward_of
 from llmopt.schemas import Feedback, new_decision_id
 from llmopt.settings import Settings
 from models.thompson import GaussianThompson
+from serving.shared_state import PREFIX, RedisHealth, SharedState, where
 
 THRESHOLDS = (0.90, 0.94, 0.97, 0.99)
 """Similarities at or above which a cached answer may be served: the learner's arms."""
@@ -380,6 +388,9 @@ class ResponseCache:
         Base seed of the threshold learners (each tenant's is derived from it and its name).
     clock
         Monotonic seconds (tests pass their own).
+    shared
+        Where the hits and misses awaiting feedback are shared with the other workers and
+        replicas (None: this worker only).
 
     Thread-safe: one lock around each call (a lookup among 1,000 answers takes ~0.1 ms; the
     embeddings of :meth:`key`, ~0.2 ms, are computed outside it).
@@ -393,6 +404,7 @@ class ResponseCache:
         max_entries: int,
         seed: int | None = 0,
         clock: Callable[[], float] = time.monotonic,
+        shared: SharedPending | None = None,
     ) -> None:
         if not ttl_s > 0:
             raise ValueError(f"ttl_s must be > 0, got {ttl_s}")
@@ -403,6 +415,7 @@ class ResponseCache:
         self.max_entries = max_entries
         self.seed = seed
         self.clock = clock
+        self.shared = shared
         self._stores: dict[str, _TenantStore] = {}
         self._learners: dict[str, ThresholdLearner] = {}
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
@@ -410,14 +423,22 @@ class ResponseCache:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ResponseCache | None:
-        """The cache of the settings (None: no tenant opted in, the cache is off)."""
+    def from_settings(
+        cls, settings: Settings, shared: SharedState | None = None
+    ) -> ResponseCache | None:
+        """The cache of the settings (None: no tenant opted in, the cache is off); with the
+        process's ``shared`` state, what awaits feedback is shared (:class:`SharedPending`)."""
         if not settings.response_cache_tenants:
             return None
         return cls(
             settings.response_cache_tenants,
             ttl_s=settings.response_cache_ttl_s,
             max_entries=settings.response_cache_max_entries,
+            shared=(
+                SharedPending(shared.client, prefix=shared.prefix, health=shared.health)
+                if shared is not None
+                else None
+            ),
         )
 
     def enabled(self, tenant: str) -> bool:
@@ -552,11 +573,29 @@ class ResponseCache:
         with self._lock:
             now = self.clock()
             pending.expires_at = now + PENDING_FEEDBACK_S
-            self._expire(now)
-            self._pending[decision_id] = pending
-            while len(self._pending) > MAX_PENDING:
-                _, old = self._pending.popitem(last=False)
-                self._forget(old)
+            self._keep(decision_id, pending, now)
+        if self.shared is not None:
+            self.shared.put(decision_id, pending)
+
+    def _keep(self, decision_id: str, pending: _Pending, now: float) -> None:
+        self._expire(now)
+        self._pending[decision_id] = pending
+        while len(self._pending) > MAX_PENDING:
+            _, old = self._pending.popitem(last=False)
+            self._forget(old)
+
+    def _pending_of(self, decision_id: str) -> _Pending | None:
+        """The hit or miss ``decision_id`` awaiting feedback: this worker's, else (shared) the
+        one another worker published, kept here from then on (locked by the caller)."""
+        pending = self._pending.get(decision_id)
+        if pending is not None or self.shared is None:
+            return pending
+        pending = self.shared.get(decision_id)
+        if pending is not None:
+            now = self.clock()
+            pending.expires_at = now + PENDING_FEEDBACK_S
+            self._keep(decision_id, pending, now)
+        return pending
 
     def _forget(self, pending: _Pending) -> None:
         if pending.feedback is None and pending.arm is not None:
@@ -572,22 +611,23 @@ class ResponseCache:
 
     # -- feedback -------------------------------------------------------------------------------
     def hit_tenant(self, decision_id: str) -> str | None:
-        """The tenant of a hit awaiting (or holding) feedback; None: not a hit of this worker."""
+        """The tenant of a hit awaiting (or holding) feedback; None: not a hit (of this worker,
+        or, shared, of any)."""
         with self._lock:
-            pending = self._pending.get(decision_id)
+            pending = self._pending_of(decision_id)
             return pending.tenant if pending is not None and pending.hit else None
 
     def watches(self, decision_id: str) -> bool:
         """Whether a routed decision's feedback matters to the cache (:meth:`routed_feedback`)."""
         with self._lock:
-            pending = self._pending.get(decision_id)
+            pending = self._pending_of(decision_id)
             return pending is not None and not pending.hit
 
     def hit_feedback(self, fb: Feedback) -> tuple[Literal["stored", "duplicate"], float]:
         """Learn a hit's feedback: ``(status, reward)``; :class:`HitFeedbackConflict` for a
         different feedback after one, :class:`KeyError` for an unknown hit."""
         with self._lock:
-            pending = self._pending.get(fb.decision_id)
+            pending = self._pending_of(fb.decision_id)
             if pending is None or not pending.hit:
                 raise KeyError(fb.decision_id)
             if pending.feedback is not None:
@@ -596,16 +636,17 @@ class ResponseCache:
                 raise HitFeedbackConflict(
                     f"decision {fb.decision_id!r} already has a different feedback"
                 )
-            quality = fb.normalized_quality()
-            r = reward_of(
-                quality,
-                fb.cost_usd if fb.cost_usd is not None else 0.0,
-                fb.latency_ms if fb.latency_ms is not None else pending.latency_ms,
-                willingness_to_pay=pending.willingness_to_pay,
-                latency_weight=pending.latency_weight,
-            )
+            first = self.shared.claim(fb) if self.shared is not None else None
+            if first is not None:  # another worker took a feedback first: it learned that one
+                pending.feedback, pending.reward = first, _hit_reward(pending, first)
+                if first == fb:
+                    return "duplicate", pending.reward
+                raise HitFeedbackConflict(
+                    f"decision {fb.decision_id!r} already has a different feedback"
+                )
+            r = _hit_reward(pending, fb)
             pending.feedback, pending.reward = fb, r
-            self._learn(pending, quality, r)
+            self._learn(pending, fb.normalized_quality(), r)
             self._stat(pending.tenant).rated_hits += 1
             return "stored", r
 
@@ -653,6 +694,94 @@ class ResponseCache:
                 "means": learner.means() if learner is not None else {},
                 "threshold": learner.best() if learner is not None else None,
             }
+
+
+def _hit_reward(pending: _Pending, fb: Feedback) -> float:
+    """The reward of a hit's feedback: its quality at the cost it reports (else 0) and its
+    latency (else the hit's own), under the request's trade-off."""
+    return reward_of(
+        fb.normalized_quality(),
+        fb.cost_usd if fb.cost_usd is not None else 0.0,
+        fb.latency_ms if fb.latency_ms is not None else pending.latency_ms,
+        willingness_to_pay=pending.willingness_to_pay,
+        latency_weight=pending.latency_weight,
+    )
+
+
+class SharedPending:
+    """The hits and misses awaiting feedback, in Redis, for every worker and replica.
+
+    Each is one key, ``<prefix>rcache:pending:<decision id>`` (its tenant, drawn arm, whether
+    it was a hit, the hit's latency and the request's trade-off; never the prompt or the
+    answer), written when it is served and expiring after :data:`PENDING_FEEDBACK_S`. A
+    worker asked for feedback it does not hold reads it (one GET) and keeps it. A hit's first
+    feedback claims it (``<prefix>rcache:feedback:<decision id>``, ``SET NX``), so exactly one
+    worker learns it. Redis down: the calls go through the process's
+    :class:`serving.shared_state.RedisHealth` and each worker knows only its own, as without
+    sharing.
+
+    >>> from serving.shared_state import redis_client
+    >>> shared = SharedPending(redis_client("redis://127.0.0.1:1/0"))  # nothing listens there
+    >>> shared.put("d1", _Pending("acme", "0.94", 0.0, hit=True)); shared.get("d1") is None
+    True
+    """
+
+    def __init__(
+        self, client: redis.Redis, *, prefix: str = PREFIX, health: RedisHealth | None = None
+    ) -> None:
+        self._r = client
+        self.prefix = prefix
+        self.health = health or RedisHealth(where(client))
+        self._ttl_ms = round(PENDING_FEEDBACK_S * 1000)
+
+    def key(self, decision_id: str, kind: str = "pending") -> str:
+        """The Redis key of a decision's pending record (or, ``kind="feedback"``, its claim)."""
+        return f"{self.prefix}rcache:{kind}:{decision_id}"
+
+    def put(self, decision_id: str, pending: _Pending) -> None:
+        """Publish what ``decision_id`` waits for (one ``SET ... PX``)."""
+        doc = {
+            "tenant": pending.tenant,
+            "arm": pending.arm,
+            "hit": pending.hit,
+            "latency_ms": pending.latency_ms,
+            "willingness_to_pay": pending.willingness_to_pay,
+            "latency_weight": pending.latency_weight,
+        }
+        self.health.call(
+            lambda: self._r.set(self.key(decision_id), orjson.dumps(doc), px=self._ttl_ms),
+            lambda: None,
+        )
+
+    def get(self, decision_id: str) -> _Pending | None:
+        """What another worker published for ``decision_id`` (None: nothing, or Redis down).
+        Its answer's entry stays that worker's: a bad quality does not remove it here."""
+        raw = self.health.call(lambda: self._r.get(self.key(decision_id)), lambda: None)
+        if not isinstance(raw, bytes):
+            return None
+        doc = orjson.loads(raw)
+        return _Pending(
+            str(doc["tenant"]),
+            doc["arm"],
+            0.0,
+            hit=bool(doc["hit"]),
+            latency_ms=float(doc["latency_ms"]),
+            willingness_to_pay=float(doc["willingness_to_pay"]),
+            latency_weight=float(doc["latency_weight"]),
+        )
+
+    def claim(self, fb: Feedback) -> Feedback | None:
+        """Claim a hit for ``fb`` (None: claimed, or Redis down), else the feedback that
+        claimed it first."""
+        key, doc = self.key(fb.decision_id, "feedback"), fb.model_dump_json()
+
+        def shared() -> Feedback | None:
+            if self._r.set(key, doc, nx=True, px=self._ttl_ms):
+                return None
+            first = self._r.get(key)
+            return Feedback.model_validate_json(first) if isinstance(first, bytes) else None
+
+        return self.health.call(shared, lambda: None)
 
 
 def _string_contents(messages: Iterable[Any]) -> str:

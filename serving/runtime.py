@@ -232,7 +232,7 @@ class ServingRuntime:
                 self,
                 upstreams,
                 timeout_s=settings.gateway_timeout_s,
-                cache=ResponseCache.from_settings(settings),
+                cache=ResponseCache.from_settings(settings, self.shared_state),
                 affinity=conversation_affinity(settings, self.shared_state),
             )
             if upstreams

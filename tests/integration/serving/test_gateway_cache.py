@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import sqlalchemy as sa
 from starlette.testclient import TestClient
 
@@ -289,3 +291,54 @@ def test_a_key_bound_to_another_tenant_cannot_rate_a_hit(tmp_path: Path, upstrea
         assert other.status_code == 403 and other.json()["error"]["code"] == "forbidden"
         mine = client.post("/feedback", json=rating, headers=acme)
         assert mine.status_code == 200 and mine.json()["status"] == "stored"
+
+
+@pytest.mark.services
+def test_a_hits_feedback_is_taken_by_any_worker_sharing_redis(
+    tmp_path: Path, upstream: str, redis_url: str
+) -> None:
+    """Two services on one Redis (the shared state): a hit served by one is rated through the
+    other, learned there once, and the first one answers the same feedback as a duplicate and
+    another as a conflict. Without shared state the other one does not know the hit (404)."""
+    prefix = f"llmopt:test:{uuid.uuid4().hex[:12]}:"
+    env = {
+        "LLMOPT_UPSTREAM_URL": upstream,
+        "LLMOPT_GATEWAY_TIMEOUT_S": "5",
+        "LLMOPT_SERVING_FEATURES": "off",
+        "LLMOPT_RESPONSE_CACHE_TENANTS": json.dumps(["acme"]),
+        "LLMOPT_SERVING_SHARED_STATE": "redis",
+        "LLMOPT_REDIS_URL": redis_url,
+        "LLMOPT_SERVING_SHARED_STATE_PREFIX": prefix,
+    }
+    store = redis.Redis.from_url(redis_url)
+    try:
+        with asgi_service(tmp_path / "a", **env) as a, asgi_service(tmp_path / "b", **env) as b:
+            body = ask("How do I reverse a list in Python?", "acme")
+            post(a, body)
+            hit = until_hit(a, body).headers["x-llmopt-decision-id"]
+            rating = {"decision_id": hit, "quality": 0.9}
+            r = b.post("/feedback", json=rating)
+            assert r.status_code == 200, r.text
+            assert r.json()["status"] == "stored" and r.json()["reward"] == pytest.approx(0.9)
+            r = a.post("/feedback", json=rating)  # the client retries on the worker that served
+            assert r.status_code == 200, r.text
+            assert r.json()["status"] == "duplicate"
+            r = a.post("/feedback", json={"decision_id": hit, "quality": 0.1})
+            assert r.status_code == 409, r.text
+            ttl = int(store.ttl(f"{prefix}rcache:pending:{hit}"))  # type: ignore[arg-type]
+            assert ttl > 86_000
+    finally:
+        keys = list(store.scan_iter(match=f"{prefix}*"))
+        if keys:
+            store.delete(*keys)
+        store.close()
+    local = {k: v for k, v in env.items() if "SHARED_STATE" not in k and k != "LLMOPT_REDIS_URL"}
+    with (
+        asgi_service(tmp_path / "c", **local) as a,
+        asgi_service(tmp_path / "d", **local) as b,
+    ):
+        body = ask("How do I reverse a list in Python?", "acme")
+        post(a, body)
+        hit = until_hit(a, body).headers["x-llmopt-decision-id"]
+        r = b.post("/feedback", json={"decision_id": hit, "quality": 0.9})
+        assert r.status_code == 404, r.text

@@ -1,0 +1,102 @@
+"""The response cache's pending hits and misses shared through a real Redis
+(:class:`serving.response_cache.SharedPending`): two workers' caches on one Redis, then Redis
+gone. The HTTP path (two gateway services): ``test_gateway_cache.py``."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from llmopt.schemas import Feedback
+from serving.response_cache import HitFeedbackConflict, Probe, ResponseCache, SharedPending
+from serving.shared_state import RedisHealth, redis_client
+
+pytestmark = [pytest.mark.integration, pytest.mark.services]
+
+PROMPT = "How do I reverse a list in Python?"
+
+
+@pytest.fixture
+def prefix(redis_url: str) -> Iterator[str]:
+    p = f"llmopt:test:{uuid.uuid4().hex[:12]}:"
+    yield p
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{p}*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def worker(url: str, prefix: str, seed: int) -> ResponseCache:
+    shared = SharedPending(redis_client(url), prefix=prefix, health=RedisHealth(url, retry_s=60.0))
+    return ResponseCache(["acme"], ttl_s=60, max_entries=10, seed=seed, shared=shared)
+
+
+def probe_of(cache: ResponseCache, *, hit: bool) -> Probe:
+    body = {"model": "auto", "messages": [{"role": "user", "content": PROMPT}]}
+    key = cache.key(body, {"tenant": "acme"}, PROMPT)
+    cache.store("acme", key, "m", {"choices": [{"message": {"content": "a"}}]}, "d0")
+    for _ in range(100):
+        probe = cache.probe("acme", key)
+        assert probe is not None
+        if probe.hit == hit and probe.arm is not None:
+            return probe
+    raise AssertionError(f"no {'hit' if hit else 'miss'} with an arm")
+
+
+def answer(cache: ResponseCache, fb: Feedback) -> tuple[str, float]:
+    """A hit's feedback answer, its reward rounded."""
+    status, reward = cache.hit_feedback(fb)
+    return status, round(reward, 9)
+
+
+def learned(cache: ResponseCache) -> dict[str, float]:
+    """The arms with a mean reward (learned from feedback), and their means."""
+    return {a: m for a, m in cache.stats("acme")["means"].items() if m is not None}
+
+
+def test_a_hit_is_learned_once_by_whichever_worker_takes_its_feedback(
+    redis_url: str, prefix: str
+) -> None:
+    a, b = worker(redis_url, prefix, 0), worker(redis_url, prefix, 1)
+    probe = probe_of(a, hit=True)
+    hit = a.served_hit(probe, latency_ms=3.0, willingness_to_pay=0.05, latency_weight=0.0)
+    assert b.hit_tenant(hit) == "acme" and not b.watches(hit)
+    fb = Feedback(decision_id=hit, quality=0.7)
+    assert answer(b, fb) == ("stored", 0.7)
+    assert learned(b) == {probe.arm: pytest.approx(0.7)}
+    assert answer(a, fb) == ("duplicate", 0.7)  # a held it: not learned again
+    assert answer(b, fb) == ("duplicate", 0.7)
+    with pytest.raises(HitFeedbackConflict):
+        a.hit_feedback(Feedback(decision_id=hit, quality=0.2))
+    assert learned(a) == {}
+    assert (a.stats("acme")["rated_hits"], b.stats("acme")["rated_hits"]) == (0, 1)
+    with pytest.raises(KeyError):
+        b.hit_feedback(Feedback(decision_id="never-served", quality=1.0))
+
+
+def test_a_miss_teaches_its_arm_where_its_feedback_is_stored(redis_url: str, prefix: str) -> None:
+    a, b = worker(redis_url, prefix, 0), worker(redis_url, prefix, 1)
+    miss = probe_of(a, hit=False)
+    a.served_miss(miss, "routed-1", stored=False)
+    assert b.watches("routed-1") and b.hit_tenant("routed-1") is None
+    b.routed_feedback("routed-1", 0.9, 0.85)  # the service stored it on b
+    assert learned(b) == {miss.arm: pytest.approx(0.85)}
+    assert learned(a) == {}
+
+
+def test_redis_gone_each_worker_knows_its_own(redis_url: str, prefix: str) -> None:
+    url = "redis://127.0.0.1:1/0"  # nothing listens there
+    a, b = worker(url, prefix, 0), worker(url, prefix, 1)
+    started = time.monotonic()
+    hit = a.served_hit(
+        probe_of(a, hit=True), latency_ms=3.0, willingness_to_pay=0.05, latency_weight=0.0
+    )
+    assert b.hit_tenant(hit) is None  # another worker's hit: unknown here, as without sharing
+    assert a.hit_feedback(Feedback(decision_id=hit, quality=0.7))[0] == "stored"
+    assert time.monotonic() - started < 3.0  # refused at once, no hang
+    assert a.shared is not None and a.shared.health.degraded is not None
