@@ -455,7 +455,7 @@ def create_engine(url: str) -> Engine:
         in_memory = url in _IN_MEMORY
         engine = sa.create_engine(
             url,
-            json_serializer=_json_dumps,
+            json_serializer=fast_json.dumps,
             json_deserializer=fast_json.loads,
             # In memory: one shared connection (or every checkout would see a new empty
             # database), used by the group writer's thread too.
@@ -474,17 +474,8 @@ def create_engine(url: str) -> Engine:
 
         return engine
     return sa.create_engine(
-        url, pool_pre_ping=True, json_serializer=_json_dumps, json_deserializer=fast_json.loads
+        url, pool_pre_ping=True, json_serializer=fast_json.dumps, json_deserializer=fast_json.loads
     )
-
-
-def _json_dumps(value: Any) -> str:
-    """The JSON columns' writer: orjson (a tenth of the standard library's time for a decision
-    row), the standard library for what orjson refuses (e.g. a numpy scalar in user data)."""
-    try:
-        return fast_json.dumps(value)
-    except TypeError:
-        return json.dumps(value, separators=(",", ":"))
 
 
 class EventLog:
@@ -691,7 +682,7 @@ class EventLog:
 
     def _update_calls(self, conn: sa.Connection, calls: Sequence[CallRecord]) -> int:
         """Set ``context.call`` of each record's decision; how many rows changed."""
-        params = [{"decision_id": c.decision_id, "call": _json_dumps(c.call)} for c in calls]
+        params = [{"decision_id": c.decision_id, "call": fast_json.dumps(c.call)} for c in calls]
         statement = _SET_CALL["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]
         return int(conn.execute(statement, params).rowcount or 0)
 
