@@ -586,15 +586,22 @@ class ResponseCache:
 
     def _pending_of(self, decision_id: str) -> _Pending | None:
         """The hit or miss ``decision_id`` awaiting feedback: this worker's, else (shared) the
-        one another worker published, kept here from then on (locked by the caller)."""
-        pending = self._pending.get(decision_id)
+        one another worker published, kept here from then on (Redis is read outside the
+        lock)."""
+        with self._lock:
+            pending = self._pending.get(decision_id)
         if pending is not None or self.shared is None:
             return pending
-        pending = self.shared.get(decision_id)
-        if pending is not None:
-            now = self.clock()
-            pending.expires_at = now + PENDING_FEEDBACK_S
-            self._keep(decision_id, pending, now)
+        published = self.shared.get(decision_id)
+        if published is None:
+            return None
+        with self._lock:  # another thread may have kept it meanwhile: one copy only
+            pending = self._pending.get(decision_id)
+            if pending is None:
+                now = self.clock()
+                published.expires_at = now + PENDING_FEEDBACK_S
+                self._keep(decision_id, published, now)
+                pending = published
         return pending
 
     def _forget(self, pending: _Pending) -> None:
@@ -613,42 +620,51 @@ class ResponseCache:
     def hit_tenant(self, decision_id: str) -> str | None:
         """The tenant of a hit awaiting (or holding) feedback; None: not a hit (of this worker,
         or, shared, of any)."""
-        with self._lock:
-            pending = self._pending_of(decision_id)
-            return pending.tenant if pending is not None and pending.hit else None
+        pending = self._pending_of(decision_id)
+        return pending.tenant if pending is not None and pending.hit else None
 
     def watches(self, decision_id: str) -> bool:
         """Whether a routed decision's feedback matters to the cache (:meth:`routed_feedback`)."""
-        with self._lock:
-            pending = self._pending_of(decision_id)
-            return pending is not None and not pending.hit
+        pending = self._pending_of(decision_id)
+        return pending is not None and not pending.hit
 
     def hit_feedback(self, fb: Feedback) -> tuple[Literal["stored", "duplicate"], float]:
         """Learn a hit's feedback: ``(status, reward)``; :class:`HitFeedbackConflict` for a
         different feedback after one, :class:`KeyError` for an unknown hit."""
+        pending = self._pending_of(fb.decision_id)
+        if pending is None or not pending.hit:
+            raise KeyError(fb.decision_id)
         with self._lock:
-            pending = self._pending_of(fb.decision_id)
-            if pending is None or not pending.hit:
-                raise KeyError(fb.decision_id)
             if pending.feedback is not None:
-                if pending.feedback == fb and pending.reward is not None:
-                    return "duplicate", pending.reward
-                raise HitFeedbackConflict(
-                    f"decision {fb.decision_id!r} already has a different feedback"
-                )
-            first = self.shared.claim(fb) if self.shared is not None else None
-            if first is not None:  # another worker took a feedback first: it learned that one
+                return self._again(pending, fb)
+            if self.shared is None:
+                return self._rated(pending, fb)
+        # Shared: the first feedback anywhere claims the hit in Redis (outside the lock), and
+        # only its claimer learns it, whatever raced here or on other workers meanwhile.
+        first = self.shared.claim(fb)
+        with self._lock:
+            if first is None and pending.feedback is None:
+                return self._rated(pending, fb)
+            if first is not None and pending.feedback is None:  # another worker's, learnt there
                 pending.feedback, pending.reward = first, _hit_reward(pending, first)
-                if first == fb:
-                    return "duplicate", pending.reward
-                raise HitFeedbackConflict(
-                    f"decision {fb.decision_id!r} already has a different feedback"
-                )
-            r = _hit_reward(pending, fb)
-            pending.feedback, pending.reward = fb, r
-            self._learn(pending, fb.normalized_quality(), r)
-            self._stat(pending.tenant).rated_hits += 1
-            return "stored", r
+            return self._again(pending, fb)
+
+    def _rated(
+        self, pending: _Pending, fb: Feedback
+    ) -> tuple[Literal["stored", "duplicate"], float]:
+        """Learn a hit's first feedback (locked)."""
+        r = _hit_reward(pending, fb)
+        pending.feedback, pending.reward = fb, r
+        self._learn(pending, fb.normalized_quality(), r)
+        self._stat(pending.tenant).rated_hits += 1
+        return "stored", r
+
+    @staticmethod
+    def _again(pending: _Pending, fb: Feedback) -> tuple[Literal["stored", "duplicate"], float]:
+        """A feedback after the hit's first (locked): a duplicate, or a conflict."""
+        if pending.feedback == fb and pending.reward is not None:
+            return "duplicate", pending.reward
+        raise HitFeedbackConflict(f"decision {fb.decision_id!r} already has a different feedback")
 
     def routed_feedback(self, decision_id: str, quality: float, reward: float) -> None:
         """A routed decision's stored feedback (quality and the service's reward)."""

@@ -4,6 +4,7 @@ gone. The HTTP path (two gateway services): ``test_gateway_cache.py``."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -100,3 +101,45 @@ def test_redis_gone_each_worker_knows_its_own(redis_url: str, prefix: str) -> No
     assert a.hit_feedback(Feedback(decision_id=hit, quality=0.7))[0] == "stored"
     assert time.monotonic() - started < 3.0  # refused at once, no hang
     assert a.shared is not None and a.shared.health.degraded is not None
+
+
+def race(ratings: list[tuple[ResponseCache, Feedback]]) -> list[str]:
+    """Each cache takes its feedback on a thread of its own, all at once: their answers."""
+    gate = threading.Barrier(len(ratings))
+    out = [""] * len(ratings)
+
+    def rate(i: int) -> None:
+        cache, fb = ratings[i]
+        gate.wait()
+        try:
+            out[i] = cache.hit_feedback(fb)[0]
+        except HitFeedbackConflict:
+            out[i] = "conflict"
+
+    threads = [threading.Thread(target=rate, args=(i,)) for i in range(len(ratings))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def test_racing_feedback_on_two_workers_is_learned_exactly_once(
+    redis_url: str, prefix: str
+) -> None:
+    rated = 0
+    for n in range(20):  # fresh workers each round: a learner taught bad hits stops hitting
+        a, b = worker(redis_url, prefix, 2 * n), worker(redis_url, prefix, 2 * n + 1)
+        hit = a.served_hit(
+            probe_of(a, hit=True), latency_ms=3.0, willingness_to_pay=0.05, latency_weight=0.0
+        )
+        same = n % 2 == 1
+        answers = race(
+            [
+                (a, Feedback(decision_id=hit, quality=0.6)),
+                (b, Feedback(decision_id=hit, quality=0.6 if same else 0.3)),
+            ]
+        )
+        assert sorted(answers) == sorted(["stored", "duplicate" if same else "conflict"])
+        rated += a.stats("acme")["rated_hits"] + b.stats("acme")["rated_hits"]
+    assert rated == 20
