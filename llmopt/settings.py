@@ -322,7 +322,7 @@ class Settings(BaseSettings):
         default_factory=list,
         description=(
             "Tenants whose gateway answers are cached and served again to similar prompts, JSON: "
-            '["acme"] (serving/response_cache.py: in memory only, per tenant, the similarity '
+            '["acme"] (serving/response_cache.py: in memory, per tenant, the similarity '
             "threshold learned from feedback). Empty: the cache is off."
         ),
     )
@@ -333,6 +333,14 @@ class Settings(BaseSettings):
         default=1000,
         ge=1,
         description="Answers cached per tenant and worker (the least recently used go first).",
+    )
+    response_cache_shared: bool = Field(
+        default=False,
+        description=(
+            "With serving_shared_state=redis: every worker and replica serves the answers any of "
+            "them cached (they are then kept in Redis too, up to the TTL and max entries per "
+            "tenant). False: each worker serves only its own."
+        ),
     )
     serving_budget_pacing: bool = Field(
         default=True,

@@ -11,7 +11,8 @@ sampling options, ``temperature``, ``top_p`` and ``seed``, are left out, so any 
 be served), two unit WordLlama vectors (:meth:`llmopt.embeddings.PromptEmbedder.raw`, 256-d) of
 the conversation's text (:func:`serving.gateway.prompt_text`) and of its last user message, the
 answer (a chat completion) and the model that gave it. Never the prompt's text. It all lives in
-this process's memory only (nothing reaches the event log or the disk), bounded per tenant
+this process's memory (nothing reaches the event log or the disk; with
+``LLMOPT_RESPONSE_CACHE_SHARED``, Redis too: :class:`SharedEntries`), bounded per tenant
 (``LLMOPT_RESPONSE_CACHE_MAX_ENTRIES``, least recently used out first) and expiring
 (``LLMOPT_RESPONSE_CACHE_TTL_S``).
 
@@ -119,6 +120,8 @@ DROP_BELOW = 0.5
 """A served answer whose feedback has a lower quality leaves the cache."""
 FIRST_CAPACITY = 64
 """Rows of a tenant's first vector table (doubled as needed, up to its maximum)."""
+ENTRY_SYNC_S = 0.5
+"""Shared entries: seconds between a worker's reads of a tenant's new entries from Redis."""
 
 
 class HitFeedbackConflict(ValueError):
@@ -391,6 +394,9 @@ class ResponseCache:
     shared
         Where the hits and misses awaiting feedback are shared with the other workers and
         replicas (None: this worker only).
+    entries
+        Where the cached answers are shared with the other workers and replicas (None: each
+        serves its own).
 
     Thread-safe: one lock around each call (a lookup among 1,000 answers takes ~0.1 ms; the
     embeddings of :meth:`key`, ~0.2 ms, are computed outside it).
@@ -405,6 +411,7 @@ class ResponseCache:
         seed: int | None = 0,
         clock: Callable[[], float] = time.monotonic,
         shared: SharedPending | None = None,
+        entries: SharedEntries | None = None,
     ) -> None:
         if not ttl_s > 0:
             raise ValueError(f"ttl_s must be > 0, got {ttl_s}")
@@ -416,6 +423,9 @@ class ResponseCache:
         self.seed = seed
         self.clock = clock
         self.shared = shared
+        self.entries = entries
+        self._synced: dict[str, tuple[float, str]] = {}  # tenant -> (next read, last id read)
+        self._removed: list[tuple[str, str, str, str]] = []  # to publish: tenant, scope, ...
         self._stores: dict[str, _TenantStore] = {}
         self._learners: dict[str, ThresholdLearner] = {}
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
@@ -437,6 +447,17 @@ class ResponseCache:
             shared=(
                 SharedPending(shared.client, prefix=shared.prefix, health=shared.health)
                 if shared is not None
+                else None
+            ),
+            entries=(
+                SharedEntries(
+                    shared.client,
+                    prefix=shared.prefix,
+                    health=shared.health,
+                    max_entries=settings.response_cache_max_entries,
+                    ttl_s=settings.response_cache_ttl_s,
+                )
+                if shared is not None and settings.response_cache_shared
                 else None
             ),
         )
@@ -496,6 +517,8 @@ class ResponseCache:
         cache is off for ``tenant``)."""
         if not self.enabled(tenant):
             return None
+        if self.entries is not None:
+            self._sync(tenant)
         with self._lock:
             store = self._stores.get(tenant)
             found = store.nearest(key, self.clock()) if store is not None else None
@@ -524,13 +547,44 @@ class ResponseCache:
         False: not kept (the tenant did not opt in, or the answer has no text)."""
         if not self.enabled(tenant) or answer_text(answer) is None:
             return False
+        entry = Entry(key, model, dict(answer), decision_id, 0.0)
         with self._lock:
             now = self.clock()
-            store = self._stores.get(tenant)
-            if store is None:
-                store = self._stores[tenant] = _TenantStore(self.max_entries)
-            store.put(Entry(key, model, dict(answer), decision_id, now + self.ttl_s), now)
+            entry.expires_at = now + self.ttl_s
+            self._store_of(tenant).put(entry, now)
+        if self.entries is not None:
+            self.entries.put(tenant, entry)
         return True
+
+    def _store_of(self, tenant: str) -> _TenantStore:
+        store = self._stores.get(tenant)
+        if store is None:
+            store = self._stores[tenant] = _TenantStore(self.max_entries)
+        return store
+
+    def _sync(self, tenant: str) -> None:
+        """Take the entries other workers cached (and removed) for ``tenant`` since the last
+        read, at most every :data:`ENTRY_SYNC_S` (Redis is read outside the lock)."""
+        assert self.entries is not None
+        with self._lock:
+            now = self.clock()
+            due, after = self._synced.get(tenant, (-math.inf, "0"))
+            if now < due:
+                return
+            self._synced[tenant] = (now + ENTRY_SYNC_S, after)
+        changes = self.entries.read(tenant, after, clock=self.clock)
+        if not changes:
+            return
+        with self._lock:
+            now = self.clock()
+            store = self._store_of(tenant)
+            for change in changes.items:
+                if not isinstance(change, Entry):
+                    _drop(store, change[0], change[1])
+                elif change.expires_at > now:
+                    store.put(change, now)
+            due, _ = self._synced[tenant]
+            self._synced[tenant] = (due, changes.last_id)
 
     def served_hit(
         self,
@@ -631,6 +685,13 @@ class ResponseCache:
     def hit_feedback(self, fb: Feedback) -> tuple[Literal["stored", "duplicate"], float]:
         """Learn a hit's feedback: ``(status, reward)``; :class:`HitFeedbackConflict` for a
         different feedback after one, :class:`KeyError` for an unknown hit."""
+        try:
+            return self._hit_feedback(fb)
+        finally:
+            if self._removed:
+                self._publish_removals()
+
+    def _hit_feedback(self, fb: Feedback) -> tuple[Literal["stored", "duplicate"], float]:
         pending = self._pending_of(fb.decision_id)
         if pending is None or not pending.hit:
             raise KeyError(fb.decision_id)
@@ -676,6 +737,8 @@ class ResponseCache:
             if pending.arm is not None:
                 self._stat(pending.tenant).rated_misses += 1
             self._learn(pending, quality, reward)
+        if self._removed:
+            self._publish_removals()
 
     def _learn(self, pending: _Pending, quality: float, reward: float) -> None:
         if pending.arm is not None:
@@ -684,13 +747,19 @@ class ResponseCache:
             store = self._stores.get(pending.tenant)
             key, produced_by = pending.source
             k = (key.scope, key.digest)
-            if (
-                store is not None
-                and k in store.entries
-                and store.entries[k].decision_id == produced_by
-            ):
-                store.remove(k)
+            if store is not None and _drop(store, k, produced_by):
                 self._stat(pending.tenant).dropped += 1
+                if self.entries is not None:
+                    self._removed.append((pending.tenant, key.scope, key.digest, produced_by))
+
+    def _publish_removals(self) -> None:
+        """Tell the other workers which answers bad feedback removed (outside the lock)."""
+        if self.entries is None:
+            return
+        with self._lock:
+            removed, self._removed = self._removed, []
+        for tenant, scope, digest, produced_by in removed:
+            self.entries.remove(tenant, (scope, digest), produced_by)
 
     # -- reading --------------------------------------------------------------------------------
     def learner(self, tenant: str) -> ThresholdLearner:
@@ -710,6 +779,140 @@ class ResponseCache:
                 "means": learner.means() if learner is not None else {},
                 "threshold": learner.best() if learner is not None else None,
             }
+
+
+def _drop(store: _TenantStore, k: tuple[str, str], produced_by: str) -> bool:
+    """Remove the entry ``k`` if it is still the answer of decision ``produced_by`` (a newer
+    answer to the same request stays); whether it was removed."""
+    entry = store.entries.get(k)
+    if entry is None or entry.decision_id != produced_by:
+        return False
+    store.remove(k)
+    return True
+
+
+@dataclass
+class EntryChanges:
+    """What other workers cached and removed since a read (:meth:`SharedEntries.read`)."""
+
+    items: list[Entry | tuple[tuple[str, str], str]]
+    """In order: an entry to keep (its ``expires_at`` on this process's clock), or the key
+    and decision of an answer to drop."""
+    last_id: str
+    """The stream id to read after next time."""
+
+
+class SharedEntries:
+    """The cached answers of every worker and replica, in Redis
+    (``LLMOPT_RESPONSE_CACHE_SHARED``).
+
+    One stream per tenant, ``<prefix>rcache:entries:<tenant>``: each answer a worker caches is
+    added (its scope and message digests, its two vectors, the model, the answer, its decision
+    and its expiry on the wall clock), and so is each removal after a bad quality. The stream
+    is capped near twice ``max_entries`` (``XADD MAXLEN ~``) and expires ``ttl_s`` (the
+    cache's TTL) after its last addition. Each worker reads the new part when it probes that
+    tenant, at most every :data:`ENTRY_SYNC_S`, and keeps those entries in its own store, so a
+    lookup never waits for Redis; another worker's answer is served here within that
+    interval. A worker started later
+    reads the whole stream first. Redis down: the calls go through the process's
+    :class:`serving.shared_state.RedisHealth`, and each worker serves its own.
+
+    >>> from serving.shared_state import redis_client
+    >>> entries = SharedEntries(redis_client("redis://127.0.0.1:1/0"))  # nothing listens there
+    >>> entries.read("acme", "0") is None
+    True
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = PREFIX,
+        health: RedisHealth | None = None,
+        max_entries: int = 1000,
+        ttl_s: float = 3600.0,
+    ) -> None:
+        self._r = client
+        self.ttl_s = ttl_s
+        self.prefix = prefix
+        self.health = health or RedisHealth(where(client))
+        self.max_len = 2 * max_entries
+        self.worker = new_decision_id()
+        """This process's name in the stream: its own additions are not read back."""
+
+    def key(self, tenant: str) -> str:
+        """The tenant's stream."""
+        return f"{self.prefix}rcache:entries:{tenant}"
+
+    def _add(self, tenant: str, fields: dict[str, str | bytes]) -> None:
+        key, ttl_s = self.key(tenant), self.ttl_s
+
+        def shared() -> None:
+            pipe = self._r.pipeline(transaction=False)
+            pipe.xadd(key, fields, maxlen=self.max_len, approximate=True)  # type: ignore[arg-type]
+            pipe.expire(key, max(1, math.ceil(ttl_s)))
+            pipe.execute()
+
+        self.health.call(shared, lambda: None)
+
+    def put(self, tenant: str, entry: Entry) -> None:
+        """Publish an answer this worker cached (valid ``ttl_s`` from now)."""
+        k = entry.key
+        self._add(
+            tenant,
+            {
+                "w": self.worker,
+                "scope": k.scope,
+                "digest": k.digest,
+                "decision": entry.decision_id,
+                "model": entry.model,
+                "answer": orjson.dumps(entry.answer),
+                "whole": k.whole.astype(np.float32).tobytes() if k.whole is not None else b"",
+                "last": k.last.astype(np.float32).tobytes() if k.last is not None else b"",
+                "expires": repr(time.time() + self.ttl_s),
+            },
+        )
+
+    def remove(self, tenant: str, k: tuple[str, str], produced_by: str) -> None:
+        """Publish that the answer ``k`` of decision ``produced_by`` left this worker's cache."""
+        fields = {"w": self.worker, "scope": k[0], "digest": k[1], "decision": produced_by}
+        self._add(tenant, {**fields, "drop": "1"})
+
+    def read(
+        self, tenant: str, after: str, *, clock: Callable[[], float] = time.monotonic
+    ) -> EntryChanges | None:
+        """Other workers' additions and removals after the stream id ``after`` ("0": all),
+        each entry's expiry converted to ``clock`` (None: nothing new, or Redis down)."""
+
+        def shared() -> Any:
+            return self._r.xread({self.key(tenant): after}, count=self.max_len)
+
+        answer = self.health.call(shared, lambda: None)
+        if not answer:
+            return None
+        records = answer[0][1]
+        now, wall = clock(), time.time()
+        items: list[Entry | tuple[tuple[str, str], str]] = []
+        for _, f in records:
+            if f[b"w"].decode() == self.worker:
+                continue
+            k = (f[b"scope"].decode(), f[b"digest"].decode())
+            decision = f[b"decision"].decode()
+            if b"drop" in f:
+                items.append((k, decision))
+                continue
+            whole, last = f[b"whole"], f[b"last"]
+            key = CacheKey(
+                k[0],
+                k[1],
+                np.frombuffer(whole, dtype=np.float32).copy() if whole else None,
+                np.frombuffer(last, dtype=np.float32).copy() if last else None,
+            )
+            expires = now + float(f[b"expires"]) - wall
+            items.append(
+                Entry(key, f[b"model"].decode(), orjson.loads(f[b"answer"]), decision, expires)
+            )
+        return EntryChanges(items, records[-1][0].decode())
 
 
 def _hit_reward(pending: _Pending, fb: Feedback) -> float:

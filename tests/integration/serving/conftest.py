@@ -29,6 +29,7 @@ CLEARED = (
     "LLMOPT_RESPONSE_CACHE_TENANTS",
     "LLMOPT_RESPONSE_CACHE_TTL_S",
     "LLMOPT_RESPONSE_CACHE_MAX_ENTRIES",
+    "LLMOPT_RESPONSE_CACHE_SHARED",
 )
 """Settings a test's service never inherits from the environment (or from a module fixture)."""
 

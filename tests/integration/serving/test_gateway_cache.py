@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -342,3 +342,42 @@ def test_a_hits_feedback_is_taken_by_any_worker_sharing_redis(
         hit = until_hit(a, body).headers["x-llmopt-decision-id"]
         r = b.post("/feedback", json={"decision_id": hit, "quality": 0.9})
         assert r.status_code == 404, r.text
+
+
+@pytest.mark.services
+def test_an_answer_cached_behind_one_service_is_served_by_another(
+    tmp_path: Path, upstream: str, redis_url: str
+) -> None:
+    """``LLMOPT_RESPONSE_CACHE_SHARED``: the answer one service cached is a hit on the other
+    (its text, not a new upstream call), and the cache's Redis keys hold no prompt text."""
+    prefix = f"llmopt:test:{uuid.uuid4().hex[:12]}:"
+    env = {
+        "LLMOPT_UPSTREAM_URL": upstream,
+        "LLMOPT_GATEWAY_TIMEOUT_S": "5",
+        "LLMOPT_SERVING_FEATURES": "off",
+        "LLMOPT_RESPONSE_CACHE_TENANTS": json.dumps(["acme"]),
+        "LLMOPT_RESPONSE_CACHE_SHARED": "true",
+        "LLMOPT_SERVING_SHARED_STATE": "redis",
+        "LLMOPT_REDIS_URL": redis_url,
+        "LLMOPT_SERVING_SHARED_STATE_PREFIX": prefix,
+    }
+    store = redis.Redis.from_url(redis_url)
+    prompt = "Name three prime numbers greater than 50."
+    try:
+        with asgi_service(tmp_path / "a", **env) as a, asgi_service(tmp_path / "b", **env) as b:
+            first = post(a, ask(prompt, "acme"))
+            assert first.headers.get("x-llmopt-cache") != "hit"
+            seen = post(b, ask(prompt, "acme"))  # b never answered it: a candidate from a
+            assert seen.headers["x-llmopt-cache-similarity"] == "1.0000", seen.headers
+            hit = until_hit(b, ask(prompt, "acme"))
+            assert text(hit) == text(first)
+            records: list[Any] = []
+            for k in store.scan_iter(match=f"{prefix}rcache:entries:*"):
+                records += cast(list[Any], store.xrange(k))
+            dumped = b"".join(v for _, fields in records for v in fields.values())
+            assert dumped and prompt.encode() not in dumped
+    finally:
+        keys = list(store.scan_iter(match=f"{prefix}*"))
+        if keys:
+            store.delete(*keys)
+        store.close()

@@ -1,6 +1,7 @@
-"""The response cache's pending hits and misses shared through a real Redis
-(:class:`serving.response_cache.SharedPending`): two workers' caches on one Redis, then Redis
-gone. The HTTP path (two gateway services): ``test_gateway_cache.py``."""
+"""The response cache shared through a real Redis: the hits and misses awaiting feedback
+(:class:`serving.response_cache.SharedPending`) and the cached answers
+(:class:`serving.response_cache.SharedEntries`), two or three workers' caches on one Redis,
+then Redis gone. The HTTP path (two gateway services): ``test_gateway_cache.py``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ import pytest
 import redis
 
 from llmopt.schemas import Feedback
-from serving.response_cache import HitFeedbackConflict, Probe, ResponseCache, SharedPending
+from serving.response_cache import (
+    CacheKey,
+    HitFeedbackConflict,
+    Probe,
+    ResponseCache,
+    SharedEntries,
+    SharedPending,
+)
 from serving.shared_state import RedisHealth, redis_client
 
 pytestmark = [pytest.mark.integration, pytest.mark.services]
@@ -143,3 +151,67 @@ def test_racing_feedback_on_two_workers_is_learned_exactly_once(
         assert sorted(answers) == sorted(["stored", "duplicate" if same else "conflict"])
         rated += a.stats("acme")["rated_hits"] + b.stats("acme")["rated_hits"]
     assert rated == 20
+
+
+def sharing(url: str, prefix: str, seed: int) -> ResponseCache:
+    """A worker's cache whose answers are shared too."""
+    health = RedisHealth(url, retry_s=60.0)
+    client = redis_client(url)
+    return ResponseCache(
+        ["acme"],
+        ttl_s=60,
+        max_entries=10,
+        seed=seed,
+        shared=SharedPending(client, prefix=prefix, health=health),
+        entries=SharedEntries(client, prefix=prefix, health=health, max_entries=10, ttl_s=60),
+    )
+
+
+def cache_key(cache: ResponseCache, prompt: str) -> CacheKey:
+    body = {"model": "auto", "messages": [{"role": "user", "content": prompt}]}
+    return cache.key(body, {"tenant": "acme"}, prompt)
+
+
+def probe_until_hit(cache: ResponseCache) -> Probe:
+    """The same request until a drawn threshold serves it (its similarity is 1.0 each time)."""
+    for _ in range(100):
+        probe = cache.probe("acme", cache_key(cache, PROMPT))
+        assert probe is not None and probe.similarity == 1.0
+        if probe.hit:
+            return probe
+    raise AssertionError("no hit")
+
+
+def test_an_answer_cached_by_one_worker_is_served_by_another(redis_url: str, prefix: str) -> None:
+    a, b = sharing(redis_url, prefix, 0), sharing(redis_url, prefix, 1)
+    answer = {"choices": [{"message": {"content": "use reversed() or [::-1]"}}]}
+    assert a.store("acme", cache_key(a, PROMPT), "gpt-4o-mini", answer, "d-a")
+    near = b.probe("acme", cache_key(b, "How can I reverse a Python list?"))
+    assert near is not None and near.similarity is not None and near.similarity > 0.97
+    probe = probe_until_hit(b)
+    assert probe.entry is not None
+    assert (probe.entry.model, probe.entry.answer) == ("gpt-4o-mini", answer)
+    # judged bad where it was served: it leaves every worker's cache
+    hit = b.served_hit(probe, latency_ms=1.0, willingness_to_pay=0.05, latency_weight=0.0)
+    b.hit_feedback(Feedback(decision_id=hit, quality=0.1))
+    assert b.probe("acme", cache_key(b, PROMPT)).similarity is None  # type: ignore[union-attr]
+    gone = a.probe("acme", cache_key(a, PROMPT))  # a's first probe reads the stream at once
+    assert gone is not None and gone.similarity is None
+    # a worker started later takes what the others cached
+    a.store("acme", cache_key(a, "Describe a cat."), "m", answer, "d-cat")
+    late = sharing(redis_url, prefix, 2)
+    found = late.probe("acme", cache_key(late, "Describe a cat."))
+    assert found is not None and found.similarity == 1.0
+
+
+def test_without_redis_each_worker_serves_its_own_answers(prefix: str) -> None:
+    url = "redis://127.0.0.1:1/0"  # nothing listens there
+    a, b = sharing(url, prefix, 0), sharing(url, prefix, 1)
+    started = time.monotonic()
+    answer = {"choices": [{"message": {"content": "a"}}]}
+    assert a.store("acme", cache_key(a, PROMPT), "m", answer, "d-a")
+    probe = b.probe("acme", cache_key(b, PROMPT))
+    assert probe is not None and probe.similarity is None
+    probe = a.probe("acme", cache_key(a, PROMPT))
+    assert probe is not None and probe.similarity == 1.0
+    assert time.monotonic() - started < 3.0
