@@ -338,8 +338,9 @@ class Settings(BaseSettings):
         default=False,
         description=(
             "With serving_shared_state=redis: every worker and replica serves the answers any of "
-            "them cached (they are then kept in Redis too, up to the TTL and max entries per "
-            "tenant). False: each worker serves only its own."
+            "them cached and learns its thresholds from all their feedback (the answers are then "
+            "kept in Redis too, up to the TTL and max entries per tenant). False: each worker "
+            "serves its own answers and learns from the feedback it receives."
         ),
     )
     serving_budget_pacing: bool = Field(

@@ -57,9 +57,11 @@ from the cache. The stores and the learners are per worker process. What awaits 
 unless it is shared (:class:`SharedPending`, with ``LLMOPT_SERVING_SHARED_STATE=redis``):
 then any worker or replica takes a hit's feedback (once: the first feedback claims the hit in
 Redis; the same again is a duplicate, a different one a 409) and teaches its own learner, and
-a miss's feedback teaches the arm it drew wherever the service stores it. Without it (or while
-Redis is down), a hit's feedback is known only to the worker that served it (another answers
-404).
+a miss's feedback teaches the arm it drew wherever the service stores it. With
+``LLMOPT_RESPONSE_CACHE_SHARED`` as well (:class:`SharedEntries`), every worker also takes the
+answers the others cached and removed, and the rewards their learners learned. Without Redis
+(or while it is down), a hit's feedback is known only to the worker that served it (another
+answers 404).
 
 >>> cache = ResponseCache(["acme"], ttl_s=60, max_entries=100, seed=0)
 >>> key = cache.key({"model": "auto", "messages": [{"role": "user", "content": "What is 2 + 2?"}]},
@@ -122,6 +124,8 @@ FIRST_CAPACITY = 64
 """Rows of a tenant's first vector table (doubled as needed, up to its maximum)."""
 ENTRY_SYNC_S = 0.5
 """Shared entries: seconds between a worker's reads of a tenant's new entries from Redis."""
+MAX_SHARED_REWARDS = 10_000
+"""Shared entries: the threshold learners' latest rewards kept per tenant in Redis."""
 
 
 class HitFeedbackConflict(ValueError):
@@ -424,8 +428,8 @@ class ResponseCache:
         self.clock = clock
         self.shared = shared
         self.entries = entries
-        self._synced: dict[str, tuple[float, str]] = {}  # tenant -> (next read, last id read)
-        self._removed: list[tuple[str, str, str, str]] = []  # to publish: tenant, scope, ...
+        self._synced: dict[str, tuple[float, str, str]] = {}  # tenant -> next read, last ids
+        self._outbox: list[Callable[[SharedEntries], None]] = []  # to publish, outside the lock
         self._stores: dict[str, _TenantStore] = {}
         self._learners: dict[str, ThresholdLearner] = {}
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
@@ -568,11 +572,11 @@ class ResponseCache:
         assert self.entries is not None
         with self._lock:
             now = self.clock()
-            due, after = self._synced.get(tenant, (-math.inf, "0"))
+            due, after, rewards_after = self._synced.get(tenant, (-math.inf, "0", "0"))
             if now < due:
                 return
-            self._synced[tenant] = (now + ENTRY_SYNC_S, after)
-        changes = self.entries.read(tenant, after, clock=self.clock)
+            self._synced[tenant] = (now + ENTRY_SYNC_S, after, rewards_after)
+        changes = self.entries.read(tenant, after, rewards_after, clock=self.clock)
         if not changes:
             return
         with self._lock:
@@ -583,8 +587,11 @@ class ResponseCache:
                     _drop(store, change[0], change[1])
                 elif change.expires_at > now:
                     store.put(change, now)
-            due, _ = self._synced[tenant]
-            self._synced[tenant] = (due, changes.last_id)
+            learner = self._learner(tenant)
+            for arm, reward in changes.rewards:
+                learner.learn(arm, reward)
+            due = self._synced[tenant][0]
+            self._synced[tenant] = (due, changes.last_id, changes.rewards_last_id)
 
     def served_hit(
         self,
@@ -688,8 +695,8 @@ class ResponseCache:
         try:
             return self._hit_feedback(fb)
         finally:
-            if self._removed:
-                self._publish_removals()
+            if self._outbox:
+                self._publish()
 
     def _hit_feedback(self, fb: Feedback) -> tuple[Literal["stored", "duplicate"], float]:
         pending = self._pending_of(fb.decision_id)
@@ -737,12 +744,15 @@ class ResponseCache:
             if pending.arm is not None:
                 self._stat(pending.tenant).rated_misses += 1
             self._learn(pending, quality, reward)
-        if self._removed:
-            self._publish_removals()
+        if self._outbox:
+            self._publish()
 
     def _learn(self, pending: _Pending, quality: float, reward: float) -> None:
-        if pending.arm is not None:
-            self._learner(pending.tenant).learn(pending.arm, reward)
+        tenant, arm = pending.tenant, pending.arm
+        if arm is not None:
+            self._learner(tenant).learn(arm, reward)
+            if self.entries is not None:
+                self._outbox.append(lambda e: e.learned(tenant, arm, reward))
         if pending.source is not None and quality < DROP_BELOW:
             store = self._stores.get(pending.tenant)
             key, produced_by = pending.source
@@ -750,16 +760,16 @@ class ResponseCache:
             if store is not None and _drop(store, k, produced_by):
                 self._stat(pending.tenant).dropped += 1
                 if self.entries is not None:
-                    self._removed.append((pending.tenant, key.scope, key.digest, produced_by))
+                    self._outbox.append(lambda e: e.remove(tenant, k, produced_by))
 
-    def _publish_removals(self) -> None:
-        """Tell the other workers which answers bad feedback removed (outside the lock)."""
-        if self.entries is None:
-            return
+    def _publish(self) -> None:
+        """Tell the other workers what feedback taught here: rewards and removed answers
+        (outside the lock)."""
         with self._lock:
-            removed, self._removed = self._removed, []
-        for tenant, scope, digest, produced_by in removed:
-            self.entries.remove(tenant, (scope, digest), produced_by)
+            outbox, self._outbox = self._outbox, []
+        if self.entries is not None:
+            for publish in outbox:
+                publish(self.entries)
 
     # -- reading --------------------------------------------------------------------------------
     def learner(self, tenant: str) -> ThresholdLearner:
@@ -799,14 +809,20 @@ class EntryChanges:
     """In order: an entry to keep (its ``expires_at`` on this process's clock), or the key
     and decision of an answer to drop."""
     last_id: str
-    """The stream id to read after next time."""
+    """The entries stream's id to read after next time."""
+    rewards: list[tuple[str, float]]
+    """The threshold learner's rewards other workers learned: ``(arm, reward)``."""
+    rewards_last_id: str
+    """The rewards stream's id to read after next time."""
 
 
 class SharedEntries:
     """The cached answers of every worker and replica, in Redis
     (``LLMOPT_RESPONSE_CACHE_SHARED``).
 
-    One stream per tenant, ``<prefix>rcache:entries:<tenant>``: each answer a worker caches is
+    Two streams per tenant. ``<prefix>rcache:rewards:<tenant>``: each reward a worker's
+    threshold learner learns, which the others learn too, so the threshold is learned from the
+    fleet's feedback. ``<prefix>rcache:entries:<tenant>``: each answer a worker caches is
     added (its scope and message digests, its two vectors, the model, the answer, its decision
     and its expiry on the wall clock), and so is each removal after a bad quality. The stream
     is capped near twice ``max_entries`` (``XADD MAXLEN ~``) and expires ``ttl_s`` (the
@@ -840,16 +856,14 @@ class SharedEntries:
         self.worker = new_decision_id()
         """This process's name in the stream: its own additions are not read back."""
 
-    def key(self, tenant: str) -> str:
-        """The tenant's stream."""
-        return f"{self.prefix}rcache:entries:{tenant}"
+    def key(self, tenant: str, kind: str = "entries") -> str:
+        """The tenant's stream of answers (or, ``kind="rewards"``, of its learner's rewards)."""
+        return f"{self.prefix}rcache:{kind}:{tenant}"
 
-    def _add(self, tenant: str, fields: dict[str, str | bytes]) -> None:
-        key, ttl_s = self.key(tenant), self.ttl_s
-
+    def _add(self, key: str, fields: Mapping[str, str | bytes], max_len: int, ttl_s: float) -> None:
         def shared() -> None:
             pipe = self._r.pipeline(transaction=False)
-            pipe.xadd(key, fields, maxlen=self.max_len, approximate=True)  # type: ignore[arg-type]
+            pipe.xadd(key, fields, maxlen=max_len, approximate=True)  # type: ignore[arg-type]
             pipe.expire(key, max(1, math.ceil(ttl_s)))
             pipe.execute()
 
@@ -858,39 +872,69 @@ class SharedEntries:
     def put(self, tenant: str, entry: Entry) -> None:
         """Publish an answer this worker cached (valid ``ttl_s`` from now)."""
         k = entry.key
-        self._add(
-            tenant,
-            {
-                "w": self.worker,
-                "scope": k.scope,
-                "digest": k.digest,
-                "decision": entry.decision_id,
-                "model": entry.model,
-                "answer": orjson.dumps(entry.answer),
-                "whole": k.whole.astype(np.float32).tobytes() if k.whole is not None else b"",
-                "last": k.last.astype(np.float32).tobytes() if k.last is not None else b"",
-                "expires": repr(time.time() + self.ttl_s),
-            },
-        )
+        fields: dict[str, str | bytes] = {
+            "w": self.worker,
+            "scope": k.scope,
+            "digest": k.digest,
+            "decision": entry.decision_id,
+            "model": entry.model,
+            "answer": orjson.dumps(entry.answer),
+            "whole": k.whole.astype(np.float32).tobytes() if k.whole is not None else b"",
+            "last": k.last.astype(np.float32).tobytes() if k.last is not None else b"",
+            "expires": repr(time.time() + self.ttl_s),
+        }
+        self._add(self.key(tenant), fields, self.max_len, self.ttl_s)
 
     def remove(self, tenant: str, k: tuple[str, str], produced_by: str) -> None:
         """Publish that the answer ``k`` of decision ``produced_by`` left this worker's cache."""
         fields = {"w": self.worker, "scope": k[0], "digest": k[1], "decision": produced_by}
-        self._add(tenant, {**fields, "drop": "1"})
+        self._add(self.key(tenant), {**fields, "drop": "1"}, self.max_len, self.ttl_s)
+
+    def learned(self, tenant: str, arm: str, reward: float) -> None:
+        """Publish a reward this worker's threshold learner learned (the stream keeps the last
+        :data:`MAX_SHARED_REWARDS`, for a day after the last)."""
+        fields = {"w": self.worker, "arm": arm, "reward": repr(reward)}
+        self._add(self.key(tenant, "rewards"), fields, MAX_SHARED_REWARDS, PENDING_FEEDBACK_S)
 
     def read(
-        self, tenant: str, after: str, *, clock: Callable[[], float] = time.monotonic
+        self,
+        tenant: str,
+        after: str,
+        rewards_after: str = "0",
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> EntryChanges | None:
-        """Other workers' additions and removals after the stream id ``after`` ("0": all),
-        each entry's expiry converted to ``clock`` (None: nothing new, or Redis down)."""
+        """Other workers' additions, removals and rewards after the stream ids ``after`` and
+        ``rewards_after`` ("0": all), each entry's expiry converted to ``clock`` (None: nothing
+        new, or Redis down). One ``XREAD`` of both streams."""
+        entries_key, rewards_key = self.key(tenant), self.key(tenant, "rewards")
 
         def shared() -> Any:
-            return self._r.xread({self.key(tenant): after}, count=self.max_len)
+            return self._r.xread(
+                {entries_key: after, rewards_key: rewards_after},
+                count=max(self.max_len, MAX_SHARED_REWARDS),
+            )
 
         answer = self.health.call(shared, lambda: None)
         if not answer:
             return None
-        records = answer[0][1]
+        changes = EntryChanges([], after, [], rewards_after)
+        for stream, records in answer:
+            if stream.decode() == rewards_key:
+                changes.rewards_last_id = records[-1][0].decode()
+                changes.rewards += [
+                    (f[b"arm"].decode(), float(f[b"reward"]))
+                    for _, f in records
+                    if f[b"w"].decode() != self.worker
+                ]
+            else:
+                changes.last_id = records[-1][0].decode()
+                changes.items += self._entries(records, clock)
+        return changes
+
+    def _entries(
+        self, records: list[Any], clock: Callable[[], float]
+    ) -> list[Entry | tuple[tuple[str, str], str]]:
         now, wall = clock(), time.time()
         items: list[Entry | tuple[tuple[str, str], str]] = []
         for _, f in records:
@@ -912,7 +956,7 @@ class SharedEntries:
             items.append(
                 Entry(key, f[b"model"].decode(), orjson.loads(f[b"answer"]), decision, expires)
             )
-        return EntryChanges(items, records[-1][0].decode())
+        return items
 
 
 def _hit_reward(pending: _Pending, fb: Feedback) -> float:

@@ -215,3 +215,19 @@ def test_without_redis_each_worker_serves_its_own_answers(prefix: str) -> None:
     probe = a.probe("acme", cache_key(a, PROMPT))
     assert probe is not None and probe.similarity == 1.0
     assert time.monotonic() - started < 3.0
+
+
+def test_every_workers_learner_learns_the_fleets_feedback(redis_url: str, prefix: str) -> None:
+    a, b = sharing(redis_url, prefix, 0), sharing(redis_url, prefix, 1)
+    answer = {"choices": [{"message": {"content": "a"}}]}
+    a.store("acme", cache_key(a, PROMPT), "m", answer, "d-a")
+    probe = probe_until_hit(a)
+    hit = a.served_hit(probe, latency_ms=1.0, willingness_to_pay=0.05, latency_weight=0.0)
+    a.hit_feedback(Feedback(decision_id=hit, quality=0.8))
+    assert learned(b) == {}  # not read yet
+    b.probe("acme", cache_key(b, "Describe a cat."))  # b's next probe of the tenant reads it
+    assert learned(b) == learned(a) == {probe.arm: pytest.approx(0.8)}
+    assert learned(sharing(redis_url, prefix, 2)) == {}  # a new worker learns on its first probe
+    late = sharing(redis_url, prefix, 3)
+    late.probe("acme", cache_key(late, "Describe a cat."))
+    assert learned(late) == {probe.arm: pytest.approx(0.8)}
