@@ -81,6 +81,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import threading
 import time
@@ -99,6 +100,8 @@ from llmopt.schemas import Feedback, new_decision_id
 from llmopt.settings import Settings
 from models.thompson import GaussianThompson
 from serving.shared_state import PREFIX, RedisHealth, SharedState, where
+
+log = logging.getLogger(__name__)
 
 THRESHOLDS = (0.90, 0.94, 0.97, 0.99)
 """Similarities at or above which a cached answer may be served: the learner's arms."""
@@ -399,8 +402,8 @@ class ResponseCache:
         Where the hits and misses awaiting feedback are shared with the other workers and
         replicas (None: this worker only).
     entries
-        Where the cached answers are shared with the other workers and replicas (None: each
-        serves its own).
+        Where the cached answers and the learners' rewards are shared with the other workers
+        and replicas (None: each serves its own answers and learns from its own feedback).
 
     Thread-safe: one lock around each call (a lookup among 1,000 answers takes ~0.1 ms; the
     embeddings of :meth:`key`, ~0.2 ms, are computed outside it).
@@ -441,7 +444,9 @@ class ResponseCache:
         cls, settings: Settings, shared: SharedState | None = None
     ) -> ResponseCache | None:
         """The cache of the settings (None: no tenant opted in, the cache is off); with the
-        process's ``shared`` state, what awaits feedback is shared (:class:`SharedPending`)."""
+        process's ``shared`` state, what awaits feedback is shared (:class:`SharedPending`),
+        and with ``response_cache_shared`` the answers and learning too
+        (:class:`SharedEntries`)."""
         if not settings.response_cache_tenants:
             return None
         return cls(
@@ -817,8 +822,8 @@ class EntryChanges:
 
 
 class SharedEntries:
-    """The cached answers of every worker and replica, in Redis
-    (``LLMOPT_RESPONSE_CACHE_SHARED``).
+    """The cached answers and the threshold learners' rewards of every worker and replica, in
+    Redis (``LLMOPT_RESPONSE_CACHE_SHARED``).
 
     Two streams per tenant. ``<prefix>rcache:rewards:<tenant>``: each reward a worker's
     threshold learner learns, which the others learn too, so the threshold is learned from the
@@ -829,8 +834,8 @@ class SharedEntries:
     cache's TTL) after its last addition. Each worker reads the new part when it probes that
     tenant, at most every :data:`ENTRY_SYNC_S`, and keeps those entries in its own store, so a
     lookup never waits for Redis; another worker's answer is served here within that
-    interval. A worker started later
-    reads the whole stream first. Redis down: the calls go through the process's
+    interval. A worker started later reads both streams whole first. A record it cannot read
+    is skipped (logged). Redis down: the calls go through the process's
     :class:`serving.shared_state.RedisHealth`, and each worker serves its own.
 
     >>> from serving.shared_state import redis_client
@@ -922,41 +927,63 @@ class SharedEntries:
         for stream, records in answer:
             if stream.decode() == rewards_key:
                 changes.rewards_last_id = records[-1][0].decode()
-                changes.rewards += [
-                    (f[b"arm"].decode(), float(f[b"reward"]))
-                    for _, f in records
-                    if f[b"w"].decode() != self.worker
-                ]
+                changes.rewards += self._rewards(records)
             else:
                 changes.last_id = records[-1][0].decode()
                 changes.items += self._entries(records, clock)
         return changes
+
+    def _rewards(self, records: list[Any]) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        for record_id, f in records:
+            try:
+                if f[b"w"].decode() != self.worker:
+                    out.append((f[b"arm"].decode(), float(f[b"reward"])))
+            except (KeyError, ValueError) as exc:  # not ours to fail a request: skipped
+                log.warning(
+                    "response cache: unreadable shared reward %r skipped: %r", record_id, exc
+                )
+        return out
 
     def _entries(
         self, records: list[Any], clock: Callable[[], float]
     ) -> list[Entry | tuple[tuple[str, str], str]]:
         now, wall = clock(), time.time()
         items: list[Entry | tuple[tuple[str, str], str]] = []
-        for _, f in records:
-            if f[b"w"].decode() == self.worker:
+        for record_id, f in records:
+            try:
+                item = self._entry(f, now, wall)
+            except (KeyError, ValueError) as exc:  # not ours to fail a request: skipped
+                log.warning(
+                    "response cache: unreadable shared entry %r skipped: %r", record_id, exc
+                )
                 continue
-            k = (f[b"scope"].decode(), f[b"digest"].decode())
-            decision = f[b"decision"].decode()
-            if b"drop" in f:
-                items.append((k, decision))
-                continue
-            whole, last = f[b"whole"], f[b"last"]
-            key = CacheKey(
-                k[0],
-                k[1],
-                np.frombuffer(whole, dtype=np.float32).copy() if whole else None,
-                np.frombuffer(last, dtype=np.float32).copy() if last else None,
-            )
-            expires = now + float(f[b"expires"]) - wall
-            items.append(
-                Entry(key, f[b"model"].decode(), orjson.loads(f[b"answer"]), decision, expires)
-            )
+            if item is not None:
+                items.append(item)
         return items
+
+    def _entry(
+        self, f: Mapping[bytes, bytes], now: float, wall: float
+    ) -> Entry | tuple[tuple[str, str], str] | None:
+        """One record: an entry, a removal, or None (this worker's own)."""
+        if f[b"w"].decode() == self.worker:
+            return None
+        k = (f[b"scope"].decode(), f[b"digest"].decode())
+        decision = f[b"decision"].decode()
+        if b"drop" in f:
+            return k, decision
+        whole, last = f[b"whole"], f[b"last"]
+        key = CacheKey(
+            k[0],
+            k[1],
+            np.frombuffer(whole, dtype=np.float32).copy() if whole else None,
+            np.frombuffer(last, dtype=np.float32).copy() if last else None,
+        )
+        answer = orjson.loads(f[b"answer"])
+        if not isinstance(answer, dict):
+            raise ValueError("the answer is not a JSON object")
+        expires = now + float(f[b"expires"]) - wall
+        return Entry(key, f[b"model"].decode(), answer, decision, expires)
 
 
 def _hit_reward(pending: _Pending, fb: Feedback) -> float:

@@ -231,3 +231,17 @@ def test_every_workers_learner_learns_the_fleets_feedback(redis_url: str, prefix
     late = sharing(redis_url, prefix, 3)
     late.probe("acme", cache_key(late, "Describe a cat."))
     assert learned(late) == {probe.arm: pytest.approx(0.8)}
+
+
+def test_an_unreadable_shared_record_is_skipped(redis_url: str, prefix: str) -> None:
+    a, b = sharing(redis_url, prefix, 0), sharing(redis_url, prefix, 1)
+    client = redis.Redis.from_url(redis_url)
+    assert b.entries is not None
+    client.xadd(b.entries.key("acme"), {"w": "someone", "scope": "x"})  # no digest, no answer
+    client.xadd(b.entries.key("acme", "rewards"), {"w": "someone", "arm": "0.90", "reward": "?"})
+    client.close()
+    answer = {"choices": [{"message": {"content": "a"}}]}
+    a.store("acme", cache_key(a, PROMPT), "m", answer, "d-a")
+    probe = b.probe("acme", cache_key(b, PROMPT))  # the records after the bad ones are taken
+    assert probe is not None and probe.similarity == 1.0
+    assert learned(b) == {}
