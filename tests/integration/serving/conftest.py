@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import redis
 import uvicorn
 from starlette.testclient import TestClient
 
@@ -71,3 +73,15 @@ def upstream() -> Iterator[str]:
     yield f"http://127.0.0.1:{port}/v1"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture
+def prefix(redis_url: str) -> Iterator[str]:
+    """A Redis key prefix of the test's own; its keys are deleted afterwards."""
+    p = f"llmopt:test:{uuid.uuid4().hex[:12]}:"
+    yield p
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{p}*"))
+    if keys:
+        client.delete(*keys)
+    client.close()

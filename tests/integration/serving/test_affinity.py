@@ -8,7 +8,6 @@ The single-object behaviours: ``tests/unit/serving/test_affinity.py``."""
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,18 +66,6 @@ def test_redis_killed_and_restarted_under_two_workers(private_redis: PrivateRedi
     assert b.model("c1") == "o3-mini"  # unknown to the new Redis: b's own pin ...
     b.pin("c1", "o3-mini")  # ... which its next answered turn puts back for every worker
     assert a.model("c1") == "o3-mini"
-
-
-@pytest.fixture
-def prefix(redis_url: str) -> Iterator[str]:
-    """A key prefix of the test's own; its keys are deleted afterwards."""
-    p = f"llmopt:test:{uuid.uuid4().hex[:12]}:"
-    yield p
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{p}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 def propensity(home: Path, decision_id: str) -> float:

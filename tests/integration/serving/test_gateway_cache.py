@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -293,15 +292,9 @@ def test_a_key_bound_to_another_tenant_cannot_rate_a_hit(tmp_path: Path, upstrea
         assert mine.status_code == 200 and mine.json()["status"] == "stored"
 
 
-@pytest.mark.services
-def test_a_hits_feedback_is_taken_by_any_worker_sharing_redis(
-    tmp_path: Path, upstream: str, redis_url: str
-) -> None:
-    """Two services on one Redis (the shared state): a hit served by one is rated through the
-    other, learned there once, and the first one answers the same feedback as a duplicate and
-    another as a conflict. Without shared state the other one does not know the hit (404)."""
-    prefix = f"llmopt:test:{uuid.uuid4().hex[:12]}:"
-    env = {
+def shared_env(upstream: str, redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
+    """Settings of services caching tenant acme's answers, their shared state in Redis."""
+    return {
         "LLMOPT_UPSTREAM_URL": upstream,
         "LLMOPT_GATEWAY_TIMEOUT_S": "5",
         "LLMOPT_SERVING_FEATURES": "off",
@@ -309,29 +302,35 @@ def test_a_hits_feedback_is_taken_by_any_worker_sharing_redis(
         "LLMOPT_SERVING_SHARED_STATE": "redis",
         "LLMOPT_REDIS_URL": redis_url,
         "LLMOPT_SERVING_SHARED_STATE_PREFIX": prefix,
+        **extra,
     }
+
+
+@pytest.mark.services
+def test_a_hits_feedback_is_taken_by_any_worker_sharing_redis(
+    tmp_path: Path, upstream: str, redis_url: str, prefix: str
+) -> None:
+    """Two services on one Redis (the shared state): a hit served by one is rated through the
+    other, learned there once, and the first one answers the same feedback as a duplicate and
+    another as a conflict. Without shared state the other one does not know the hit (404)."""
+    env = shared_env(upstream, redis_url, prefix)
+    with asgi_service(tmp_path / "a", **env) as a, asgi_service(tmp_path / "b", **env) as b:
+        body = ask("How do I reverse a list in Python?", "acme")
+        post(a, body)
+        hit = until_hit(a, body).headers["x-llmopt-decision-id"]
+        rating = {"decision_id": hit, "quality": 0.9}
+        r = b.post("/feedback", json=rating)
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "stored" and r.json()["reward"] == pytest.approx(0.9)
+        r = a.post("/feedback", json=rating)  # the client retries on the worker that served
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "duplicate"
+        r = a.post("/feedback", json={"decision_id": hit, "quality": 0.1})
+        assert r.status_code == 409, r.text
     store = redis.Redis.from_url(redis_url)
-    try:
-        with asgi_service(tmp_path / "a", **env) as a, asgi_service(tmp_path / "b", **env) as b:
-            body = ask("How do I reverse a list in Python?", "acme")
-            post(a, body)
-            hit = until_hit(a, body).headers["x-llmopt-decision-id"]
-            rating = {"decision_id": hit, "quality": 0.9}
-            r = b.post("/feedback", json=rating)
-            assert r.status_code == 200, r.text
-            assert r.json()["status"] == "stored" and r.json()["reward"] == pytest.approx(0.9)
-            r = a.post("/feedback", json=rating)  # the client retries on the worker that served
-            assert r.status_code == 200, r.text
-            assert r.json()["status"] == "duplicate"
-            r = a.post("/feedback", json={"decision_id": hit, "quality": 0.1})
-            assert r.status_code == 409, r.text
-            ttl = int(store.ttl(f"{prefix}rcache:pending:{hit}"))  # type: ignore[arg-type]
-            assert ttl > 86_000
-    finally:
-        keys = list(store.scan_iter(match=f"{prefix}*"))
-        if keys:
-            store.delete(*keys)
-        store.close()
+    ttl = int(store.ttl(f"{prefix}rcache:pending:{hit}"))  # type: ignore[arg-type]
+    store.close()
+    assert ttl > 86_000
     local = {k: v for k, v in env.items() if "SHARED_STATE" not in k and k != "LLMOPT_REDIS_URL"}
     with (
         asgi_service(tmp_path / "c", **local) as a,
@@ -346,38 +345,23 @@ def test_a_hits_feedback_is_taken_by_any_worker_sharing_redis(
 
 @pytest.mark.services
 def test_an_answer_cached_behind_one_service_is_served_by_another(
-    tmp_path: Path, upstream: str, redis_url: str
+    tmp_path: Path, upstream: str, redis_url: str, prefix: str
 ) -> None:
     """``LLMOPT_RESPONSE_CACHE_SHARED``: the answer one service cached is a hit on the other
     (its text, not a new upstream call), and the cache's Redis keys hold no prompt text."""
-    prefix = f"llmopt:test:{uuid.uuid4().hex[:12]}:"
-    env = {
-        "LLMOPT_UPSTREAM_URL": upstream,
-        "LLMOPT_GATEWAY_TIMEOUT_S": "5",
-        "LLMOPT_SERVING_FEATURES": "off",
-        "LLMOPT_RESPONSE_CACHE_TENANTS": json.dumps(["acme"]),
-        "LLMOPT_RESPONSE_CACHE_SHARED": "true",
-        "LLMOPT_SERVING_SHARED_STATE": "redis",
-        "LLMOPT_REDIS_URL": redis_url,
-        "LLMOPT_SERVING_SHARED_STATE_PREFIX": prefix,
-    }
-    store = redis.Redis.from_url(redis_url)
+    env = shared_env(upstream, redis_url, prefix, LLMOPT_RESPONSE_CACHE_SHARED="true")
     prompt = "Name three prime numbers greater than 50."
-    try:
-        with asgi_service(tmp_path / "a", **env) as a, asgi_service(tmp_path / "b", **env) as b:
-            first = post(a, ask(prompt, "acme"))
-            assert first.headers.get("x-llmopt-cache") != "hit"
-            seen = post(b, ask(prompt, "acme"))  # b never answered it: a candidate from a
-            assert seen.headers["x-llmopt-cache-similarity"] == "1.0000", seen.headers
-            hit = until_hit(b, ask(prompt, "acme"))
-            assert text(hit) == text(first)
-            records: list[Any] = []
-            for k in store.scan_iter(match=f"{prefix}rcache:entries:*"):
-                records += cast(list[Any], store.xrange(k))
-            dumped = b"".join(v for _, fields in records for v in fields.values())
-            assert dumped and prompt.encode() not in dumped
-    finally:
-        keys = list(store.scan_iter(match=f"{prefix}*"))
-        if keys:
-            store.delete(*keys)
-        store.close()
+    with asgi_service(tmp_path / "a", **env) as a, asgi_service(tmp_path / "b", **env) as b:
+        first = post(a, ask(prompt, "acme"))
+        assert first.headers.get("x-llmopt-cache") != "hit"
+        seen = post(b, ask(prompt, "acme"))  # b never answered it: a candidate from a
+        assert seen.headers["x-llmopt-cache-similarity"] == "1.0000", seen.headers
+        hit = until_hit(b, ask(prompt, "acme"))
+        assert text(hit) == text(first)
+    store = redis.Redis.from_url(redis_url)
+    records: list[Any] = []
+    for k in store.scan_iter(match=f"{prefix}rcache:entries:*"):
+        records += cast(list[Any], store.xrange(k))
+    store.close()
+    dumped = b"".join(v for _, fields in records for v in fields.values())
+    assert dumped and prompt.encode() not in dumped

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
@@ -156,18 +155,6 @@ def test_limits_that_do_not_hold_together_stop_the_start(
 
 
 # -- shared state -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def prefix(redis_url: str) -> Iterator[str]:
-    """A key prefix of the test's own; its keys are deleted afterwards."""
-    p = f"llmopt:test:{uuid.uuid4().hex[:12]}:"
-    yield p
-    store = redis.Redis.from_url(redis_url)
-    keys = list(store.scan_iter(match=f"{p}*"))
-    if keys:
-        store.delete(*keys)
-    store.close()
 
 
 def _spend(service: AbstractContextManager[TestClient] | TestClient, out: list[Any]) -> None:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -27,17 +25,6 @@ from serving.shared_state import RedisHealth, redis_client
 pytestmark = [pytest.mark.integration, pytest.mark.services]
 
 PROMPT = "How do I reverse a list in Python?"
-
-
-@pytest.fixture
-def prefix(redis_url: str) -> Iterator[str]:
-    p = f"llmopt:test:{uuid.uuid4().hex[:12]}:"
-    yield p
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{p}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 def worker(url: str, prefix: str, seed: int) -> ResponseCache:

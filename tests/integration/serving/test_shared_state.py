@@ -10,7 +10,6 @@ from __future__ import annotations
 import multiprocessing
 import random
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,18 +32,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.services]
 PROCESSES = 4
 """2 workers x 2 replicas: four independent ledgers (and routers) in four processes."""
 COSTS = (0.0001, 0.0002, 0.0005, 0.001)
-
-
-@pytest.fixture
-def prefix(redis_url: str) -> Iterator[str]:
-    """A key prefix of the test's own; its keys are deleted afterwards."""
-    p = f"llmopt:test:{uuid.uuid4().hex[:12]}:"
-    yield p
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{p}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 def _run(target: Any, **params: Any) -> list[dict[str, Any]]:
