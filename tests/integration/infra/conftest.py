@@ -231,18 +231,24 @@ class Stack:
     def log(self, component: str) -> str:
         return (self.home / "logs" / f"{component}.log").read_text(errors="replace")
 
-    def policy_version(self, tenant: str = "probe") -> str:
-        """The policy version a decision is made by now."""
+    def served(self, tenant: str = "probe") -> tuple[str, str]:
+        """The policy version a decision is made by now, and its role (``served_by``)."""
         status, d = http(f"{self.serving_url}/decide", {"tenant": tenant, "prompt": "2 + 2?"})
         assert status == 200, d
-        return str(d["policy_version"])
+        return str(d["policy_version"]), str(d["served_by"])
+
+    def policy_version(self, tenant: str = "probe") -> str:
+        """The policy version a decision is made by now."""
+        return self.served(tenant)[0]
 
     def wait_for_version(self, label: str, timeout_s: float) -> float:
-        """Poll ``/decide`` until ``label`` decides; seconds it took."""
+        """Poll ``/decide`` until ``label`` decides as the champion; seconds it took. (A
+        version moved to staging, then prod, may first answer as the challenger of a canary:
+        the alias poller can run between the two moves.)"""
         started = time.monotonic()
         wait_until(
-            f"policy_version {label}",
-            lambda: self.policy_version() == label,
+            f"policy_version {label} as the champion",
+            lambda: self.served() == (label, "champion"),
             timeout_s,
             every_s=0.05,
         )
