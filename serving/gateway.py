@@ -894,8 +894,7 @@ async def _cache_feedback(
     tenant, watched = None, False
     try:
         if fb is not None:
-            tenant = cache.hit_tenant(fb.decision_id)
-            watched = tenant is None and cache.watches(fb.decision_id)
+            tenant, watched = cache.lookup(fb.decision_id)
     except Exception:  # the cache must never fail a feedback: the service takes it
         log.exception("response cache: could not look up the decision of a feedback")
     if fb is not None and tenant is not None and await _hit_feedback(cache, fb, tenant, send):

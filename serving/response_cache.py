@@ -91,9 +91,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-import orjson
 import redis
 
+from llmopt import fast_json
 from llmopt.embeddings import MAX_EMBED_CHARS, get_embedder
 from llmopt.reward import reward as reward_of
 from llmopt.schemas import Feedback, new_decision_id
@@ -683,16 +683,24 @@ class ResponseCache:
             self._forget(first)
 
     # -- feedback -------------------------------------------------------------------------------
+    def lookup(self, decision_id: str) -> tuple[str | None, bool]:
+        """What a feedback of ``decision_id`` is to the cache, from one lookup (shared: at
+        most one Redis read): ``(tenant, False)`` for a hit awaiting (or holding) feedback,
+        ``(None, True)`` for a routed decision whose feedback teaches the cache
+        (:meth:`routed_feedback`), ``(None, False)`` for anything else."""
+        pending = self._pending_of(decision_id)
+        if pending is None:
+            return None, False
+        return (pending.tenant, False) if pending.hit else (None, True)
+
     def hit_tenant(self, decision_id: str) -> str | None:
         """The tenant of a hit awaiting (or holding) feedback; None: not a hit (of this worker,
         or, shared, of any)."""
-        pending = self._pending_of(decision_id)
-        return pending.tenant if pending is not None and pending.hit else None
+        return self.lookup(decision_id)[0]
 
     def watches(self, decision_id: str) -> bool:
         """Whether a routed decision's feedback matters to the cache (:meth:`routed_feedback`)."""
-        pending = self._pending_of(decision_id)
-        return pending is not None and not pending.hit
+        return self.lookup(decision_id)[1]
 
     def hit_feedback(self, fb: Feedback) -> tuple[Literal["stored", "duplicate"], float]:
         """Learn a hit's feedback: ``(status, reward)``; :class:`HitFeedbackConflict` for a
@@ -883,7 +891,7 @@ class SharedEntries:
             "digest": k.digest,
             "decision": entry.decision_id,
             "model": entry.model,
-            "answer": orjson.dumps(entry.answer),
+            "answer": fast_json.dumps_bytes(entry.answer),
             "whole": k.whole.astype(np.float32).tobytes() if k.whole is not None else b"",
             "last": k.last.astype(np.float32).tobytes() if k.last is not None else b"",
             "expires": repr(time.time() + self.ttl_s),
@@ -979,7 +987,7 @@ class SharedEntries:
             np.frombuffer(whole, dtype=np.float32).copy() if whole else None,
             np.frombuffer(last, dtype=np.float32).copy() if last else None,
         )
-        answer = orjson.loads(f[b"answer"])
+        answer = fast_json.loads(f[b"answer"])
         if not isinstance(answer, dict):
             raise ValueError("the answer is not a JSON object")
         expires = now + float(f[b"expires"]) - wall
@@ -1039,7 +1047,7 @@ class SharedPending:
             "latency_weight": pending.latency_weight,
         }
         self.health.call(
-            lambda: self._r.set(self.key(decision_id), orjson.dumps(doc), px=self._ttl_ms),
+            lambda: self._r.set(self.key(decision_id), fast_json.dumps_bytes(doc), px=self._ttl_ms),
             lambda: None,
         )
 
@@ -1049,7 +1057,7 @@ class SharedPending:
         raw = self.health.call(lambda: self._r.get(self.key(decision_id)), lambda: None)
         if not isinstance(raw, bytes):
             return None
-        doc = orjson.loads(raw)
+        doc = fast_json.loads(raw)
         return _Pending(
             str(doc["tenant"]),
             doc["arm"],
