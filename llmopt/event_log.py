@@ -49,7 +49,7 @@ import asyncio
 import hashlib
 import json
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -306,21 +306,44 @@ SQLite's (the log's two databases, as everywhere in this module)."""
 class PendingWrites:
     """The writes queued inside :meth:`EventLog.deferred_writes`; wait before answering."""
 
-    def __init__(self, group: GroupCommit[Any] | None = None) -> None:
+    def __init__(
+        self,
+        group: GroupCommit[Any] | None = None,
+        submit: Callable[[dict[str, Any], list[Future[None]]], None] | None = None,
+    ) -> None:
         self.futures: list[Future[None]] = []
         self.group = group
         """The writer the futures came from (its :meth:`GroupCommit.waiter` wakes the event
         loop once per group); None: each future is awaited on its own."""
+        self.held: list[dict[str, Any]] | None = None
+        """Decision rows kept back until :meth:`release` (``deferred_writes(hold=True)``)."""
+        self._submit = submit
+
+    def release(self, calls: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        """Write the decision rows held back (``deferred_writes(hold=True)``), each with the
+        call its id maps to in ``calls`` kept in its context under ``"call"``, exactly as
+        :meth:`EventLog.record_call` would keep it afterwards, in the same write."""
+        rows, self.held = self.held or [], None
+        if not rows:
+            return
+        assert self._submit is not None
+        for row in rows:
+            call = calls.get(row["decision_id"]) if calls else None
+            if call is not None:
+                row["context"] = {**row["context"], "call": dict(call)}
+            self._submit(row, self.futures)
 
     def wait(self, timeout: float | None = 30.0) -> int:
         """Block until every write is committed (or spooled); re-raises the first failure.
-        Returns how many there were."""
+        Returns how many there were. Rows still held are written first."""
+        self.release()
         for fut in self.futures:
             fut.result(timeout)
         return len(self.futures)
 
     async def wait_async(self) -> int:
         """:meth:`wait` without blocking the event loop (other requests run meanwhile)."""
+        self.release()
         group = self.group
         for fut in self.futures:
             if not fut.done():
@@ -540,26 +563,39 @@ class EventLog:
         row = self.decision_row(
             decision, context, features=features, extra=extra, store_prompt=store_prompt
         )
+        held: list[dict[str, Any]] | None = getattr(self._local, "held", None)
+        if held is not None:
+            held.append(row)
+            return
+        self._submit(row, getattr(self._local, "pending", None))
+
+    def _submit(self, row: dict[str, Any], pending: list[Future[None]] | None) -> None:
+        """Write a decision row: at once without group commit; else queued to the writer,
+        its future added to ``pending`` (None: waited for here)."""
         if self.group is None:
             error = self._flush_writes([row])[0]
             if error is not None:
                 raise error
             return
         fut = self.group.submit(row)
-        pending: list[Future[None]] | None = getattr(self._local, "pending", None)
         if pending is None:
             fut.result()
         else:
             pending.append(fut)
 
     @contextmanager
-    def deferred_writes(self) -> Iterator[PendingWrites]:
+    def deferred_writes(self, *, hold: bool = False) -> Iterator[PendingWrites]:
         """Decisions logged by this thread inside the block are queued, not awaited.
 
         The caller waits for them after the block (:meth:`PendingWrites.wait`, or ``await
         PendingWrites.wait_async()`` on an event loop) and only then answers: the commit happens
         outside whatever locks the block held, and concurrent requests share a transaction.
         Without ``group_commit`` the writes inside the block are committed at once, as outside.
+
+        ``hold``: the decision rows are not written until :meth:`PendingWrites.release` (or a
+        wait) and may take their call's measurements along: the gateway writes a non-streamed
+        answer's decision and its call in one write instead of two. A decision no one released
+        nor waited for is never written: release or wait before its id leaves the process.
 
         >>> from llmopt.schemas import Decision, RequestContext
         >>> log = EventLog("sqlite://", group_commit=True)
@@ -573,15 +609,23 @@ class EventLog:
         3
         >>> log.close()
         """
-        writes = PendingWrites(self.group)
+        writes = PendingWrites(self.group, self._submit)
         outer: list[Future[None]] | None = getattr(self._local, "pending", None)
+        outer_held: list[dict[str, Any]] | None = getattr(self._local, "held", None)
         self._local.pending = writes.futures
+        if hold:
+            writes.held = []
+        self._local.held = writes.held
         try:
             yield writes
         finally:
             self._local.pending = outer
+            self._local.held = outer_held
             if outer is not None:  # nested: the outer block waits for these too
                 outer.extend(writes.futures)
+                if writes.held and outer_held is not None:  # and writes what it held
+                    outer_held.extend(writes.held)
+                    writes.held = None
 
     def _flush_writes(
         self, items: Sequence[dict[str, Any] | CallRecord]

@@ -16,7 +16,8 @@ model and the headers ``x-llmopt-decision-id``, ``x-llmopt-model``, ``x-llmopt-p
   (``stream_options.include_usage``) and measured; the usage chunk reaches the client only if
   it asked for it. Time to first token is measured at the first content chunk.
 - **Measured, not asked**: latency, time to first token, tokens and cost (the catalog's price x
-  the usage) are kept on the decision (:meth:`llmopt.event_log.EventLog.record_call`); the
+  the usage) are kept on the decision (written with it for a non-streamed answer, else
+  :meth:`llmopt.event_log.EventLog.record_call`); the
   client's later ``POST /feedback`` with the decision id and a quality completes the reward
   with them. A failed call (5xx, 429, timeout, connection error) is fed back at once as an
   error (quality 0, cost 0: never charged), which the circuit breaker and the policy learn.
@@ -381,14 +382,19 @@ class Gateway:
             return None
         return model
 
-    def decide(self, ctx: RequestContext) -> tuple[Any, PendingWrites]:
-        """The router's decision for one attempt, refusals mapped to 4xx, and its log write
-        (group commit), still pending: the upstream call starts while it commits, and the
-        attempt waits for it (:meth:`Attempt.logged`) before the client sees a byte or the
-        call is measured, so an answered decision is a logged one, as with /decide."""
+    def decide(self, ctx: RequestContext, *, hold: bool = False) -> tuple[Any, PendingWrites]:
+        """The router's decision for one attempt, refusals mapped to 4xx, and its log write,
+        still pending; the attempt waits for it (:meth:`Attempt.logged`) before the client
+        sees a byte or the call is measured, so an answered decision is a logged one, as with
+        /decide.
+
+        Without ``hold`` the write starts now (group commit) and commits while the upstream
+        works: a stream's first byte need not wait for it. With ``hold`` (a non-streamed
+        call) it waits for the answer and is written with the call's measurements, one write
+        instead of two (the decision's id is unknown outside until then)."""
         router = self.runtime.router
         try:
-            with router.event_log.deferred_writes() as writes:
+            with router.event_log.deferred_writes(hold=hold) as writes:
                 routed = router.decide(ctx)
         except BudgetExceededError as exc:
             raise GatewayError(402, str(exc), "llmopt.tenant") from None
@@ -530,10 +536,12 @@ class Attempt:
     writes: PendingWrites | None = None
     """The decision's log write, until :meth:`logged` has waited for it."""
 
-    async def logged(self) -> None:
-        """Wait until the decision is in the event log (before answering or measuring)."""
+    async def logged(self, call: Mapping[str, Any] | None = None) -> None:
+        """Write the decision (with ``call``, the call's measurements, if given) and wait
+        until it is in the event log (before answering or measuring)."""
         if self.writes is not None:
             writes, self.writes = self.writes, None
+            writes.release({self.decision_id: call} if call is not None else None)
             await writes.wait_async()
 
     @property
@@ -591,7 +599,8 @@ async def handle_chat(
     last_error = "no attempt"
     for n in range(1, MAX_ATTEMPTS + 1):
         ctx = first if n == 1 else gateway.context(body, options, tried)
-        routed, writes = gateway.decide(ctx)  # on the event loop, as /decide: no thread hop
+        # on the event loop, as /decide: no thread hop
+        routed, writes = gateway.decide(ctx, hold=not body.get("stream"))
         a = _attempt(gateway, body, routed, n, writes)
         if probe is not None:
             a.extra.update(probe.headers())
@@ -703,8 +712,10 @@ async def _once(gateway: Gateway, a: Attempt, send: Send) -> bool:
         a.answer = data
     tokens = gateway.cost(a.model, data.get("usage"))
     a.call.input_tokens, a.call.output_tokens, a.call.cost_usd = tokens
-    await a.logged()
-    await gateway.settle(a.decision_id, a.model, a.call)
+    if a.writes is not None:  # the decision and its call in one write
+        await a.logged(a.call.record())
+    else:
+        await gateway.settle(a.decision_id, a.model, a.call)
     await _reply(send, 200, fast_json.dumps_bytes(data), _headers(a.routed, a.extra))
     return True
 

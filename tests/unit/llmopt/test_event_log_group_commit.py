@@ -187,3 +187,56 @@ def test_a_cancelled_request_does_not_cancel_its_write(tmp_path: Path) -> None:
     asyncio.run(cancelled_then_more())
     assert log.counts()["decisions"] == 2
     log.close()
+
+
+@pytest.mark.parametrize("group_commit", [True, False])
+def test_held_writes_wait_for_release_and_take_their_call_along(
+    tmp_path: Path, group_commit: bool
+) -> None:
+    """``deferred_writes(hold=True)``: nothing is written until the release, which keeps each
+    call in its own decision's context (as ``record_call`` would), one write per decision."""
+    log = EventLog(f"sqlite:///{tmp_path / 'e.db'}", group_commit=group_commit)
+    served, shadow = decision("a"), decision("b")
+    with log.deferred_writes(hold=True) as writes:
+        log.record_decision(served, CTX, features={"x": 1.0})
+        log.record_decision(shadow, CTX, features={"x": 1.0})
+    assert log.get_decision(served.decision_id) is None  # held back
+    assert log.counts()["decisions"] == 0
+    call = {"latency_ms": 12.5, "source": "gateway", "output_tokens": 7}
+    writes.release({served.decision_id: call})
+    assert writes.wait() == (2 if group_commit else 0)
+    row = log.get_decision(served.decision_id)
+    assert row is not None and row["context"]["call"] == call
+    other = log.get_decision(shadow.decision_id)
+    assert other is not None and "call" not in other["context"]
+    if group_commit:
+        assert log.group is not None and log.group.items == 2  # no second write for the call
+    log.close()
+
+
+def test_held_writes_are_written_by_a_wait_without_release(tmp_path: Path) -> None:
+    log = EventLog(f"sqlite:///{tmp_path / 'e.db'}", group_commit=True)
+    d = decision()
+    with log.deferred_writes(hold=True) as writes:
+        log.record_decision(d, CTX, features={})
+        with log.deferred_writes(hold=True):  # nested: the outer block writes what it held
+            inner = decision()
+            log.record_decision(inner, CTX, features={})
+
+    async def waited() -> int:
+        return await writes.wait_async()
+
+    assert asyncio.run(waited()) == 2
+    assert log.get_decision(d.decision_id) is not None
+    assert log.get_decision(inner.decision_id) is not None
+    log.close()
+
+
+def test_a_hold_ends_with_its_block(tmp_path: Path) -> None:
+    log = EventLog(f"sqlite:///{tmp_path / 'e.db'}", group_commit=True)
+    with log.deferred_writes(hold=True):
+        pass
+    d = decision()
+    log.record_decision(d, CTX, features={})  # after the block: written at once
+    assert log.get_decision(d.decision_id) is not None
+    log.close()
