@@ -120,6 +120,10 @@ class GroupCommit(Generic[T]):
             except RuntimeError:  # that loop is closed: nobody waits there any more
                 pass
 
+    def on_writer(self) -> bool:
+        """Whether the caller runs on the writer thread (that is, inside ``flush``)."""
+        return self._thread is not None and threading.current_thread() is self._thread
+
     def _start(self) -> None:
         with self._start_lock:
             if self._thread is None:

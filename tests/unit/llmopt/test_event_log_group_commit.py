@@ -240,3 +240,29 @@ def test_a_hold_ends_with_its_block(tmp_path: Path) -> None:
     log.record_decision(d, CTX, features={})  # after the block: written at once
     assert log.get_decision(d.decision_id) is not None
     log.close()
+
+
+def test_the_writer_keeps_one_sqlite_connection_between_groups(tmp_path: Path) -> None:
+    """On a SQLite file the writer holds its connection (no checkout per group); a duplicate
+    keeps it, a broken connection is replaced by the next group, and close releases it."""
+    import sqlalchemy as sa  # noqa: PLC0415
+
+    log = EventLog(f"sqlite:///{tmp_path / 'e.db'}", group_commit=True)
+    checkouts: list[int] = []
+    sa.event.listen(log.engine.pool, "checkout", lambda *_: checkouts.append(1))
+    first = decision()
+    for d in [first, *(decision() for _ in range(19))]:
+        log.record_decision(d, CTX, features={})  # one group each
+    assert log.group is not None and log.group.groups == 20
+    assert len(checkouts) == 1
+    with pytest.raises(DuplicateDecisionError):
+        log.record_decision(first, CTX, features={})
+    held = log._writer_conn
+    assert held is not None and not held.closed  # a duplicate is no reason to reconnect
+    held.invalidate()  # the connection breaks (as if the file's handle were lost)
+    d = decision()
+    log.record_decision(d, CTX, features={})
+    assert log.get_decision(d.decision_id) is not None
+    assert log._writer_conn is not None and log._writer_conn is not held
+    log.close()
+    assert log._writer_conn is None
