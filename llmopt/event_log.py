@@ -677,15 +677,15 @@ class EventLog:
         """
         group = self.group
         if not (self._hold_writer_conn and group is not None and group.on_writer()):
-            with self._engine.begin() as conn:
-                self._write(conn, rows, calls)
+            with self._engine.begin() as pooled:
+                self._write(pooled, rows, calls)
             return
-        conn = self._writer_conn
-        if conn is None or conn.closed or conn.invalidated:
-            conn = self._writer_conn = self._engine.connect()
+        held = self._writer_conn
+        if held is None or held.closed or held.invalidated:
+            held = self._writer_conn = self._engine.connect()
         try:
-            with conn.begin():
-                self._write(conn, rows, calls)
+            with held.begin():
+                self._write(held, rows, calls)
         except IntegrityError:
             raise
         except BaseException:
