@@ -1,7 +1,8 @@
 """Run the benchmarks: ``python -m bench [--quick] [NAME ...]`` (NAME: see ``--help``).
 
 Writes ``bench/results/<benchmark>.json`` for each benchmark run and prints a short summary.
-``--quick`` runs fewer iterations (a smoke run; its files say ``"quick": true``).
+``--quick`` runs fewer iterations (a smoke run; its files say ``"quick": true`` and go to
+``bench/results/quick/``).
 """
 
 from __future__ import annotations

@@ -171,8 +171,24 @@ def document(name: str, results: list[dict[str, Any]], *, quick: bool) -> dict[s
 
 
 def write_document(doc: dict[str, Any]) -> Path:
-    """Write ``doc`` to ``bench/results/<benchmark>.json``; return the path."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{doc['benchmark']}.json"
+    """Write ``doc`` to ``bench/results/<benchmark>.json``, or a quick run's (a smoke run,
+    ``"quick": true``) to ``bench/results/quick/<benchmark>.json`` (not committed), so it
+    never replaces the full run the docs quote; return the path.
+
+    >>> import tempfile
+    >>> from unittest import mock
+    >>> with tempfile.TemporaryDirectory() as tmp, mock.patch(f"{__name__}.RESULTS_DIR", Path(tmp)):
+    ...     full = write_document({"benchmark": "x", "quick": False})
+    ...     quick = write_document({"benchmark": "x", "quick": True})
+    ...     (full.relative_to(tmp).as_posix(), quick.relative_to(tmp).as_posix())
+    ('x.json', 'quick/x.json')
+    """
+    path = result_path(doc["benchmark"], quick=bool(doc.get("quick")))
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2) + "\n")
     return path
+
+
+def result_path(name: str, *, quick: bool) -> Path:
+    """Where :func:`write_document` writes benchmark ``name``'s document."""
+    return (RESULTS_DIR / "quick" if quick else RESULTS_DIR) / f"{name}.json"

@@ -542,10 +542,11 @@ def main(argv: list[str] | None = None) -> int:
         for r in results:
             r["note"] = args.note
     name = args.name or (NAME_URLS if urls else NAME)
-    earlier = _common.RESULTS_DIR / f"{name}.json"
+    quick = args.minutes < 10
+    earlier = _common.result_path(name, quick=quick)
     if args.append and earlier.exists():
         results = [*json.loads(earlier.read_text())["results"], *results]
-    doc = _common.document(name, results, quick=args.minutes < 10)
+    doc = _common.document(name, results, quick=quick)
     path = _common.write_document(doc)
     ok = all([_report(name, path, r) for r in fresh])  # every summary printed
     return 0 if ok else 1
