@@ -17,6 +17,7 @@ from bench import (
     _common,
     cascade,
     decision_ids,
+    event_log_writer,
     feature_store,
     features,
     pacing,
@@ -46,6 +47,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         tuning,
         upstream_client,
         decision_ids,
+        event_log_writer,
     )
 }
 
