@@ -7,9 +7,9 @@ context, 30 features, 11 scores), each waiting for its commit as ``/decide`` doe
 the process CPU per decision in two modes, alternating over rounds (the machine's speed drifts):
 
 - ``held``: the writer keeps one connection between its transactions (what the event log does
-  on a SQLite file since session 14, ``EventLog._write_group``);
+  since session 14, ``EventLog._write_group``);
 - ``pooled``: a connection checked out of SQLAlchemy's pool for each transaction and rolled
-  back when it goes back (the earlier behaviour, and PostgreSQL's today).
+  back when it goes back (the earlier behaviour).
 
 Run: ``python -m bench event_log_writer [--quick]`` -> ``bench/results/event_log_writer.json``.
 """

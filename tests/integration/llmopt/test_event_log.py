@@ -276,3 +276,34 @@ def test_an_existing_log_is_upgraded_and_its_rows_come_first(url: str) -> None:
     assert (events[2].tx_id > 0) is url.startswith("postgresql")
     assert log.stable_cursor() == events[-1].position
     log.close()
+
+
+@pytest.mark.services
+def test_the_writer_replaces_a_held_connection_the_server_dropped(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """PostgreSQL ends the group writer's held connection between two groups (as a restart
+    does): the next group is written on a new connection, neither failed nor spooled."""
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE IF EXISTS feedback, decisions, alembic_version CASCADE"))
+        conn.execute(sa.text("DROP TABLE IF EXISTS pipeline_checkpoints"))
+    from llmopt.spool import SpooledEventLog  # noqa: PLC0415
+
+    log = SpooledEventLog(postgres_url, spool_dir=tmp_path, group_commit=True)
+    ctx = RequestContext(tenant="acme")
+    first = Decision(model="m", propensity=1.0, policy_name="t")
+    log.record_decision(first, ctx, features={})
+    held = log._writer_conn
+    assert held is not None
+    pid = held.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    held.rollback()  # the read above began a transaction: end it, as the writer would have
+    with engine.connect() as admin:
+        assert admin.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar()
+    again = Decision(model="m", propensity=1.0, policy_name="t")
+    log.record_decision(again, ctx, features={})  # raises if the group failed
+    assert log.get_decision(again.decision_id) is not None
+    assert log._writer_conn is not None and log._writer_conn is not held
+    assert log.spooled == 0
+    log.close()
+    engine.dispose()
