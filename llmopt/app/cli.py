@@ -733,6 +733,27 @@ def registry_rollback() -> None:
 
 
 # -- serving: the decision service (issue #6) ----------------------------------------------
+def shared_state_warning(shared_state: str, workers: int) -> str | None:
+    """What several workers without shared state keep apart (None: nothing to say).
+
+    >>> shared_state_warning("redis", 2) is None, shared_state_warning("local", 1) is None
+    (True, True)
+    >>> shared_state_warning("local", 2).split(":")[0]
+    '2 workers with LLMOPT_SERVING_SHARED_STATE=local'
+    """
+    if workers < 2 or shared_state != "local":  # noqa: PLR2004 - one worker shares nothing
+        return None
+    return (
+        f"{workers} workers with LLMOPT_SERVING_SHARED_STATE=local: each keeps its own budget "
+        "reservations, rate limits, circuit breaker and conversation pins, so a tenant's "
+        "budget can be overshot by what the others spend between two reads of the event log, "
+        f"a key's budget and rate limit allow {workers} x theirs, and a response-cache hit "
+        "rated through another worker is refused (404). The learned policy and the canary's "
+        "statistics are shared through the event log. Set LLMOPT_SERVING_SHARED_STATE=redis "
+        "and LLMOPT_REDIS_URL to share the rest (serving/README.md)."
+    )
+
+
 @app.command()
 def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 3000,
@@ -759,6 +780,9 @@ def serve(
 
     home = get_settings().ensure_home().resolve()
     os.environ["LLMOPT_HOME"] = str(home)  # workers resolve the same state directory
+    warning = shared_state_warning(get_settings().serving_shared_state, workers)
+    if warning is not None:
+        typer.echo(f"warning: {warning}", err=True)
     if upstream is not None:
         from llmopt.catalog import load_catalog  # noqa: PLC0415
         from serving.upstreams import UpstreamConfigError, from_url  # noqa: PLC0415

@@ -133,6 +133,9 @@ def server(tmp_path: Path) -> Iterator[Server]:
     try:
         srv.wait("two workers initialized", lambda: srv.initialized() >= 2, timeout_s=180)
         srv.wait("ready", lambda: _ready(srv.url), timeout_s=30)
+        # without Redis the CLI says what the workers keep apart
+        log = srv.log.read_text(errors="replace")
+        assert "warning: 2 workers with LLMOPT_SERVING_SHARED_STATE=local" in log
         yield srv
     finally:
         srv.stop()
