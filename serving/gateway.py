@@ -712,10 +712,7 @@ async def _once(gateway: Gateway, a: Attempt, send: Send) -> bool:
         a.answer = data
     tokens = gateway.cost(a.model, data.get("usage"))
     a.call.input_tokens, a.call.output_tokens, a.call.cost_usd = tokens
-    if a.writes is not None:  # the decision and its call in one write
-        await a.logged(a.call.record())
-    else:
-        await gateway.settle(a.decision_id, a.model, a.call)
+    await a.logged(a.call.record())  # the decision (held back) and its call in one write
     await _reply(send, 200, fast_json.dumps_bytes(data), _headers(a.routed, a.extra))
     return True
 
