@@ -55,6 +55,10 @@ bench-cascade: setup  ## Cascades in replay (optimistic, noisy verifier) vs sing
 bench-serving: setup  ## Decision service vs bare starlette at 500 req/s (open loop), swap under load
 	$(BIN)/python -m bench.serving
 
+.PHONY: bench-checkpoint
+bench-checkpoint: setup  ## Served p99 at 500/s: WAL checkpoints on their own thread vs in commits (~3 min)
+	$(BIN)/python -m bench.wal_checkpoint
+
 .PHONY: bench-gateway
 bench-gateway: setup  ## Gateway vs direct upstream at 200 req/s, streaming TTFB, fallback, lost feedback (~9 min)
 	$(BIN)/python -m bench.gateway

@@ -66,6 +66,7 @@ from llmopt import fast_json
 from llmopt.group_commit import GroupCommit
 from llmopt.schemas import Decision, Feedback, RequestContext, utc_now
 from llmopt.types import DecisionID
+from llmopt.wal_checkpoint import WalCheckpointer
 
 log = logging.getLogger("llmopt.event_log")
 
@@ -479,8 +480,12 @@ def upgrade_schema(engine: Engine) -> None:
 _IN_MEMORY = ("sqlite://", "sqlite:///:memory:")
 
 
-def create_engine(url: str) -> Engine:
-    """An engine for the event log; SQLite gets WAL and a busy timeout for concurrent writers."""
+def create_engine(url: str, *, checkpoint_thread: bool = False) -> Engine:
+    """An engine for the event log; SQLite gets WAL and a busy timeout for concurrent writers.
+
+    ``checkpoint_thread``: a :class:`~llmopt.wal_checkpoint.WalCheckpointer` checkpoints the
+    file, so this engine's commits never do (SQLite files only).
+    """
     if url.startswith("sqlite"):
         in_memory = url in _IN_MEMORY
         engine = sa.create_engine(
@@ -501,6 +506,8 @@ def create_engine(url: str) -> Engine:
                 cur.execute("PRAGMA journal_mode=WAL")
                 cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
+            if checkpoint_thread and not in_memory:
+                WalCheckpointer.configure(dbapi_conn)
 
         return engine
     return sa.create_engine(
@@ -521,14 +528,26 @@ class EventLog:
     """
 
     def __init__(
-        self, url: str | Engine, *, migrate: bool = True, group_commit: bool = False
+        self,
+        url: str | Engine,
+        *,
+        migrate: bool = True,
+        group_commit: bool = False,
+        checkpoint_s: float = 0.0,
     ) -> None:
+        self.checkpointer: WalCheckpointer | None = None
+        """Checkpoints a SQLite file's write-ahead log on a thread of its own when
+        ``checkpoint_s`` > 0 (:mod:`llmopt.wal_checkpoint`); None: SQLite's own, in commits."""
         if isinstance(url, Engine):
             self._engine = url
             self.url = url.url.render_as_string(hide_password=False)
         else:
             self.url = url
-            self._engine = create_engine(url)
+            database = sa.engine.make_url(url).database if url.startswith("sqlite") else None
+            own = checkpoint_s > 0 and url not in _IN_MEMORY and bool(database)
+            self._engine = create_engine(url, checkpoint_thread=own)
+            if own and database:
+                self.checkpointer = WalCheckpointer(database, interval_s=checkpoint_s)
         if migrate:
             upgrade_schema(self._engine)
         self._insert_decision = decisions.insert()
@@ -555,6 +574,8 @@ class EventLog:
             self.group.close()
         self._drop_writer_conn()
         self._engine.dispose()
+        if self.checkpointer is not None:
+            self.checkpointer.close()
 
     def record_decision(
         self,

@@ -434,6 +434,16 @@ class Settings(BaseSettings):
             "before it answers. Off: one transaction per decision."
         ),
     )
+    serving_wal_checkpoint_s: float = Field(
+        default=0.5,
+        ge=0,
+        description=(
+            "Embedded profile (a SQLite event log): seconds between checkpoints of its "
+            "write-ahead log on a thread of their own, so no commit, and no answer waiting for "
+            "one, runs SQLite's checkpoint (0: SQLite's own, inside the commit that crosses "
+            "1,000 pages of log)."
+        ),
+    )
     serving_fast_path: bool = Field(
         default=True,
         description=(

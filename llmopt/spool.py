@@ -140,8 +140,9 @@ class SpooledEventLog(EventLog):
         name: str = "events.spool.jsonl",
         migrate: bool = True,
         group_commit: bool = False,
+        checkpoint_s: float = 0.0,
     ) -> None:
-        super().__init__(url, migrate=migrate, group_commit=group_commit)
+        super().__init__(url, migrate=migrate, group_commit=group_commit, checkpoint_s=checkpoint_s)
         spool_dir.mkdir(parents=True, exist_ok=True)
         self.spool_path = spool_dir / name
         self.replaying_path = spool_dir / f"{name}.replaying"

@@ -268,13 +268,17 @@ class ServingRuntime:
     @staticmethod
     def _open_log(settings: Settings) -> EventLog:
         group_commit = settings.serving_group_commit
+        checkpoint_s = settings.serving_wal_checkpoint_s
         if not settings.serving_spool:
-            return EventLog(settings.event_log_url, group_commit=group_commit)
+            return EventLog(
+                settings.event_log_url, group_commit=group_commit, checkpoint_s=checkpoint_s
+            )
         return SpooledEventLog(
             settings.event_log_url,
             spool_dir=settings.home / "spool",
             name=f"events.{os.getpid()}.spool.jsonl",
             group_commit=group_commit,
+            checkpoint_s=checkpoint_s,
         )
 
     def replay_spool(self) -> int:

@@ -1,4 +1,5 @@
-"""The serving runtime's background work: the parameter tuning refreshed off the feedback path."""
+"""The serving runtime's background work: the parameter tuning refreshed off the feedback path,
+the event log's checkpoints on a thread of their own."""
 
 from __future__ import annotations
 
@@ -45,5 +46,21 @@ def test_a_foreground_runtime_tunes_on_the_feedback_path(tmp_path: Path) -> None
     try:
         assert not rt.router.tuning.deferred
         assert rt.refresh_tuning_once() == 0.0  # nothing stale: nothing done, the thread idles
+    finally:
+        rt.close()
+
+
+def test_the_embedded_event_log_is_checkpointed_off_the_commit_path(tmp_path: Path) -> None:
+    s = Settings(home=tmp_path / "h", serving_model_source="fresh", serving_features="off")
+    rt = ServingRuntime(s, background=False)
+    try:
+        cp = rt.event_log.checkpointer
+        assert cp is not None and cp.interval_s == s.serving_wal_checkpoint_s
+    finally:
+        rt.close()
+    off = s.model_copy(update={"serving_wal_checkpoint_s": 0.0})
+    rt = ServingRuntime(off, background=False)
+    try:
+        assert rt.event_log.checkpointer is None  # SQLite's own checkpoint, in the commits
     finally:
         rt.close()

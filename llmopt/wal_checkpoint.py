@@ -1,0 +1,167 @@
+"""SQLite WAL checkpoints on a thread of their own, off the commit path.
+
+In WAL mode, SQLite copies the write-ahead log back into the database file (a *checkpoint*)
+whenever a commit finds the log longer than ``wal_autocheckpoint`` pages (1,000 by default).
+That copy, with its ``fsync``, runs inside the commit that crossed the line: on the event log
+at 500 decisions/s it came every ~0.3 s and held the commit ~8-10 ms, and every request
+waiting for that commit (an answer waits for its decision's) with it; it was the served p99
+(``docs/benchmarks.md``, "WAL checkpoints").
+
+:class:`WalCheckpointer` turns the automatic checkpoint off for the connections it is given
+(``PRAGMA wal_autocheckpoint=0``, per connection: other processes keep SQLite's default) and
+runs ``PRAGMA wal_checkpoint(PASSIVE)`` every ``interval_s`` on a daemon thread with a
+connection of its own. A passive checkpoint never waits for readers or writers and writers
+never wait for it: commits go on appending to the log while it copies, and the log starts over
+from its beginning once a checkpoint has caught up. The ``sqlite3`` module releases the GIL
+while SQLite works, so the copy costs the event loop nothing.
+
+Why hand-written: SQLite has no checkpoint thread of its own, and SQLAlchemy none either; it is
+a thread, a timer and one PRAGMA.
+
+Example
+-------
+>>> import pathlib, sqlite3, tempfile
+>>> path = pathlib.Path(tempfile.mkdtemp()) / "x.db"
+>>> conn = sqlite3.connect(path)
+>>> _ = conn.execute("PRAGMA journal_mode=WAL")
+>>> WalCheckpointer.configure(conn)  # on every connection that commits
+>>> with conn:
+...     _ = conn.execute("CREATE TABLE t (x)")
+...     _ = conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(1000)])
+>>> cp = WalCheckpointer(path, interval_s=60)
+>>> cp.checkpoint().caught_up
+True
+>>> cp.close(); conn.close()
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("llmopt.wal_checkpoint")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What one ``PRAGMA wal_checkpoint(PASSIVE)`` answered."""
+
+    busy: bool
+    """Another checkpoint (another process's) held the checkpoint lock."""
+    log_pages: int
+    """Pages in the write-ahead log (-1: the database is not in WAL mode)."""
+    checkpointed_pages: int
+    """Of those, pages now copied into the database file."""
+
+    @property
+    def caught_up(self) -> bool:
+        """Every page of the log is in the database file: the next commit restarts the log."""
+        return not self.busy and self.checkpointed_pages >= self.log_pages
+
+
+def _lowest_priority() -> None:
+    """Nice 19 for the calling thread (Linux: a thread's id is a process id to
+    ``setpriority``): a checkpoint's ~10-15 ms of copying then runs in the gaps the event loop
+    and the writer leave, not in their time slices. Elsewhere: nothing."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):  # no setpriority, or not allowed
+        pass
+
+
+class WalCheckpointer:
+    """Checkpoint the SQLite database at ``path`` every ``interval_s`` on a daemon thread.
+
+    Parameters
+    ----------
+    path
+        The database file.
+    interval_s
+        Seconds between checkpoints; 0: none on a thread (:meth:`checkpoint` still works).
+    warn_pages
+        A log this long after a checkpoint (a reader that never lets go keeps it from
+        catching up) is logged at WARNING, at most once a minute.
+    """
+
+    def __init__(
+        self, path: str | Path, *, interval_s: float = 0.5, warn_pages: int = 250_000
+    ) -> None:
+        self.path = str(path)
+        self.interval_s = interval_s
+        self.warn_pages = warn_pages
+        self.runs = 0
+        """Checkpoints run so far."""
+        self.last: Checkpoint | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._warned_at = float("-inf")
+        self._thread: threading.Thread | None = None
+        if interval_s > 0:
+            self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
+            self._thread.start()
+
+    @staticmethod
+    def configure(dbapi_conn: Any) -> None:
+        """Turn SQLite's own checkpoint-on-commit off for ``dbapi_conn`` (a ``sqlite3``
+        connection that commits to a database this class checkpoints)."""
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA wal_autocheckpoint=0")
+        cur.close()
+
+    def checkpoint(self) -> Checkpoint:
+        """One passive checkpoint now (on the calling thread)."""
+        with self._lock:
+            if self._conn is None:
+                # isolation_level=None: no implicit transaction around the PRAGMA
+                self._conn = sqlite3.connect(
+                    self.path, timeout=5, isolation_level=None, check_same_thread=False
+                )
+            try:
+                busy, pages, done = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            except sqlite3.Error:
+                self._conn.close()  # a fresh connection next time
+                self._conn = None
+                raise
+            self.runs += 1
+            self.last = Checkpoint(bool(busy), int(pages), int(done))
+            return self.last
+
+    def _run(self) -> None:
+        _lowest_priority()
+        while not self._stop.wait(self.interval_s):
+            try:
+                done = self.checkpoint()
+            except sqlite3.Error as exc:
+                log.warning("WAL checkpoint of %s failed: %r (retried)", self.path, exc)
+                continue
+            left = done.log_pages - done.checkpointed_pages
+            now = time.monotonic()
+            if left >= self.warn_pages and now - self._warned_at >= 60:
+                self._warned_at = now
+                log.warning(
+                    "WAL of %s: %d pages not checkpointed (a long-running reader holds an old "
+                    "snapshot?); the log grows until it lets go",
+                    self.path,
+                    left,
+                )
+
+    def close(self) -> None:
+        """Stop the thread, run a last checkpoint and close the connection."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        try:
+            self.checkpoint()
+        except sqlite3.Error as exc:
+            log.warning("last WAL checkpoint of %s failed: %r", self.path, exc)
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None

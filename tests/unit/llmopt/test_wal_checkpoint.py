@@ -1,0 +1,101 @@
+"""WAL checkpoints off the commit path: the event log's commits leave the write-ahead log alone,
+the checkpointer's thread copies it back and the log starts over, nothing written is lost."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from llmopt.event_log import EventLog
+from llmopt.schemas import Decision, RequestContext
+from llmopt.wal_checkpoint import WalCheckpointer
+
+CTX = RequestContext(tenant="acme", prompt="a prompt long enough to fill some pages " * 20)
+
+
+def write(log: EventLog, n: int) -> None:
+    for _ in range(n):  # one transaction each: ~a few pages of log apiece
+        log.record_decision(
+            Decision(model="m", propensity=0.5, policy_name="t"), CTX, features={"x": 1.0}
+        )
+
+
+def autocheckpoint(log: EventLog) -> int:
+    with log.engine.connect() as conn:
+        return int(conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one())
+
+
+def count(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute("SELECT count(*) FROM decisions").fetchone()[0])
+
+
+def test_commits_leave_the_log_to_the_checkpointer(tmp_path: Path) -> None:
+    path = tmp_path / "e.db"
+    log = EventLog(f"sqlite:///{path}", checkpoint_s=3600)  # the thread never fires here
+    assert log.checkpointer is not None and autocheckpoint(log) == 0
+    write(log, 5)
+    log.checkpointer.checkpoint()
+    size = path.stat().st_size
+    write(log, 600)  # well past SQLite's own 1,000-page checkpoint
+    assert path.stat().st_size == size, "a commit checkpointed: the database file grew"
+    done = log.checkpointer.checkpoint()
+    assert done.caught_up and done.log_pages > 1000
+    assert path.stat().st_size > size  # the log's pages are now in the database file
+    log.close()
+    assert count(path) == 605
+
+
+def test_without_the_thread_sqlite_checkpoints_in_its_commits(tmp_path: Path) -> None:
+    path = tmp_path / "e.db"
+    log = EventLog(f"sqlite:///{path}")  # checkpoint_s=0: as before
+    assert log.checkpointer is None and autocheckpoint(log) == 1000
+    write(log, 5)
+    size = path.stat().st_size
+    write(log, 600)
+    assert path.stat().st_size > size
+    log.close()
+
+
+def test_the_thread_checkpoints_and_the_log_starts_over(tmp_path: Path) -> None:
+    path = tmp_path / "e.db"
+    log = EventLog(f"sqlite:///{path}", checkpoint_s=0.05)
+    cp = log.checkpointer
+    assert cp is not None
+    pages: list[int] = []
+    for _ in range(6):
+        write(log, 100)
+        runs = cp.runs
+        deadline = time.monotonic() + 10
+        while cp.runs < runs + 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert cp.last is not None and cp.last.caught_up
+        pages.append(cp.last.log_pages)
+    wal = path.with_name("e.db-wal").stat().st_size
+    assert wal < 2 * max(pages) * 4096 + 65536, "the log kept growing: it never started over"
+    log.close()
+    assert count(path) == 600
+
+
+def test_memory_and_other_engines_get_no_thread(tmp_path: Path) -> None:
+    assert EventLog("sqlite://", checkpoint_s=0.5).checkpointer is None
+    shared = EventLog(f"sqlite:///{tmp_path / 'e.db'}").engine
+    assert EventLog(shared, checkpoint_s=0.5).checkpointer is None  # its owner's choice
+
+
+def test_a_failed_checkpoint_is_retried_on_a_fresh_connection(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE t (x)")
+    cp = WalCheckpointer(path, interval_s=0)
+    assert cp.checkpoint().caught_up
+    assert cp._conn is not None
+    cp._conn.close()  # as if the connection broke
+    with pytest.raises(sqlite3.Error):
+        cp.checkpoint()
+    assert cp.checkpoint().caught_up  # reconnected
+    cp.close()
