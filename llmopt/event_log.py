@@ -538,6 +538,7 @@ class EventLog:
         self.checkpointer: WalCheckpointer | None = None
         """Checkpoints a SQLite file's write-ahead log on a thread of its own when
         ``checkpoint_s`` > 0 (:mod:`llmopt.wal_checkpoint`); None: SQLite's own, in commits."""
+        own, database = False, None
         if isinstance(url, Engine):
             self._engine = url
             self.url = url.url.render_as_string(hide_password=False)
@@ -546,15 +547,20 @@ class EventLog:
             database = sa.engine.make_url(url).database if url.startswith("sqlite") else None
             own = checkpoint_s > 0 and url not in _IN_MEMORY and bool(database)
             self._engine = create_engine(url, checkpoint_thread=own)
-            if own and database:
-                self.checkpointer = WalCheckpointer(database, interval_s=checkpoint_s)
         if migrate:
             upgrade_schema(self._engine)
+        if own and database:  # after the schema: the file exists, in WAL mode
+            # with a group writer, the log's restart is its job (between two groups)
+            self.checkpointer = WalCheckpointer(
+                database, interval_s=checkpoint_s, restart_on_thread=not group_commit
+            )
         self._insert_decision = decisions.insert()
         self._insert_feedback = feedback.insert()
         self._local = threading.local()
         self.group: GroupCommit[dict[str, Any] | CallRecord] | None = (
-            GroupCommit(self._flush_writes, name="event-log-writer") if group_commit else None
+            GroupCommit(self._flush_writes, name="event-log-writer", after=self._after_group)
+            if group_commit
+            else None
         )
         """The decision writer when ``group_commit`` is on (see :meth:`deferred_writes`)."""
         self._hold_writer_conn = self.url not in _IN_MEMORY
@@ -659,6 +665,14 @@ class EventLog:
                 if writes.held and outer_held is not None:  # and writes what it held
                     outer_held.extend(writes.held)
                     writes.held = None
+
+    def _after_group(self) -> None:
+        """On the group writer, between two groups: start the WAL over if the checkpointer
+        asks (:meth:`~llmopt.wal_checkpoint.WalCheckpointer.restart_if_due`). Here no commit
+        of this process's decisions competes with it, so it needs no waiting for the write
+        lock; the waiters of the group just written are already answered."""
+        if self.checkpointer is not None:
+            self.checkpointer.restart_if_due()
 
     def _flush_writes(
         self, items: Sequence[dict[str, Any] | CallRecord]

@@ -55,10 +55,21 @@ class GroupCommit(Generic[T]):
         The writer thread's name.
     max_group
         Most items per transaction.
+    after
+        Called on the writer thread after each group, once its waiters are woken (e.g. work
+        that must not run inside a transaction, such as a WAL restart); its errors are logged.
     """
 
-    def __init__(self, flush: Flush[T], *, name: str, max_group: int = 512) -> None:
+    def __init__(
+        self,
+        flush: Flush[T],
+        *,
+        name: str,
+        max_group: int = 512,
+        after: Callable[[], None] | None = None,
+    ) -> None:
         self._flush = flush
+        self._after = after
         self.name = name
         self.max_group = max_group
         self._queue: queue.SimpleQueue[tuple[T, Future[None]] | object] = queue.SimpleQueue()
@@ -149,6 +160,11 @@ class GroupCommit(Generic[T]):
                     break
                 group.append(nxt)
             self._write(group)  # type: ignore[arg-type]
+            if self._after is not None:
+                try:
+                    self._after()
+                except Exception:
+                    log.exception("%s: after a group", self.name)
             if stop:
                 return
 

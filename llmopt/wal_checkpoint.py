@@ -11,12 +11,17 @@ waiting for that commit (an answer waits for its decision's) with it; it was the
 (``PRAGMA wal_autocheckpoint=0``, per connection: other processes keep SQLite's default) and
 runs ``PRAGMA wal_checkpoint(PASSIVE)`` every ``interval_s`` on a daemon thread with a
 connection of its own. A passive checkpoint never waits for readers or writers and writers
-never wait for it: commits go on appending to the log while it copies, and the log starts over
-from its beginning once a checkpoint has caught up. The ``sqlite3`` module releases the GIL
-while SQLite works, so the copy costs the event loop nothing.
+never wait for it: commits go on appending to the log while it copies the bulk. The log must
+also *start over*, or it grows for ever under steady writes: SQLite restarts it only for a
+writer that begins while every page is copied back, a moment a checkpoint on another
+connection never leaves. So once a passive checkpoint has caught up with a long enough log, a
+``RESTART`` checkpoint copies the few pages committed meanwhile, holding writers off for that
+short copy (and at most ``restart_wait_ms`` for readers to leave the log), and the next commit
+starts the log over. The ``sqlite3`` module releases the GIL while SQLite works, so the copy
+costs the event loop nothing.
 
 Why hand-written: SQLite has no checkpoint thread of its own, and SQLAlchemy none either; it is
-a thread, a timer and one PRAGMA.
+a thread, a timer and two PRAGMAs.
 
 Example
 -------
@@ -43,7 +48,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 log = logging.getLogger("llmopt.wal_checkpoint")
 
@@ -84,16 +89,44 @@ class WalCheckpointer:
         The database file.
     interval_s
         Seconds between checkpoints; 0: none on a thread (:meth:`checkpoint` still works).
+    restart_pages
+        Once a passive checkpoint has caught up with a log at least this long, a ``RESTART``
+        checkpoint copies the few pages committed meanwhile and makes the next commit start
+        the log over. Without it the log would never start over under steady writes: SQLite
+        restarts it only for a writer that begins while every page is copied back, and a
+        checkpoint on another connection never leaves one that moment.
+    restart_wait_ms
+        The longest a ``RESTART`` holds new writers off waiting for a reader to leave the log.
+    restart_on_thread
+        Run the ``RESTART`` on this class's thread. False: it only sets :attr:`restart_due`,
+        and the process's own writer calls :meth:`restart_if_due` between two of its
+        transactions (the event log's group writer does): a writer that commits without pause
+        leaves the thread's ``RESTART`` no moment to take the write lock, and the log would
+        grow again.
     warn_pages
-        A log this long after a checkpoint (a reader that never lets go keeps it from
-        catching up) is logged at WARNING, at most once a minute.
+        A log this long that did not start over (a reader that never lets go) is logged at
+        WARNING, at most once a minute.
     """
 
     def __init__(
-        self, path: str | Path, *, interval_s: float = 0.5, warn_pages: int = 250_000
+        self,
+        path: str | Path,
+        *,
+        interval_s: float = 0.5,
+        restart_pages: int = 1000,
+        restart_wait_ms: float = 10.0,
+        restart_on_thread: bool = True,
+        warn_pages: int = 250_000,
     ) -> None:
         self.path = str(path)
         self.interval_s = interval_s
+        self.restart_pages = restart_pages
+        self.restart_wait_ms = restart_wait_ms
+        self.restart_on_thread = restart_on_thread
+        self.restart_due = False
+        """A passive checkpoint caught up with a long log: :meth:`restart_if_due` restarts it."""
+        self.restarts = 0
+        """``RESTART`` checkpoints that made the log start over."""
         self.warn_pages = warn_pages
         self.runs = 0
         """Checkpoints run so far."""
@@ -115,20 +148,32 @@ class WalCheckpointer:
         cur.execute("PRAGMA wal_autocheckpoint=0")
         cur.close()
 
-    def checkpoint(self) -> Checkpoint:
-        """One passive checkpoint now (on the calling thread)."""
+    def checkpoint(self, mode: Literal["PASSIVE", "RESTART"] = "PASSIVE") -> Checkpoint:
+        """One checkpoint now (on the calling thread).
+
+        ``PASSIVE`` copies what it can and waits for nobody. ``RESTART`` holds new writers
+        off while it copies the rest and until every reader has left the log (at most
+        ``restart_wait_ms``; then it gives up, busy), so the next commit starts the log over.
+        """
         with self._lock:
             if self._conn is None:
-                # isolation_level=None: no implicit transaction around the PRAGMA
+                # isolation_level=None: no implicit transaction around the PRAGMA; the busy
+                # timeout bounds how long a RESTART holds writers off waiting for readers
                 self._conn = sqlite3.connect(
-                    self.path, timeout=5, isolation_level=None, check_same_thread=False
+                    self.path,
+                    timeout=self.restart_wait_ms / 1000,
+                    isolation_level=None,
+                    check_same_thread=False,
                 )
             try:
-                busy, pages, done = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                busy, pages, done = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
             except sqlite3.Error:
                 self._conn.close()  # a fresh connection next time
                 self._conn = None
                 raise
+            if pages < 0:  # this connection sees no WAL (it opened before the log was in WAL
+                self._conn.close()  # mode): a fresh one next time
+                self._conn = None
             self.runs += 1
             self.last = Checkpoint(bool(busy), int(pages), int(done))
             return self.last
@@ -138,19 +183,39 @@ class WalCheckpointer:
         while not self._stop.wait(self.interval_s):
             try:
                 done = self.checkpoint()
+                if done.caught_up and done.log_pages >= self.restart_pages:
+                    self.restart_due = True
+                    if self.restart_on_thread:
+                        done = self.restart_if_due() or done
             except sqlite3.Error as exc:
                 log.warning("WAL checkpoint of %s failed: %r (retried)", self.path, exc)
                 continue
-            left = done.log_pages - done.checkpointed_pages
             now = time.monotonic()
-            if left >= self.warn_pages and now - self._warned_at >= 60:
+            if done.log_pages >= self.warn_pages and now - self._warned_at >= 60:
                 self._warned_at = now
                 log.warning(
-                    "WAL of %s: %d pages not checkpointed (a long-running reader holds an old "
-                    "snapshot?); the log grows until it lets go",
+                    "WAL of %s: %d pages and not started over (a long-running reader holds an "
+                    "old snapshot?); it grows until that reader lets go",
                     self.path,
-                    left,
+                    done.log_pages,
                 )
+
+    def restart_if_due(self) -> Checkpoint | None:
+        """If :attr:`restart_due`, a ``RESTART`` checkpoint now (on the calling thread): the
+        pages committed since the passive one are copied and the next commit starts the log
+        over. Busy (a reader stayed longer than ``restart_wait_ms``): due again after the next
+        passive checkpoint."""
+        if not self.restart_due:
+            return None
+        self.restart_due = False
+        try:
+            done = self.checkpoint("RESTART")
+        except sqlite3.Error as exc:
+            log.warning("WAL restart of %s failed: %r (retried)", self.path, exc)
+            return None
+        if not done.busy:
+            self.restarts += 1
+        return done
 
     def close(self) -> None:
         """Stop the thread, run a last checkpoint and close the connection."""

@@ -80,6 +80,31 @@ def test_the_thread_checkpoints_and_the_log_starts_over(tmp_path: Path) -> None:
     assert count(path) == 600
 
 
+def steady_writes(path: Path, restart_pages: int, seconds: float) -> tuple[int, int]:
+    """Write without pause through the group writer (as served) for ``seconds`` while the
+    thread checkpoints every 20 ms; the WAL file's size at the end and the decisions written."""
+    log = EventLog(f"sqlite:///{path}", checkpoint_s=0.02, group_commit=True)
+    assert log.checkpointer is not None
+    log.checkpointer.restart_pages = restart_pages
+    n, end = 0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        write(log, 10)
+        n += 10
+    wal = path.with_name(path.name + "-wal").stat().st_size
+    log.close()
+    assert count(path) == n
+    return wal, n
+
+
+def test_under_steady_writes_the_log_still_starts_over(tmp_path: Path) -> None:
+    wal, n = steady_writes(tmp_path / "a.db", restart_pages=200, seconds=1.5)
+    # the group writer restarted it between two groups
+    never, m = steady_writes(tmp_path / "b.db", restart_pages=10**9, seconds=1.5)
+    # without RESTART checkpoints the log only grows: every commit's pages stay in the file
+    assert never > 0.5 * m * 4096
+    assert wal < never / 3, f"{wal} bytes of log after {n} decisions: it never started over"
+
+
 def test_memory_and_other_engines_get_no_thread(tmp_path: Path) -> None:
     assert EventLog("sqlite://", checkpoint_s=0.5).checkpointer is None
     shared = EventLog(f"sqlite:///{tmp_path / 'e.db'}").engine
@@ -98,4 +123,15 @@ def test_a_failed_checkpoint_is_retried_on_a_fresh_connection(tmp_path: Path) ->
     with pytest.raises(sqlite3.Error):
         cp.checkpoint()
     assert cp.checkpoint().caught_up  # reconnected
+    cp.close()
+
+
+def test_a_connection_opened_before_wal_mode_is_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    cp = WalCheckpointer(path, interval_s=0)
+    assert cp.checkpoint().log_pages == -1  # no WAL yet: this connection sees none
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE t (x)")
+    assert cp.checkpoint().log_pages >= 0  # reconnected, sees the log
     cp.close()
