@@ -102,11 +102,16 @@ class WalCheckpointer:
         and the process's own writer calls :meth:`restart_if_due` between two of its
         transactions (the event log's group writer does): a writer that commits without pause
         leaves the thread's ``RESTART`` no moment to take the write lock, and the log would
-        grow again.
+        grow again. If the writer has not restarted it after :attr:`WRITER_GRACE` passive
+        checkpoints (it stopped writing), the thread does.
     warn_pages
         A log this long that did not start over (a reader that never lets go) is logged at
         WARNING, at most once a minute.
     """
+
+    WRITER_GRACE = 4
+    """Passive checkpoints a due restart waits for the process's writer before the thread
+    runs it (with ``restart_on_thread`` off)."""
 
     def __init__(
         self,
@@ -127,6 +132,7 @@ class WalCheckpointer:
         """A passive checkpoint caught up with a long log: :meth:`restart_if_due` restarts it."""
         self.restarts = 0
         """``RESTART`` checkpoints that made the log start over."""
+        self._due_runs = 0
         self.warn_pages = warn_pages
         self.runs = 0
         """Checkpoints run so far."""
@@ -156,27 +162,31 @@ class WalCheckpointer:
         ``restart_wait_ms``; then it gives up, busy), so the next commit starts the log over.
         """
         with self._lock:
-            if self._conn is None:
-                # isolation_level=None: no implicit transaction around the PRAGMA; the busy
-                # timeout bounds how long a RESTART holds writers off waiting for readers
-                self._conn = sqlite3.connect(
-                    self.path,
-                    timeout=self.restart_wait_ms / 1000,
-                    isolation_level=None,
-                    check_same_thread=False,
-                )
-            try:
-                busy, pages, done = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
-            except sqlite3.Error:
-                self._conn.close()  # a fresh connection next time
-                self._conn = None
-                raise
-            if pages < 0:  # this connection sees no WAL (it opened before the log was in WAL
-                self._conn.close()  # mode): a fresh one next time
-                self._conn = None
-            self.runs += 1
-            self.last = Checkpoint(bool(busy), int(pages), int(done))
-            return self.last
+            return self._checkpoint(mode)
+
+    def _checkpoint(self, mode: Literal["PASSIVE", "RESTART"]) -> Checkpoint:
+        """:meth:`checkpoint` with the lock held."""
+        if self._conn is None:
+            # isolation_level=None: no implicit transaction around the PRAGMA; the busy
+            # timeout bounds how long a RESTART holds writers off waiting for readers
+            self._conn = sqlite3.connect(
+                self.path,
+                timeout=self.restart_wait_ms / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        try:
+            busy, pages, done = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        except sqlite3.Error:
+            self._conn.close()  # a fresh connection next time
+            self._conn = None
+            raise
+        if pages < 0:  # this connection sees no WAL (it opened before the log was in WAL
+            self._conn.close()  # mode): a fresh one next time
+            self._conn = None
+        self.runs += 1
+        self.last = Checkpoint(bool(busy), int(pages), int(done))
+        return self.last
 
     def _run(self) -> None:
         _lowest_priority()
@@ -184,9 +194,12 @@ class WalCheckpointer:
             try:
                 done = self.checkpoint()
                 if done.caught_up and done.log_pages >= self.restart_pages:
+                    # due since how many passive checkpoints: a writer that stopped writing
+                    # (feedback only) leaves it to this thread after a few
+                    self._due_runs = self._due_runs + 1 if self.restart_due else 1
                     self.restart_due = True
-                    if self.restart_on_thread:
-                        done = self.restart_if_due() or done
+                    if self.restart_on_thread or self._due_runs > self.WRITER_GRACE:
+                        done = self.restart_if_due(wait=True) or done
             except sqlite3.Error as exc:
                 log.warning("WAL checkpoint of %s failed: %r (retried)", self.path, exc)
                 continue
@@ -200,19 +213,24 @@ class WalCheckpointer:
                     done.log_pages,
                 )
 
-    def restart_if_due(self) -> Checkpoint | None:
+    def restart_if_due(self, *, wait: bool = False) -> Checkpoint | None:
         """If :attr:`restart_due`, a ``RESTART`` checkpoint now (on the calling thread): the
         pages committed since the passive one are copied and the next commit starts the log
         over. Busy (a reader stayed longer than ``restart_wait_ms``): due again after the next
-        passive checkpoint."""
+        passive checkpoint. Without ``wait``, a checkpoint already running (the thread's
+        passive one) is not waited for: the restart stays due (a writer never stalls here)."""
         if not self.restart_due:
             return None
-        self.restart_due = False
+        if not self._lock.acquire(blocking=wait):
+            return None
         try:
-            done = self.checkpoint("RESTART")
+            self.restart_due, self._due_runs = False, 0
+            done = self._checkpoint("RESTART")
         except sqlite3.Error as exc:
             log.warning("WAL restart of %s failed: %r (retried)", self.path, exc)
             return None
+        finally:
+            self._lock.release()
         if not done.busy:
             self.restarts += 1
         return done
