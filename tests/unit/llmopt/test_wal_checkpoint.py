@@ -28,6 +28,14 @@ def autocheckpoint(log: EventLog) -> int:
         return int(conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one())
 
 
+def wal_db(path: Path) -> Path:
+    """A database file in WAL mode with one table ``t``."""
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE t (x)")
+    return path
+
+
 def count(path: Path) -> int:
     with sqlite3.connect(path) as conn:
         return int(conn.execute("SELECT count(*) FROM decisions").fetchone()[0])
@@ -114,10 +122,7 @@ def test_memory_and_other_engines_get_no_thread(tmp_path: Path) -> None:
 
 
 def test_a_failed_checkpoint_is_retried_on_a_fresh_connection(tmp_path: Path) -> None:
-    path = tmp_path / "x.db"
-    with sqlite3.connect(path) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("CREATE TABLE t (x)")
+    path = wal_db(tmp_path / "x.db")
     cp = WalCheckpointer(path, interval_s=0)
     assert cp.checkpoint().caught_up
     assert cp._conn is not None
@@ -132,18 +137,13 @@ def test_a_connection_opened_before_wal_mode_is_replaced(tmp_path: Path) -> None
     path = tmp_path / "x.db"
     cp = WalCheckpointer(path, interval_s=0)
     assert cp.checkpoint().log_pages == -1  # no WAL yet: this connection sees none
-    with sqlite3.connect(path) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("CREATE TABLE t (x)")
+    wal_db(path)
     assert cp.checkpoint().log_pages >= 0  # reconnected, sees the log
     cp.close()
 
 
 def test_a_writer_never_waits_for_a_running_checkpoint(tmp_path: Path) -> None:
-    path = tmp_path / "x.db"
-    with sqlite3.connect(path) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("CREATE TABLE t (x)")
+    path = wal_db(tmp_path / "x.db")
     cp = WalCheckpointer(path, interval_s=0)
     cp.restart_due = True
     with cp._lock:  # the thread's passive checkpoint is running
