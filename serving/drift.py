@@ -87,6 +87,7 @@ class DriftWatch:
                 source="detector",
                 alerter=self.alerter,
                 on_outcome=on_retrain,
+                isolate=True,  # serving never imports Prefect (see monitoring.retraining)
             )
             if retrain_deployment
             else None

@@ -116,6 +116,22 @@ def test_a_burst_of_detector_alarms_runs_the_retraining_deployment_once(
         rt.close()
 
 
+def test_an_isolated_trigger_runs_the_deployment_from_its_child_process(
+    retraining_deployment: tuple[str, Any],
+) -> None:
+    """Serving's path: the child process reaches the same API and creates the run."""
+    from monitoring.retraining import prefect_api_url  # noqa: PLC0415
+
+    name, deployment_id = retraining_deployment
+    trigger = RetrainTrigger(name, cooldown_s=3600, isolate=True)
+    out = trigger._send_in_child("drift seen in serving", api_url=prefect_api_url())
+    assert out.status == "triggered" and out.deployment == name, out.detail
+    (run,) = runs_of(deployment_id)
+    assert out.flow_run_id == str(run.id) and f"{RETRAIN_TAG}-detector" in run.tags
+    again = trigger._send_in_child("drift again", api_url=prefect_api_url())
+    assert again.status == "cooldown" and again.flow_run_id == str(run.id)  # Prefect's cooldown
+
+
 def test_a_drifted_report_runs_the_retraining_deployment(
     env: Settings,
     retraining_deployment: tuple[str, Any],
