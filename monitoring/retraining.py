@@ -37,8 +37,9 @@ Serving's trigger is made with ``isolate=True``: while Prefect is not imported i
 a request is sent from a child process (``python -m monitoring.retraining``, at nice 10) that
 prints its outcome as JSON, and the serving process never imports Prefect. The import alone is
 ~4 s of CPU, most of it holding the GIL: in a process answering ``/decide`` at 500/s it held
-every request meanwhile (p99 ~200 ms over the 20 s around a drift alarm). The child reads
-Prefect's settings from the same environment and profile.
+every request meanwhile (the 2-s windows after a drift alarm had p99 of 57-159 ms; see
+``docs/monitoring.md``). The child reads Prefect's settings from the same environment and
+profile.
 
 Examples
 --------
@@ -293,7 +294,8 @@ class RetrainTrigger:
         outcome; never raises). ``api_url`` sets the child's ``PREFECT_API_URL`` (else it reads
         Prefect's settings from the environment and profile it inherits)."""
         cmd = [sys.executable, "-m", "monitoring.retraining", "--deployment", self.deployment]
-        cmd += ["--cooldown-s", repr(self.cooldown_s), "--source", self.source, "--reason", reason]
+        cmd += ["--cooldown-s", repr(self.cooldown_s), "--source", self.source]
+        cmd.append(f"--reason={reason}")  # one argument, whatever the reason starts with
         nice = shutil.which("nice")
         if nice is not None:  # off the serving process's CPU where it can be
             cmd = [nice, "-n", "10", *cmd]

@@ -58,6 +58,7 @@ def test_a_child_that_fails_is_a_failed_outcome() -> None:
 
 def test_a_child_that_cannot_reach_the_api_says_so() -> None:
     trigger = RetrainTrigger("nightly-training/nightly-training", isolate=True)
-    out = trigger._send_in_child("drift", api_url="http://127.0.0.1:9/api")  # nothing listens
-    assert out.status == "failed"
+    # nothing listens there; the reason looks like an option, and the child still reads it
+    out = trigger._send_in_child("-drift", api_url="http://127.0.0.1:9/api")
+    assert out.status == "failed" and out.reason == "-drift"  # the child's own outcome
     assert "Prefect API at http://127.0.0.1:9/api answered" in out.detail
