@@ -35,8 +35,11 @@ COSTS = (0.0001, 0.0002, 0.0005, 0.001)
 
 
 def _run(target: Any, **params: Any) -> list[dict[str, Any]]:
-    """``target(queue, start, index, params)`` in PROCESSES forked processes; their results."""
-    ctx = multiprocessing.get_context("fork")
+    """``target(queue, start, index, params)`` in PROCESSES fresh processes; their results.
+
+    Spawned, not forked: a fork copies the test process's locks as they are, and a child once
+    hung for good in ``sqlite3.connect`` on a lock another thread of the parent held."""
+    ctx = multiprocessing.get_context("spawn")
     queue = ctx.SimpleQueue()
     start = ctx.Event()
     procs = [ctx.Process(target=target, args=(queue, start, i, params)) for i in range(PROCESSES)]
