@@ -246,7 +246,7 @@ class RetrainTrigger:
             return self._send_in_child(reason)
 
         def outcome(status: Status, detail: str, run: str | None = None) -> RetrainOutcome:
-            return RetrainOutcome(status, self.deployment, self.source, reason, detail, run)
+            return self._outcome(reason, status, detail, run)
 
         try:
             api = self._api_url()
@@ -318,13 +318,13 @@ class RetrainTrigger:
         return self._child_failed(reason, said[-1] if said else f"exit status {done.returncode}")
 
     def _child_failed(self, reason: str, why: str) -> RetrainOutcome:
-        return RetrainOutcome(
-            "failed",
-            self.deployment,
-            self.source,
-            reason,
-            f"retraining NOT triggered: its child process failed ({why[:300]})",
-        )
+        detail = f"retraining NOT triggered: its child process failed ({why[:300]})"
+        return self._outcome(reason, "failed", detail)
+
+    def _outcome(
+        self, reason: str, status: Status, detail: str, run: str | None = None
+    ) -> RetrainOutcome:
+        return RetrainOutcome(status, self.deployment, self.source, reason, detail, run)
 
     def _recent_run(self) -> str | None:
         """Id of a run of the deployment this trigger tagged within the cooldown, if any."""
