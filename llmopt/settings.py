@@ -415,8 +415,16 @@ class Settings(BaseSettings):
         default=5.0,
         gt=0,
         description=(
-            "Seconds between pushes of new feedback to the online store (each push holds the "
-            "interpreter for ~20 ms: less often, fewer decisions wait behind it)."
+            "Seconds between pushes of new feedback to the online store (each push costs "
+            "30-60 ms of CPU for ~100 feedback)."
+        ),
+    )
+    serving_push_process: bool = Field(
+        default=True,
+        description=(
+            "Push from a child process (python -m serving.feature_push, at a lower CPU "
+            "priority), so decisions never wait behind a push for the interpreter lock; false: "
+            "from a thread of the serving process."
         ),
     )
     serving_spool: bool = Field(

@@ -12,7 +12,8 @@
   ``degraded`` and cached like any answer: decisions say so until a refresh succeeds. A key's
   first read that came back degraded is cached already expired, so the next decision starts
   that refresh at once.
-- ``follow_log_once()`` (called by the runtime's background thread) reads the feedback stored in
+- ``follow_log_once()`` (called by :mod:`serving.feature_push`'s child process, or the runtime's
+  thread with ``LLMOPT_SERVING_PUSH_PROCESS=false``) reads the feedback stored in
   the event log since the last call, aggregates it with :class:`feature_store.writer.FeatureWriter`
   and pushes the rows online (and offline). It reads the shared log rather than this worker's own
   feedback, so several workers push identical rows (the online store keeps the latest per key) and
@@ -206,6 +207,16 @@ class LiveFeatures:
         """Share of reads answered from the cache."""
         total = self.hits + self.misses
         return self.hits / total if total else 1.0
+
+    @property
+    def cursor(self) -> int:
+        """The last feedback id pushed (or skipped as already in the store)."""
+        return self._cursor
+
+    def pushed_by_child(self, pushed: int, cursor: int) -> None:
+        """A push made for this store by :mod:`serving.feature_push`'s child process."""
+        self.pushed_events += pushed
+        self._cursor = cursor
 
     def start_at(self, after_feedback_id: int) -> None:
         """Push only feedback stored after this id (earlier feedback is already in the store)."""

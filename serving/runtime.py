@@ -43,6 +43,7 @@ import logging
 import os
 import threading
 import time
+from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +57,7 @@ from llmopt.spool import SpooledEventLog
 from serving.affinity import conversation_affinity
 from serving.autopilot import Rollback
 from serving.drift import DriftWatch
+from serving.feature_push import PushProcess
 from serving.gateway import Gateway
 from serving.guards import BudgetLedger, CircuitBreaker
 from serving.http_guard import key_limits
@@ -243,6 +245,9 @@ class ServingRuntime:
         self._reload_lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._pusher: PushProcess | threading.Thread | None = None
+        """What pushes feedback to the online store: a child process
+        (:mod:`serving.feature_push`) or, with ``serving_push_process`` off, a thread."""
         self._own_feedback: set[int] = set()
         self._log_cursor = LogCursor()
         self.features_state = "off" if settings.serving_features == "off" else "starting"
@@ -496,12 +501,21 @@ class ServingRuntime:
         self.router.features = features
         self.features_state = "open"
         log.info("online features open (%s)", self.settings.serving_features)
-        if (
-            features.writer is not None
-            and self._background
-            and not any(t.name == "feature-pusher" for t in self._threads)
-        ):
-            self._thread(self._push_features, "feature-pusher")
+        if features.writer is not None and self._background and self._pusher is None:
+            if self.settings.serving_push_process:
+                self._pusher = PushProcess(
+                    Path(str(features.writer.store.config.repo_path)),
+                    self.settings.serving_features,
+                    after=features.cursor,
+                    interval_s=self.settings.serving_features_push_s,
+                    on_push=features.pushed_by_child,
+                    event_log_url=getattr(self.event_log, "url", self.settings.event_log_url),
+                )
+                if self._stop.is_set():  # closed meanwhile
+                    return
+                self._pusher.start()
+            else:
+                self._pusher = self._thread(self._push_features, "feature-pusher")
 
     def push_features_once(self) -> int:
         """Push the event log's new feedback to the online store now; events pushed."""
@@ -515,10 +529,11 @@ class ServingRuntime:
             except Exception:  # a store outage must not kill the pusher
                 log.exception("feature push failed; retrying")
 
-    def _thread(self, target: Any, name: str) -> None:
+    def _thread(self, target: Any, name: str) -> threading.Thread:
         t = threading.Thread(target=target, name=name, daemon=True)
         t.start()
         self._threads.append(t)
+        return t
 
     def _poll(self) -> None:
         while not self._stop.wait(self.settings.serving_poll_s):
@@ -554,6 +569,8 @@ class ServingRuntime:
     def close(self) -> None:
         """Stop the background threads and release the event log."""
         self._stop.set()
+        if isinstance(self._pusher, PushProcess):
+            self._pusher.close()
         for t in self._threads:
             t.join(timeout=2)
         if self.router.features is not None:
