@@ -43,9 +43,9 @@ import logging
 import os
 import threading
 import time
-from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from llmopt.catalog import ModelCatalog, load_catalog

@@ -149,6 +149,7 @@ def test_the_child_stops_when_its_parent_is_gone(settings: Settings) -> None:
             "--interval-s=0.2",
             "--parent=1",
         ],
+        check=False,
         cwd=REPO,
         env={**PushProcess.child_env(settings.event_log_url)},
         capture_output=True,
@@ -162,6 +163,7 @@ def test_the_child_stops_when_its_parent_is_gone(settings: Settings) -> None:
 def test_bad_arguments_are_refused_with_a_message() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "serving.feature_push", "--repo=x", "--interval-s=0"],
+        check=False,
         cwd=REPO,
         capture_output=True,
         text=True,
