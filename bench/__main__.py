@@ -20,6 +20,7 @@ from bench import (
     event_log_writer,
     feature_store,
     features,
+    feedback_tail,
     pacing,
     peer_speed,
     policies,
@@ -48,6 +49,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         upstream_client,
         decision_ids,
         event_log_writer,
+        feedback_tail,
     )
 }
 
