@@ -113,7 +113,6 @@ class PushProcess:
                     stderr=subprocess.PIPE,
                     text=True,
                     env=self.env,
-                    preexec_fn=_lower_priority,  # noqa: PLW1509 - no threads in the child yet
                 )
             except OSError as exc:
                 self.failures.append(f"cannot start: {exc!r}")
@@ -163,10 +162,6 @@ class PushProcess:
                 proc.kill()
         if self._thread.is_alive():
             self._thread.join(timeout_s)
-
-
-def _lower_priority() -> None:
-    os.nice(NICE)
 
 
 def _keep_tail(stream: IO[str], tail: list[str]) -> None:
@@ -238,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.interval_s <= 0:
         parser.error("--interval-s must be > 0")
+    os.nice(NICE)  # here, not in the parent between fork and exec (its threads hold locks)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     try:
         run(

@@ -3,6 +3,7 @@ real embedded Feast store and a real SQLite event log."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -84,6 +85,9 @@ def test_the_child_pushes_the_logs_feedback_and_survives_being_killed(
         _failing_feedback(settings.event_log_url, "gpt-4o-mini", 20)
         assert _wait(lambda: sum(p for p, _ in reports) >= 20), (reports, pusher.failures)
         assert reports[-1][1] == 20  # the cursor: the last feedback id pushed
+        assert pusher._proc is not None  # below the serving process's CPU priority
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, pusher._proc.pid) == min(own + 10, 19)
         values = live.reader.read(["gpt-4o-mini"], tenant="acme", task_type="general")
         assert not values.degraded, values.reason
         assert values.values["gpt-4o-mini"][ERROR_RATE] == pytest.approx(1.0)
