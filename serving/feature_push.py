@@ -1,20 +1,20 @@
 """The online-feature push in a child process: the event log's new feedback -> Feast's online store.
 
 A push aggregates the feedback stored since the last one and writes the rows through Feast's
-provider (:meth:`serving.live_features.LiveFeatures.follow_log_once`). Done by a thread of the
-serving process, each push held the interpreter for 30-60 ms of CPU every
-``LLMOPT_SERVING_FEATURES_PUSH_S`` (Feast's arrow-to-protobuf conversion, pandas, the aggregation,
-one SQLite statement per row), and every decision waited behind it: in-process, 500 decisions/s
-with 20 feedback/s had a p99 of 11-22 ms with the pushes and 2.2-3.3 ms without
-(``docs/serving.md``). In a process of its own, at a lower CPU priority, the push shares the
-cores but not the interpreter.
+provider (:meth:`serving.live_features.LiveFeatures.follow_log_once`): 33-64 ms of CPU for ~100
+feedback (Feast's arrow-to-protobuf conversion, pandas, the aggregation, one SQLite statement
+per row). On a thread of the serving process it held the interpreter lock for all of it every
+``LLMOPT_SERVING_FEATURES_PUSH_S``, and decisions waited behind it: ``python -m bench
+feedback_tail`` (in-process, 500 decisions/s + 20 feedback/s) gave a p99 of 10.3 ms with the
+push thread and 6.7 ms with this child (2.9 ms without feedback; ``docs/benchmarks.md``). In a
+process of its own, at nice 10, the push shares the cores but not the interpreter.
 
 :class:`PushProcess` (the parent's side) starts ``python -m serving.feature_push`` and reads one
 JSON line per push (``{"pushed": N, "cursor": ID}``); a child that dies is started again from
 the last cursor it reported (after a pause). The child exits when its parent is gone.
 
 Run by hand: ``python -m serving.feature_push --repo DIR --profile embedded --after 0
---interval-s 5`` (the event log from ``LLMOPT_EVENT_LOG_URL`` / ``LLMOPT_HOME``, as the
+--interval-s 5`` (the event log from ``LLMOPT_DATABASE_URL``, else ``LLMOPT_HOME``'s, as the
 service).
 """
 
