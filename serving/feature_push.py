@@ -38,6 +38,7 @@ NICE = 10
 """The child's niceness: decisions come first when both cores are busy."""
 RESTART_PAUSE_S = 5.0
 """Pause before a child that died is started again."""
+KEPT_FAILURES = 20
 
 
 class PushProcess:
@@ -75,7 +76,8 @@ class PushProcess:
         self.env = self.child_env(event_log_url)
         self.starts = 0
         self.failures: list[str] = []
-        """Why each child that ended on its own ended (its last stderr line)."""
+        """Why the last children that ended on their own ended (their last stderr line; the
+        last :data:`KEPT_FAILURES`)."""
         self._proc: subprocess.Popen[str] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="feature-pusher", daemon=True)
@@ -115,7 +117,7 @@ class PushProcess:
                     env=self.env,
                 )
             except OSError as exc:
-                self.failures.append(f"cannot start: {exc!r}")
+                self._failed(f"cannot start: {exc!r}")
                 log.error("feature push: cannot start the child: %r", exc)
                 self._stop.wait(RESTART_PAUSE_S)
                 continue
@@ -131,9 +133,13 @@ class PushProcess:
             if self._stop.is_set():
                 return
             why = tail[-1] if tail else f"exit status {proc.returncode}"
-            self.failures.append(why)
+            self._failed(why)
             log.error("feature push child ended (%s); starting it again", why)
             self._stop.wait(RESTART_PAUSE_S)
+
+    def _failed(self, why: str) -> None:
+        self.failures.append(why)
+        del self.failures[:-KEPT_FAILURES]  # a child failing for days keeps a bounded list
 
     def _report(self, line: str) -> None:
         try:
@@ -233,6 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.interval_s <= 0:
         parser.error("--interval-s must be > 0")
+    if not args.repo.is_dir():
+        parser.error(f"--repo: no Feast repository folder at {args.repo}")
     os.nice(NICE)  # here, not in the parent between fork and exec (its threads hold locks)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     try:

@@ -176,3 +176,24 @@ def test_bad_arguments_are_refused_with_a_message() -> None:
     assert out.returncode == 2
     assert "--interval-s must be > 0" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_child_that_cannot_start_is_retried_and_its_errors_kept_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(feature_push, "RESTART_PAUSE_S", 0.05)
+    monkeypatch.setattr(feature_push, "KEPT_FAILURES", 2)
+    pusher = PushProcess(
+        tmp_path / "missing",
+        "embedded",
+        after=0,
+        interval_s=1.0,
+        on_push=lambda pushed, cursor: None,
+        event_log_url=f"sqlite:///{tmp_path}/events.db",
+    ).start()
+    try:
+        assert _wait(lambda: pusher.starts >= 4, 120), pusher.failures
+    finally:
+        pusher.close()
+    assert len(pusher.failures) == 2
+    assert all("no Feast repository folder" in f for f in pusher.failures), pusher.failures
