@@ -192,7 +192,6 @@ def run(
 ) -> None:
     """The child's loop: a push every ``interval_s`` while the parent lives."""
     from feature_store import store as fs_store  # noqa: PLC0415 - Feast takes seconds
-    from feature_store.writer import FeatureWriter  # noqa: PLC0415
     from llmopt.event_log import EventLog  # noqa: PLC0415
     from llmopt.settings import Settings  # noqa: PLC0415
     from serving.live_features import LiveFeatures  # noqa: PLC0415
@@ -200,9 +199,7 @@ def run(
     settings = Settings()  # the parent passes its event log as LLMOPT_DATABASE_URL
     store = fs_store.open_store(profile, repo)  # type: ignore[arg-type]
     event_log = EventLog(settings.event_log_url, migrate=False)
-    writer = FeatureWriter(
-        store, max_batch=5000, max_delay_s=interval_s, offline=False, direct=True
-    )
+    writer = LiveFeatures.push_writer(store, interval_s)
     live = LiveFeatures(_NoReader(), writer=writer, event_log=event_log)
     live.start_at(after)
     try:
@@ -226,7 +223,7 @@ class _NoReader:
     """The child only writes."""
 
     def read(self, models: Sequence[str], **_: Any) -> Any:  # pragma: no cover - never read
-        raise NotImplementedError
+        raise RuntimeError("the feature push child reads no features")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

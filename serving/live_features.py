@@ -245,7 +245,6 @@ class LiveFeatures:
         """
         from feature_store import store as fs_store  # noqa: PLC0415 - Feast takes seconds
         from feature_store.reader import OnlineFeatureReader  # noqa: PLC0415
-        from feature_store.writer import FeatureWriter  # noqa: PLC0415
 
         if settings.serving_features == "production":
             store = fs_store.open_store("production")
@@ -258,20 +257,24 @@ class LiveFeatures:
         reader.read(["warm-up"], tenant="warm-up", task_type="general")
         reader.budget_ms = settings.serving_features_budget_ms
         writer = (
-            # Online only (the offline store is the pipelines' job) and straight into the online
-            # table: Feast's push re-reads its registry per call, ~100 ms of held GIL per flush.
-            FeatureWriter(
-                store,
-                max_batch=5000,
-                max_delay_s=settings.serving_features_push_s,
-                offline=False,
-                direct=True,
-            )
+            cls.push_writer(store, settings.serving_features_push_s)
             if settings.serving_push_features
             else None
         )
         return cls(
             reader, ttl_s=settings.serving_features_ttl_s, writer=writer, event_log=event_log
+        )
+
+    @staticmethod
+    def push_writer(store: Any, interval_s: float) -> Any:
+        """The ``FeatureWriter`` serving pushes with (in-process or in
+        :mod:`serving.feature_push`'s child): online only (the offline store is the pipelines'
+        job) and straight into the online table (Feast's push re-reads its registry per call,
+        ~100 ms of held GIL per flush)."""
+        from feature_store.writer import FeatureWriter  # noqa: PLC0415 - Feast takes seconds
+
+        return FeatureWriter(
+            store, max_batch=5000, max_delay_s=interval_s, offline=False, direct=True
         )
 
     def close(self) -> None:

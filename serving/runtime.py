@@ -509,7 +509,7 @@ class ServingRuntime:
                     after=features.cursor,
                     interval_s=self.settings.serving_features_push_s,
                     on_push=features.pushed_by_child,
-                    event_log_url=getattr(self.event_log, "url", self.settings.event_log_url),
+                    event_log_url=self.event_log.url,
                 )
                 if self._stop.is_set():  # closed meanwhile
                     return
