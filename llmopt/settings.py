@@ -427,6 +427,15 @@ class Settings(BaseSettings):
             "from a thread of the serving process."
         ),
     )
+    serving_tuning_process: bool = Field(
+        default=True,
+        description=(
+            "Parameter tuning's TPE work (a suggestion and the best per pair after feedback) "
+            "in a child process (python -m serving.tuning_process, at a lower CPU priority), so "
+            "decisions never wait behind it for the interpreter lock; false: on the "
+            "tuning-refresh thread."
+        ),
+    )
     serving_spool: bool = Field(
         default=True,
         description=(

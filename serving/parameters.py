@@ -22,7 +22,10 @@ Cost on the decision path is a dictionary lookup: TPE's ``ask`` (5 ms at 100 tri
 pair and the best cached. They run on the feedback path, or with :attr:`ServedTuning.deferred`
 (what the service does) on a background thread that calls :meth:`ServedTuning.refresh` within a
 CPU share (``LLMOPT_SERVING_TUNING_CPU_SHARE``): on the feedback path, under the router's lock,
-they made every decision wait behind them (the soak's p99 tail). After ``max_trials`` rewards a
+they made every decision wait behind them (the soak's p99 tail). Given a
+:class:`serving.tuning_process.TuningProcess`, the refresh computes them in a child process
+instead (``LLMOPT_SERVING_TUNING_PROCESS``): on a thread they still held the interpreter lock
+that every decision needs. After ``max_trials`` rewards a
 pair stops exploring, keeps its best and records no more trials (memory stays bounded: a trial
 is ~2 KB in Optuna's storage); its rewards are still counted. Pending suggestions beyond
 ``max_pending`` per pair are expired (their late feedback is recorded as a plain trial of the
@@ -66,6 +69,7 @@ from models.tuning_snapshot import (
 from models.tuning_snapshot import SERVING_SPACE as SERVING_SPACE  # noqa: PLC0414
 from models.tuning_snapshot import UNINFORMATIVE_ERRORS as UNINFORMATIVE_ERRORS  # noqa: PLC0414
 from models.tuning_snapshot import tuning_key as tuning_key  # noqa: PLC0414
+from serving.tuning_process import TuningProcess, TuningProcessError
 
 log = logging.getLogger("llmopt.serving")
 
@@ -121,7 +125,11 @@ class ServedTuning:
         self._rng = random.Random(seed)
         self._n: dict[str, int] = {}
         self._best: dict[str, dict[str, ParamValue]] = {}
-        self._ready: dict[str, tuple[int, dict[str, ParamValue]]] = {}
+        self._ready: dict[str, tuple[int | None, dict[str, ParamValue]]] = {}
+        """Per pair, the next suggestion: its trial number (None: the tuning child's, no
+        trial of this process's studies) and its parameters."""
+        self._owner = f"{id(self):x}-{random.getrandbits(32):08x}"
+        """This tuning's name in the tuning child (its studies are kept per owner)."""
         self._stale: set[str] = set()
         self.deferred = False
         """True: :meth:`observe` leaves the TPE work to :meth:`refresh` (a background thread)."""
@@ -224,7 +232,8 @@ class ServedTuning:
         elif key in self._ready and self._rng.random() < self.explore:
             trial, asked = self._ready.pop(key)
             params = {**self.defaults(catalog_params), **asked}
-            reason = f"tuning: TPE trial {trial} of {key} ({n} feedback so far)"
+            which = f"trial {trial} of" if trial is not None else "suggestion for"
+            reason = f"tuning: TPE {which} {key} ({n} feedback so far)"
         else:
             params = {**self.defaults(catalog_params), **self._best[key]}
             done = "; search finished" if n >= self.max_trials else ""
@@ -287,24 +296,42 @@ class ServedTuning:
         """Pairs whose best and ready suggestion wait for :meth:`refresh` (deferred mode)."""
         return len(self._stale)
 
-    def refresh(self, limit: int | None = None) -> int:
+    def refresh(self, limit: int | None = None, *, child: TuningProcess | None = None) -> int:
         """Recompute the best and the ready suggestion of up to ``limit`` stale pairs (all: None);
-        how many. Deferred mode's background work; the feedback path's otherwise."""
+        how many. Deferred mode's background work; the feedback path's otherwise.
+
+        ``child``: computed there (the TPE work off this process's interpreter lock); while it
+        cannot answer, here.
+        """
         done = 0
         while self._stale and (limit is None or done < limit):
             try:
                 key = self._stale.pop()
             except KeyError:  # emptied meanwhile
                 break
-            self._refresh(key, self.n_feedback(key))
+            self._refresh(key, self.n_feedback(key), child)
             done += 1
         return done
 
-    def _refresh(self, key: str, n: int) -> None:
+    def _refresh(self, key: str, n: int, child: TuningProcess | None = None) -> None:
         """Recompute the best, keep one suggestion ready, expire stale ones."""
-        if n <= self.max_trials or key not in self._best:
+        best = n <= self.max_trials or key not in self._best
+        ready = n < self.max_trials and key not in self._ready
+        if child is not None and (best or ready):
+            try:
+                found, suggested = child.refresh(self._owner, self.tuner, key, suggest=ready)
+            except TuningProcessError:
+                pass  # logged by the child's side: computed here this time
+            else:
+                if best:
+                    self._best[key] = found
+                if suggested is not None:
+                    # no trial here: its feedback is recorded as the parameters served
+                    self._ready[key] = (None, suggested)
+                return
+        if best:
             self._best[key] = self.tuner.best(key)
-        if n < self.max_trials and key not in self._ready:
+        if ready:
             s = self.tuner.suggest(key)
             self._ready[key] = (s.trial_number, s.params)
             self.tuner.expire(key, keep=self.max_pending)

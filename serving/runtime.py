@@ -76,6 +76,7 @@ from serving.parameters import ServedTuning
 from serving.response_cache import ResponseCache
 from serving.router import STATIC_LABEL, Router
 from serving.shared_state import SharedState
+from serving.tuning_process import TuningProcess
 from serving.upstreams import load_upstreams
 
 log = logging.getLogger("llmopt.serving")
@@ -248,6 +249,10 @@ class ServingRuntime:
         self._pusher: PushProcess | threading.Thread | None = None
         """What pushes feedback to the online store: a child process
         (:mod:`serving.feature_push`) or, with ``serving_push_process`` off, a thread."""
+        # where the deferred TPE work runs (serving.tuning_process; None: the refresh thread)
+        self.tuning_process = (
+            TuningProcess() if background and settings.serving_tuning_process else None
+        )
         self._own_feedback: set[int] = set()
         self._log_cursor = LogCursor()
         self.features_state = "off" if settings.serving_features == "off" else "starting"
@@ -471,10 +476,15 @@ class ServingRuntime:
 
     def refresh_tuning_once(self) -> float:
         """Refresh one stale (task type x model) pair of each tuning: its best and its next
-        TPE suggestion; the CPU seconds this thread spent on it (0.0: nothing was stale)."""
-        started = time.thread_time()
-        refreshed = sum(tuning.refresh(limit=1) for tuning in self._tunings())
-        return time.thread_time() - started if refreshed else 0.0
+        TPE suggestion; the CPU seconds spent on it, by this thread and the tuning child (0.0:
+        nothing was stale)."""
+        child = self.tuning_process
+        started, child_cpu = time.thread_time(), child.cpu_s if child is not None else 0.0
+        refreshed = sum(tuning.refresh(limit=1, child=child) for tuning in self._tunings())
+        if not refreshed:
+            return 0.0
+        spent = time.thread_time() - started
+        return spent + (child.cpu_s - child_cpu if child is not None else 0.0)
 
     def _refresh_tuning(self) -> None:
         """The deferred TPE work, within ``serving_tuning_cpu_share`` of one core: after ``c``
@@ -571,6 +581,8 @@ class ServingRuntime:
         self._stop.set()
         if isinstance(self._pusher, PushProcess):
             self._pusher.close()
+        if self.tuning_process is not None:
+            self.tuning_process.close()
         for t in self._threads:
             t.join(timeout=2)
         if self.router.features is not None:

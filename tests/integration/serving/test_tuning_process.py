@@ -1,0 +1,177 @@
+"""Parameter tuning's TPE work in its child process (``python -m serving.tuning_process``): real
+child processes, real Optuna studies on both sides."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import psutil  # type: ignore[import-untyped]
+import pytest
+
+from llmopt.schemas import Feedback, RequestContext
+from llmopt.settings import Settings
+from models.tuning import ParameterTuner
+from serving import tuning_process
+from serving.parameters import SERVING_SPACE, ServedTuning
+from serving.runtime import ServingRuntime
+from serving.tuning_process import TuningProcess, TuningProcessError
+
+pytestmark = pytest.mark.integration
+
+KEY = "chat/gpt-4o-mini"
+CATALOG_PARAMS = {"temperature": 0.7, "max_tokens": 1024}
+
+
+def _tuner(temperatures: list[float]) -> ParameterTuner:
+    tuner = ParameterTuner(SERVING_SPACE, n_startup_trials=2, smoothing=0.0, seed=0)
+    for t in temperatures:
+        tuner.record(KEY, {**tuner.defaults(), "temperature": t}, t)
+    return tuner
+
+
+def test_the_child_answers_from_the_trials_sent_and_then_only_new_ones() -> None:
+    tuner = _tuner([0.1, 0.6, 0.3])
+    with TuningProcess() as child:
+        best, nxt = child.refresh("o", tuner, KEY, suggest=True)
+        assert best["temperature"] == 0.6
+        assert nxt is not None and tuner.validate(nxt) == nxt
+        assert child._sent[("o", KEY)][0] == 3
+        tuner.record(KEY, {**tuner.defaults(), "temperature": 0.9}, 0.9)
+        best, nxt = child.refresh("o", tuner, KEY, suggest=False)
+        assert best["temperature"] == 0.9 and nxt is None
+        assert child._sent[("o", KEY)][0] == 4
+        assert child.starts == 1 and child.cpu_s > 0
+        # the parent's trials are no longer what the child holds (another tuner, same owner)
+        other = _tuner([0.2])
+        best, _ = child.refresh("o", other, KEY, suggest=False)
+        assert best["temperature"] == 0.2
+
+
+def test_a_dead_child_is_started_again_and_sent_every_trial() -> None:
+    tuner = _tuner([0.4, 0.5])
+    with TuningProcess() as child:
+        child.refresh("o", tuner, KEY, suggest=False)
+        pid = child.pid
+        assert pid is not None
+        psutil.Process(pid).kill()
+        psutil.Process(pid).wait(10)
+        tuner.record(KEY, {**tuner.defaults(), "temperature": 0.8}, 0.8)
+        best, _ = child.refresh("o", tuner, KEY, suggest=False)
+        assert best["temperature"] == 0.8
+        assert child.starts == 2 and child.pid not in (None, pid)
+        assert child.failures == []
+
+
+def test_a_child_that_dies_in_a_call_fails_it_and_is_retried_after_a_pause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tuning_process, "RESTART_PAUSE_S", 0.3)
+    dies = ["python3", "-c", "import sys; sys.stdin.readline(); sys.exit(4)"]
+    monkeypatch.setattr(TuningProcess, "command", staticmethod(lambda: dies))
+    tuner = _tuner([0.4])
+    with TuningProcess() as child:
+        with pytest.raises(TuningProcessError, match="the child ended"):
+            child.refresh("o", tuner, KEY, suggest=False)
+        with pytest.raises(TuningProcessError, match="not retried yet"):
+            child.refresh("o", tuner, KEY, suggest=False)
+        time.sleep(0.4)
+        with pytest.raises(TuningProcessError, match="the child ended"):
+            child.refresh("o", tuner, KEY, suggest=False)
+        assert child.starts == 2 and not child.alive
+        assert len(child.failures) == 2  # the call refused during the pause started no child
+
+
+def test_a_child_that_does_not_answer_in_time_is_stopped() -> None:
+    silent = ["python3", "-c", "import sys, time; sys.stdin.readline(); time.sleep(60)"]
+    with TuningProcess(timeout_s=0.5) as child:
+        child.command = lambda: silent  # type: ignore[method-assign]
+        started = time.monotonic()
+        with pytest.raises(TuningProcessError, match="no answer within 0.5 s"):
+            child.refresh("o", _tuner([0.4]), KEY, suggest=False)
+        assert time.monotonic() - started < 10 and not child.alive
+
+
+def test_the_child_runs_niced_and_ends_with_its_input() -> None:
+    child = TuningProcess()
+    child.refresh("o", _tuner([0.5]), KEY, suggest=False)
+    proc = child._proc
+    assert proc is not None
+    assert psutil.Process(proc.pid).nice() == os.nice(0) + tuning_process.NICE
+    assert proc.stdin is not None
+    proc.stdin.close()  # what the parent's exit does
+    assert proc.wait(10) == 0
+    child.close()
+
+
+def test_served_tuning_serves_the_childs_suggestions_and_learns_them() -> None:
+    tuning = ServedTuning(min_feedback=3, explore=1.0, seed=0)
+    tuning.deferred = True
+    for _ in range(3):
+        s = tuning.suggest("chat", "gpt-4o-mini", CATALOG_PARAMS)
+        tuning.observe(s.record, s.params, 0.5)
+    with TuningProcess() as child:
+        assert tuning.refresh(child=child) == 1
+        s = tuning.suggest("chat", "gpt-4o-mini", CATALOG_PARAMS)
+        assert s.reason.startswith(f"tuning: TPE suggestion for {KEY}"), s.reason
+        assert s.record == {"key": KEY, "trial": None}
+        assert tuning.observe(s.record, s.params, 0.9)  # recorded as the parameters served
+        assert tuning.tuner.n_trials(KEY) == 4
+        assert tuning.refresh(child=child) == 1
+        tuning.explore = 0.0  # the best now: the suggestion that earned 0.9
+        assert tuning.suggest("chat", "gpt-4o-mini", CATALOG_PARAMS).params == s.params
+
+
+def test_served_tuning_tunes_in_process_while_the_child_cannot_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(
+        TuningProcess, "command", staticmethod(lambda: ["python3", "-c", "import sys; sys.exit(3)"])
+    )  # a child that ends at once: the call fails
+    tuning = ServedTuning(min_feedback=2, explore=1.0, seed=0)
+    tuning.deferred = True
+    for _ in range(2):
+        s = tuning.suggest("chat", "gpt-4o-mini", CATALOG_PARAMS)
+        tuning.observe(s.record, s.params, 0.5)
+    with TuningProcess() as child:
+        assert tuning.refresh(child=child) == 1
+        assert child.failures, "the child's failure is kept"
+    s = tuning.suggest("chat", "gpt-4o-mini", CATALOG_PARAMS)
+    assert isinstance(s.record["trial"], int), s  # a trial of this process's own study
+
+
+def test_the_runtime_tunes_through_the_child_and_stops_it(tmp_path: Path) -> None:
+    s = Settings(
+        home=tmp_path / "h",
+        serving_model_source="fresh",
+        serving_features="off",
+        serving_tuning_cpu_share=0.5,
+    )
+    rt = ServingRuntime(s)
+    try:
+        child = rt.tuning_process
+        assert child is not None
+        for _ in range(60):
+            ctx = RequestContext(tenant="t", prompt="What is 2 + 2?", models=["gpt-4o-mini"])
+            d = rt.router.decide(ctx).decision
+            rt.router.feedback(Feedback(decision_id=d.decision_id, quality=0.7))
+        deadline = time.monotonic() + 60
+        while (rt.router.tuning.stale or not child.cpu_s) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert rt.router.tuning.stale == 0 and child.cpu_s > 0 and child.alive
+        proc = child._proc
+    finally:
+        rt.close()
+    assert proc is not None and proc.wait(10) == 0  # stopped with the runtime
+    off = Settings(
+        home=tmp_path / "h2",
+        serving_model_source="fresh",
+        serving_features="off",
+        serving_tuning_process=False,
+    )
+    rt = ServingRuntime(off)
+    try:
+        assert rt.tuning_process is None
+    finally:
+        rt.close()
