@@ -9,8 +9,12 @@ that runs the model first would. Modes, alternating over rounds (the machine's s
 
 - ``no_feedback``: the second thread decides only (the same decisions, no feedback);
 - ``push_thread``: feedback, the online features pushed by a thread of the process
-  (``LLMOPT_SERVING_PUSH_PROCESS=false``, before session 17);
-- ``push_process``: feedback, pushed by the child process (:mod:`serving.feature_push`).
+  (``LLMOPT_SERVING_PUSH_PROCESS=false``) and parameter tuning's TPE work on its thread
+  (``LLMOPT_SERVING_TUNING_PROCESS=false``): before session 17;
+- ``push_process``: feedback, pushed by the child process (:mod:`serving.feature_push`), TPE
+  still on its thread: before session 18;
+- ``tuning_process``: feedback, both in child processes (:mod:`serving.tuning_process`): the
+  defaults.
 
 Reported per mode: the decisions' p50 / p99 / p99.9 (median over rounds), and the p99 ratios.
 Run: ``python -m bench feedback_tail [--quick]`` -> ``bench/results/feedback_tail.json``.
@@ -30,7 +34,7 @@ from typing import Any
 from bench._common import ratio
 
 NAME = "feedback_tail"
-MODES = ("no_feedback", "push_thread", "push_process")
+MODES = ("no_feedback", "push_thread", "push_process", "tuning_process")
 RATE = 500.0
 FEEDBACK_RATE = 20.0
 RESULT = "feedback_tail result: "
@@ -134,6 +138,7 @@ def _run_child(mode: str, seconds: float, idle_s: float) -> dict[str, Any]:
             "LLMOPT_SERVING_RATE_LIMIT_PER_S": "0",
             "LLMOPT_SERVING_FEATURES": "embedded",
             "LLMOPT_SERVING_PUSH_PROCESS": "false" if mode == "push_thread" else "true",
+            "LLMOPT_SERVING_TUNING_PROCESS": "true" if mode == "tuning_process" else "false",
         }
         for key in ("LLMOPT_DATABASE_URL", "LLMOPT_CLIENT_KEYS", "LLMOPT_ADMIN_KEYS"):
             env.pop(key, None)
@@ -182,8 +187,11 @@ def run(*, quick: bool = False) -> list[dict[str, Any]]:
             "p99_push_process_vs_thread": ratio(
                 medians["push_process"]["p99_ms"], medians["push_thread"]["p99_ms"]
             ),
-            "p99_push_process_vs_no_feedback": ratio(
-                medians["push_process"]["p99_ms"], medians["no_feedback"]["p99_ms"]
+            "p99_tuning_process_vs_push_process": ratio(
+                medians["tuning_process"]["p99_ms"], medians["push_process"]["p99_ms"]
+            ),
+            "p99_tuning_process_vs_no_feedback": ratio(
+                medians["tuning_process"]["p99_ms"], medians["no_feedback"]["p99_ms"]
             ),
         },
     ]
@@ -196,5 +204,6 @@ def summary(results: list[dict[str, Any]]) -> list[str]:
         f"decisions at {s['rate']:.0f}/s + {s['feedback_rate']:.0f} feedback/s, in-process, "
         f"median of {s['rounds']} round(s): p99 "
         + ", ".join(f"{mode} {m[mode]['p99_ms']} ms" for mode in MODES)
-        + f"; push process / thread x{s['p99_push_process_vs_thread']}"
+        + f"; push process / thread x{s['p99_push_process_vs_thread']}; tuning process / "
+        f"thread x{s['p99_tuning_process_vs_push_process']}"
     ]
