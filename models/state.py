@@ -31,6 +31,7 @@ Examples
 from __future__ import annotations
 
 import copy
+import importlib
 import random
 from typing import Any, ClassVar, Self
 
@@ -91,6 +92,9 @@ class Stateful:
         if fmt != STATE_FORMAT:
             raise StateError(f"unsupported state format {fmt!r}; this version reads {STATE_FORMAT}")
         target = _KINDS.get(str(data["kind"]))
+        if target is None:  # a policy whose module is not imported yet: every policy's is
+            importlib.import_module("models.kinds")
+            target = _KINDS.get(str(data["kind"]))
         if target is None:
             raise StateError(
                 f"unknown learner kind {data['kind']!r}; known: {', '.join(sorted(_KINDS))}"
