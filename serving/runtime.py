@@ -488,8 +488,9 @@ class ServingRuntime:
 
     def _refresh_tuning(self) -> None:
         """The deferred TPE work, within ``serving_tuning_cpu_share`` of one core: after ``c``
-        CPU seconds of work it waits ``c * (1 - share) / share`` (TPE holds the GIL: the event
-        loop gets it back every switch interval, and the rest of the time)."""
+        CPU seconds of work (here and in the tuning child) it waits ``c * (1 - share) / share``.
+        In the child, TPE leaves this process's GIL alone; on this thread (no child, or while
+        it is restarted) the event loop gets the GIL back only every switch interval."""
         share = self.settings.serving_tuning_cpu_share
         pause = TUNING_IDLE_S
         while not self._stop.wait(pause):
