@@ -300,8 +300,10 @@ class ServedTuning:
         """Recompute the best and the ready suggestion of up to ``limit`` stale pairs (all: None);
         how many. Deferred mode's background work; the feedback path's otherwise.
 
-        ``child``: computed there (the TPE work off this process's interpreter lock); while it
-        cannot answer, here.
+        ``child``: computed there (the TPE work off this process's interpreter lock). While it
+        cannot answer, the pairs stay stale (their best and suggestion as they were) and are
+        refreshed once it can: computed here instead, the work would hold the lock again just
+        when the machine is too busy for the child.
         """
         done = 0
         while self._stale and (limit is None or done < limit):
@@ -309,29 +311,32 @@ class ServedTuning:
                 key = self._stale.pop()
             except KeyError:  # emptied meanwhile
                 break
-            self._refresh(key, self.n_feedback(key), child)
+            if not self._refresh(key, self.n_feedback(key), child):
+                break  # the child cannot answer: the rest waits too
             done += 1
         return done
 
-    def _refresh(self, key: str, n: int, child: TuningProcess | None = None) -> None:
-        """Recompute the best, keep one suggestion ready, expire stale ones."""
+    def _refresh(self, key: str, n: int, child: TuningProcess | None = None) -> bool:
+        """Recompute the best, keep one suggestion ready, expire stale ones; False if the
+        child could not answer (``key`` is stale again)."""
         best = n <= self.max_trials or key not in self._best
         ready = n < self.max_trials and key not in self._ready
         if child is not None and (best or ready):
             try:
                 found, suggested = child.refresh(self._owner, self.tuner, key, suggest=ready)
-            except TuningProcessError:
-                pass  # logged by the child's side: computed here this time
-            else:
-                if best:
-                    self._best[key] = found
-                if suggested is not None:
-                    # no trial here: its feedback is recorded as the parameters served
-                    self._ready[key] = (None, suggested)
-                return
+            except TuningProcessError:  # logged by the child's side
+                self._stale.add(key)  # refreshed once the child answers again
+                return False
+            if best:
+                self._best[key] = found
+            if suggested is not None:
+                # no trial here: its feedback is recorded as the parameters served
+                self._ready[key] = (None, suggested)
+            return True
         if best:
             self._best[key] = self.tuner.best(key)
         if ready:
             s = self.tuner.suggest(key)
             self._ready[key] = (s.trial_number, s.params)
             self.tuner.expire(key, keep=self.max_pending)
+        return True

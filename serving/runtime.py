@@ -479,6 +479,8 @@ class ServingRuntime:
         TPE suggestion; the CPU seconds spent on it, by this thread and the tuning child (0.0:
         nothing was stale)."""
         child = self.tuning_process
+        if child is not None and child.cooling:  # it failed: the pairs wait for a new child
+            return 0.0
         started, child_cpu = time.thread_time(), child.cpu_s if child is not None else 0.0
         refreshed = sum(tuning.refresh(limit=1, child=child) for tuning in self._tunings())
         if not refreshed:
@@ -489,8 +491,8 @@ class ServingRuntime:
     def _refresh_tuning(self) -> None:
         """The deferred TPE work, within ``serving_tuning_cpu_share`` of one core: after ``c``
         CPU seconds of work (here and in the tuning child) it waits ``c * (1 - share) / share``.
-        In the child, TPE leaves this process's GIL alone; on this thread (no child, or while
-        it is restarted) the event loop gets the GIL back only every switch interval."""
+        In the child, TPE leaves this process's GIL alone; on this thread (no child) the event
+        loop gets the GIL back only every switch interval."""
         share = self.settings.serving_tuning_cpu_share
         pause = TUNING_IDLE_S
         while not self._stop.wait(pause):

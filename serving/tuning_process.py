@@ -19,8 +19,9 @@ arrived out of order): the parent then sends every trial. The child exits when i
 closes (its parent is gone).
 
 :class:`TuningProcess` is the parent's side: it starts the child on first use, and a child that
-died or does not answer within ``timeout_s`` raises :class:`TuningProcessError` (the caller
-tunes in-process meanwhile) and is started again on a later call, after a pause.
+died or does not answer within ``timeout_s`` raises :class:`TuningProcessError` and is started
+again on a later call, after a pause (the pairs wait: :meth:`ServedTuning.refresh
+<serving.parameters.ServedTuning.refresh>`).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 NICE = 10
 """The child's niceness: decisions come first when both cores are busy."""
 RESTART_PAUSE_S = 5.0
-"""After a child failed, calls fail at once for this long (the caller tunes in-process)."""
+"""After a child failed, calls fail at once for this long."""
 TIMEOUT_S = 30.0
 """The longest a refresh waits for the child's answer."""
 KEPT_STUDIES = 256
@@ -128,7 +129,7 @@ class TuningProcess:
         proc = self._proc
         if proc is not None and proc.poll() is None:
             return proc
-        if time.monotonic() < self._retry_at:
+        if self.cooling:
             raise TuningProcessError("the tuning child failed recently; not retried yet")
         self._sent.clear()  # a new child holds no studies
         self._lines = queue.Queue()
@@ -177,8 +178,13 @@ class TuningProcess:
         self._retry_at = time.monotonic() + RESTART_PAUSE_S
         self.failures.append(why)
         del self.failures[:-20]
-        log.error("parameter tuning child: %s; tuning in-process for now", why)
+        log.error("parameter tuning child: %s; started again in %g s", why, RESTART_PAUSE_S)
         return TuningProcessError(why)
+
+    @property
+    def cooling(self) -> bool:
+        """True during the pause after a failure (calls fail at once)."""
+        return time.monotonic() < self._retry_at
 
     @property
     def alive(self) -> bool:

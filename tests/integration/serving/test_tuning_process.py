@@ -123,22 +123,29 @@ def test_served_tuning_serves_the_childs_suggestions_and_learns_them() -> None:
         assert tuning.suggest("chat", "gpt-4o-mini", CATALOG_PARAMS).params == s.params
 
 
-def test_served_tuning_tunes_in_process_while_the_child_cannot_answer(
+def test_pairs_wait_while_the_child_cannot_answer_then_are_refreshed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(
-        TuningProcess, "command", staticmethod(lambda: ["python3", "-c", "import sys; sys.exit(3)"])
-    )  # a child that ends at once: the call fails
+    monkeypatch.setattr(tuning_process, "RESTART_PAUSE_S", 0.3)
+    ends = ["python3", "-c", "import sys; sys.exit(3)"]  # a child that ends at once
     tuning = ServedTuning(min_feedback=2, explore=1.0, seed=0)
     tuning.deferred = True
     for _ in range(2):
         s = tuning.suggest("chat", "gpt-4o-mini", CATALOG_PARAMS)
         tuning.observe(s.record, s.params, 0.5)
     with TuningProcess() as child:
-        assert tuning.refresh(child=child) == 1
-        assert child.failures, "the child's failure is kept"
+        child.command = lambda: ends  # type: ignore[method-assign]
+        assert tuning.refresh(child=child) == 0  # and it returns: the pair waits
+        assert child.failures and child.cooling
+        assert tuning.stale == 1  # nothing computed in-process: the pair waits
+        assert tuning.tuner.expire(KEY, keep=0) == 0  # no trial was asked here
+        s = tuning.suggest("chat", "gpt-4o-mini", CATALOG_PARAMS)
+        assert s.reason.startswith("default"), s.reason
+        time.sleep(0.4)
+        child.command = TuningProcess.command  # type: ignore[method-assign]
+        assert tuning.refresh(child=child) == 1 and tuning.stale == 0
     s = tuning.suggest("chat", "gpt-4o-mini", CATALOG_PARAMS)
-    assert isinstance(s.record["trial"], int), s  # a trial of this process's own study
+    assert s.reason.startswith(f"tuning: TPE suggestion for {KEY}"), s.reason
 
 
 def test_the_runtime_tunes_through_the_child_and_stops_it(tmp_path: Path) -> None:
@@ -173,5 +180,29 @@ def test_the_runtime_tunes_through_the_child_and_stops_it(tmp_path: Path) -> Non
     rt = ServingRuntime(off)
     try:
         assert rt.tuning_process is None
+    finally:
+        rt.close()
+
+
+def test_the_runtime_leaves_the_pairs_stale_while_the_child_cools_down(tmp_path: Path) -> None:
+    s = Settings(home=tmp_path / "h", serving_model_source="fresh", serving_features="off")
+    rt = ServingRuntime(s)
+    try:
+        child = rt.tuning_process
+        assert child is not None
+        rt._stop.set()  # the refresh thread stops: this test refreshes by hand
+        tuning = rt.router.tuning
+        for _ in range(30):
+            ctx = RequestContext(tenant="t", prompt="What is 2 + 2?", models=["gpt-4o-mini"])
+            d = rt.router.decide(ctx).decision
+            rt.router.feedback(Feedback(decision_id=d.decision_id, quality=0.7))
+        stale = tuning.stale
+        assert stale >= 1
+        child._retry_at = time.monotonic() + 60  # as after a failure
+        assert rt.refresh_tuning_once() == 0.0
+        assert tuning.stale == stale
+        child._retry_at = 0.0
+        assert rt.refresh_tuning_once() > 0.0
+        assert tuning.stale == stale - 1
     finally:
         rt.close()
