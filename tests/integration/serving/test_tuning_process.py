@@ -31,6 +31,24 @@ def _tuner(temperatures: list[float]) -> ParameterTuner:
     return tuner
 
 
+def _fed_tuning(min_feedback: int) -> ServedTuning:
+    """A deferred tuning (always exploring once tuned) whose pair has ``min_feedback`` rewards."""
+    tuning = ServedTuning(min_feedback=min_feedback, explore=1.0, seed=0)
+    tuning.deferred = True
+    for _ in range(min_feedback):
+        s = tuning.suggest("chat", "gpt-4o-mini", CATALOG_PARAMS)
+        tuning.observe(s.record, s.params, 0.5)
+    return tuning
+
+
+def _feed(rt: ServingRuntime, n: int) -> None:
+    """``n`` decisions of one pair, each with its feedback."""
+    for _ in range(n):
+        ctx = RequestContext(tenant="t", prompt="What is 2 + 2?", models=["gpt-4o-mini"])
+        d = rt.router.decide(ctx).decision
+        rt.router.feedback(Feedback(decision_id=d.decision_id, quality=0.7))
+
+
 def test_the_child_answers_from_the_trials_sent_and_then_only_new_ones() -> None:
     tuner = _tuner([0.1, 0.6, 0.3])
     with TuningProcess() as child:
@@ -106,11 +124,7 @@ def test_the_child_runs_niced_and_ends_with_its_input() -> None:
 
 
 def test_served_tuning_serves_the_childs_suggestions_and_learns_them() -> None:
-    tuning = ServedTuning(min_feedback=3, explore=1.0, seed=0)
-    tuning.deferred = True
-    for _ in range(3):
-        s = tuning.suggest("chat", "gpt-4o-mini", CATALOG_PARAMS)
-        tuning.observe(s.record, s.params, 0.5)
+    tuning = _fed_tuning(3)
     with TuningProcess() as child:
         assert tuning.refresh(child=child) == 1
         s = tuning.suggest("chat", "gpt-4o-mini", CATALOG_PARAMS)
@@ -128,11 +142,7 @@ def test_pairs_wait_while_the_child_cannot_answer_then_are_refreshed(
 ) -> None:
     monkeypatch.setattr(tuning_process, "RESTART_PAUSE_S", 0.3)
     ends = ["python3", "-c", "import sys; sys.exit(3)"]  # a child that ends at once
-    tuning = ServedTuning(min_feedback=2, explore=1.0, seed=0)
-    tuning.deferred = True
-    for _ in range(2):
-        s = tuning.suggest("chat", "gpt-4o-mini", CATALOG_PARAMS)
-        tuning.observe(s.record, s.params, 0.5)
+    tuning = _fed_tuning(2)
     with TuningProcess() as child:
         child.command = lambda: ends  # type: ignore[method-assign]
         assert tuning.refresh(child=child) == 0  # and it returns: the pair waits
@@ -159,10 +169,7 @@ def test_the_runtime_tunes_through_the_child_and_stops_it(tmp_path: Path) -> Non
     try:
         child = rt.tuning_process
         assert child is not None
-        for _ in range(60):
-            ctx = RequestContext(tenant="t", prompt="What is 2 + 2?", models=["gpt-4o-mini"])
-            d = rt.router.decide(ctx).decision
-            rt.router.feedback(Feedback(decision_id=d.decision_id, quality=0.7))
+        _feed(rt, 60)
         deadline = time.monotonic() + 60
         while (rt.router.tuning.stale or not child.cpu_s) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -192,10 +199,7 @@ def test_the_runtime_leaves_the_pairs_stale_while_the_child_cools_down(tmp_path:
         assert child is not None
         rt._stop.set()  # the refresh thread stops: this test refreshes by hand
         tuning = rt.router.tuning
-        for _ in range(30):
-            ctx = RequestContext(tenant="t", prompt="What is 2 + 2?", models=["gpt-4o-mini"])
-            d = rt.router.decide(ctx).decision
-            rt.router.feedback(Feedback(decision_id=d.decision_id, quality=0.7))
+        _feed(rt, 30)
         stale = tuning.stale
         assert stale >= 1
         child._retry_at = time.monotonic() + 60  # as after a failure
