@@ -38,8 +38,16 @@ def test_a_short_scenario_writes_its_contract(tmp_path: Path) -> None:
     assert doc["requests"] > 1000
     assert all(doc["phases"][p]["requests"] > 0 for p in doc["phases"])
     assert doc["registered_versions"]
-    # The failing model is left out within seconds (the circuit breaker).
-    assert doc["adaptation_s"]["failing"] is not None and doc["adaptation_s"]["failing"] <= 5
+    # The failing model is left out within seconds (the circuit breaker), or, when the learner
+    # had already cut its share to a request a second or so, after its first few failures:
+    # the breaker opens after 5 failures in a row, and those take as long as its traffic does
+    # (a CI run: 5 requests from 4.3 to 6.1 s, then none; 7 s by the 5%-per-second measure).
+    failing = doc["roles"]["failing"]
+    rows = [json.loads(x) for x in (out / "requests.jsonl").read_text().splitlines()]
+    served = sum(r["phase"] == "failing" and r["model"] == failing for r in rows)
+    seconds = doc["adaptation_s"]["failing"]
+    assert seconds is not None
+    assert seconds <= 5 or served <= 8, (seconds, served)
     assert "failing model: excluded after" in proc.stdout
 
 
