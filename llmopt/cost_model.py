@@ -90,13 +90,29 @@ class CostModel:
 
     def predict(self, model: ArmID, input_tokens: int) -> float | None:
         """Predicted cost in USD (never negative), or None for an unpriced model never seen."""
-        try:
-            coef = self._theta[model]
-        except KeyError:
-            coef = self._theta[model] = self._coefficients(model)
+        coef = self.coefficients(model)
         if coef is None:
             return None
         return max(coef[0] + coef[1] * input_tokens / 1000.0, 0.0)
+
+    def coefficients(self, model: ArmID) -> tuple[float, float] | None:
+        """``(intercept, slope)`` of :meth:`predict` for ``model`` in force now: its cost is
+        ``max(intercept + slope * input_tokens / 1000, 0)`` USD (None: unpriced, never seen).
+
+        >>> from llmopt.catalog import load_catalog
+        >>> catalog = load_catalog()
+        >>> cm, model = CostModel(catalog), next(iter(catalog)).id
+        >>> intercept, slope = cm.coefficients(model)
+        >>> cm.predict(model, 500) == max(intercept + slope * 500 / 1000.0, 0.0)
+        True
+        >>> CostModel().coefficients(model) is None  # no catalog, no observed cost
+        True
+        """
+        try:
+            return self._theta[model]
+        except KeyError:
+            coef = self._theta[model] = self._coefficients(model)
+            return coef
 
     def _coefficients(self, model: ArmID) -> tuple[float, float] | None:
         fit = self._fits.get(model)

@@ -53,6 +53,7 @@ from llmopt.catalog import ModelCatalog
 from llmopt.event_log import EventLog, LogCursor, UnknownDecisionError
 from llmopt.features import estimate_tokens, request_features
 from llmopt.loop import (
+    CONTEXT_RESERVE_TOKENS,
     DEFAULT_OUTPUT_TOKENS,
     FeedbackOutcome,
     LearningLoop,
@@ -60,7 +61,7 @@ from llmopt.loop import (
     realized_cost,
 )
 from llmopt.policy import Policy
-from llmopt.reward import TradeOff
+from llmopt.reward import TradeOff, penalty
 from llmopt.schemas import Decision, Feedback, RequestContext
 from llmopt.settings import AutopilotRules
 from llmopt.tasks import task_type
@@ -183,16 +184,55 @@ class ServingLoop(LearningLoop):
         self.live: RouterFeatures | None = None  # online features, set by the router
         self._live_penalty: dict[ArmID, float] = {}  # this decision's, set by _eligible
         self._live_seeded: set[ArmID] = set()  # arms given a live prior (once each)
+        self.batch_memo: dict[Any, Any] | None = None
+        """Set by the router for the decisions of one batch (:meth:`Router.decide`'s ``memo``,
+        under its lock): what :meth:`_eligible` and :meth:`penalties` work out per request
+        shape, not per request, shared by the batch's requests of that shape."""
 
     def penalties(
         self, arms: Sequence[ArmID], input_tokens: int, tradeoff: TradeOff
     ) -> dict[ArmID, float]:
         """The loop's cost and latency penalties, plus the fleet's fresh live statistics
         (:func:`serving.live_features.live_penalties`: error-rate risk, observed p95 latency)."""
+        if self.batch_memo is not None:
+            return self._batch_penalties(self.batch_memo, arms, input_tokens, tradeoff)
         out = super().penalties(arms, input_tokens, tradeoff)
         for arm, delta in self._live_penalty.items():
             if arm in out:
                 out[arm] = max(0.0, out[arm] + delta)
+        return out
+
+    def _batch_penalties(
+        self,
+        memo: dict[Any, Any],
+        arms: Sequence[ArmID],
+        input_tokens: int,
+        tradeoff: TradeOff,
+    ) -> dict[ArmID, float]:
+        """:meth:`penalties`, the same numbers, with each arm's cost coefficients, latency term
+        and live delta looked up once per batch and offer (the prompt's length still prices
+        each request): the cost model's coefficients and the live terms are a snapshot taken
+        at the batch's first request of that shape."""
+        live = self._live_penalty
+        wtp, weight = tradeoff.willingness_to_pay, tradeoff.latency_weight
+        key = ("penalties", id(self), tuple(arms), wtp, weight, id(live))
+        hit = memo.get(key)
+        if hit is None:
+            terms: list[tuple[ArmID, tuple[float, float] | None, float, float | None]] = []
+            get = self.catalog.get if self.catalog is not None else None
+            for arm in arms:
+                spec = get(arm) if get is not None else None
+                latency = spec.expected_latency_ms(DEFAULT_OUTPUT_TOKENS) if spec else None
+                # penalty() of a zero cost: its latency term, with the same validation
+                term = penalty(0.0, latency, willingness_to_pay=wtp, latency_weight=weight)
+                terms.append((arm, self.cost_model.coefficients(arm), term, live.get(arm)))
+            hit = memo[key] = (terms, live)  # ``live`` kept: its id is not reused meanwhile
+        out: dict[ArmID, float] = {}
+        for arm, coef, term, delta in hit[0]:
+            # CostModel.predict's and penalty()'s arithmetic, in their order
+            cost = max(coef[0] + coef[1] * input_tokens / 1000.0, 0.0) if coef is not None else 0.0
+            value = cost / wtp + term
+            out[arm] = value if delta is None else max(0.0, value + delta)
         return out
 
     def _live_terms(self, ctx: RequestContext, arms: Sequence[ArmID]) -> str | None:
@@ -276,6 +316,61 @@ class ServingLoop(LearningLoop):
         return s.params, s.reason, {"tuning": s.record}
 
     def _eligible(self, ctx: RequestContext) -> tuple[list[ArmID], list[str]]:
+        memo = self.batch_memo
+        if (
+            memo is not None
+            and self.budget_left is None
+            and ctx.max_cost_usd is None
+            and ctx.max_latency_ms is None
+        ):
+            shared = self._batch_eligible(memo, ctx)
+            if shared is not None:
+                return shared
+        return self._eligible_now(ctx)
+
+    def _batch_eligible(
+        self, memo: dict[Any, Any], ctx: RequestContext
+    ) -> tuple[list[ArmID], list[str]] | None:
+        """:meth:`_eligible` for a request of a batch with no caps and no budget, worked out
+        once per request shape (offered models, latency weight, online features read) when
+        nothing rules a model out: no breaker open, no live exclusion, a prompt every offered
+        model's context window holds. None: decide it alone (:meth:`_eligible_now`)."""
+        if self.breaker is not None and self.breaker.blocked():
+            return None
+        live = self.live
+        key = ("eligible", id(self), tuple(ctx.models or ()), ctx.latency_weight, id(live))
+        hit = memo.get(key)
+        if hit is None:
+            candidates = self.candidates(ctx)  # NoCandidateError as in _eligible_now
+            if live and live_exclusions(candidates, live, None):
+                hit = memo[key] = (None, live)
+            else:
+                note = self._live_terms(ctx, candidates)
+                windows = (
+                    [
+                        spec.context_window
+                        for spec in map(self.catalog.get, candidates)
+                        if spec is not None
+                    ]
+                    if self.catalog is not None
+                    else []
+                )
+                shape = (candidates, note, self._live_penalty, min(windows, default=None))
+                hit = memo[key] = (shape, live)  # ``live`` kept: its id is not reused meanwhile
+        shape = hit[0]
+        if shape is None:
+            return None
+        candidates, note, live_penalty, window = shape
+        if (
+            ctx.prompt
+            and window is not None
+            and estimate_tokens(ctx.prompt) + CONTEXT_RESERVE_TOKENS > window
+        ):
+            return None  # some model's window is too small: fit_context says which
+        self._live_penalty = live_penalty  # read-only from here (penalties)
+        return list(candidates), [note] if note is not None else []
+
+    def _eligible_now(self, ctx: RequestContext) -> tuple[list[ArmID], list[str]]:
         blocked = self.breaker.blocked() if self.breaker is not None else frozenset()
         budget = self.budget_left
         candidates, context_notes = self.fit_context(ctx, self.candidates(ctx))
@@ -721,17 +816,21 @@ class Router:
         budget_left: float | None,
         live: RouterFeatures | None = None,
         share: float = 1.0,
+        *,
+        memo: dict[Any, Any] | None = None,
     ) -> Decision:
         loop = slot.loop
         loop.budget_left = budget_left
         loop.live = live
         loop.traffic_share = share
+        loop.batch_memo = memo
         try:
             return loop.decide(ctx)
         finally:
             loop.budget_left = None
             loop.live = None
             loop.traffic_share = 1.0
+            loop.batch_memo = None
 
     def _features(self, ctx: RequestContext) -> RouterFeatures | None:
         live = self.features
@@ -739,8 +838,15 @@ class Router:
             return None
         return live.get(self.arms, tenant=ctx.tenant, task_type=task_type(ctx.task_hints))
 
-    def decide(self, ctx: RequestContext) -> Routed:
-        """Decide for one request (raises :class:`BudgetExceededError` when nothing fits)."""
+    def decide(self, ctx: RequestContext, *, memo: dict[Any, Any] | None = None) -> Routed:
+        """Decide for one request (raises :class:`BudgetExceededError` when nothing fits).
+
+        ``memo``: one dict shared by the decisions of a batch (``/decide_batch``), empty at its
+        start. Requests of one shape (offered models, trade-off, online features read) without
+        caps or a budget then share their eligibility, live terms and penalty coefficients,
+        taken at the batch's first request of that shape (:class:`ServingLoop`): feedback
+        learned during the batch shows from the next one.
+        """
         lineup = self._lineup
         slot, share = self._pick(lineup, ctx.tenant)
         live = self._features(ctx)
@@ -759,7 +865,13 @@ class Router:
             for _ in range(RESERVE_ATTEMPTS):
                 try:
                     slot, decision = self._decide_once(
-                        lineup, picked, ctx, budget_left=budget_left, live=live, share=share
+                        lineup,
+                        picked,
+                        ctx,
+                        budget_left=budget_left,
+                        live=live,
+                        share=share,
+                        memo=memo,
                     )
                 except BudgetExceededError as exc:  # the key's budget the tighter: say so
                     raise KeyBudgets.exceeded(exc, by_key, budget_left, tenant=ctx.tenant) from None
@@ -824,10 +936,11 @@ class Router:
         budget_left: float | None,
         live: RouterFeatures | None,
         share: float,
+        memo: dict[Any, Any] | None = None,
     ) -> tuple[Slot, Decision]:
         """One decision by ``slot``, or by its fallback if its policy fails (locked)."""
         try:
-            return slot, self._run(slot, ctx, budget_left, live, share)
+            return slot, self._run(slot, ctx, budget_left, live, share, memo=memo)
         except (BudgetExceededError, NoCandidateError):
             raise
         except Exception as exc:  # a broken policy must not fail the request

@@ -1,0 +1,154 @@
+"""A batch's decisions share per-shape work (``Router.decide(memo=...)``) and stay exactly the
+decisions made one by one: same models, propensities, scores, parameters, notes and log rows."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from feature_store.reader import RouterFeatures
+from llmopt.catalog import ModelCatalog, load_catalog
+from llmopt.event_log import EventLog
+from llmopt.features import request_features
+from llmopt.schemas import RequestContext
+from models.kinds import make_policy
+from serving.live_features import (
+    ERROR_RATE,
+    LATENCY_P95,
+    REQUESTS_1H,
+    TASK_QUALITY_24H,
+    TASK_REQUESTS_24H,
+)
+from serving.guards import BudgetLedger
+from serving.router import Router
+
+ARMS = ["gpt-4o", "gpt-4o-mini", "gpt-4.1-nano", "gpt-4.1", "gpt-3.5-turbo-0301"]
+
+
+class FixedFeatures:
+    """The online features: one read, the same for every decision (as the cache serves)."""
+
+    def __init__(self, features: RouterFeatures) -> None:
+        self.features = features
+
+    def get(self, models: Sequence[str], *, tenant: str, task_type: str) -> RouterFeatures:
+        return self.features
+
+
+@pytest.fixture(scope="module")
+def catalog() -> ModelCatalog:
+    return load_catalog()
+
+
+def _router(catalog: ModelCatalog, live: RouterFeatures | None, **kwargs: Any) -> Router:
+    """A router serving a trained cost-aware cluster policy, the same for every call."""
+    policy = make_policy("cost_aware_cluster_thompson", seed=7)
+    rng = random.Random(0)
+    for i in range(300):
+        feats = request_features(f"Question {i}: what is {i} + {rng.randint(0, 99)}?")
+        policy.update(ARMS[i % len(ARMS)], feats, rng.random())
+    router = Router(catalog, EventLog("sqlite://"), arms=ARMS, **kwargs)
+    router.swap(champion=(policy, "v1"))
+    if live is not None:
+        router.features = FixedFeatures(live)  # type: ignore[assignment]
+    return router
+
+
+def _requests() -> list[RequestContext]:
+    out = []
+    for i in range(40):
+        extra: dict[str, Any] = {}
+        if i % 5 == 1:
+            extra["willingness_to_pay"] = 0.5
+        if i % 7 == 2:
+            extra["latency_weight"] = 0.2
+        if i % 9 == 3:
+            extra["models"] = ["gpt-4o", "gpt-4o-mini"]
+        if i % 11 == 4:
+            extra["max_cost_usd"] = 0.0005  # a cap: decided alone
+        prompt = f"Question {i}: explain step by step why {i} * {i + 3} is what it is. " * (
+            1 + i % 4
+        )
+        if i == 20:
+            prompt = "word " * 30_000  # too long for a 16k window: decided alone, with its note
+        out.append(RequestContext(tenant="acme", prompt=prompt, **extra))
+    return out
+
+
+def _view(router: Router, routed: Any) -> dict[str, Any]:
+    d = routed.decision
+    row = router.event_log.get_decision(d.decision_id)
+    context = {k: v for k, v in row["context"].items() if k != "prompt_sha256"}
+    return {
+        "model": d.model,
+        "propensity": d.propensity,
+        "scores": d.scores,
+        "parameters": d.parameters,
+        "notes": d.notes,
+        "explanation": d.explanation.model_dump() if d.explanation else None,
+        "predicted": routed.predicted_cost_usd,
+        "row": (row["model"], row["propensity"], row["features"], context),
+    }
+
+
+def _decide_all(router: Router, requests: list[RequestContext], memo: dict | None) -> list:
+    with router.event_log.deferred_writes(hold=True) as writes:
+        routed = [router.decide(r, memo=memo) for r in requests]
+    writes.wait()
+    return [_view(router, r) for r in routed]
+
+
+LIVE = RouterFeatures(
+    values={
+        "gpt-4o": {ERROR_RATE: 0.2, LATENCY_P95: 2500.0, REQUESTS_1H: 50.0},
+        "gpt-4o-mini": {ERROR_RATE: 0.0, LATENCY_P95: 900.0, REQUESTS_1H: 50.0},
+        "gpt-4.1": {TASK_QUALITY_24H: 0.8, TASK_REQUESTS_24H: 40.0},
+    }
+)
+
+
+@pytest.mark.parametrize("live", [None, LIVE], ids=["no-online-features", "online-features"])
+def test_a_batch_decides_exactly_as_one_by_one(catalog: ModelCatalog, live) -> None:
+    requests = _requests()
+    shared = _decide_all(_router(catalog, live), requests, memo={})
+    alone = _decide_all(_router(catalog, live), requests, memo=None)
+    assert shared == alone
+    assert len({v["model"] for v in shared}) > 1  # the policy chose, not a constant
+    long = shared[20]["notes"]
+    assert any("exceeds its context window" in n for n in long)
+    if live is not None:
+        assert any("live" in n for n in shared[0]["notes"])  # the live terms were used
+
+
+def test_the_memo_is_the_batchs_only(catalog: ModelCatalog) -> None:
+    router = _router(catalog, LIVE)
+    memo: dict[Any, Any] = {}
+    router.decide(RequestContext(tenant="acme", prompt="What is 2 + 2?"), memo=memo)
+    assert memo  # the shape's work was kept for the batch's next requests
+    assert router.lineup.champion.loop.batch_memo is None  # and not for anyone else's
+
+
+def test_an_open_breaker_is_decided_alone_and_said(catalog: ModelCatalog) -> None:
+    requests = [RequestContext(tenant="acme", prompt=f"What is {i} + {i}?") for i in range(10)]
+    views = []
+    for memo in ({}, None):
+        router = _router(catalog, None)
+        for _ in range(10):
+            router.breaker.record("gpt-4o", ok=False)
+        views.append(_decide_all(router, requests, memo=memo))
+    assert views[0] == views[1]
+    assert all(v["model"] != "gpt-4o" for v in views[0])
+    assert all(any("circuit breaker open" in n for n in v["notes"]) for v in views[0])
+
+
+def test_a_budget_is_decided_alone(catalog: ModelCatalog) -> None:
+    """Under a daily budget what is left changes with each reservation: no sharing."""
+    requests = [RequestContext(tenant="acme", prompt=f"What is {i} + {i}?") for i in range(10)]
+    views = []
+    for memo in ({}, None):
+        router = _router(catalog, None, ledger=BudgetLedger(per_tenant={"acme": 1.0}))
+        views.append(_decide_all(router, requests, memo=memo))
+    assert views[0] == views[1]
