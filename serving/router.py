@@ -155,6 +155,11 @@ class StaticDefaultPolicy:
         return self
 
 
+_Shape = tuple[list[ArmID], str | None, dict[ArmID, float], int | None]
+"""What a batch's requests of one shape share (:meth:`ServingLoop._batch_eligible`): the
+offered models, the live terms' note and penalties, the smallest context window among them."""
+
+
 class ServingLoop(LearningLoop):
     """The learning loop plus the serving guards: circuit breaker and tenant budget.
 
@@ -346,18 +351,12 @@ class ServingLoop(LearningLoop):
                 hit = memo[key] = (None, live)
             else:
                 note = self._live_terms(ctx, candidates)
-                windows = (
-                    [
-                        spec.context_window
-                        for spec in map(self.catalog.get, candidates)
-                        if spec is not None
-                    ]
-                    if self.catalog is not None
-                    else []
-                )
-                shape = (candidates, note, self._live_penalty, min(windows, default=None))
-                hit = memo[key] = (shape, live)  # ``live`` kept: its id is not reused meanwhile
-        shape = hit[0]
+                get = self.catalog.get if self.catalog is not None else None
+                specs = map(get, candidates) if get is not None else ()
+                windows = [spec.context_window for spec in specs if spec is not None]
+                made = (candidates, note, self._live_penalty, min(windows, default=None))
+                hit = memo[key] = (made, live)  # ``live`` kept: its id is not reused meanwhile
+        shape: _Shape | None = hit[0]
         if shape is None:
             return None
         candidates, note, live_penalty, window = shape

@@ -15,6 +15,7 @@ from llmopt.event_log import EventLog
 from llmopt.features import request_features
 from llmopt.schemas import RequestContext
 from models.kinds import make_policy
+from serving.guards import BudgetLedger
 from serving.live_features import (
     ERROR_RATE,
     LATENCY_P95,
@@ -22,7 +23,6 @@ from serving.live_features import (
     TASK_QUALITY_24H,
     TASK_REQUESTS_24H,
 )
-from serving.guards import BudgetLedger
 from serving.router import Router
 
 ARMS = ["gpt-4o", "gpt-4o-mini", "gpt-4.1-nano", "gpt-4.1", "gpt-3.5-turbo-0301"]
