@@ -21,6 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"{__doc__}\n")
         return 2
     from feature_store.store import ENV_DEFAULTS, apply_repo  # noqa: PLC0415
+    from feature_store.unchecked import feast_without_typechecks  # noqa: PLC0415
 
     for name, value in ENV_DEFAULTS.items():
         os.environ.setdefault(name, value)
@@ -31,6 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         apply_repo("production" if profile == "production" else "embedded")
         return 0
+    feast_without_typechecks()
     from feast.cli.cli import cli  # noqa: PLC0415
 
     cli.main(args=args[1:], prog_name="feast", standalone_mode=True)

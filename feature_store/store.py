@@ -26,6 +26,7 @@ import yaml
 
 from feature_store import names
 from feature_store.profile import building_for
+from feature_store.unchecked import feast_without_typechecks
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -85,6 +86,7 @@ def load_config(
 ) -> RepoConfig:
     """The Feast ``RepoConfig`` of a profile, placeholders filled in (``project`` overrides the
     yaml's, e.g. to keep tests apart in a shared Redis)."""
+    feast_without_typechecks()
     from feast.repo_config import RepoConfig  # noqa: PLC0415 - feast imports take seconds
 
     raw = yaml.safe_load(expand(yaml_path(profile, repo_path).read_text(), env))
@@ -103,6 +105,7 @@ def open_store(
     project: str | None = None,
 ) -> FeatureStore:
     """A ``FeatureStore`` of a profile (nothing is created or applied)."""
+    feast_without_typechecks()
     from feast import FeatureStore  # noqa: PLC0415
 
     repo_path = repo_path.resolve()
@@ -143,6 +146,7 @@ def apply_repo(
     project: str | None = None,
 ) -> FeatureStore:
     """``feast apply`` of a profile, in-process (same code path as the CLI); return the store."""
+    feast_without_typechecks()
     from feast.repo_operations import apply_total  # noqa: PLC0415
 
     repo_path = repo_path.resolve()  # apply changes directory: a relative path would move
