@@ -83,7 +83,9 @@ class TuningProcess:
         """Why the last calls failed (the last 20)."""
         self._proc: subprocess.Popen[bytes] | None = None
         self._lines: queue.Queue[bytes] = queue.Queue()
-        self._sent: dict[tuple[str, str], tuple[int, Trial | None]] = {}
+        self._sent: OrderedDict[tuple[str, str], tuple[int, Trial | None]] = OrderedDict()
+        """Per (owner, key): how many trials the child holds and the last one; as many pairs
+        as the child keeps studies for (an evicted pair's trials are all sent again)."""
         self._lock = threading.Lock()
         self._retry_at = 0.0
 
@@ -123,6 +125,9 @@ class TuningProcess:
             except (KeyError, TypeError, ValueError):
                 raise self._failed(proc, f"the child answered {str(answer)[:200]}") from None
             self._sent[(owner, key)] = (len(trials), trials[-1] if trials else None)
+            self._sent.move_to_end((owner, key))
+            while len(self._sent) > KEPT_STUDIES:
+                self._sent.popitem(last=False)
             return best, (dict(nxt) if isinstance(nxt, Mapping) else None)
 
     def _running(self) -> subprocess.Popen[bytes]:

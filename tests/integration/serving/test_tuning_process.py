@@ -67,6 +67,22 @@ def test_the_child_answers_from_the_trials_sent_and_then_only_new_ones() -> None
         assert best["temperature"] == 0.2
 
 
+def test_what_the_parent_remembers_is_bounded_like_the_childs_studies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Owners come and go (a tuning per policy version): the parent keeps the trial counts of
+    as many pairs as the child keeps studies, the most recent; an evicted pair sends all."""
+    monkeypatch.setattr(tuning_process, "KEPT_STUDIES", 3)
+    tuner = _tuner([0.1, 0.6])
+    with TuningProcess() as child:
+        for owner in ("a", "b", "c", "d"):
+            child.refresh(owner, tuner, KEY, suggest=False)
+        assert list(child._sent) == [("b", KEY), ("c", KEY), ("d", KEY)]
+        best, _ = child.refresh("a", tuner, KEY, suggest=False)  # all sent again
+        assert best["temperature"] == 0.6 and child._sent[("a", KEY)][0] == 2
+        assert list(child._sent) == [("c", KEY), ("d", KEY), ("a", KEY)]
+
+
 def test_a_dead_child_is_started_again_and_sent_every_trial() -> None:
     tuner = _tuner([0.4, 0.5])
     with TuningProcess() as child:
