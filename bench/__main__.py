@@ -16,6 +16,7 @@ from typing import Any
 from bench import (
     _common,
     cascade,
+    decide_batch,
     decision_ids,
     event_log_writer,
     feature_store,
@@ -50,6 +51,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         decision_ids,
         event_log_writer,
         feedback_tail,
+        decide_batch,
     )
 }
 
