@@ -49,7 +49,7 @@ def run(*, quick: bool = False) -> list[dict[str, Any]]:
     from serving.runtime import ServingRuntime  # noqa: PLC0415
     from serving.service import batch_response_json  # noqa: PLC0415
 
-    rounds, batches = (2, 3) if quick else (8, 10)
+    rounds, batches = (2, 3) if quick else (8, 30)
     samples: dict[str, list[float]] = {m: [] for m in MODES}
     with tempfile.TemporaryDirectory(prefix="llmopt-bench-batch-") as home:
         runtime = ServingRuntime(Settings(home=Path(home)))
