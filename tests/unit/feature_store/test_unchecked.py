@@ -14,7 +14,10 @@ from feast import Field
 names = Field.__init__.__code__.co_names
 print("instrumented" if "check_argument_types_internal" in names else "plain")
 """
-CALL = "from feature_store.unchecked import feast_without_typechecks; print(feast_without_typechecks())"
+CALL = (
+    "from feature_store.unchecked import feast_without_typechecks; "
+    "print(feast_without_typechecks())"
+)
 
 
 def _probe(call: str) -> list[str]:
