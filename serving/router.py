@@ -231,7 +231,7 @@ class ServingLoop(LearningLoop):
                 # penalty() of a zero cost: its latency term, with the same validation
                 term = penalty(0.0, latency, willingness_to_pay=wtp, latency_weight=weight)
                 terms.append((arm, self.cost_model.coefficients(arm), term, live.get(arm)))
-            hit = memo[key] = (terms, live)  # ``live`` kept: its id is not reused meanwhile
+            hit = memo[key] = (terms, live, self)  # kept: their ids are not reused meanwhile
         out: dict[ArmID, float] = {}
         for arm, coef, term, delta in hit[0]:
             # CostModel.predict's and penalty()'s arithmetic, in their order
@@ -348,14 +348,14 @@ class ServingLoop(LearningLoop):
         if hit is None:
             candidates = self.candidates(ctx)  # NoCandidateError as in _eligible_now
             if live and live_exclusions(candidates, live, None):
-                hit = memo[key] = (None, live)
+                hit = memo[key] = (None, live, self)
             else:
                 note = self._live_terms(ctx, candidates)
                 get = self.catalog.get if self.catalog is not None else None
                 specs = map(get, candidates) if get is not None else ()
                 windows = [spec.context_window for spec in specs if spec is not None]
                 made = (candidates, note, self._live_penalty, min(windows, default=None))
-                hit = memo[key] = (made, live)  # ``live`` kept: its id is not reused meanwhile
+                hit = memo[key] = (made, live, self)  # kept: their ids are not reused meanwhile
         shape: _Shape | None = hit[0]
         if shape is None:
             return None
