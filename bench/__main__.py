@@ -17,6 +17,7 @@ from bench import (
     _common,
     cascade,
     decide_batch,
+    decide_shapes,
     decision_ids,
     event_log_writer,
     feature_store,
@@ -52,6 +53,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         event_log_writer,
         feedback_tail,
         decide_batch,
+        decide_shapes,
     )
 }
 

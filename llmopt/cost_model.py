@@ -75,6 +75,8 @@ class CostModel:
         """Per model, the (intercept, per-1000-token slope) in force: a decision predicts
         every offered model's cost several times, and the coefficients change only when a cost
         is learned or forgotten (which clears this)."""
+        self.changes = 0
+        """Costs learned or forgotten so far: :meth:`coefficients` may differ once it moved."""
 
     def _prior(self, model: ArmID) -> np.ndarray | None:
         """Catalog prior of (intercept, cost per 1000 input tokens), or None if unpriced."""
@@ -131,16 +133,19 @@ class CostModel:
         """Drop what ``model``'s observed costs taught (back to the catalog's price)."""
         self._fits.pop(model, None)
         self._theta.clear()
+        self.changes += 1
 
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__dict__.update(state)
         self._theta = {}  # states pickled before the cache existed
+        self.__dict__.setdefault("changes", 0)  # ... or before the counter
 
     def learn(self, model: ArmID, input_tokens: int, cost_usd: float) -> None:
         """Learn from what one call to ``model`` cost."""
         if not math.isfinite(cost_usd) or cost_usd < 0:
             raise ValueError(f"cost_usd must be a finite number >= 0, got {cost_usd}")
         self._theta.clear()  # the answer length and this model's fit change
+        self.changes += 1
         prior = self._prior(model)
         spec = self.catalog.get(model) if self.catalog is not None else None
         if spec is not None and spec.output_per_mtok > 0:

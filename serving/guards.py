@@ -93,10 +93,13 @@ class CircuitBreaker:
         self._lock = threading.Lock()
         self._blocked: frozenset[ArmID] = frozenset()
         self._next_expiry = float("inf")
+        self.records = 0
+        """Outcomes recorded here so far (what the router's shared per-shape work checks)."""
 
     def record(self, model: ArmID, *, ok: bool) -> None:
         """Record the outcome of one call to ``model``."""
         now = self._clock()
+        self.records += 1
         with self._lock:
             st = self._states.get(model)
             if st is None:

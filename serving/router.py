@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import random
 import threading
 import time
@@ -93,6 +94,9 @@ Assignment = Literal["decision", "tenant"]
 STATIC_LABEL = "static-default"
 RESERVE_ATTEMPTS = 3
 """Decisions made for one request whose budget reservation other workers' spend refused."""
+SHAPES_TTL_S = 0.5
+"""Longest time single decisions share what requests of one shape work out alike
+(:meth:`Router.decide`), if nothing is learned meanwhile."""
 
 
 class LabelledPolicy:
@@ -220,7 +224,7 @@ class ServingLoop(LearningLoop):
         at the batch's first request of that shape."""
         live = self._live_penalty
         wtp, weight = tradeoff.willingness_to_pay, tradeoff.latency_weight
-        key = ("penalties", id(self), tuple(arms), wtp, weight, id(live))
+        key = ("penalties", id(self), tuple(arms), wtp, weight, id(live), self.cost_model.changes)
         hit = memo.get(key)
         if hit is None:
             terms: list[tuple[ArmID, tuple[float, float] | None, float, float | None]] = []
@@ -343,19 +347,33 @@ class ServingLoop(LearningLoop):
         if self.breaker is not None and self.breaker.blocked():
             return None
         live = self.live
-        key = ("eligible", id(self), tuple(ctx.models or ()), ctx.latency_weight, id(live))
+        key = (
+            "eligible",
+            id(self),
+            tuple(ctx.models or ()),
+            ctx.latency_weight,
+            id(live),
+            # what the live terms read that learning moves: the policy's means (and the priors
+            # given to cold arms), the recent error rates
+            getattr(self.policy, "n_updates", None),
+            len(self._live_seeded),
+            self.breaker.records if self.breaker is not None else None,
+        )
         hit = memo.get(key)
         if hit is None:
             candidates = self.candidates(ctx)  # NoCandidateError as in _eligible_now
             if live and live_exclusions(candidates, live, None):
                 hit = memo[key] = (None, live, self)
             else:
+                seeded = len(self._live_seeded)
                 note = self._live_terms(ctx, candidates)
                 get = self.catalog.get if self.catalog is not None else None
                 specs = map(get, candidates) if get is not None else ()
                 windows = [spec.context_window for spec in specs if spec is not None]
                 made = (candidates, note, self._live_penalty, min(windows, default=None))
-                hit = memo[key] = (made, live, self)  # kept: their ids are not reused meanwhile
+                hit = (made, live, self)  # kept: their ids are not reused meanwhile
+                if len(self._live_seeded) == seeded:  # a prior given says so once, not shared
+                    memo[key] = hit
         shape: _Shape | None = hit[0]
         if shape is None:
             return None
@@ -595,6 +613,10 @@ class Router:
         self.features: LiveFeatures | None = None
         """Online features (set once the feature store is open; None: request features only)."""
         self._lock = threading.RLock()
+        self.shapes_ttl_s = SHAPES_TTL_S
+        """How long single decisions share per-shape work while nothing is learned (0: never)."""
+        self._shapes: dict[Any, Any] = {}
+        self._shapes_born = -math.inf
         self._static = self.slot(StaticDefaultPolicy(catalog), STATIC_LABEL, role="static_default")
         self._lineup = Lineup(self._static)
         self._live: dict[str, VersionStats] = {}
@@ -665,6 +687,7 @@ class Router:
             chall = None  # a promoted challenger is the champion now: no A/B against itself
         new = Lineup(champ, chall)
         self._lineup = new  # the swap: requests read this reference once
+        self._forget_shapes()
         self.events.swaps += 1
         if new.champion.label != old.champion.label:
             self._start_watch(new.champion.label, old.champion)
@@ -844,7 +867,10 @@ class Router:
         start. Requests of one shape (offered models, trade-off, online features read) without
         caps or a budget then share their eligibility, live terms and penalty coefficients,
         taken at the batch's first request of that shape (:class:`ServingLoop`): feedback
-        learned during the batch shows from the next one.
+        learned during the batch shows from the next one. Without one, single decisions share
+        the router's own, emptied whenever anything is learned (feedback, the log follower,
+        a swap) and at least every :attr:`shapes_ttl_s` seconds: the same decisions as
+        worked out alone, but for the online values' freshness, judged up to that late.
         """
         lineup = self._lineup
         slot, share = self._pick(lineup, ctx.tenant)
@@ -858,6 +884,8 @@ class Router:
             ctx = ctx.model_copy(update={"willingness_to_pay": max(paced[0], 1e-9)})
         picked = slot
         with self._lock:
+            if memo is None and self.shapes_ttl_s > 0:
+                memo = self._shapes_now()
             key = self.key_budgets.current()  # the request's key, if it has a budget of its own
             budget_left, by_key = self.key_budgets.left(self.ledger.remaining(ctx.tenant), key)
             refused: list[str] = []
@@ -913,6 +941,20 @@ class Router:
         if degraded is not None:
             decision = decision.model_copy(update={"notes": [*decision.notes, degraded]})
         return Routed(decision, slot, predicted, shadow, live, plan)
+
+    def _shapes_now(self) -> dict[Any, Any]:
+        """The single decisions' shared per-shape work, emptied once :attr:`shapes_ttl_s` old
+        (locked)."""
+        now = self._clock()
+        if now - self._shapes_born > self.shapes_ttl_s:
+            self._shapes = {}
+            self._shapes_born = now
+        return self._shapes
+
+    def _forget_shapes(self) -> None:
+        """Something was learned (or swapped): what requests of one shape shared is stale."""
+        self._shapes = {}
+        self._shapes_born = -math.inf
 
     def _try_reserve(
         self, tenant: TenantID, key: str | None, decision_id: DecisionID, usd: float
@@ -1094,6 +1136,7 @@ class Router:
         outcome = stored.outcome
         if outcome.status != "duplicate" and outcome.reward is not None:
             with self._lock:
+                self._forget_shapes()
                 slot.loop.learn_feedback(stored)
                 self._after_feedback(fb, row, slot, outcome.reward)
         return outcome
@@ -1222,6 +1265,8 @@ class Router:
             serving.add(lineup.challenger.label)
         counted = False
         with self._lock:
+            if events:
+                self._forget_shapes()
             for ev in events:
                 if ev.feedback_id in own:
                     own.discard(ev.feedback_id)

@@ -1,5 +1,6 @@
-"""A batch's decisions share per-shape work (``Router.decide(memo=...)``) and stay exactly the
-decisions made one by one: same models, propensities, scores, parameters, notes and log rows."""
+"""Decisions share per-shape work (a batch's ``Router.decide(memo=...)``, and single decisions
+the router's own until something is learned) and stay exactly the decisions worked out alone:
+same models, propensities, scores, parameters, notes and log rows."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from feature_store.reader import RouterFeatures
 from llmopt.catalog import ModelCatalog, load_catalog
 from llmopt.event_log import EventLog
 from llmopt.features import request_features
-from llmopt.schemas import RequestContext
+from llmopt.schemas import Feedback, RequestContext
 from models.kinds import make_policy
 from serving.guards import BudgetLedger
 from serving.live_features import (
@@ -152,3 +153,54 @@ def test_a_budget_is_decided_alone(catalog: ModelCatalog) -> None:
         router = _router(catalog, None, ledger=BudgetLedger(per_tenant={"acme": 1.0}))
         views.append(_decide_all(router, requests, memo=memo))
     assert views[0] == views[1]
+
+
+def _interleaved(router: Router, requests: list[RequestContext]) -> list[dict[str, Any]]:
+    """Single decisions with what changes their inputs in between: feedback (learning, costs,
+    the breaker), outcomes recorded on the breaker directly, a new online-features read."""
+    views = []
+    for i, r in enumerate(requests):
+        routed = router.decide(r)
+        views.append(_view(router, routed))
+        if i % 4 == 1:
+            router.feedback(
+                Feedback(
+                    decision_id=routed.decision.decision_id,
+                    quality=0.3 + 0.05 * (i % 7),
+                    cost_usd=0.002,
+                )
+            )
+        if i % 2 == 0:  # one failure in four: a recent error rate, never an open breaker
+            router.breaker.record("gpt-4o-mini", ok=i % 8 != 0)
+        if i == 20 and router.features is not None:
+            router.features = FixedFeatures(RouterFeatures(values=dict(LIVE.values)))
+    return views
+
+
+@pytest.mark.parametrize("live", [None, LIVE], ids=["no-online-features", "online-features"])
+def test_single_decisions_share_until_something_changes(catalog: ModelCatalog, live) -> None:
+    requests = [r for r in _requests() if r.max_cost_usd is None]
+    shared = _router(catalog, live)
+    alone = _router(catalog, live)
+    alone.shapes_ttl_s = 0.0  # every decision worked out alone
+    assert _interleaved(shared, requests) == _interleaved(alone, requests)
+    assert shared._shapes and not alone._shapes
+
+
+def test_what_single_decisions_share_is_dropped_on_learning_and_with_time(
+    catalog: ModelCatalog,
+) -> None:
+    now = [0.0]
+    router = _router(catalog, LIVE, clock=lambda: now[0])
+    first = router.decide(RequestContext(tenant="acme", prompt="What is 2 + 2?"))
+    assert router._shapes
+    router.feedback(Feedback(decision_id=first.decision.decision_id, quality=0.9))
+    assert not router._shapes  # learned: what was shared is stale
+    router.decide(RequestContext(tenant="acme", prompt="What is 3 + 3?"))
+    kept = router._shapes
+    now[0] += router.shapes_ttl_s / 2
+    router.decide(RequestContext(tenant="acme", prompt="What is 4 + 4?"))
+    assert router._shapes is kept
+    now[0] += router.shapes_ttl_s
+    router.decide(RequestContext(tenant="acme", prompt="What is 5 + 5?"))
+    assert router._shapes is not kept  # too old: worked out again
