@@ -192,3 +192,26 @@ def write_document(doc: dict[str, Any]) -> Path:
 def result_path(name: str, *, quick: bool) -> Path:
     """Where :func:`write_document` writes benchmark ``name``'s document."""
     return (RESULTS_DIR / "quick" if quick else RESULTS_DIR) / f"{name}.json"
+
+
+@contextmanager
+def serving_runtime(prefix: str, timeout_s: float = 120.0) -> Iterator[Any]:
+    """A serving runtime in-process (embedded profile, the default settings) in a temporary
+    home, once its online features are open (or known unavailable); closed afterwards."""
+    import tempfile  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from llmopt.settings import Settings  # noqa: PLC0415 - the runtime's imports take seconds
+    from serving.runtime import ServingRuntime  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as home:
+        runtime = ServingRuntime(Settings(home=Path(home)))
+        try:
+            deadline = time.monotonic() + timeout_s
+            while runtime.features_state not in ("open", "unavailable", "off"):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            yield runtime
+        finally:
+            runtime.close()

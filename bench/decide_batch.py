@@ -23,12 +23,10 @@ Run: ``python -m bench decide_batch [--quick]`` -> ``bench/results/decide_batch.
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-from bench._common import ratio
+from bench._common import ratio, serving_runtime
 
 NAME = "decide_batch"
 MODES = ("one_by_one", "held", "held_shared")
@@ -45,47 +43,36 @@ def _prompts(n: int) -> list[str]:
 def run(*, quick: bool = False) -> list[dict[str, Any]]:
     """Every mode once per round, in a rotating order; per-round CPU per decision."""
     from llmopt.schemas import RequestContext  # noqa: PLC0415 - the runtime imports take seconds
-    from llmopt.settings import Settings  # noqa: PLC0415
-    from serving.runtime import ServingRuntime  # noqa: PLC0415
     from serving.service import batch_response_json  # noqa: PLC0415
 
     rounds, batches = (2, 3) if quick else (8, 30)
     samples: dict[str, list[float]] = {m: [] for m in MODES}
-    with tempfile.TemporaryDirectory(prefix="llmopt-bench-batch-") as home:
-        runtime = ServingRuntime(Settings(home=Path(home)))
-        try:
-            deadline = time.monotonic() + 120
-            while runtime.features_state not in ("open", "unavailable", "off"):
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.1)
-            router = runtime.router
-            requests = [RequestContext(tenant="acme", prompt=p) for p in _prompts(2_000)]
-            cursor = 0
+    with serving_runtime("llmopt-bench-batch-") as runtime:
+        router = runtime.router
+        requests = [RequestContext(tenant="acme", prompt=p) for p in _prompts(2_000)]
+        cursor = 0
 
-            def batch(mode: str) -> None:
-                nonlocal cursor
-                start = cursor % len(requests)
-                cursor += BATCH
-                memo: dict[Any, Any] | None = {} if mode == "held_shared" else None
-                with router.event_log.deferred_writes(hold=mode != "one_by_one") as writes:
-                    routed = [router.decide(r, memo=memo) for r in requests[start:][:BATCH]]
-                writes.wait()
-                batch_response_json(routed, [], runtime.features_state)
+        def batch(mode: str) -> None:
+            nonlocal cursor
+            start = cursor % len(requests)
+            cursor += BATCH
+            memo: dict[Any, Any] | None = {} if mode == "held_shared" else None
+            with router.event_log.deferred_writes(hold=mode != "one_by_one") as writes:
+                routed = [router.decide(r, memo=memo) for r in requests[start:][:BATCH]]
+            writes.wait()
+            batch_response_json(routed, [], runtime.features_state)
 
-            for mode in MODES:  # warm-up: caches, the first pass over the prompts
-                for _ in range(3):
+        for mode in MODES:  # warm-up: caches, the first pass over the prompts
+            for _ in range(3):
+                batch(mode)
+        for k in range(rounds):
+            order = MODES[k % len(MODES) :] + MODES[: k % len(MODES)]
+            for mode in order:
+                cpu = time.process_time()
+                for _ in range(batches):
                     batch(mode)
-            for k in range(rounds):
-                order = MODES[k % len(MODES) :] + MODES[: k % len(MODES)]
-                for mode in order:
-                    cpu = time.process_time()
-                    for _ in range(batches):
-                        batch(mode)
-                    cpu = time.process_time() - cpu
-                    samples[mode].append(cpu / (batches * BATCH) * 1e6)
-        finally:
-            runtime.close()
+                cpu = time.process_time() - cpu
+                samples[mode].append(cpu / (batches * BATCH) * 1e6)
     base = samples["one_by_one"]
     results: list[dict[str, Any]] = [
         {

@@ -22,10 +22,10 @@ Run: ``python -m bench decide_shapes [--quick]`` -> ``bench/results/decide_shape
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
+
+from bench._common import serving_runtime
 
 NAME = "decide_shapes"
 MODES = ("alone", "shared")
@@ -35,52 +35,39 @@ FEEDBACK_EVERY = 25
 def run(*, quick: bool = False) -> list[dict[str, Any]]:
     """Both modes once per round, in alternating order; per-round CPU per decision."""
     from llmopt.schemas import Feedback, RequestContext  # noqa: PLC0415 - imports take seconds
-    from llmopt.settings import Settings  # noqa: PLC0415
     from serving.router import SHAPES_TTL_S  # noqa: PLC0415
-    from serving.runtime import ServingRuntime  # noqa: PLC0415
     from serving.service import response_json  # noqa: PLC0415
 
     rounds, n = (2, 200) if quick else (10, 2_000)
     samples: dict[str, list[float]] = {m: [] for m in MODES}
-    with tempfile.TemporaryDirectory(prefix="llmopt-bench-shapes-") as home:
-        runtime = ServingRuntime(Settings(home=Path(home)))
-        try:
-            deadline = time.monotonic() + 120
-            while runtime.features_state not in ("open", "unavailable", "off"):
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.1)
-            router = runtime.router
-            prompts = [
-                f"Question {i}: what is {i * 7} + {i * 3}? Explain each step." for i in range(1000)
-            ]
-            requests = [RequestContext(tenant="acme", prompt=p) for p in prompts]
-            cursor = 0
+    with serving_runtime("llmopt-bench-shapes-") as runtime:
+        router = runtime.router
+        prompts = [
+            f"Question {i}: what is {i * 7} + {i * 3}? Explain each step." for i in range(1000)
+        ]
+        requests = [RequestContext(tenant="acme", prompt=p) for p in prompts]
+        cursor = 0
 
-            def decisions(count: int) -> None:
-                nonlocal cursor
-                for _ in range(count):
-                    cursor += 1
-                    with router.event_log.deferred_writes() as writes:
-                        routed = router.decide(requests[cursor % len(requests)])
-                    writes.wait()
-                    response_json(routed, runtime.features_state)
-                    if cursor % FEEDBACK_EVERY == 0:
-                        router.feedback(
-                            Feedback(decision_id=routed.decision.decision_id, quality=0.7)
-                        )
+        def decisions(count: int) -> None:
+            nonlocal cursor
+            for _ in range(count):
+                cursor += 1
+                with router.event_log.deferred_writes() as writes:
+                    routed = router.decide(requests[cursor % len(requests)])
+                writes.wait()
+                response_json(routed, runtime.features_state)
+                if cursor % FEEDBACK_EVERY == 0:
+                    router.feedback(Feedback(decision_id=routed.decision.decision_id, quality=0.7))
 
-            for mode in MODES:  # warm-up: caches, the first pass over the prompts
+        for mode in MODES:  # warm-up: caches, the first pass over the prompts
+            router.shapes_ttl_s = SHAPES_TTL_S if mode == "shared" else 0.0
+            decisions(n // 2)
+        for k in range(rounds):
+            for mode in MODES if k % 2 == 0 else tuple(reversed(MODES)):
                 router.shapes_ttl_s = SHAPES_TTL_S if mode == "shared" else 0.0
-                decisions(n // 2)
-            for k in range(rounds):
-                for mode in MODES if k % 2 == 0 else tuple(reversed(MODES)):
-                    router.shapes_ttl_s = SHAPES_TTL_S if mode == "shared" else 0.0
-                    cpu = time.process_time()
-                    decisions(n)
-                    samples[mode].append((time.process_time() - cpu) / n * 1e6)
-        finally:
-            runtime.close()
+                cpu = time.process_time()
+                decisions(n)
+                samples[mode].append((time.process_time() - cpu) / n * 1e6)
     ratios = [s / a for s, a in zip(samples["shared"], samples["alone"], strict=True)]
     results: list[dict[str, Any]] = [
         {
