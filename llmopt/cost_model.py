@@ -95,6 +95,11 @@ class CostModel:
         coef = self.coefficients(model)
         if coef is None:
             return None
+        return self.cost(coef, input_tokens)
+
+    @staticmethod
+    def cost(coef: tuple[float, float], input_tokens: int) -> float:
+        """The cost in USD of ``input_tokens`` under :meth:`coefficients` ``coef``."""
         return max(coef[0] + coef[1] * input_tokens / 1000.0, 0.0)
 
     def coefficients(self, model: ArmID) -> tuple[float, float] | None:
@@ -106,6 +111,8 @@ class CostModel:
         >>> cm, model = CostModel(catalog), next(iter(catalog)).id
         >>> intercept, slope = cm.coefficients(model)
         >>> cm.predict(model, 500) == max(intercept + slope * 500 / 1000.0, 0.0)
+        True
+        >>> CostModel.cost((intercept, slope), 500) == cm.predict(model, 500)
         True
         >>> CostModel().coefficients(model) is None  # no catalog, no observed cost
         True

@@ -237,10 +237,10 @@ class ServingLoop(LearningLoop):
                 terms.append((arm, self.cost_model.coefficients(arm), term, live.get(arm)))
             hit = memo[key] = (terms, live, self)  # kept: their ids are not reused meanwhile
         out: dict[ArmID, float] = {}
+        cost_of = self.cost_model.cost
         for arm, coef, term, delta in hit[0]:
-            # CostModel.predict's and penalty()'s arithmetic, in their order
-            cost = max(coef[0] + coef[1] * input_tokens / 1000.0, 0.0) if coef is not None else 0.0
-            value = cost / wtp + term
+            cost = cost_of(coef, input_tokens) if coef is not None else 0.0
+            value = cost / wtp + term  # penalty()'s arithmetic, in its order
             out[arm] = value if delta is None else max(0.0, value + delta)
         return out
 
