@@ -202,7 +202,7 @@ def serving_runtime(prefix: str, timeout_s: float = 120.0) -> Iterator[Any]:
     import time  # noqa: PLC0415
 
     from llmopt.settings import Settings  # noqa: PLC0415 - the runtime's imports take seconds
-    from serving.runtime import ServingRuntime  # noqa: PLC0415
+    from serving.runtime import ServingRuntime, settle_for_serving  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix=prefix) as home:
         runtime = ServingRuntime(Settings(home=Path(home)))
@@ -212,6 +212,15 @@ def serving_runtime(prefix: str, timeout_s: float = 120.0) -> Iterator[Any]:
                 if time.monotonic() > deadline:
                     break
                 time.sleep(0.1)
-            yield runtime
+            # As the service: else a full collection of the imported heap every few thousand
+            # decisions doubles their CPU (and the figures swing by two between rounds).
+            thresholds, switch = gc.get_threshold(), sys.getswitchinterval()
+            settle_for_serving(runtime.settings)
+            try:
+                yield runtime
+            finally:
+                gc.unfreeze()
+                gc.set_threshold(*thresholds)
+                sys.setswitchinterval(switch)
         finally:
             runtime.close()

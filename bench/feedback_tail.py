@@ -44,21 +44,17 @@ REPO = Path(__file__).resolve().parents[1]
 def _runtime(idle_s: float) -> Any:
     """A serving runtime with its features open and its start-up done, the collector set up
     as the service sets it after its start."""
-    import gc  # noqa: PLC0415
     import time  # noqa: PLC0415
 
     from llmopt.settings import Settings  # noqa: PLC0415
-    from serving.runtime import ServingRuntime  # noqa: PLC0415
+    from serving.runtime import ServingRuntime, settle_for_serving  # noqa: PLC0415
 
     rt = ServingRuntime(Settings())
     deadline = time.monotonic() + 120
     while rt.features_state not in ("open", "unavailable", "off") and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(idle_s)  # start-up threads (Feast's open, the first reads) done
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 1000)
-    sys.setswitchinterval(rt.settings.serving_switch_interval_ms / 1000)
+    settle_for_serving(rt.settings)  # as the service
     return rt
 
 

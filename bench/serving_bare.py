@@ -9,8 +9,6 @@ issue's yardstick (parse the body, answer a constant).
 
 from __future__ import annotations
 
-import gc
-
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -18,7 +16,7 @@ from starlette.routing import Route
 
 from llmopt.schemas import RequestContext
 from llmopt.settings import Settings
-from serving.runtime import ServingRuntime
+from serving.runtime import ServingRuntime, settle_for_serving
 from serving.service import to_response
 
 
@@ -38,9 +36,7 @@ def build() -> Starlette:
         return Response("ok")
 
     app = Starlette(routes=[Route("/decide", decide, methods=["POST"]), Route("/readyz", readyz)])
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 1000)
+    settle_for_serving(runtime.settings)  # as the service
     return app
 
 

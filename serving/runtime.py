@@ -39,8 +39,10 @@ within a budget) and a thread pushes the event log's new feedback to it every
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -100,6 +102,26 @@ class ReloadResult:
     changed: bool
     elapsed_ms: float
     notes: list[str] = field(default_factory=list)
+
+
+GC_THRESHOLDS = (50_000, 50, 1000)
+"""The collector's thresholds while serving (Python's default: 700, 10, 10)."""
+
+
+def settle_for_serving(settings: Settings) -> None:
+    """Tune this process for serving once it has started (imports, catalog, policies loaded).
+
+    The start-up heap is frozen out of the cyclic collector and the young generations are
+    collected less often: BentoML's p99 drops from >100 ms to ~1 ms, and a decision's CPU is
+    no longer doubled every few thousand decisions by a full collection of a heap of millions of
+    imported objects. Threads hand the GIL over every ``serving_switch_interval_ms`` (the event
+    loop and the group-commit writer share it). The service calls this; so does every benchmark
+    that runs the serving runtime in-process, or it measures another process than the one served.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    sys.setswitchinterval(settings.serving_switch_interval_ms / 1000)
 
 
 def served_tuning(loaded: LoadedPolicy, *, deferred: bool = False) -> ServedTuning | None:

@@ -3,12 +3,14 @@ the event log's checkpoints on a thread of their own."""
 
 from __future__ import annotations
 
+import gc
+import sys
 import time
 from pathlib import Path
 
 from llmopt.schemas import Feedback, RequestContext
 from llmopt.settings import Settings
-from serving.runtime import ServingRuntime
+from serving.runtime import GC_THRESHOLDS, ServingRuntime, settle_for_serving
 
 
 def test_tuning_is_refreshed_by_the_background_thread_not_the_feedback_path(tmp_path: Path) -> None:
@@ -64,3 +66,17 @@ def test_the_embedded_event_log_is_checkpointed_off_the_commit_path(tmp_path: Pa
         assert rt.event_log.checkpointer is None  # SQLite's own checkpoint, in the commits
     finally:
         rt.close()
+
+
+def test_settling_for_serving_freezes_the_heap_and_sets_the_collector_and_the_switch() -> None:
+    thresholds, switch = gc.get_threshold(), sys.getswitchinterval()
+    kept = [object() for _ in range(10)]  # objects alive before: frozen with the heap
+    try:
+        settle_for_serving(Settings(serving_switch_interval_ms=0.25))
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert sys.getswitchinterval() == 0.00025
+        assert gc.get_freeze_count() >= len(kept)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+        sys.setswitchinterval(switch)
