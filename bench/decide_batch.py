@@ -12,7 +12,9 @@ drifts by a factor of two within minutes, so only same-round ratios mean much):
 - ``held``: the batch's rows held and written in one transaction at its end
   (``deferred_writes(hold=True)``);
 - ``held_shared``: held, and the requests of one shape sharing their eligibility, live terms and
-  penalty coefficients (``Router.decide(memo=...)``): what the service does.
+  penalty coefficients (``Router.decide(memo=...)``);
+- ``held_shared_ahead``: also the later requests of a kind drawn by the policy together with the
+  first (``BatchPlan``, ``pull_many``): what the service does.
 
 Reported: process CPU per decision (every thread: the writer's SQLite work included) per round
 and mode, the median per mode, and the median of the per-round ratios to ``one_by_one``.
@@ -29,7 +31,7 @@ from typing import Any
 from bench._common import ratio, serving_runtime
 
 NAME = "decide_batch"
-MODES = ("one_by_one", "held", "held_shared")
+MODES = ("one_by_one", "held", "held_shared", "held_shared_ahead")
 BATCH = 100
 
 
@@ -43,6 +45,8 @@ def _prompts(n: int) -> list[str]:
 def run(*, quick: bool = False) -> list[dict[str, Any]]:
     """Every mode once per round, in a rotating order; per-round CPU per decision."""
     from llmopt.schemas import RequestContext  # noqa: PLC0415 - the runtime imports take seconds
+    from serving.router import BATCH as PLAN  # noqa: PLC0415
+    from serving.router import BatchPlan  # noqa: PLC0415
     from serving.service import batch_response_json  # noqa: PLC0415
 
     rounds, batches = (2, 3) if quick else (8, 30)
@@ -56,9 +60,16 @@ def run(*, quick: bool = False) -> list[dict[str, Any]]:
             nonlocal cursor
             start = cursor % len(requests)
             cursor += BATCH
-            memo: dict[Any, Any] | None = {} if mode == "held_shared" else None
+            chunk = requests[start:][:BATCH]
+            memo: dict[Any, Any] | None = (
+                {PLAN: BatchPlan(chunk)}
+                if mode == "held_shared_ahead"
+                else {}
+                if mode == "held_shared"
+                else None
+            )
             with router.event_log.deferred_writes(hold=mode != "one_by_one") as writes:
-                routed = [router.decide(r, memo=memo) for r in requests[start:][:BATCH]]
+                routed = [router.decide(r, memo=memo) for r in chunk]
             writes.wait()
             batch_response_json(routed, [], runtime.features_state)
 
@@ -97,6 +108,9 @@ def run(*, quick: bool = False) -> list[dict[str, Any]]:
             "held_shared_over_one_by_one": ratio(
                 statistics.median(samples["held_shared"]), statistics.median(base)
             ),
+            "held_shared_ahead_over_one_by_one": ratio(
+                statistics.median(samples["held_shared_ahead"]), statistics.median(base)
+            ),
         }
     )
     return results
@@ -114,5 +128,8 @@ def summary(results: list[dict[str, Any]]) -> list[str]:
                 + (f"; per-round ratio to one_by_one, median {per_round}" if per_round else "")
             )
         else:
-            lines.append(f"held_shared / one_by_one (medians): {r['held_shared_over_one_by_one']}")
+            lines.append(
+                f"held_shared / one_by_one (medians): {r['held_shared_over_one_by_one']}; "
+                f"held_shared_ahead / one_by_one: {r['held_shared_ahead_over_one_by_one']}"
+            )
     return lines

@@ -395,20 +395,12 @@ class LearningLoop:
         self, ctx: RequestContext, *, features: Mapping[str, float] | None = None
     ) -> Decision:
         """Choose a model for ``ctx``; ``features`` may come precomputed (as in the replay)."""
-        feats = (
-            dict(features)
-            if features is not None
-            else request_features(
-                ctx.prompt, task_hints=ctx.task_hints, client_features=ctx.features
-            )
-        )
+        feats = dict(features) if features is not None else self._request_features(ctx)
         arms, notes = self._eligible(ctx)
         tradeoff = self.tradeoff_for(ctx)
         in_tokens = estimate_tokens(ctx.prompt or "")
         if getattr(self.policy, "cost_aware", False):
-            decision = self.policy.pull(  # type: ignore[call-arg]
-                arms, feats, penalties=self.penalties(arms, in_tokens, tradeoff)
-            )
+            decision = self._pull(ctx, arms, feats, self.penalties(arms, in_tokens, tradeoff))
         else:
             decision = self.policy.pull(arms, feats)
         spec = self.catalog.get(decision.model) if self.catalog is not None else None
@@ -450,6 +442,20 @@ class LearningLoop:
                 decision.model, feats, tradeoff, predicted_cost, predicted_latency, in_tokens
             )
         return decision
+
+    def _request_features(self, ctx: RequestContext) -> dict[str, float]:
+        """The request's features (:func:`~llmopt.features.request_features`)."""
+        return request_features(ctx.prompt, task_hints=ctx.task_hints, client_features=ctx.features)
+
+    def _pull(
+        self,
+        ctx: RequestContext,
+        arms: list[ArmID],
+        features: dict[str, float],
+        penalties: Mapping[ArmID, float],
+    ) -> Decision:
+        """The cost-aware policy's pull for ``ctx`` (serving may have drawn it ahead)."""
+        return self.policy.pull(arms, features, penalties=penalties)  # type: ignore[call-arg]
 
     def generation_parameters(
         self,

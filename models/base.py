@@ -180,6 +180,58 @@ class BasePolicy(Stateful, ABC):
         ctx = self._check_context(context)
         pen = self._check_penalties(arms, penalties)
         probs, scores, estimates = self._pull(arms, ctx, pen)
+        return self._decided(arms, probs, scores, estimates, pen)
+
+    def pull_many(
+        self,
+        arm_ids: Sequence[ArmID],
+        contexts: Sequence[Features | None],
+        *,
+        penalties: Sequence[Mapping[ArmID, float] | None] | None = None,
+    ) -> list[Decision]:
+        """:meth:`pull` for each context in turn, over the same arms (``penalties``: one
+        mapping, or None, per context).
+
+        The same decisions as that many pulls in that order from the same state and seed (but
+        for their ids and timestamps); an algorithm that can (:meth:`_pull_many`) works out
+        the per-arm numbers of all of them at once (``/decide_batch``).
+
+        >>> from models.thompson import GaussianThompson
+        >>> a, b = GaussianThompson(seed=3), GaussianThompson(seed=3)
+        >>> ctxs = [{"x": 1.0}, {"x": 2.0}, None]
+        >>> [d.model for d in a.pull_many(["m1", "m2"], ctxs)] == [
+        ...     b.pull(["m1", "m2"], c).model for c in ctxs]
+        True
+        """
+        arms = self._check_arms(arm_ids)
+        ctxs = [self._check_context(c) for c in contexts]
+        if penalties is None:
+            pens = [_no_penalties(len(arms))] * len(ctxs)
+        elif len(penalties) != len(ctxs):
+            raise ValueError(f"{len(penalties)} penalties for {len(ctxs)} contexts")
+        else:
+            pens = [self._check_penalties(arms, p) for p in penalties]
+        many = self._pull_many(arms, ctxs, pens) if ctxs else None
+        if many is None:
+            return [
+                self._decided(arms, *self._pull(arms, c, p), p)
+                for c, p in zip(ctxs, pens, strict=True)
+            ]
+        probs, scores, estimates = many
+        return [
+            self._decided(arms, probs[b], scores[b], estimates[b], p) for b, p in enumerate(pens)
+        ]
+
+    def _decided(
+        self,
+        arms: list[ArmID],
+        probs: np.ndarray,
+        scores: np.ndarray,
+        estimates: np.ndarray,
+        pen: np.ndarray,
+    ) -> Decision:
+        """The decision of one pull from its per-arm numbers: burn-in, decaying exploration and
+        the floor mixed in, the arm drawn, its explanation deferred."""
         # Plain floats from here: on a dozen arms, each numpy call costs more than its maths (the
         # operations are the same IEEE ones, so the results are bit for bit numpy's).
         p: list[float] = probs.tolist()
@@ -340,6 +392,13 @@ class BasePolicy(Stateful, ABC):
         Probabilities sum to 1. The score is what the rule ranks by (estimate plus optimism,
         capped at ``max_reward``, minus the penalty); the estimate is the point prediction.
         """
+
+    def _pull_many(
+        self, arm_ids: list[ArmID], contexts: list[dict[str, float]], penalties: list[np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """:meth:`_pull` of each context in turn, as three (contexts x arms) arrays; None: this
+        algorithm has no batch form (:meth:`pull_many` calls :meth:`_pull` for each)."""
+        return None
 
     @abstractmethod
     def _update(self, arm_id: ArmID, context: dict[str, float], reward: float) -> None:

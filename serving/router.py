@@ -164,6 +164,52 @@ _Shape = tuple[list[ArmID], str | None, dict[ArmID, float], int | None]
 offered models, the live terms' note and penalties, the smallest context window among them."""
 
 
+BATCH = "batch"
+"""The batch memo's key of its :class:`BatchPlan` (``/decide_batch`` sets it; single decisions'
+memo never holds one)."""
+
+
+def _kind(ctx: RequestContext) -> tuple[Any, ...]:
+    """What makes two requests of a batch likely to be offered the same models at the same
+    penalties per token: those drawn ahead together (:meth:`ServingLoop._pull`)."""
+    return (
+        ctx.tenant,
+        tuple(ctx.models or ()),
+        ctx.willingness_to_pay,
+        ctx.latency_weight,
+        ctx.max_cost_usd,
+        ctx.max_latency_ms,
+        tuple(ctx.task_hints),
+    )
+
+
+class BatchPlan:
+    """The requests of one ``/decide_batch`` call, so that a policy can draw the decisions of
+    the later requests like the current one together with it (:meth:`ServingLoop._pull`),
+    and their features computed then are not computed again.
+
+    >>> a = RequestContext(tenant="acme", prompt="hi")
+    >>> b = RequestContext(tenant="other", prompt="hi")
+    >>> c = RequestContext(tenant="acme", prompt="ho")
+    >>> [x.prompt for x in BatchPlan([a, b, c]).alike_from(a)], BatchPlan([a]).alike_from(c) == [c]
+    (['hi', 'ho'], True)
+    """
+
+    def __init__(self, requests: Sequence[RequestContext]) -> None:
+        self.requests = list(requests)
+        self._index = {id(c): i for i, c in enumerate(self.requests)}
+        self.features: dict[int, dict[str, float]] = {}
+        """Features computed ahead, by ``id`` of the request."""
+
+    def alike_from(self, ctx: RequestContext) -> list[RequestContext]:
+        """``ctx``, then the batch's later requests of its kind (:func:`_kind`), in order."""
+        i = self._index.get(id(ctx))
+        if i is None:  # not one of the batch's own (e.g. a copy with a paced trade-off)
+            return [ctx]
+        kind = _kind(ctx)
+        return [ctx, *(c for c in self.requests[i + 1 :] if _kind(c) == kind)]
+
+
 class ServingLoop(LearningLoop):
     """The learning loop plus the serving guards: circuit breaker and tenant budget.
 
@@ -243,6 +289,56 @@ class ServingLoop(LearningLoop):
             value = cost / wtp + term  # penalty()'s arithmetic, in its order
             out[arm] = value if delta is None else max(0.0, value + delta)
         return out
+
+    def _request_features(self, ctx: RequestContext) -> dict[str, float]:
+        batch = self.batch_memo.get(BATCH) if self.batch_memo is not None else None
+        got = batch.features.pop(id(ctx), None) if batch is not None else None
+        return got if got is not None else super()._request_features(ctx)
+
+    def _pull(
+        self,
+        ctx: RequestContext,
+        arms: list[ArmID],
+        features: dict[str, float],
+        penalties: Mapping[ArmID, float],
+    ) -> Decision:
+        """In a batch (:class:`BatchPlan`), the first request of a kind draws the decisions of
+        the batch's later requests of its kind with its own, in one :meth:`pull_many` over the
+        same models, each at its own penalties (its prompt's length prices it). A later
+        request takes the decision drawn for it if it is offered the same models at the same
+        penalties, from the same policy state (updates, priors given): a draw of exactly the
+        distribution its own pull would draw from. Otherwise (another shape after all, feedback
+        learnt meanwhile) it pulls alone, and the draw made for it is never used."""
+        memo = self.batch_memo
+        batch: BatchPlan | None = memo.get(BATCH) if memo is not None else None
+        pull_many = getattr(self.policy, "pull_many", None)
+        if memo is None or batch is None or pull_many is None:
+            return super()._pull(ctx, arms, features, penalties)
+        key = (
+            "ahead",
+            id(self),
+            getattr(self.policy, "n_updates", None),
+            len(self._live_seeded),
+            tuple(arms),
+        )
+        hit = memo.get(key)
+        if hit is not None:
+            ahead: dict[int, tuple[Mapping[ArmID, float], dict[str, float], Decision]] = hit[0]
+        else:
+            group = batch.alike_from(ctx)
+            feats, pens = [features], [penalties]
+            for other in group[1:]:
+                f = batch.features[id(other)] = super()._request_features(other)
+                feats.append(f)
+                tokens = estimate_tokens(other.prompt or "")
+                pens.append(self.penalties(arms, tokens, self.tradeoff_for(other)))
+            drawn = pull_many(arms, feats, penalties=pens)
+            ahead = {id(c): (p, f, d) for c, p, f, d in zip(group, pens, feats, drawn, strict=True)}
+            memo[key] = (ahead, self)  # the loop kept: its id is not reused meanwhile
+        got = ahead.pop(id(ctx), None)
+        if got is not None and got[1] is features and got[0] == penalties:
+            return got[2]
+        return super()._pull(ctx, arms, features, penalties)
 
     def _live_terms(self, ctx: RequestContext, arms: Sequence[ArmID]) -> str | None:
         """Compute this decision's live penalties (kept for :meth:`penalties`) and seed the

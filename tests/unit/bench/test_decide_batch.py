@@ -18,5 +18,7 @@ def test_every_mode_is_measured_each_round_and_summarised() -> None:
     assert modes[0]["ratio_to_one_by_one_median"] is None
     assert all(r["ratio_to_one_by_one_median"] > 0 for r in modes[1:])
     assert results[-1]["held_shared_over_one_by_one"] > 0
+    assert results[-1]["held_shared_ahead_over_one_by_one"] > 0
     lines = decide_batch.summary(results)
-    assert len(lines) == 4 and lines[0].startswith("one_by_one") and "held_shared /" in lines[3]
+    assert len(lines) == 5 and lines[0].startswith("one_by_one")
+    assert "held_shared /" in lines[4] and "held_shared_ahead /" in lines[4]

@@ -7,6 +7,7 @@ import math
 import pickle
 import random
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -298,3 +299,27 @@ def test_ogd_greedy_merge_of_halves_predicts_close_to_the_whole() -> None:
             abs=0.1,
         )
     assert merged.n_updates == 600
+
+
+def _decision_view(d: Any) -> tuple[Any, ...]:
+    """What a decision says, but for its id and timestamp."""
+    return (d.model, d.propensity, d.policy_version, d.scores, d.explanation, d.notes)
+
+
+def test_pull_many_is_that_many_pulls(make: Callable[[int | None], BasePolicy]) -> None:
+    a, b = make(5), make(5)
+    _drive(a, 40)
+    _drive(b, 40)
+    rng = random.Random(3)
+    contexts: list[dict[str, float] | None] = [_ctx(rng) for _ in range(12)] + [None]
+    penalties: list[dict[str, float] | None] = [
+        {arm: rng.random() * 0.2 for arm in ARMS[:2]} for _ in contexts
+    ]
+    penalties[4] = None
+    many = a.pull_many(ARMS, contexts, penalties=penalties)
+    one_by_one = [b.pull(ARMS, c, penalties=p) for c, p in zip(contexts, penalties, strict=True)]
+    assert [_decision_view(d) for d in many] == [_decision_view(d) for d in one_by_one]
+    assert len({d.decision_id for d in many}) == len(many)
+    with pytest.raises(ValueError, match="2 penalties for 3 contexts"):
+        a.pull_many(ARMS, contexts[:3], penalties=penalties[:2])
+    assert a.pull_many(ARMS, []) == []

@@ -15,6 +15,7 @@ from llmopt.catalog import ModelCatalog, load_catalog
 from llmopt.event_log import EventLog
 from llmopt.features import request_features
 from llmopt.schemas import Feedback, RequestContext
+from models.cluster_thompson import ClusterThompson
 from models.kinds import make_policy
 from serving.guards import BudgetLedger
 from serving.live_features import (
@@ -24,7 +25,7 @@ from serving.live_features import (
     TASK_QUALITY_24H,
     TASK_REQUESTS_24H,
 )
-from serving.router import Router
+from serving.router import BATCH, BatchPlan, Router
 
 ARMS = ["gpt-4o", "gpt-4o-mini", "gpt-4.1-nano", "gpt-4.1", "gpt-3.5-turbo-0301"]
 
@@ -204,3 +205,92 @@ def test_what_single_decisions_share_is_dropped_on_learning_and_with_time(
     now[0] += router.shapes_ttl_s
     router.decide(RequestContext(tenant="acme", prompt="What is 5 + 5?"))
     assert router._shapes is not kept  # too old: worked out again
+
+
+def _ahead(requests: list[RequestContext]) -> dict[Any, Any]:
+    """A batch memo as ``/decide_batch`` makes it: later requests drawn ahead."""
+    return {BATCH: BatchPlan(requests)}
+
+
+@pytest.fixture
+def draws(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[int]]:
+    """How many contexts each single pull and each batch pull of the cluster policy drew."""
+    seen: dict[str, list[int]] = {"one": [], "many": []}
+    one, many = ClusterThompson._pull, ClusterThompson._pull_many
+
+    def counted_one(self: ClusterThompson, *args: Any) -> Any:
+        seen["one"].append(1)
+        return one(self, *args)
+
+    def counted_many(self: ClusterThompson, arms: Any, contexts: Any, pens: Any) -> Any:
+        seen["many"].append(len(contexts))
+        return many(self, arms, contexts, pens)
+
+    monkeypatch.setattr(ClusterThompson, "_pull", counted_one)
+    monkeypatch.setattr(ClusterThompson, "_pull_many", counted_many)
+    return seen
+
+
+@pytest.mark.parametrize("live", [None, LIVE], ids=["no-online-features", "online-features"])
+def test_a_batch_of_one_kind_is_drawn_at_once_exactly_as_one_by_one(
+    catalog: ModelCatalog, live: RouterFeatures | None, draws: dict[str, list[int]]
+) -> None:
+    requests = [  # one kind, prompts of every length: each request at its own penalties
+        RequestContext(tenant="acme", prompt=f"Question {i}: why is {i} odd? " * (1 + i % 9))
+        for i in range(40)
+    ]
+    ahead = _decide_all(_router(catalog, live), requests, memo=_ahead(requests))
+    assert draws == {"one": [], "many": [40]}  # all drawn with the first request
+    alone = _decide_all(_router(catalog, live), requests, memo=None)
+    assert ahead == alone
+    assert len({v["model"] for v in ahead}) > 1
+    assert len({v["propensity"] for v in ahead}) > 1
+
+
+def test_a_mixed_batch_uses_only_the_draws_made_for_its_offer_and_penalties(
+    catalog: ModelCatalog, draws: dict[str, list[int]]
+) -> None:
+    requests = _requests()  # trade-offs, model lists, a cap, a prompt too long for some windows
+    ahead = _decide_all(_router(catalog, LIVE), requests, memo=_ahead(requests))
+    alone = _decide_all(_router(catalog, LIVE), requests, memo=None)
+    assert len(draws["many"]) > 1  # one draw per kind of request at least
+    assert sum(draws["many"]) + len(draws["one"]) >= 2 * len(requests)  # and the alone run
+    for a, b in zip(ahead, alone, strict=True):
+        assert a["notes"] == b["notes"] and set(a["scores"]) == set(b["scores"])
+        assert a["row"][:2] == (a["model"], a["propensity"])  # logged as served
+        assert a["model"] in a["scores"] and 0 < a["propensity"] <= 1
+
+
+def test_feedback_learnt_during_a_batch_draws_the_rest_again(
+    catalog: ModelCatalog, draws: dict[str, list[int]]
+) -> None:
+    router = _router(catalog, None)
+    requests = [RequestContext(tenant="acme", prompt=f"Add {i} and {i}.") for i in range(10)]
+    memo = _ahead(requests)
+    with router.event_log.deferred_writes(hold=True) as writes:
+        first = [router.decide(r, memo=memo) for r in requests[:4]]
+    writes.wait()
+    router.feedback(Feedback(decision_id=first[0].decision.decision_id, quality=0.9))
+    with router.event_log.deferred_writes(hold=True) as writes:
+        rest = [router.decide(r, memo=memo) for r in requests[4:]]
+    writes.wait()
+    # drawn for all 10 with the first; after learning, the 6 left from the fifth, afresh
+    assert draws == {"one": [], "many": [10, 6]}
+    assert len({r.decision.decision_id for r in first + rest}) == 10
+
+
+def test_a_request_whose_penalties_moved_since_the_draw_pulls_alone(
+    catalog: ModelCatalog, draws: dict[str, list[int]]
+) -> None:
+    router = _router(catalog, None)
+    requests = [RequestContext(tenant="acme", prompt=f"Add {i} and {i}.") for i in range(6)]
+    memo = _ahead(requests)
+    with router.event_log.deferred_writes(hold=True) as writes:
+        router.decide(requests[0], memo=memo)
+        # a model's cost learnt meanwhile, without a policy update (as another path could)
+        router.lineup.champion.loop.cost_model.learn("gpt-4o", 1_000, 5.0)
+        later = [router.decide(r, memo=memo) for r in requests[1:]]
+    writes.wait()
+    assert draws["many"] == [6]  # drawn ahead at the old prices ...
+    assert len(draws["one"]) == 5  # ... so each later request pulled alone, at the new ones
+    assert all(r.decision.model != "gpt-4o" for r in later)  # priced out now
