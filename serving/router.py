@@ -118,6 +118,26 @@ class LabelledPolicy:
         d = self.inner.pull(arm_ids, context, **kwargs)
         return d.model_copy(update={"policy_version": self.label, "policy_name": self.name})
 
+    def pull_many(
+        self,
+        arm_ids: Sequence[ArmID],
+        contexts: Sequence[Features | None],
+        *,
+        penalties: Sequence[Mapping[ArmID, float] | None] | None = None,
+    ) -> list[Decision]:
+        """:meth:`pull` of each context in turn, labelled like it (the wrapped policy's own
+        ``pull_many`` where it has one, else its pulls)."""
+        many = getattr(self.inner, "pull_many", None)
+        if many is not None:
+            drawn: list[Decision] = many(arm_ids, contexts, penalties=penalties)
+        elif penalties is None:
+            drawn = [self.inner.pull(arm_ids, c) for c in contexts]
+        else:
+            pull: Any = self.inner.pull
+            drawn = [pull(arm_ids, c, penalties=p) for c, p in zip(contexts, penalties, strict=True)]
+        update = {"policy_version": self.label, "policy_name": self.name}
+        return [d.model_copy(update=update) for d in drawn]
+
     def update(self, arm_id: ArmID, context: Features | None, reward: float) -> LabelledPolicy:
         self.inner.update(arm_id, context, reward)
         return self

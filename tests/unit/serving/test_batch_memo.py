@@ -87,6 +87,7 @@ def _view(router: Router, routed: Any) -> dict[str, Any]:
     return {
         "model": d.model,
         "propensity": d.propensity,
+        "policy": (d.policy_name, d.policy_version, row["policy_name"], row["policy_version"]),
         "scores": d.scores,
         "parameters": d.parameters,
         "notes": d.notes,
@@ -243,6 +244,7 @@ def test_a_batch_of_one_kind_is_drawn_at_once_exactly_as_one_by_one(
     assert draws == {"one": [], "many": [40]}  # all drawn with the first request
     alone = _decide_all(_router(catalog, live), requests, memo=None)
     assert ahead == alone
+    assert {v["policy"] for v in ahead} == {("cost_aware_cluster_thompson", "v1") * 2}
     assert len({v["model"] for v in ahead}) > 1
     assert len({v["propensity"] for v in ahead}) > 1
 
@@ -294,3 +296,18 @@ def test_a_request_whose_penalties_moved_since_the_draw_pulls_alone(
     assert draws["many"] == [6]  # drawn ahead at the old prices ...
     assert len(draws["one"]) == 5  # ... so each later request pulled alone, at the new ones
     assert all(r.decision.model != "gpt-4o" for r in later)  # priced out now
+
+
+def test_a_labelled_policy_draws_many_labelled_with_or_without_a_batch_form(
+    catalog: ModelCatalog,
+) -> None:
+    from serving.router import LabelledPolicy, StaticDefaultPolicy  # noqa: PLC0415
+
+    learner = LabelledPolicy(make_policy("cost_aware_cluster_thompson", seed=1), "v7")
+    static = LabelledPolicy(StaticDefaultPolicy(catalog), "static")  # no pull_many of its own
+    contexts = [request_features("What is 2 + 2?"), None]
+    pens = [{"gpt-4o": 0.1}, None]
+    for policy, label in ((learner, "v7"), (static, "static")):
+        drawn = policy.pull_many(ARMS, contexts, penalties=pens if policy is learner else None)
+        assert [(d.policy_name, d.policy_version) for d in drawn] == [(policy.name, label)] * 2
+        assert all(d.model in ARMS for d in drawn)
