@@ -134,7 +134,8 @@ class LabelledPolicy:
             drawn = [self.inner.pull(arm_ids, c) for c in contexts]
         else:
             pull: Any = self.inner.pull
-            drawn = [pull(arm_ids, c, penalties=p) for c, p in zip(contexts, penalties, strict=True)]
+            pairs = zip(contexts, penalties, strict=True)
+            drawn = [pull(arm_ids, c, penalties=p) for c, p in pairs]
         update = {"policy_version": self.label, "policy_name": self.name}
         return [d.model_copy(update=update) for d in drawn]
 
