@@ -140,6 +140,13 @@ def test_decide_batch(open_client: TestClient):
     assert body["decisions"][0]["model"] and body["decisions"][2]["model"]
     assert body["decisions"][1] is None
     assert body["errors"] == [{"index": 1, "status": 402, "message": body["errors"][0]["message"]}]
+    # the second acme request was drawn with the first (pull_many): labelled as a single decision
+    single = open_client.post("/decide", json=EXAMPLE_DECIDE).json()
+    for d in (body["decisions"][0], body["decisions"][2]):
+        assert (d["policy_name"], d["policy_version"]) == (
+            single["policy_name"],
+            single["policy_version"],
+        )
 
 
 def test_a_tenant_over_its_budget_is_refused_with_402(open_client: TestClient):
