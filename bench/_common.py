@@ -194,12 +194,23 @@ def result_path(name: str, *, quick: bool) -> Path:
     return (RESULTS_DIR / "quick" if quick else RESULTS_DIR) / f"{name}.json"
 
 
+def wait_for_features(runtime: Any, timeout_s: float = 120.0) -> None:
+    """Wait until ``runtime``'s online features are open or known unavailable (the first open
+    of Feast's store takes seconds), at most ``timeout_s``."""
+    import time  # noqa: PLC0415
+
+    deadline = time.monotonic() + timeout_s
+    while runtime.features_state not in ("open", "unavailable", "off"):
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.1)
+
+
 @contextmanager
 def serving_runtime(prefix: str, timeout_s: float = 120.0) -> Iterator[Any]:
     """A serving runtime in-process (embedded profile, the default settings) in a temporary
     home, once its online features are open (or known unavailable); closed afterwards."""
     import tempfile  # noqa: PLC0415
-    import time  # noqa: PLC0415
 
     from llmopt.settings import Settings  # noqa: PLC0415 - the runtime's imports take seconds
     from serving.runtime import ServingRuntime, settle_for_serving  # noqa: PLC0415
@@ -207,11 +218,7 @@ def serving_runtime(prefix: str, timeout_s: float = 120.0) -> Iterator[Any]:
     with tempfile.TemporaryDirectory(prefix=prefix) as home:
         runtime = ServingRuntime(Settings(home=Path(home)))
         try:
-            deadline = time.monotonic() + timeout_s
-            while runtime.features_state not in ("open", "unavailable", "off"):
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.1)
+            wait_for_features(runtime, timeout_s)
             # As the service: else a full collection of the imported heap every few thousand
             # decisions doubles their CPU (and the figures swing by two between rounds).
             thresholds, switch = gc.get_threshold(), sys.getswitchinterval()

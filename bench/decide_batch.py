@@ -61,13 +61,11 @@ def run(*, quick: bool = False) -> list[dict[str, Any]]:
             start = cursor % len(requests)
             cursor += BATCH
             chunk = requests[start:][:BATCH]
-            memo: dict[Any, Any] | None = (
-                {PLAN: BatchPlan(chunk)}
-                if mode == "held_shared_ahead"
-                else {}
-                if mode == "held_shared"
-                else None
-            )
+            memo: dict[Any, Any] | None = None
+            if mode == "held_shared":
+                memo = {}
+            elif mode == "held_shared_ahead":
+                memo = {PLAN: BatchPlan(chunk)}
             with router.event_log.deferred_writes(hold=mode != "one_by_one") as writes:
                 routed = [router.decide(r, memo=memo) for r in chunk]
             writes.wait()

@@ -71,11 +71,7 @@ def _worker(n: int, concurrency: int) -> dict[str, Any]:
     from serving.service import to_response  # noqa: PLC0415
 
     runtime = ServingRuntime(Settings())
-    deadline = time.monotonic() + 120
-    while runtime.features_state not in ("open", "unavailable", "off"):
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    _common.wait_for_features(runtime)
     prompts = [f"What is {i} + {i}? Explain each step." for i in range(WARM)]
     # cycled, so the measured decisions find every word in the embedder's cache, as in serving
     ctxs = [RequestContext(tenant="acme", prompt=prompts[i % WARM]) for i in range(n + WARM)]

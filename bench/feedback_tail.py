@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench._common import ratio
+from bench._common import ratio, wait_for_features
 
 NAME = "feedback_tail"
 MODES = ("no_feedback", "push_thread", "push_process", "tuning_process")
@@ -50,9 +50,7 @@ def _runtime(idle_s: float) -> Any:
     from serving.runtime import ServingRuntime, settle_for_serving  # noqa: PLC0415
 
     rt = ServingRuntime(Settings())
-    deadline = time.monotonic() + 120
-    while rt.features_state not in ("open", "unavailable", "off") and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for_features(rt)
     time.sleep(idle_s)  # start-up threads (Feast's open, the first reads) done
     settle_for_serving(rt.settings)  # as the service
     return rt

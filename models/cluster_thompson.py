@@ -446,13 +446,17 @@ class ClusterThompson(BasePolicy):
             self._add(self._cell(np.asarray(vec)), self._arms[arm], target)
 
     # -- policy hooks -------------------------------------------------------------------------
-    def _pull(
-        self, arm_ids: list[ArmID], context: dict[str, float], penalties: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _offer(self, arm_ids: list[ArmID]) -> None:
+        """Make ``arm_ids`` the offer the posterior's rows are read for (kept between pulls)."""
         if arm_ids != self._rows_key:
             self._grow(arm_ids)
             self._rows = self._row_index([self._arms[a] for a in arm_ids])
             self._rows_key = list(arm_ids)
+
+    def _pull(
+        self, arm_ids: list[ArmID], context: dict[str, float], penalties: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        self._offer(arm_ids)
         mu, sd = self._posterior(self._rows, self._cell_of(self._values(context)))
         k, n = len(arm_ids), self.n_propensity_draws
         tile = self._tile
@@ -482,10 +486,7 @@ class ClusterThompson(BasePolicy):
         """:meth:`_pull` of every context at once: each context's posterior (one per cell), then
         all the draws in one call of the generator (the same numbers as one call per context,
         in turn), the same IEEE operations on (contexts x draws x arms) arrays."""
-        if arm_ids != self._rows_key:
-            self._grow(arm_ids)
-            self._rows = self._row_index([self._arms[a] for a in arm_ids])
-            self._rows_key = list(arm_ids)
+        self._offer(arm_ids)
         b, k, n = len(contexts), len(arm_ids), self.n_propensity_draws
         mu, sd = np.empty((b, k)), np.empty((b, k))
         by_cell: dict[int, tuple[np.ndarray, np.ndarray]] = {}
