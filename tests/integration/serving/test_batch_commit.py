@@ -30,7 +30,7 @@ def client(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClien
 
 def _decisions_logged() -> int:
     log = bentoml.get_current_service().runtime.event_log
-    return log.counts()["decisions"]
+    return int(log.counts()["decisions"])
 
 
 def test_a_batch_is_answered_once_durable(client: TestClient) -> None:
