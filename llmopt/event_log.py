@@ -365,6 +365,38 @@ class PendingWrites:
         return len(self.futures)
 
 
+class _RowInsert:
+    """``conn.execute(table.insert(), rows)``, the same SQL and the same values bound, without
+    SQLAlchemy's per-row parameter machinery: the statement is compiled once for ``dialect``
+    and each row's values go through the columns' own bind processors (the JSON serializer,
+    SQLite's datetime format) into one DBAPI ``executemany``. The group writer inserts every
+    served decision with it (0.80-0.93x its CPU per row, ``python -m bench event_log_writer``);
+    errors are SQLAlchemy's as before (``exec_driver_sql``).
+
+    Every row must hold every column of ``table``.
+    """
+
+    def __init__(self, table: sa.Table, dialect: sa.Dialect) -> None:
+        self.dialect = dialect
+        compiled = table.insert().compile(dialect=dialect)
+        self.sql = compiled.string
+        self.positional = bool(compiled.positional)
+        names = list(compiled.positiontup or []) if self.positional else list(compiled.params)
+        self.columns = [
+            (name, table.c[name].type.dialect_impl(dialect).bind_processor(dialect))
+            for name in names
+        ]
+
+    def execute(self, conn: sa.Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        columns = self.columns
+        params: list[Any]
+        if self.positional:
+            params = [tuple([r[n] if p is None else p(r[n]) for n, p in columns]) for r in rows]
+        else:
+            params = [{n: r[n] if p is None else p(r[n]) for n, p in columns} for r in rows]
+        conn.exec_driver_sql(self.sql, params)
+
+
 def _aware(ts: datetime) -> datetime:
     """SQLite returns naive datetimes; everything we store is UTC."""
     return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
@@ -556,6 +588,7 @@ class EventLog:
             )
         self._insert_decision = decisions.insert()
         self._insert_feedback = feedback.insert()
+        self._decision_rows: _RowInsert | None = None  # the writer's insert, per dialect
         self._local = threading.local()
         self.group: GroupCommit[dict[str, Any] | CallRecord] | None = (
             GroupCommit(self._flush_writes, name="event-log-writer", after=self._after_group)
@@ -748,7 +781,10 @@ class EventLog:
         self, conn: sa.Connection, rows: list[dict[str, Any]], calls: list[CallRecord]
     ) -> None:
         if rows:
-            conn.execute(self._insert_decision, rows)
+            plan = self._decision_rows
+            if plan is None or plan.dialect is not conn.dialect:
+                plan = self._decision_rows = _RowInsert(decisions, conn.dialect)
+            plan.execute(conn, rows)
         if calls:
             self._update_calls(conn, calls)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from llmopt.event_log import (
     LogCursor,
     LogCursorError,
     UnknownDecisionError,
+    decisions,
     feedback,
     upgrade_schema,
 )
@@ -174,6 +176,45 @@ def test_a_group_of_decisions_and_calls_reports_each_duplicate_in_place(url: str
     assert all(log.get_decision(x.decision_id) is not None for x in new)
     got = log.get_decision(old.decision_id)
     assert got is not None and got["context"]["call"] == {"latency_ms": 5.0}
+    log.close()
+
+
+def test_the_writer_stores_what_sqlalchemys_insert_stores(url: str) -> None:
+    """The group writer's insert (compiled once, the columns' bind processors, one
+    ``executemany``) stores every column exactly as ``conn.execute(decisions.insert(), rows)``
+    does: JSON, a timezone-aware timestamp, floats, unicode."""
+    log = EventLog(url, group_commit=True)
+    ctx = RequestContext(tenant="t", prompt="naïve 数学 question", willingness_to_pay=0.5)
+    features = {"bias": 1.0, "emb_0": -0.1234567890123, "len_chars": 1e-300}
+    at = datetime(2026, 12, 7, 19, 49, 51, 383112, tzinfo=UTC)
+    made = [
+        Decision(
+            model="m",
+            propensity=1 / 3,
+            policy_name="p",
+            scores={"m": 0.1, "n": -2.5e-7},
+            created_at=at,
+        )
+        for _ in range(3)
+    ]
+    rows = [log.decision_row(d, ctx, features=features, extra={"cost": 0.001}) for d in made]
+    with log.deferred_writes(hold=True) as writes:  # the writer's path
+        log.record_decision(made[0], ctx, features=features, extra={"cost": 0.001})
+        log.record_decision(made[1], ctx, features=features, extra={"cost": 0.001})
+    assert writes.wait() == 2
+    with log.engine.begin() as conn:  # SQLAlchemy's
+        conn.execute(decisions.insert(), [rows[2]])
+    got = [log.get_decision(d.decision_id) for d in made]
+    assert all(g is not None for g in got)
+    stripped = [{k: v for k, v in g.items() if k != "decision_id"} for g in got if g]
+    assert stripped[0] == stripped[2] and stripped[1] == stripped[2]
+    assert stripped[2]["features"] == features and stripped[2]["context"]["cost"] == 0.001
+    with log.engine.connect() as conn:  # as the driver returns them (SQLite: the stored text)
+        raw = conn.exec_driver_sql(
+            "SELECT created_at, parameters, scores, context, features, propensity"
+            " FROM decisions ORDER BY decision_id"
+        ).all()
+    assert len(raw) == 3 and raw[0] == raw[1] == raw[2]
     log.close()
 
 
