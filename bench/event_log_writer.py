@@ -42,9 +42,6 @@ GROUPS = (1, 100)
 class _SqlAlchemyInsert:
     """The writer's insert before session 21: ``conn.execute(decisions.insert(), rows)``."""
 
-    def __init__(self, dialect: sa.Dialect) -> None:
-        self.dialect = dialect
-
     @staticmethod
     def execute(conn: sa.Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         conn.execute(decisions.insert(), list(rows))
@@ -56,7 +53,7 @@ def _cpu_us_per_decision(mode: str, n: int, group: int) -> tuple[float, float]:
         log = EventLog(f"sqlite:///{tmp}/events.db", group_commit=True)
         log._hold_writer_conn = mode != "pooled"  # the mode measured (the module docstring)
         if mode != "held":
-            log._decision_rows = _SqlAlchemyInsert(log.engine.dialect)  # type: ignore[assignment]
+            log._decision_rows = _SqlAlchemyInsert()  # type: ignore[assignment]
         ctx = RequestContext(tenant="acme", prompt="What is 2 + 2? " * 5)
         features = {f"f{i}": 0.1 * i for i in range(30)}
         scores = {f"m{i}": 0.1 for i in range(11)}

@@ -378,7 +378,6 @@ class _RowInsert:
     """
 
     def __init__(self, table: sa.Table, dialect: sa.Dialect) -> None:
-        self.dialect = dialect
         compiled = table.insert().compile(dialect=dialect)
         self.sql = compiled.string
         self.positional = bool(compiled.positional)
@@ -589,7 +588,7 @@ class EventLog:
             )
         self._insert_decision = decisions.insert()
         self._insert_feedback = feedback.insert()
-        self._decision_rows: _RowInsert | None = None  # the writer's insert, per dialect
+        self._decision_rows: _RowInsert | None = None  # the writer's, at its first write
         self._local = threading.local()
         self.group: GroupCommit[dict[str, Any] | CallRecord] | None = (
             GroupCommit(self._flush_writes, name="event-log-writer", after=self._after_group)
@@ -783,7 +782,7 @@ class EventLog:
     ) -> None:
         if rows:
             plan = self._decision_rows
-            if plan is None or plan.dialect is not conn.dialect:
+            if plan is None:  # at the first write: the engine's dialect has met its database
                 plan = self._decision_rows = _RowInsert(decisions, conn.dialect)
             plan.execute(conn, rows)
         if calls:
