@@ -317,7 +317,7 @@ class PendingWrites:
     def __init__(
         self,
         group: GroupCommit[Any] | None = None,
-        submit: Callable[[dict[str, Any], list[Future[None]]], None] | None = None,
+        submit: Callable[[list[dict[str, Any]], list[Future[None]]], None] | None = None,
     ) -> None:
         self.futures: list[Future[None]] = []
         self.group = group
@@ -328,18 +328,20 @@ class PendingWrites:
         self._submit = submit
 
     def release(self, calls: Mapping[str, Mapping[str, Any]] | None = None) -> None:
-        """Write the decision rows held back (``deferred_writes(hold=True)``), each with the
-        call its id maps to in ``calls`` kept in its context under ``"call"``, exactly as
+        """Write the decision rows held back (``deferred_writes(hold=True)``) in one
+        transaction (:meth:`GroupCommit.submit_many`), each with the call its id maps to in
+        ``calls`` kept in its context under ``"call"``, exactly as
         :meth:`EventLog.record_call` would keep it afterwards, in the same write."""
         rows, self.held = self.held or [], None
         if not rows:
             return
         assert self._submit is not None
-        for row in rows:
-            call = calls.get(row["decision_id"]) if calls else None
-            if call is not None:
-                row["context"] = {**row["context"], "call": dict(call)}
-            self._submit(row, self.futures)
+        if calls:
+            for row in rows:
+                call = calls.get(row["decision_id"])
+                if call is not None:
+                    row["context"] = {**row["context"], "call": dict(call)}
+        self._submit(rows, self.futures)
 
     def wait(self, timeout: float | None = 30.0) -> int:
         """Block until every write is committed (or spooled); re-raises the first failure.
@@ -639,21 +641,23 @@ class EventLog:
         if held is not None:
             held.append(row)
             return
-        self._submit(row, getattr(self._local, "pending", None))
+        self._submit([row], getattr(self._local, "pending", None))
 
-    def _submit(self, row: dict[str, Any], pending: list[Future[None]] | None) -> None:
-        """Write a decision row: at once without group commit; else queued to the writer,
-        its future added to ``pending`` (None: waited for here)."""
+    def _submit(self, rows: list[dict[str, Any]], pending: list[Future[None]] | None) -> None:
+        """Write decision rows in one transaction: at once without group commit (the first
+        row's error raised once all were tried); else queued to the writer as one entry that
+        it never splits, their futures added to ``pending`` (None: waited for here)."""
         if self.group is None:
-            error = self._flush_writes([row])[0]
+            error = next((e for e in self._flush_writes(rows) if e is not None), None)
             if error is not None:
                 raise error
             return
-        fut = self.group.submit(row)
+        futures = self.group.submit_many(rows) if len(rows) > 1 else [self.group.submit(rows[0])]
         if pending is None:
-            fut.result()
+            for fut in futures:
+                fut.result()
         else:
-            pending.append(fut)
+            pending.extend(futures)
 
     @contextmanager
     def deferred_writes(self, *, hold: bool = False) -> Iterator[PendingWrites]:

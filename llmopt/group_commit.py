@@ -9,6 +9,10 @@ commit runs share the next one. Per row, a group of 16 costs a third to a fifth 
 single-row transaction (SQLite and PostgreSQL; ``python -m bench.decide_profile`` and
 ``docs/benchmarks.md``).
 
+:meth:`GroupCommit.submit_many` queues several items as one entry: the writer never splits
+them between transactions (a ``/decide_batch`` batch is written whole, not in a group that
+the writer happened to take while the batch was still being queued).
+
 Why hand-written: it is a queue, a thread and a loop; SQLAlchemy has no group commit, and an
 external queue would be a second moving part on the path of every decision.
 
@@ -42,6 +46,10 @@ Flush = Callable[[Sequence[T]], Sequence[BaseException | None]]
 
 _STOP = object()
 
+_Entry = list[tuple[T, Future[None]]]
+"""One queue entry: the items of one :meth:`GroupCommit.submit` or ``submit_many``, each with
+its future; the writer never splits an entry between two groups."""
+
 
 class GroupCommit(Generic[T]):
     """Commit submitted items in groups on one writer thread (started at the first submit).
@@ -72,7 +80,7 @@ class GroupCommit(Generic[T]):
         self._after = after
         self.name = name
         self.max_group = max_group
-        self._queue: queue.SimpleQueue[tuple[T, Future[None]] | object] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Entry[T] | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._closed = False
@@ -91,8 +99,32 @@ class GroupCommit(Generic[T]):
         fut: Future[None] = Future()
         if self._thread is None:
             self._start()
-        self._queue.put((item, fut))
+        self._queue.put([(item, fut)])
         return fut
+
+    def submit_many(self, items: Sequence[T]) -> list[Future[None]]:
+        """Queue ``items`` together: they are written in one transaction, never split
+        between two (with other items only while the group stays within ``max_group``; more
+        items than ``max_group`` make a group of their own). One future per item.
+
+        >>> groups = []
+        >>> gc = GroupCommit(lambda rows: groups.append(list(rows)) or [None] * len(rows),
+        ...                  name="doc", max_group=2)
+        >>> [f.result(timeout=5) for f in gc.submit_many("abc")]
+        [None, None, None]
+        >>> groups
+        [['a', 'b', 'c']]
+        >>> gc.close()
+        """
+        if self._closed:
+            raise RuntimeError(f"{self.name}: closed")
+        entry: _Entry[T] = [(item, Future()) for item in items]
+        if not entry:
+            return []
+        if self._thread is None:
+            self._start()
+        self._queue.put(entry)
+        return [fut for _, fut in entry]
 
     def waiter(self, fut: Future[None]) -> asyncio.Future[None] | None:
         """An asyncio future of the running loop, done once ``fut`` (a :meth:`submit` future)
@@ -144,11 +176,13 @@ class GroupCommit(Generic[T]):
 
     def _run(self) -> None:
         q = self._queue
+        carried: _Entry[T] | None = None  # an entry that did not fit in the last group
         while True:
-            first = q.get()
+            first = carried if carried is not None else q.get()
+            carried = None
             if first is _STOP:
                 return
-            group = [first]
+            group: _Entry[T] = list(first)  # type: ignore[call-overload]
             stop = False
             while len(group) < self.max_group:
                 try:
@@ -158,8 +192,12 @@ class GroupCommit(Generic[T]):
                 if nxt is _STOP:
                     stop = True
                     break
-                group.append(nxt)
-            self._write(group)  # type: ignore[arg-type]
+                entry: _Entry[T] = nxt  # type: ignore[assignment]
+                if len(group) + len(entry) > self.max_group:
+                    carried = entry  # whole, in the next group
+                    break
+                group += entry
+            self._write(group)
             if self._after is not None:
                 try:
                     self._after()
@@ -205,9 +243,10 @@ class GroupCommit(Generic[T]):
                 late = self._queue.get_nowait()
             except queue.Empty:
                 return
-            if isinstance(late, tuple):
-                late[1].set_exception(RuntimeError(f"{self.name}: closed"))
-                self._wake([late[1]])
+            if isinstance(late, list):
+                for _, fut in late:
+                    fut.set_exception(RuntimeError(f"{self.name}: closed"))
+                self._wake([fut for _, fut in late])
 
 
 def _release(waiters: list[asyncio.Future[None]]) -> None:

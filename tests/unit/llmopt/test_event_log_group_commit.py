@@ -266,3 +266,26 @@ def test_the_writer_keeps_one_sqlite_connection_between_groups(tmp_path: Path) -
     assert log._writer_conn is not None and log._writer_conn is not held
     log.close()
     assert log._writer_conn is None
+
+
+@pytest.mark.parametrize("group_commit", [True, False])
+def test_released_rows_are_written_in_one_transaction(tmp_path: Path, group_commit: bool) -> None:
+    """A held batch (``/decide_batch``) is one entry of the writer's queue: more rows than
+    a group holds (512) still land in one transaction, never split by a writer that woke while
+    the batch was being queued."""
+    log = EventLog(f"sqlite:///{tmp_path / 'e.db'}", group_commit=group_commit)
+    transactions = []
+    write_group = log._write_group
+
+    def counted(rows: list[dict[str, Any]], calls: list[Any]) -> None:
+        transactions.append(len(rows))
+        write_group(rows, calls)
+
+    log._write_group = counted  # type: ignore[method-assign]
+    with log.deferred_writes(hold=True) as writes:
+        for _ in range(600):
+            log.record_decision(decision(), CTX, features={})
+    writes.wait()
+    assert transactions == [600]
+    assert log.counts()["decisions"] == 600
+    log.close()

@@ -205,7 +205,7 @@ def test_close_releases_asyncio_waiters_of_refused_items() -> None:
     async def main() -> None:
         late: Future[None] = Future()
         gc._queue.put(_STOP_FOR_TEST)  # the writer stops before the late item
-        gc._queue.put((9, late))
+        gc._queue.put([(9, late)])
         waiter = gc.waiter(late)
         assert waiter is not None
         await asyncio.to_thread(gc.close)
@@ -249,3 +249,53 @@ def test_a_waiter_registering_while_its_group_completes_is_still_woken() -> None
     asyncio.run(main())
     assert writer_done.wait(5) and not gc._waiters
     gc.close()
+
+
+class GatedSink:
+    """Holds its first group until released, so what is queued meanwhile piles up."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.groups: list[list[int]] = []
+
+    def __call__(self, items: Sequence[int]) -> list[BaseException | None]:
+        if not self.groups:
+            self.entered.set()
+            self.gate.wait(5)
+        self.groups.append(list(items))
+        return [None] * len(items)
+
+
+def test_submit_many_is_never_split_between_transactions() -> None:
+    """Items queued one by one are cut at ``max_group``; a ``submit_many`` entry never is: it
+    goes whole into the next group that has room, or alone when it is larger than a group."""
+    sink = GatedSink()
+    gc: GroupCommit[int] = GroupCommit(sink, name="t", max_group=4)
+    first = gc.submit(0)  # the writer holds this group; the rest queue behind it
+    assert sink.entered.wait(5)
+    singles = [gc.submit(i) for i in (1, 2)]
+    batch = gc.submit_many([10, 11, 12])  # 2 + 3 > 4: into the next group, whole
+    big = gc.submit_many(list(range(20, 26)))  # larger than a group: alone, whole
+    last = gc.submit(99)
+    sink.gate.set()
+    for fut in [first, *singles, *batch, *big, last]:
+        assert fut.result(timeout=5) is None
+    assert sink.groups == [[0], [1, 2], [10, 11, 12], [20, 21, 22, 23, 24, 25], [99]]
+    assert gc.groups == 5 and gc.items == 13
+    assert gc.submit_many([]) == []
+    gc.close()
+
+
+def test_close_refuses_a_late_batch_item_by_item() -> None:
+    gc: GroupCommit[int] = GroupCommit(SlowSink(delay_s=0.0), name="t")
+    gc.submit(1).result(timeout=5)
+    gc._queue.put(_STOP_FOR_TEST)
+    late: list[tuple[int, Future[None]]] = [(7, Future()), (8, Future())]
+    gc._queue.put(late)
+    gc.close()
+    for _, fut in late:
+        with pytest.raises(RuntimeError, match="closed"):
+            fut.result(timeout=1)
+    with pytest.raises(RuntimeError, match="closed"):
+        gc.submit_many([1])
