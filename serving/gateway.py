@@ -382,19 +382,20 @@ class Gateway:
             return None
         return model
 
-    def decide(self, ctx: RequestContext, *, hold: bool = False) -> tuple[Any, PendingWrites]:
+    def decide(self, ctx: RequestContext) -> tuple[Any, PendingWrites]:
         """The router's decision for one attempt, refusals mapped to 4xx, and its log write,
-        still pending; the attempt waits for it (:meth:`Attempt.logged`) before the client
-        sees a byte or the call is measured, so an answered decision is a logged one, as with
-        /decide.
+        held back: the attempt releases it and waits for it (:meth:`Attempt.logged`) before
+        the client sees a byte or the call is measured, so an answered decision is a logged
+        one, as with /decide.
 
-        Without ``hold`` the write starts now (group commit) and commits while the upstream
-        works: a stream's first byte need not wait for it. With ``hold`` (a non-streamed
-        call) it waits for the answer and is written with the call's measurements, one write
-        instead of two (the decision's id is unknown outside until then)."""
+        A stream releases it once its upstream request is out, so the writer's work does not
+        take the interpreter lock from the request's way, and it commits while the upstream
+        works (the first byte waits for it only if the upstream is faster than a commit). A
+        non-streamed call releases it with the answer, written with the call's measurements,
+        one write instead of two (the decision's id is unknown outside until then)."""
         router = self.runtime.router
         try:
-            with router.event_log.deferred_writes(hold=hold) as writes:
+            with router.event_log.deferred_writes(hold=True) as writes:
                 routed = router.decide(ctx)
         except BudgetExceededError as exc:
             raise GatewayError(402, str(exc), "llmopt.tenant") from None
@@ -599,8 +600,9 @@ async def handle_chat(
     last_error = "no attempt"
     for n in range(1, MAX_ATTEMPTS + 1):
         ctx = first if n == 1 else gateway.context(body, options, tried)
-        # on the event loop, as /decide: no thread hop
-        routed, writes = gateway.decide(ctx, hold=not body.get("stream"))
+        # on the event loop, as /decide: no thread hop; the decision's write is held until
+        # the upstream request is out (a stream) or the answer is in (written with its call)
+        routed, writes = gateway.decide(ctx)
         a = _attempt(gateway, body, routed, n, writes)
         if probe is not None:
             a.extra.update(probe.headers())
@@ -717,12 +719,29 @@ async def _once(gateway: Gateway, a: Attempt, send: Send) -> bool:
     return True
 
 
+async def _request_then_write(gateway: Gateway, a: Attempt) -> aiohttp.ClientResponse:
+    """The upstream's response to a streamed attempt; its decision's write (held) is released
+    once the request is out, so the writer's work overlaps the upstream's, not the request's
+    way out (the first byte still waits for the commit: :meth:`Attempt.logged`)."""
+    sending = asyncio.ensure_future(gateway.client().post(a.url, json=a.payload, headers=a.headers))
+    try:
+        try:
+            await asyncio.sleep(0)  # the request goes out (a pooled connection: no wait) ...
+        finally:
+            if a.writes is not None:  # ... then the decision's write, while the upstream works
+                a.writes.release()  # (a decision made is logged, even if the client left)
+        return await sending
+    except BaseException:
+        sending.cancel()
+        raise
+
+
 async def _stream(gateway: Gateway, a: Attempt, send: Send, body: dict[str, Any]) -> bool:
     """Pass one streamed answer through; True once bytes reached the client (a stream that
     breaks later is not retried), False when the attempt failed before any byte."""
     wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     call = a.call
-    async with gateway.client().post(a.url, json=a.payload, headers=a.headers) as r:
+    async with await _request_then_write(gateway, a) as r:
         if r.status >= 400:
             content = await r.read()
             call.latency_ms = a.elapsed_ms()

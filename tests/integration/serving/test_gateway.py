@@ -4,8 +4,9 @@ outcomes, catalog models answered by their price-rank stand-ins)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from starlette.testclient import TestClient
 
-from llmopt.event_log import EventLog, decisions, feedback
+from llmopt.event_log import EventLog, PendingWrites, decisions, feedback
 from tests.integration.serving.conftest import asgi_service
 
 pytestmark = pytest.mark.integration
@@ -236,3 +237,58 @@ def test_tools_and_images_go_only_to_models_that_support_them(gw: TestClient) ->
     r = gw.post("/v1/chat/completions", json={**tools, "model": "llama-3.1-8b-instruct"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_capability"
     assert "tools" in r.json()["error"]["message"]
+
+
+def test_a_stream_is_logged_before_its_first_byte_and_written_after_its_request(
+    tmp_path: Path, upstream: str
+) -> None:
+    """A streamed call's decision write is held until its upstream request is out (the
+    writer's work then overlaps the upstream's, not the request's way out), and it is
+    committed before the client gets a byte, as every answered decision is."""
+    from llmopt.settings import Settings  # noqa: PLC0415
+    from serving.gateway import handle_chat  # noqa: PLC0415
+    from serving.runtime import ServingRuntime  # noqa: PLC0415
+
+    runtime = ServingRuntime(
+        Settings(home=tmp_path, upstream_url=upstream, serving_features="off"), background=False
+    )
+    gateway = runtime.gateway
+    assert gateway is not None
+    order: list[str] = []
+    logged_at_start: list[bool] = []
+    client = gateway.client
+    release = PendingWrites.release
+
+    def watched_client() -> Any:
+        session = client()
+        post = session.post
+
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            order.append("request")
+            return post(*args, **kwargs)
+
+        session.post = recorded  # type: ignore[method-assign]
+        return session
+
+    def watched_release(self: PendingWrites, calls: Any = None) -> None:
+        if self.held:
+            order.append("write")
+        release(self, calls)
+
+    async def send(message: Mapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            headers = dict(message["headers"])
+            decision_id = headers[b"x-llmopt-decision-id"].decode()
+            logged_at_start.append(runtime.event_log.get_decision(decision_id) is not None)
+
+    body = json.dumps({**ASK, "stream": True}).encode()
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(gateway, "client", watched_client)
+            mp.setattr(PendingWrites, "release", watched_release)
+            asyncio.run(handle_chat(gateway, body, send))
+    finally:
+        asyncio.run(gateway.aclose())
+        runtime.close()
+    assert order == ["request", "write"]
+    assert logged_at_start == [True]
