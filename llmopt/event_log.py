@@ -652,7 +652,7 @@ class EventLog:
             if error is not None:
                 raise error
             return
-        futures = self.group.submit_many(rows) if len(rows) > 1 else [self.group.submit(rows[0])]
+        futures = self.group.submit_many(rows)
         if pending is None:
             for fut in futures:
                 fut.result()

@@ -182,7 +182,7 @@ class GroupCommit(Generic[T]):
             carried = None
             if first is _STOP:
                 return
-            group: _Entry[T] = list(first)  # type: ignore[call-overload]
+            group: _Entry[T] = first  # type: ignore[assignment]  # the entry's own list, extended
             stop = False
             while len(group) < self.max_group:
                 try:
