@@ -172,6 +172,14 @@ def test_calls_queued_while_the_database_is_down_are_spooled_after_their_decisio
 
 def test_a_cancelled_request_does_not_cancel_its_write(tmp_path: Path) -> None:
     log = EventLog(f"sqlite:///{tmp_path / 'e.db'}", group_commit=True)
+    gate = threading.Event()  # the write waits for the cancel (else it may finish first)
+    write_group = log._write_group
+
+    def gated(rows: list[dict[str, Any]], calls: list[Any]) -> None:
+        gate.wait(5)
+        write_group(rows, calls)
+
+    log._write_group = gated  # type: ignore[method-assign]
 
     async def cancelled_then_more() -> None:
         d = decision()
@@ -182,6 +190,7 @@ def test_a_cancelled_request_does_not_cancel_its_write(tmp_path: Path) -> None:
         task.cancel()  # the client went away while its decision was being written
         with pytest.raises(asyncio.CancelledError):
             await task
+        gate.set()
         log.record_decision(decision(), CTX, features={})  # the writer still answers
 
     asyncio.run(cancelled_then_more())
