@@ -94,13 +94,7 @@ class GroupCommit(Generic[T]):
 
     def submit(self, item: T) -> Future[None]:
         """Queue ``item``; the future completes when its group is written (or failed)."""
-        if self._closed:
-            raise RuntimeError(f"{self.name}: closed")
-        fut: Future[None] = Future()
-        if self._thread is None:
-            self._start()
-        self._queue.put([(item, fut)])
-        return fut
+        return self.submit_many([item])[0]
 
     def submit_many(self, items: Sequence[T]) -> list[Future[None]]:
         """Queue ``items`` together: they are written in one transaction, never split
